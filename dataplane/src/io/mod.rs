@@ -1,0 +1,1 @@
+//! Port I/O and the worker poll loop.

@@ -1,0 +1,256 @@
+//! The L2 stage: VLAN classification, learning, lookup, and the egress set.
+//!
+//! A [`Bridge`] belongs to one worker thread: it owns that worker's learned [`MacTable`] and
+//! writes that worker's [`WorkerCounters`].
+
+use std::sync::Arc;
+
+use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
+use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, Timestamp};
+use crate::wire::ethernet::HEADER_LEN;
+use crate::wire::vlan::TAG_LEN;
+use crate::wire::{EtherType, EthernetAddress, EthernetFrame, VlanId, VlanTag, VlanTagRepr};
+
+/// Where a frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Targets<'s> {
+    /// Known unicast: one port.
+    One(VlanMember),
+    /// Broadcast, multicast or unknown unicast: every member of the VLAN but `except`.
+    Flood { members: &'s [VlanMember], except: PortId },
+}
+
+/// A forwarding decision for one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Egress<'s> {
+    /// The VLAN the frame was classified into.
+    pub vlan: VlanId,
+    /// Offset of the frame's inner EtherType: 12 when it arrived untagged, 16 when tagged.
+    pub inner_offset: usize,
+    pub targets: Targets<'s>,
+}
+
+/// The outcome of [`Bridge::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision<'s> {
+    Drop(DropReason),
+    Forward(Egress<'s>),
+}
+
+/// The bytes of a frame as one egress port sends it, in up to three pieces (for `writev`):
+/// the MAC addresses, an optional 802.1Q tag, and the rest from the inner EtherType on.
+#[derive(Debug, Clone, Copy)]
+pub struct EgressFrame<'a> {
+    pub addresses: &'a [u8],
+    pub tag: Option<[u8; 4]>,
+    pub rest: &'a [u8],
+}
+
+impl EgressFrame<'_> {
+    pub fn len(&self) -> usize {
+        self.addresses.len() + self.tag.map_or(0, |t| t.len()) + self.rest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole frame in one buffer (for tests and tools; the worker uses the pieces).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.len());
+        v.extend_from_slice(self.addresses);
+        if let Some(tag) = &self.tag {
+            v.extend_from_slice(tag);
+        }
+        v.extend_from_slice(self.rest);
+        v
+    }
+}
+
+impl<'s> Egress<'s> {
+    /// The ports the frame goes out of, with their tagging.
+    pub fn ports(&self) -> impl Iterator<Item = VlanMember> + 's {
+        let (one, members, except) = match self.targets {
+            Targets::One(m) => (Some(m), &[][..], None),
+            Targets::Flood { members, except } => (None, members, Some(except)),
+        };
+        one.into_iter()
+            .chain(members.iter().copied().filter(move |m| Some(m.port) != except))
+    }
+
+    /// The frame as `member` sends it. `frame` is the frame this decision was made for.
+    pub fn frame_for<'a>(&self, member: VlanMember, frame: &'a [u8]) -> EgressFrame<'a> {
+        let tag = member.tagged.then(|| VlanTagRepr::insertion(self.vlan));
+        EgressFrame { addresses: &frame[..12], tag, rest: &frame[self.inner_offset..] }
+    }
+}
+
+/// One worker's L2 switch.
+pub struct Bridge {
+    macs: MacTable,
+    counters: Arc<WorkerCounters>,
+}
+
+impl Bridge {
+    pub fn new(state: &ForwardingState, counters: Arc<WorkerCounters>) -> Bridge {
+        Bridge { macs: MacTable::new(state.mac_table_max), counters }
+    }
+
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.counters
+    }
+
+    pub fn mac_table(&self) -> &MacTable {
+        &self.macs
+    }
+
+    pub fn mac_table_mut(&mut self) -> &mut MacTable {
+        &mut self.macs
+    }
+
+    /// Brings learned state in line with a newly published state: entries on ports that are
+    /// gone or no longer members of the entry's VLAN are flushed, entries shadowed by a static
+    /// entry are removed, and the table bound follows `mac_table_max`. Everything else learned
+    /// is kept.
+    pub fn adopt(&mut self, state: &ForwardingState) {
+        self.macs.set_max_entries(state.mac_table_max);
+        self.macs.retain(|key, entry| {
+            state.port(entry.port).is_some_and(|p| p.mode.is_member(key.vlan()))
+                && !state.static_fdb.contains_key(&key)
+        });
+    }
+
+    /// Removes learned entries idle for the state's aging time; returns how many.
+    pub fn age(&mut self, state: &ForwardingState, now: Timestamp) -> usize {
+        let n = self.macs.age(now, state.mac_aging_ms);
+        self.counters.learn.aged.add(n as u64);
+        n
+    }
+
+    /// Classifies, learns from and decides the fate of one frame received on `ingress`.
+    pub fn process<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        ingress: PortId,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        let counters = Arc::clone(&self.counters);
+        let counters = counters.port(ingress);
+        counters.rx_packets.add(1);
+        counters.rx_bytes.add(frame.len() as u64);
+        match self.decide(state, ingress, frame, now) {
+            Ok(egress) => Decision::Forward(egress),
+            Err(reason) => {
+                counters.drop(reason);
+                Decision::Drop(reason)
+            }
+        }
+    }
+
+    #[inline]
+    fn decide<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        ingress: PortId,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> Result<Egress<'s>, DropReason> {
+        let port = state.port(ingress).ok_or(DropReason::UnknownPort)?;
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Runt)?;
+
+        // Ingress VLAN classification.
+        let (tag_vid, inner_offset) = match eth.ethertype() {
+            EtherType::Vlan => {
+                let tag = VlanTag::new_checked(eth.payload()).map_err(|_| DropReason::BadVlanTag)?;
+                if matches!(tag.ethertype(), EtherType::Vlan | EtherType::QinQ) {
+                    return Err(DropReason::StackedVlan);
+                }
+                match tag.vid() {
+                    0xfff => return Err(DropReason::BadVlanTag),
+                    // Priority tag: untagged for VLAN purposes.
+                    0 => (None, HEADER_LEN - 2 + TAG_LEN),
+                    vid => (VlanId::new(vid), HEADER_LEN - 2 + TAG_LEN),
+                }
+            }
+            EtherType::QinQ => return Err(DropReason::StackedVlan),
+            _ => (None, HEADER_LEN - 2),
+        };
+        let tagged = inner_offset != HEADER_LEN - 2;
+        let max_len = port.mtu as usize + HEADER_LEN + if tagged { TAG_LEN } else { 0 };
+        if frame.len() > max_len {
+            return Err(DropReason::Oversized);
+        }
+        let vlan = match (&port.mode, tag_vid) {
+            (PortMode::Access(v), None) => *v,
+            (PortMode::Access(v), Some(t)) if *v == t => t,
+            (PortMode::Access(_), Some(_)) => return Err(DropReason::VlanNotAllowed),
+            (PortMode::Trunk { native: Some(n), .. }, None) => *n,
+            (PortMode::Trunk { native: None, .. }, None) => {
+                return Err(DropReason::UntaggedOnTrunk)
+            }
+            (PortMode::Trunk { allowed, .. }, Some(t)) if allowed.contains(t) => t,
+            (PortMode::Trunk { .. }, Some(_)) => return Err(DropReason::VlanNotAllowed),
+        };
+
+        // Source checks and learning.
+        let src = eth.src_addr();
+        if src.is_multicast() || src.is_zero() {
+            return Err(DropReason::BadSourceMac);
+        }
+        let src_key = FdbKey::new(vlan, src);
+        if !state.static_fdb.contains_key(&src_key) {
+            let learn = &self.counters.learn;
+            match self.macs.learn(src_key, ingress, now, port.max_macs) {
+                LearnOutcome::Refreshed => {}
+                LearnOutcome::Learned => learn.learned.add(1),
+                LearnOutcome::Moved { .. } => learn.moved.add(1),
+                LearnOutcome::TableFull => learn.table_full.add(1),
+                LearnOutcome::PortLimit => learn.port_limit.add(1),
+            }
+        }
+
+        // Destination.
+        let dst = eth.dst_addr();
+        let members = state.members(vlan);
+        let flood = Targets::Flood { members, except: ingress };
+        let targets = if dst.is_multicast() {
+            if dst.is_link_local() {
+                return Err(DropReason::LinkLocal);
+            }
+            flood
+        } else {
+            match self.lookup(state, vlan, dst, now) {
+                Some(out) if out == ingress => return Err(DropReason::SamePort),
+                Some(out) => match state.port(out) {
+                    Some(p) if p.mode.is_member(vlan) => Targets::One(VlanMember {
+                        port: out,
+                        tagged: p.mode.tags_egress(vlan),
+                    }),
+                    _ => flood,
+                },
+                None => flood,
+            }
+        };
+        Ok(Egress { vlan, inner_offset, targets })
+    }
+
+    #[inline]
+    fn lookup(
+        &self,
+        state: &ForwardingState,
+        vlan: VlanId,
+        dst: EthernetAddress,
+        now: Timestamp,
+    ) -> Option<PortId> {
+        let key = FdbKey::new(vlan, dst);
+        state
+            .static_fdb
+            .get(&key)
+            .copied()
+            .or_else(|| self.macs.lookup(key, now, state.mac_aging_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests;

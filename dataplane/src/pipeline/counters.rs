@@ -1,0 +1,83 @@
+//! Per-worker counters, readable from any thread while the worker writes them.
+//!
+//! Ownership: each [`WorkerCounters`] is written by exactly one worker thread and read by the
+//! control thread, which sums all workers on demand. Because there is a single writer, an
+//! increment is a relaxed load and store (no locked read-modify-write on the hot path); a
+//! reader sees each counter's latest or a slightly older value, never a torn one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::DropReason;
+use crate::tables::PortId;
+
+/// A monotonically increasing counter with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning worker may call this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one port on one worker.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    /// Frames the egress device refused (queue full, device down).
+    pub tx_errors: Counter,
+    pub drops: [Counter; DropReason::COUNT],
+}
+
+impl PortCounters {
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.drops[reason.index()].add(1);
+    }
+}
+
+/// Counters of the learning stage on one worker.
+#[derive(Debug, Default)]
+pub struct LearnCounters {
+    pub learned: Counter,
+    pub moved: Counter,
+    pub aged: Counter,
+    /// New MACs not learned because the table held `mac_table_max` entries.
+    pub table_full: Counter,
+    /// New MACs not learned because the port held its `max_macs`.
+    pub port_limit: Counter,
+}
+
+/// Everything one worker counts.
+#[derive(Debug)]
+pub struct WorkerCounters {
+    ports: Box<[PortCounters]>,
+    pub learn: LearnCounters,
+}
+
+impl Default for WorkerCounters {
+    fn default() -> Self {
+        WorkerCounters {
+            ports: (0..PortId::MAX_PORTS).map(|_| PortCounters::default()).collect(),
+            learn: LearnCounters::default(),
+        }
+    }
+}
+
+impl WorkerCounters {
+    #[inline]
+    pub fn port(&self, port: PortId) -> &PortCounters {
+        &self.ports[port.index() % PortId::MAX_PORTS]
+    }
+}

@@ -1,0 +1,77 @@
+//! Why a frame was dropped. Every drop on the forwarding path is one of these, counted per
+//! ingress port.
+
+/// A counted reason for dropping a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than an Ethernet header (14 bytes).
+    Runt,
+    /// An 802.1Q tag that is cut off or carries the reserved VID 4095.
+    BadVlanTag,
+    /// An 802.1ad (QinQ) or second 802.1Q tag: stacked VLANs are not switched.
+    StackedVlan,
+    /// Larger than the ingress port's MTU allows.
+    Oversized,
+    /// A tagged frame for a VLAN the port is not a member of.
+    VlanNotAllowed,
+    /// An untagged frame on a trunk port without a native VLAN.
+    UntaggedOnTrunk,
+    /// A multicast or all-zero source MAC.
+    BadSourceMac,
+    /// An IEEE 802.1D link-local destination (01:80:c2:00:00:0x): never forwarded.
+    LinkLocal,
+    /// The destination is known on the port the frame came from.
+    SamePort,
+    /// The frame arrived on a port that is no longer in the forwarding state.
+    UnknownPort,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 10;
+
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Runt,
+        DropReason::BadVlanTag,
+        DropReason::StackedVlan,
+        DropReason::Oversized,
+        DropReason::VlanNotAllowed,
+        DropReason::UntaggedOnTrunk,
+        DropReason::BadSourceMac,
+        DropReason::LinkLocal,
+        DropReason::SamePort,
+        DropReason::UnknownPort,
+    ];
+
+    /// The name used in `stats` output.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Runt => "runt",
+            DropReason::BadVlanTag => "bad_vlan_tag",
+            DropReason::StackedVlan => "stacked_vlan",
+            DropReason::Oversized => "oversized",
+            DropReason::VlanNotAllowed => "vlan_not_allowed",
+            DropReason::UntaggedOnTrunk => "untagged_on_trunk",
+            DropReason::BadSourceMac => "bad_source_mac",
+            DropReason::LinkLocal => "link_local",
+            DropReason::SamePort => "same_port",
+            DropReason::UnknownPort => "unknown_port",
+        }
+    }
+
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The forwarding state: the dataplane's public contract.
+//!
+//! Control compiles configuration into a [`ForwardingState`], wraps it in an `Arc` and publishes
+//! it; workers adopt a new one between batches, so a frame is always processed against one
+//! whole state, never half an update. It is immutable once published.
+
+use hashbrown::HashMap;
+
+use crate::tables::{FdbKey, PortId};
+use crate::wire::VlanId;
+
+/// A set of VLAN ids as a 4096-bit bitmap.
+#[derive(Clone, PartialEq, Eq)]
+pub struct VlanSet([u64; 64]);
+
+impl Default for VlanSet {
+    fn default() -> Self {
+        VlanSet([0; 64])
+    }
+}
+
+impl core::fmt::Debug for VlanSet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_set().entries(self.iter().map(|v| v.get())).finish()
+    }
+}
+
+impl VlanSet {
+    pub fn insert(&mut self, vlan: VlanId) {
+        let v = vlan.get() as usize;
+        self.0[v / 64] |= 1 << (v % 64);
+    }
+
+    #[inline]
+    pub fn contains(&self, vlan: VlanId) -> bool {
+        let v = vlan.get() as usize;
+        self.0[v / 64] & (1 << (v % 64)) != 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = VlanId> + '_ {
+        (VlanId::MIN..=VlanId::MAX)
+            .filter_map(VlanId::new)
+            .filter(|v| self.contains(*v))
+    }
+}
+
+impl FromIterator<VlanId> for VlanSet {
+    fn from_iter<I: IntoIterator<Item = VlanId>>(iter: I) -> Self {
+        let mut set = VlanSet::default();
+        for v in iter {
+            set.insert(v);
+        }
+        set
+    }
+}
+
+/// How a port maps frames to VLANs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortMode {
+    /// One VLAN, untagged on the wire. A tagged frame is accepted only if tagged with this
+    /// VLAN (or priority-tagged, VID 0); egress frames leave untagged.
+    Access(VlanId),
+    /// 802.1Q-tagged frames of the `allowed` VLANs. Untagged frames belong to `native` (and
+    /// leave untagged for it) or are dropped when there is none.
+    Trunk { allowed: VlanSet, native: Option<VlanId> },
+}
+
+impl PortMode {
+    pub fn is_member(&self, vlan: VlanId) -> bool {
+        match self {
+            PortMode::Access(v) => *v == vlan,
+            PortMode::Trunk { allowed, native } => allowed.contains(vlan) || *native == Some(vlan),
+        }
+    }
+
+    /// Whether frames of `vlan` leave this port with an 802.1Q tag.
+    pub fn tags_egress(&self, vlan: VlanId) -> bool {
+        match self {
+            PortMode::Access(_) => false,
+            PortMode::Trunk { native, .. } => *native != Some(vlan),
+        }
+    }
+}
+
+/// What the pipeline knows about one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortState {
+    pub name: String,
+    pub mode: PortMode,
+    /// Largest L3 payload (IP packet) accepted; the frame may add 14 bytes, 18 when tagged.
+    pub mtu: u16,
+    /// Bound on MACs learned on this port.
+    pub max_macs: u32,
+}
+
+/// A port in a VLAN's flood list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VlanMember {
+    pub port: PortId,
+    /// The frame leaves this port with an 802.1Q tag.
+    pub tagged: bool,
+}
+
+/// Immutable forwarding state, compiled by control.
+#[derive(Debug, Clone)]
+pub struct ForwardingState {
+    /// Increases with every publication.
+    pub generation: u64,
+    /// Indexed by [`PortId`]; `None` for free ids.
+    pub ports: Vec<Option<PortState>>,
+    /// Indexed by VLAN id (0..4096): the ports of that VLAN, in port id order.
+    pub vlan_members: Vec<Vec<VlanMember>>,
+    /// Static FDB entries: never age, never overwritten by learning.
+    pub static_fdb: HashMap<FdbKey, PortId>,
+    /// Learned entries idle this long are gone.
+    pub mac_aging_ms: u64,
+    /// Bound on the learned MAC table of each worker.
+    pub mac_table_max: usize,
+}
+
+impl Default for ForwardingState {
+    fn default() -> Self {
+        ForwardingState {
+            generation: 0,
+            ports: Vec::new(),
+            vlan_members: vec![Vec::new(); 4096],
+            static_fdb: HashMap::new(),
+            mac_aging_ms: 300_000,
+            mac_table_max: 65_536,
+        }
+    }
+}
+
+impl ForwardingState {
+    /// A state with `ports` (indexed by id) and their VLAN flood lists derived from them.
+    pub fn with_ports(ports: Vec<Option<PortState>>) -> ForwardingState {
+        let mut state = ForwardingState { ports, ..ForwardingState::default() };
+        state.rebuild_vlan_members();
+        state
+    }
+
+    /// Recomputes the VLAN flood lists from the ports.
+    pub fn rebuild_vlan_members(&mut self) {
+        for members in &mut self.vlan_members {
+            members.clear();
+        }
+        for (i, port) in self.ports.iter().enumerate() {
+            let Some(port) = port else { continue };
+            let id = PortId(i as u16);
+            let vlans: Vec<VlanId> = match &port.mode {
+                PortMode::Access(v) => vec![*v],
+                PortMode::Trunk { allowed, native } => {
+                    let mut v: Vec<VlanId> = allowed.iter().collect();
+                    if let Some(n) = native {
+                        if !allowed.contains(*n) {
+                            v.push(*n);
+                        }
+                    }
+                    v
+                }
+            };
+            for vlan in vlans {
+                self.vlan_members[vlan.get() as usize]
+                    .push(VlanMember { port: id, tagged: port.mode.tags_egress(vlan) });
+            }
+        }
+    }
+
+    #[inline]
+    pub fn port(&self, id: PortId) -> Option<&PortState> {
+        self.ports.get(id.index()).and_then(Option::as_ref)
+    }
+
+    pub fn port_by_name(&self, name: &str) -> Option<(PortId, &PortState)> {
+        self.ports.iter().enumerate().find_map(|(i, p)| match p {
+            Some(p) if p.name == name => Some((PortId(i as u16), p)),
+            _ => None,
+        })
+    }
+
+    #[inline]
+    pub fn members(&self, vlan: VlanId) -> &[VlanMember] {
+        &self.vlan_members[vlan.get() as usize]
+    }
+}
