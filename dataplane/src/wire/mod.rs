@@ -1,0 +1,36 @@
+//! Zero-copy views over the bytes of a frame, in the style of smoltcp's `wire`.
+//!
+//! Each header has two levels: a view `Header<T: AsRef<[u8]>>` whose `new_checked` validates
+//! the length of untrusted bytes once, after which no accessor can panic, and (where building
+//! is needed) a small owned `Repr` with `parse`, `emit` and `buffer_len`. Field offsets live in
+//! a private `mod field` per header. Nothing here does I/O or allocates.
+
+pub mod builder;
+pub mod ethernet;
+pub mod vlan;
+
+pub use ethernet::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
+pub use vlan::{VlanId, VlanTag, VlanTagRepr};
+
+/// Why bytes could not be viewed as a header. Small and `Copy`: the pipeline turns it into a
+/// counted drop reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    /// Fewer bytes than the header needs.
+    Truncated,
+    /// A field holds a value the header forbids.
+    Malformed,
+}
+
+impl core::fmt::Display for WireError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            WireError::Truncated => f.write_str("truncated"),
+            WireError::Malformed => f.write_str("malformed"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
+pub type Result<T> = core::result::Result<T, WireError>;
