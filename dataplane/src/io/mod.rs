@@ -1,1 +1,16 @@
-//! Port I/O and the worker poll loop.
+//! Port I/O and the worker poll loop: the only part of the dataplane that makes syscalls.
+//!
+//! - [`netns`]: run setup code inside a named network namespace.
+//! - [`netdev`]: interface ioctls (index, MAC, MTU, flags).
+//! - [`port`]: a port's device: a TAP that tapswitch creates and owns, or an existing
+//!   interface attached over AF_PACKET.
+//! - [`worker`]: a worker thread: a mio poll loop over its ports that runs the pipeline and
+//!   adopts published snapshots between batches.
+
+pub mod netdev;
+pub mod netns;
+pub mod port;
+pub mod worker;
+
+pub use port::{PortDevice, PortError, PortKind, TapSpec};
+pub use worker::{FdbRecord, Snapshot, WorkerCommand, WorkerHandle};

@@ -1,0 +1,180 @@
+//! The control socket API: a Unix stream socket; the client sends one JSON request on one
+//! line, the daemon answers with one JSON response and closes the connection.
+//!
+//! Request: `{"cmd":"port_add","port":{"name":"tap-c1","vlan":10}}`.
+//! Response: `{"ok":true,"data":...}` or `{"ok":false,"error":"port tap-c9: no such port"}`.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{FdbConfig, PortConfig};
+use crate::switch::{Switch, SwitchError};
+
+/// The default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/tapswitch/tapswitch.sock";
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    PortAdd {
+        port: PortConfig,
+    },
+    PortDel {
+        name: String,
+    },
+    PortList,
+    FdbShow,
+    FdbAdd {
+        entry: FdbConfig,
+    },
+    FdbDel {
+        mac: String,
+        vlan: Option<u16>,
+    },
+    Stats,
+    /// The running configuration (the file plus runtime changes) as TOML.
+    ConfigShow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    fn ok(data: impl Serialize) -> Response {
+        Response {
+            ok: true,
+            data: serde_json::to_value(data).ok(),
+            error: None,
+        }
+    }
+
+    pub fn error(msg: impl ToString) -> Response {
+        Response {
+            ok: false,
+            data: None,
+            error: Some(msg.to_string()),
+        }
+    }
+}
+
+/// Carries out one request on the switch.
+pub fn handle(switch: &mut Switch, req: Request) -> Response {
+    let result: Result<Response, SwitchError> = match req {
+        Request::PortAdd { port } => switch.add_port(port).map(|()| Response::ok(())),
+        Request::PortDel { name } => switch.del_port(&name).map(|()| Response::ok(())),
+        Request::PortList => Ok(Response::ok(switch.list_ports())),
+        Request::FdbShow => switch.show_fdb().map(Response::ok),
+        Request::FdbAdd { entry } => switch.add_fdb(entry).map(|()| Response::ok(())),
+        Request::FdbDel { mac, vlan } => switch.del_fdb(&mac, vlan).map(Response::ok),
+        Request::Stats => switch.stats().map(Response::ok),
+        Request::ConfigShow => Ok(Response::ok(switch.config().to_toml())),
+    };
+    result.unwrap_or_else(Response::error)
+}
+
+/// Parses one request line; the error says what was wrong with it.
+pub fn parse_request(line: &str) -> Result<Request, String> {
+    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+}
+
+/// Serves one connection: reads a request, handles it, writes the response.
+pub fn serve(switch: &mut Switch, stream: UnixStream) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new((&stream).take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let response = match parse_request(line.trim()) {
+        Ok(req) => handle(switch, req),
+        Err(e) => Response::error(e),
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    (&stream).write_all(&out)
+}
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon is listening.
+    #[error("cannot reach tapswitch at {path}: {source} (is `tapswitch run` running, with the same --socket?)")]
+    Connect {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to tapswitch: {0}")]
+    Io(#[from] io::Error),
+    /// The daemon refused the request; the message is its.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Sends `req` to the daemon at `socket` and returns the response's data.
+pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(&stream);
+    let mut resp = String::new();
+    reader.read_line(&mut resp)?;
+    let resp: Response =
+        serde_json::from_str(&resp).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if resp.ok {
+        Ok(resp.data.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(ClientError::Refused(
+            resp.error.unwrap_or_else(|| "unknown error".into()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        let req = Request::PortAdd {
+            port: PortConfig {
+                name: "tap-c1".into(),
+                vlan: Some(10),
+                ..PortConfig::default()
+            },
+        };
+        let text = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            text,
+            r#"{"cmd":"port_add","port":{"name":"tap-c1","vlan":10}}"#
+        );
+        assert_eq!(parse_request(&text).unwrap(), req);
+    }
+
+    #[test]
+    fn bad_requests_say_why() {
+        assert!(parse_request("").unwrap_err().starts_with("bad request"));
+        assert!(parse_request(r#"{"cmd":"nope"}"#)
+            .unwrap_err()
+            .contains("unknown variant"));
+        assert!(parse_request(r#"{"cmd":"port_del"}"#)
+            .unwrap_err()
+            .contains("missing field `name`"));
+    }
+}

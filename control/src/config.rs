@@ -1,0 +1,468 @@
+//! The configuration model: what `tapswitch run --config FILE` reads and what the API's
+//! `port add` and `fdb add` take (the same structs, so a key means the same everywhere).
+//!
+//! Parsing (serde) accepts only known keys; [`Config::validate`] then checks meaning and turns
+//! raw values into typed specs. Every error names the field: `port[1] (tap-c2).vlan: ...`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tapswitch_dataplane::io::port::valid_ifname;
+use tapswitch_dataplane::pipeline::{PortMode, VlanSet};
+use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
+
+/// The embedded default: a switch with no ports, ready for `port add`.
+pub const DEFAULT_CONFIG: &str =
+    "# tapswitch embedded default: no ports yet; add them with `tapswitch port add`.
+[switch]
+mac_aging_secs = 300
+mac_table_max = 65536
+";
+
+/// A configuration error, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where: `switch.mac_table_max`, `port[0] (tap-c1).vlan`, `fdb[2].port`, or the file.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub switch: SwitchConfig,
+    #[serde(default, rename = "port", skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+    #[serde(default, rename = "fdb", skip_serializing_if = "Vec::is_empty")]
+    pub fdb: Vec<FdbConfig>,
+}
+
+/// `[switch]`: switch-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchConfig {
+    /// Learned entries expire after this idle time.
+    #[serde(default = "default_aging")]
+    pub mac_aging_secs: u64,
+    /// Bound on learned MAC entries (the whole table).
+    #[serde(default = "default_table_max")]
+    pub mac_table_max: usize,
+}
+
+fn default_aging() -> u64 {
+    300
+}
+
+fn default_table_max() -> usize {
+    65_536
+}
+
+impl Default for SwitchConfig {
+    fn default() -> Self {
+        SwitchConfig {
+            mac_aging_secs: default_aging(),
+            mac_table_max: default_table_max(),
+        }
+    }
+}
+
+/// `[[port]]`: a TAP port that tapswitch creates, or an existing interface it attaches to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    pub name: String,
+    /// Named network namespace (as `ip netns` names it): where the TAP is created, or where
+    /// the attached interface is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// Attach to an existing interface over AF_PACKET instead of creating a TAP.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attach: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Access VLAN (untagged on the wire); default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Instead of `vlan`: these VLANs pass 802.1Q-tagged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<Vec<u16>>,
+    /// With `trunk`: untagged frames belong to this VLAN (and leave untagged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub native_vlan: Option<u16>,
+    /// Bound on MACs learned on this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_macs: Option<u32>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `[[fdb]]`: a static MAC entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FdbConfig {
+    pub mac: String,
+    pub port: String,
+    /// Default: the port's access VLAN (or its native VLAN for a trunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+/// A validated port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    pub name: String,
+    pub netns: Option<String>,
+    pub attach: bool,
+    pub mac: Option<EthernetAddress>,
+    pub mtu: Option<u32>,
+    pub mode: PortMode,
+    pub max_macs: u32,
+}
+
+/// A validated static FDB entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbSpec {
+    pub mac: EthernetAddress,
+    pub vlan: VlanId,
+}
+
+/// Largest MTU a port may have: a 64 KiB frame less the Ethernet and 802.1Q headers.
+pub const MTU_MAX: u32 = 65_518;
+pub const MTU_MIN: u32 = 68;
+
+pub fn parse_vlan(field: &str, v: u16) -> Result<VlanId, ConfigError> {
+    VlanId::new(v)
+        .ok_or_else(|| ConfigError::new(field, format!("{v} is not a VLAN id (1..=4094)")))
+}
+
+pub fn parse_mac(field: &str, s: &str) -> Result<EthernetAddress, ConfigError> {
+    let mac: EthernetAddress = s
+        .parse()
+        .map_err(|e| ConfigError::new(field, format!("{s:?}: {e}")))?;
+    if mac.is_multicast() || mac.is_zero() {
+        return Err(ConfigError::new(
+            field,
+            format!("{mac} is not a unicast MAC address"),
+        ));
+    }
+    Ok(mac)
+}
+
+impl PortConfig {
+    /// Checks this port on its own; `at` is how errors name it (`port[0] (tap-c1)` or
+    /// `port tap-c1`).
+    pub fn validate(&self, at: &str) -> Result<PortSpec, ConfigError> {
+        let f = |key: &str| format!("{at}.{key}");
+        if !valid_ifname(&self.name) {
+            return Err(ConfigError::new(
+                f("name"),
+                format!(
+                    "{:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)",
+                    self.name
+                ),
+            ));
+        }
+        if let Some(ns) = &self.netns {
+            if ns.is_empty() || ns.contains('/') || ns == "." || ns == ".." {
+                return Err(ConfigError::new(
+                    f("netns"),
+                    format!("{ns:?} is not a namespace name"),
+                ));
+            }
+        }
+        let mac = self
+            .mac
+            .as_deref()
+            .map(|m| parse_mac(&f("mac"), m))
+            .transpose()?;
+        if self.attach && mac.is_some() {
+            return Err(ConfigError::new(
+                f("mac"),
+                "not allowed with attach: an attached interface keeps its own MAC",
+            ));
+        }
+        if let Some(mtu) = self.mtu {
+            if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
+                return Err(ConfigError::new(
+                    f("mtu"),
+                    format!("{mtu} is out of range ({MTU_MIN}..={MTU_MAX})"),
+                ));
+            }
+        }
+        let mode = match (&self.vlan, &self.trunk) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    f("trunk"),
+                    "a port has either vlan or trunk, not both",
+                ))
+            }
+            (_, Some(list)) => {
+                if list.is_empty() {
+                    return Err(ConfigError::new(f("trunk"), "names no VLAN"));
+                }
+                let allowed = list
+                    .iter()
+                    .map(|v| parse_vlan(&f("trunk"), *v))
+                    .collect::<Result<VlanSet, _>>()?;
+                let native = self
+                    .native_vlan
+                    .map(|v| parse_vlan(&f("native_vlan"), v))
+                    .transpose()?;
+                PortMode::Trunk { allowed, native }
+            }
+            (vlan, None) => {
+                if self.native_vlan.is_some() {
+                    return Err(ConfigError::new(
+                        f("native_vlan"),
+                        "only a trunk port has a native VLAN",
+                    ));
+                }
+                PortMode::Access(match vlan {
+                    Some(v) => parse_vlan(&f("vlan"), *v)?,
+                    None => VlanId::DEFAULT,
+                })
+            }
+        };
+        Ok(PortSpec {
+            name: self.name.clone(),
+            netns: self.netns.clone(),
+            attach: self.attach,
+            mac,
+            mtu: self.mtu,
+            mode,
+            max_macs: self.max_macs.unwrap_or(u32::MAX),
+        })
+    }
+}
+
+impl FdbConfig {
+    /// Checks this entry against the validated ports.
+    pub fn validate(&self, at: &str, ports: &[PortSpec]) -> Result<FdbSpec, ConfigError> {
+        let f = |key: &str| format!("{at}.{key}");
+        let mac = parse_mac(&f("mac"), &self.mac)?;
+        let Some(port) = ports.iter().find(|p| p.name == self.port) else {
+            return Err(ConfigError::new(
+                f("port"),
+                format!("port {}: no such port", self.port),
+            ));
+        };
+        let vlan = match self.vlan {
+            Some(v) => parse_vlan(&f("vlan"), v)?,
+            None => match &port.mode {
+                PortMode::Access(v) => *v,
+                PortMode::Trunk {
+                    native: Some(v), ..
+                } => *v,
+                PortMode::Trunk { native: None, .. } => {
+                    return Err(ConfigError::new(
+                        f("vlan"),
+                        format!("port {} is a trunk: name the VLAN", port.name),
+                    ))
+                }
+            },
+        };
+        if !port.mode.is_member(vlan) {
+            return Err(ConfigError::new(
+                f("vlan"),
+                format!("port {} is not a member of VLAN {vlan}", port.name),
+            ));
+        }
+        Ok(FdbSpec { mac, vlan })
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub ports: Vec<PortSpec>,
+    /// Each entry with the index of its port in `ports`.
+    pub fdb: Vec<(FdbSpec, usize)>,
+}
+
+impl Config {
+    /// Parses TOML text; errors say where in the text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text)
+            .map_err(|e| ConfigError::new("config", e.to_string().trim_end().to_string()))
+    }
+
+    /// Reads and parses a file; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
+        Config::from_toml(&text)
+            .map_err(|e| ConfigError::new(path.display().to_string(), e.message))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks the whole configuration.
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let s = &self.switch;
+        if !(1..=1_000_000).contains(&s.mac_aging_secs) {
+            return Err(ConfigError::new(
+                "switch.mac_aging_secs",
+                format!("{} is out of range (1..=1000000)", s.mac_aging_secs),
+            ));
+        }
+        if !(1..=16_777_216).contains(&s.mac_table_max) {
+            return Err(ConfigError::new(
+                "switch.mac_table_max",
+                format!("{} is out of range (1..=16777216)", s.mac_table_max),
+            ));
+        }
+        if self.ports.len() > tapswitch_dataplane::tables::PortId::MAX_PORTS {
+            return Err(ConfigError::new(
+                "port",
+                format!(
+                    "{} ports; at most {}",
+                    self.ports.len(),
+                    tapswitch_dataplane::tables::PortId::MAX_PORTS
+                ),
+            ));
+        }
+        let mut ports = Vec::with_capacity(self.ports.len());
+        let mut names = HashSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let at = format!("port[{i}] ({})", p.name);
+            let spec = p.validate(&at)?;
+            if !names.insert(spec.name.clone()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("port {} is defined twice", p.name),
+                ));
+            }
+            ports.push(spec);
+        }
+        let mut fdb = Vec::with_capacity(self.fdb.len());
+        let mut keys = HashSet::new();
+        for (i, e) in self.fdb.iter().enumerate() {
+            let at = format!("fdb[{i}]");
+            let spec = e.validate(&at, &ports)?;
+            if !keys.insert((spec.vlan, spec.mac)) {
+                return Err(ConfigError::new(
+                    format!("{at}.mac"),
+                    format!("{} in VLAN {} is defined twice", spec.mac, spec.vlan),
+                ));
+            }
+            let port = ports
+                .iter()
+                .position(|p| p.name == e.port)
+                .unwrap_or_default();
+            fdb.push((spec, port));
+        }
+        Ok(Validated { ports, fdb })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match Config::from_toml(text).and_then(|c| c.validate().map(|_| ())) {
+            Ok(()) => panic!("accepted: {text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_validates() {
+        let c = Config::from_toml(
+            r#"
+            [switch]
+            mac_aging_secs = 300
+            mac_table_max = 65536
+            [[port]]
+            name = "tap-c1"
+            netns = "c1"
+            mac = "02:00:00:00:00:01"
+            mtu = 1500
+            vlan = 10
+            max_macs = 256
+            [[port]]
+            name = "tap-t"
+            trunk = [10, 20]
+            [[port]]
+            name = "veth-x"
+            attach = true
+            [[fdb]]
+            mac = "02:00:00:00:00:09"
+            port = "tap-c1"
+            vlan = 10
+            "#,
+        )
+        .unwrap();
+        let v = c.validate().unwrap();
+        assert_eq!(v.ports.len(), 3);
+        assert_eq!(v.ports[0].mode, PortMode::Access(VlanId::new(10).unwrap()));
+        assert_eq!(v.ports[0].max_macs, 256);
+        assert!(v.ports[2].attach);
+        assert_eq!(v.fdb[0].1, 0);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c, "round trip");
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = Config::from_toml(DEFAULT_CONFIG).unwrap();
+        assert!(c.validate().unwrap().ports.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("[[port]]\nname = \"a\"\nvlan = 5000", "port[0] (a).vlan: 5000 is not a VLAN id"),
+            ("[[port]]\nname = \"a\"\nvlan = 1\ntrunk = [2]", "port[0] (a).trunk: a port has either"),
+            ("[[port]]\nname = \"a\"\ntrunk = []", "port[0] (a).trunk: names no VLAN"),
+            ("[[port]]\nname = \"a\"\nmac = \"zz\"", "port[0] (a).mac:"),
+            ("[[port]]\nname = \"a\"\nmac = \"01:00:00:00:00:01\"", "not a unicast MAC"),
+            ("[[port]]\nname = \"a\"\nmtu = 10", "port[0] (a).mtu: 10 is out of range"),
+            ("[[port]]\nname = \"a/b\"", "port[0] (a/b).name:"),
+            ("[[port]]\nname = \"a\"\n[[port]]\nname = \"a\"", "port[1] (a).name: port a is defined twice"),
+            ("[[port]]\nname = \"a\"\nattach = true\nmac = \"02:00:00:00:00:01\"", "not allowed with attach"),
+            ("[switch]\nmac_table_max = 0", "switch.mac_table_max: 0 is out of range"),
+            ("[switch]\nmac_aging_secs = 0", "switch.mac_aging_secs"),
+            ("[[fdb]]\nmac = \"02:00:00:00:00:01\"\nport = \"nope\"", "fdb[0].port: port nope: no such port"),
+            (
+                "[[port]]\nname = \"a\"\nvlan = 10\n[[fdb]]\nmac = \"02:00:00:00:00:01\"\nport = \"a\"\nvlan = 20",
+                "fdb[0].vlan: port a is not a member of VLAN 20",
+            ),
+            ("[[port]]\nname = \"a\"\nvlna = 10", "unknown field `vlna`"),
+            ("[swtich]\n", "unknown field `swtich`"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(
+                got.contains(want),
+                "for {text:?}\n got: {got}\nwant: {want}"
+            );
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The [`Switch`]: the control thread's whole state and every change to it.
+//!
+//! Ownership: the control thread owns the `Switch` (configuration, port devices, port id
+//! allocation, worker handles). Every operation validates the change against a copy of the
+//! configuration first; only then does it create or remove devices, compile a new
+//! [`Snapshot`] and publish it to the workers, so an error changes nothing. A publication
+//! returns once every worker forwards with the new snapshot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use serde::Serialize;
+use tapswitch_dataplane::io::{PortDevice, PortError, Snapshot, TapSpec, WorkerHandle};
+use tapswitch_dataplane::pipeline::{
+    DropReason, ForwardingState, PortCounters, PortMode, PortState,
+};
+use tapswitch_dataplane::tables::{FdbKey, PortId};
+use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
+
+use crate::config::{self, Config, ConfigError, FdbConfig, PortConfig, PortSpec};
+
+/// How long a publication may take before it is an error.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of a change to the switch. The message names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// The configuration or request is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A port's device could not be set up.
+    #[error("port {name}: {source}")]
+    Port {
+        name: String,
+        #[source]
+        source: PortError,
+    },
+    /// The named port does not exist.
+    #[error("port {0}: no such port")]
+    NoSuchPort(String),
+    /// A port with that name exists.
+    #[error("port {0}: already exists")]
+    PortExists(String),
+    /// No port id is free.
+    #[error("port {0}: the switch already has the maximum of {max} ports", max = PortId::MAX_PORTS)]
+    TooManyPorts(String),
+    /// No FDB entry matched.
+    #[error("fdb {0}: no such entry")]
+    NoSuchFdbEntry(String),
+    /// A worker thread could not be reached or did not adopt a new state.
+    #[error("dataplane: {0}")]
+    Worker(#[source] std::io::Error),
+}
+
+/// A port as the switch holds it.
+struct Port {
+    spec: PortSpec,
+    device: Arc<PortDevice>,
+    /// Counter values of this port id when the port was added (ids are reused).
+    baseline: PortStats,
+}
+
+/// Traffic counters of one port, summed over workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_errors: u64,
+    /// Drop reason -> frames dropped on ingress at this port.
+    pub drops: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl PortStats {
+    fn add(&mut self, c: &PortCounters) {
+        self.rx_packets += c.rx_packets.get();
+        self.rx_bytes += c.rx_bytes.get();
+        self.tx_packets += c.tx_packets.get();
+        self.tx_bytes += c.tx_bytes.get();
+        self.tx_errors += c.tx_errors.get();
+        for r in DropReason::ALL {
+            *self.drops.entry(r.as_str()).or_default() += c.drops[r.index()].get();
+        }
+    }
+
+    fn since(&self, base: &PortStats) -> PortStats {
+        PortStats {
+            rx_packets: self.rx_packets - base.rx_packets,
+            rx_bytes: self.rx_bytes - base.rx_bytes,
+            tx_packets: self.tx_packets - base.tx_packets,
+            tx_bytes: self.tx_bytes - base.tx_bytes,
+            tx_errors: self.tx_errors - base.tx_errors,
+            drops: self
+                .drops
+                .iter()
+                .map(|(k, v)| (*k, v - base.drops.get(k).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+}
+
+/// `stats` output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub ports: Vec<NamedPortStats>,
+    pub fdb: FdbStats,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedPortStats {
+    pub name: String,
+    #[serde(flatten)]
+    pub stats: PortStats,
+}
+
+/// Learning counters, summed over workers.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FdbStats {
+    pub learned_entries: u64,
+    pub static_entries: u64,
+    pub learned: u64,
+    pub moved: u64,
+    pub aged: u64,
+    /// MACs not learned because the table held `mac_table_max` entries.
+    pub table_full: u64,
+    /// MACs not learned because their port held its `max_macs`.
+    pub port_limit: u64,
+}
+
+/// One line of `port list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PortInfo {
+    pub name: String,
+    pub id: u16,
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    pub mac: String,
+    pub mtu: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trunk: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_vlan: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_macs: Option<u32>,
+}
+
+/// One line of `fdb show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FdbInfo {
+    pub mac: String,
+    pub port: String,
+    pub vlan: u16,
+    /// "learned" or "static".
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Seconds since the station was last seen (learned entries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<u64>,
+}
+
+pub struct Switch {
+    config: Config,
+    /// Indexed by port id.
+    ports: Vec<Option<Port>>,
+    generation: u64,
+    workers: Vec<WorkerHandle>,
+}
+
+impl Switch {
+    /// Validates `config`, creates its ports and starts the worker. On error nothing is left
+    /// behind (devices created so far are removed).
+    pub fn start(config: Config) -> Result<Switch, SwitchError> {
+        let validated = config.validate()?;
+        let mut ports = Vec::with_capacity(validated.ports.len());
+        for spec in validated.ports {
+            let device = open_device(&spec)?;
+            ports.push(Some(Port {
+                spec,
+                device,
+                baseline: PortStats::default(),
+            }));
+        }
+        let mut switch = Switch {
+            config,
+            ports,
+            generation: 0,
+            workers: Vec::new(),
+        };
+        let snapshot = switch.compile();
+        let worker = WorkerHandle::spawn(0, snapshot).map_err(SwitchError::Worker)?;
+        switch.workers.push(worker);
+        Ok(switch)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Compiles the current configuration and devices into a new snapshot.
+    fn compile(&mut self) -> Arc<Snapshot> {
+        self.generation += 1;
+        let mut forwarding = ForwardingState::with_ports(
+            self.ports
+                .iter()
+                .map(|p| {
+                    p.as_ref().map(|p| PortState {
+                        name: p.spec.name.clone(),
+                        mode: p.spec.mode.clone(),
+                        mtu: p.device.mtu().min(u16::MAX as u32) as u16,
+                        max_macs: p.spec.max_macs,
+                    })
+                })
+                .collect(),
+        );
+        forwarding.generation = self.generation;
+        forwarding.mac_aging_ms = self.config.switch.mac_aging_secs * 1000;
+        forwarding.mac_table_max = self.config.switch.mac_table_max;
+        // The configuration was validated when it was accepted, so this cannot fail.
+        if let Ok(v) = self.config.validate() {
+            for (spec, port) in v.fdb {
+                if let Some(id) = self.port_id(&v.ports[port].name) {
+                    forwarding
+                        .static_fdb
+                        .insert(FdbKey::new(spec.vlan, spec.mac), id);
+                }
+            }
+        }
+        Arc::new(Snapshot {
+            forwarding,
+            devices: self
+                .ports
+                .iter()
+                .map(|p| p.as_ref().map(|p| Arc::clone(&p.device)))
+                .collect(),
+        })
+    }
+
+    fn publish(&mut self) -> Result<(), SwitchError> {
+        let snapshot = self.compile();
+        for w in &self.workers {
+            w.publish(Arc::clone(&snapshot), PUBLISH_TIMEOUT)
+                .map_err(SwitchError::Worker)?;
+        }
+        Ok(())
+    }
+
+    fn port_id(&self, name: &str) -> Option<PortId> {
+        self.ports
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| p.spec.name == name))
+            .map(|i| PortId(i as u16))
+    }
+
+    fn port_name(&self, id: PortId) -> String {
+        self.ports
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .map(|p| p.spec.name.clone())
+            .unwrap_or_else(|| format!("#{}", id.0))
+    }
+
+    /// `port add`.
+    pub fn add_port(&mut self, port: PortConfig) -> Result<(), SwitchError> {
+        let spec = port.validate(&format!("port {}", port.name))?;
+        if self.port_id(&spec.name).is_some() {
+            return Err(SwitchError::PortExists(spec.name));
+        }
+        let slot = match self.ports.iter().position(Option::is_none) {
+            Some(i) => i,
+            None if self.ports.len() < PortId::MAX_PORTS => {
+                self.ports.push(None);
+                self.ports.len() - 1
+            }
+            None => return Err(SwitchError::TooManyPorts(spec.name)),
+        };
+        let device = open_device(&spec)?;
+        let baseline = self.counters_of(PortId(slot as u16));
+        self.ports[slot] = Some(Port {
+            spec,
+            device,
+            baseline,
+        });
+        self.config.ports.push(port);
+        if let Err(e) = self.publish() {
+            self.ports[slot] = None;
+            self.config.ports.pop();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `port del`: removes the port, its static FDB entries and what was learned on it.
+    pub fn del_port(&mut self, name: &str) -> Result<(), SwitchError> {
+        let id = self
+            .port_id(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        let removed = self.ports[id.index()].take();
+        let old_config = self.config.clone();
+        self.config.ports.retain(|p| p.name != name);
+        self.config.fdb.retain(|e| e.port != name);
+        if let Err(e) = self.publish() {
+            self.ports[id.index()] = removed;
+            self.config = old_config;
+            return Err(e);
+        }
+        // The workers no longer use the device: dropping it here deletes a TAP.
+        drop(removed);
+        Ok(())
+    }
+
+    pub fn list_ports(&self) -> Vec<PortInfo> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+            .map(|(i, p)| {
+                let (vlan, trunk, native) = match &p.spec.mode {
+                    PortMode::Access(v) => (Some(v.get()), None, None),
+                    PortMode::Trunk { allowed, native } => (
+                        None,
+                        Some(allowed.iter().map(VlanId::get).collect()),
+                        native.map(VlanId::get),
+                    ),
+                };
+                PortInfo {
+                    name: p.spec.name.clone(),
+                    id: i as u16,
+                    kind: p.device.kind().as_str(),
+                    netns: p.spec.netns.clone(),
+                    mac: p.device.mac().to_string(),
+                    mtu: p.device.mtu(),
+                    vlan,
+                    trunk,
+                    native_vlan: native,
+                    max_macs: (p.spec.max_macs != u32::MAX).then_some(p.spec.max_macs),
+                }
+            })
+            .collect()
+    }
+
+    /// `fdb add` (static).
+    pub fn add_fdb(&mut self, entry: FdbConfig) -> Result<(), SwitchError> {
+        let mut candidate = self.config.clone();
+        candidate.fdb.push(entry);
+        let at = candidate.fdb.len() - 1;
+        candidate.validate().map_err(|e| {
+            let field = e.field.replace(&format!("fdb[{at}]"), "fdb");
+            SwitchError::Config(ConfigError::new(field, e.message))
+        })?;
+        let old = std::mem::replace(&mut self.config, candidate);
+        if let Err(e) = self.publish() {
+            self.config = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `fdb del`: removes static entries for `mac` (in `vlan`, or any VLAN) and forgets
+    /// learned ones.
+    pub fn del_fdb(&mut self, mac: &str, vlan: Option<u16>) -> Result<usize, SwitchError> {
+        let mac = config::parse_mac("mac", mac)?;
+        let vlan = vlan.map(|v| config::parse_vlan("vlan", v)).transpose()?;
+        let validated = self.config.validate()?;
+        let old = self.config.clone();
+        let before = self.config.fdb.len();
+        let mut keep = Vec::new();
+        for (entry, (spec, _)) in self.config.fdb.iter().zip(validated.fdb.iter()) {
+            let hit = spec.mac == mac && vlan.is_none_or(|v| v == spec.vlan);
+            if !hit {
+                keep.push(entry.clone());
+            }
+        }
+        self.config.fdb = keep;
+        let static_removed = before - self.config.fdb.len();
+        if static_removed > 0 {
+            if let Err(e) = self.publish() {
+                self.config = old;
+                return Err(e);
+            }
+        }
+        let mut learned_removed = 0;
+        for w in &self.workers {
+            learned_removed += w.flush_fdb(vlan, Some(mac)).map_err(SwitchError::Worker)?;
+        }
+        let total = static_removed + learned_removed;
+        if total == 0 {
+            let what = match vlan {
+                Some(v) => format!("{mac} vlan {v}"),
+                None => mac.to_string(),
+            };
+            return Err(SwitchError::NoSuchFdbEntry(what));
+        }
+        Ok(total)
+    }
+
+    /// `fdb show`: static entries, then learned ones, each sorted by VLAN and MAC.
+    pub fn show_fdb(&self) -> Result<Vec<FdbInfo>, SwitchError> {
+        let mut out = Vec::new();
+        let validated = self.config.validate()?;
+        let mut statics: Vec<FdbInfo> = self
+            .config
+            .fdb
+            .iter()
+            .zip(validated.fdb.iter())
+            .map(|(e, (spec, _))| FdbInfo {
+                mac: spec.mac.to_string(),
+                port: e.port.clone(),
+                vlan: spec.vlan.get(),
+                kind: "static",
+                age_secs: None,
+            })
+            .collect();
+        statics.sort_by_key(|e| (e.vlan, e.mac.clone()));
+        out.extend(statics);
+        let mut learned: HashMap<(u16, EthernetAddress), FdbInfo> = HashMap::new();
+        for w in &self.workers {
+            for r in w.dump_fdb().map_err(SwitchError::Worker)? {
+                let info = FdbInfo {
+                    mac: r.mac.to_string(),
+                    port: self.port_name(r.port),
+                    vlan: r.vlan.get(),
+                    kind: "learned",
+                    age_secs: Some(r.age_ms / 1000),
+                };
+                learned.insert((r.vlan.get(), r.mac), info);
+            }
+        }
+        let mut learned: Vec<_> = learned.into_iter().collect();
+        learned.sort_by_key(|(k, _)| *k);
+        out.extend(learned.into_iter().map(|(_, v)| v));
+        Ok(out)
+    }
+
+    fn counters_of(&self, id: PortId) -> PortStats {
+        let mut s = PortStats::default();
+        for w in &self.workers {
+            s.add(w.counters().port(id));
+        }
+        s
+    }
+
+    /// `stats`.
+    pub fn stats(&self) -> Result<Stats, SwitchError> {
+        let ports = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+            .map(|(i, p)| NamedPortStats {
+                name: p.spec.name.clone(),
+                stats: self.counters_of(PortId(i as u16)).since(&p.baseline),
+            })
+            .collect();
+        let mut fdb = FdbStats {
+            static_entries: self.config.fdb.len() as u64,
+            ..FdbStats::default()
+        };
+        for w in &self.workers {
+            let l = &w.counters().learn;
+            fdb.learned += l.learned.get();
+            fdb.moved += l.moved.get();
+            fdb.aged += l.aged.get();
+            fdb.table_full += l.table_full.get();
+            fdb.port_limit += l.port_limit.get();
+            fdb.learned_entries += w.dump_fdb().map_err(SwitchError::Worker)?.len() as u64;
+        }
+        Ok(Stats { ports, fdb })
+    }
+
+    /// Stops the workers and removes every port (TAP devices are deleted).
+    pub fn shutdown(&mut self) {
+        for w in &mut self.workers {
+            w.stop();
+        }
+        self.workers.clear();
+        self.ports.clear();
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn open_device(spec: &PortSpec) -> Result<Arc<PortDevice>, SwitchError> {
+    let device = if spec.attach {
+        PortDevice::attach(&spec.name, spec.netns.as_deref(), spec.mtu)
+    } else {
+        PortDevice::create_tap(&TapSpec {
+            name: spec.name.clone(),
+            netns: spec.netns.clone(),
+            mac: spec.mac,
+            mtu: spec.mtu,
+        })
+    };
+    device.map(Arc::new).map_err(|source| SwitchError::Port {
+        name: spec.name.clone(),
+        source,
+    })
+}

@@ -1,0 +1,472 @@
+//! A port's device: where its frames are read from and written to.
+//!
+//! - [`PortKind::Tap`]: a TAP device that tapswitch creates (optionally inside a named network
+//!   namespace) and owns: closing the descriptor deletes the device, so a port's device lives
+//!   exactly as long as its [`PortDevice`].
+//! - [`PortKind::Packet`]: an existing interface (a veth end, an uplink NIC) attached over an
+//!   AF_PACKET socket. tapswitch puts it up and promiscuous and takes every frame it receives;
+//!   outgoing frames of the host's own stack on it are ignored. VLAN tags that the driver moved
+//!   out of the frame (auxdata) are put back.
+//!
+//! Devices are created by the control thread and then only read and written by the worker that
+//! owns the port; both operations are non-blocking.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+use super::netdev::{self, IfReq};
+use super::netns;
+use crate::pipeline::bridge::EgressFrame;
+use crate::wire::EthernetAddress;
+
+/// Largest frame a port reads: a 64 KiB super-frame plus a reinserted VLAN tag.
+pub const MAX_FRAME: usize = 65_536 + 4;
+/// Room kept in front of a received frame for reinserting a VLAN tag.
+pub const HEADROOM: usize = 4;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const PACKET_AUXDATA: libc::c_int = 8;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
+
+/// Setup errors of a port device. Each message names the device.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The name is not a valid interface name.
+    #[error("{0:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)")]
+    BadName(String),
+    /// A TAP port would take a name that an existing device has.
+    #[error("a device named {name} already exists{}", in_netns(.netns))]
+    Exists { name: String, netns: Option<String> },
+    /// An attached port names a device that does not exist.
+    #[error("no device named {name}{}", in_netns(.netns))]
+    NoSuchDevice { name: String, netns: Option<String> },
+    /// A syscall failed while setting the device up.
+    #[error("{what} {name}: {source}")]
+    Os {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn in_netns(netns: &Option<String>) -> String {
+    netns
+        .as_ref()
+        .map(|n| format!(" in network namespace {n}"))
+        .unwrap_or_default()
+}
+
+/// Whether `name` can be an interface name.
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= netdev::IFNAME_MAX
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+}
+
+/// How to create a TAP port.
+#[derive(Debug, Clone, Default)]
+pub struct TapSpec {
+    pub name: String,
+    pub netns: Option<String>,
+    pub mac: Option<EthernetAddress>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortKind {
+    Tap,
+    Packet,
+}
+
+impl PortKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PortKind::Tap => "tap",
+            PortKind::Packet => "attach",
+        }
+    }
+}
+
+/// An open port device.
+#[derive(Debug)]
+pub struct PortDevice {
+    kind: PortKind,
+    fd: OwnedFd,
+    name: String,
+    netns: Option<String>,
+    /// MAC of the device (the workload's side of a TAP; the attached interface's).
+    mac: EthernetAddress,
+    mtu: u32,
+}
+
+fn os<'a>(what: &'static str, name: &'a str) -> impl FnOnce(io::Error) -> PortError + 'a {
+    move |source| PortError::Os {
+        what,
+        name: name.to_string(),
+        source,
+    }
+}
+
+impl PortDevice {
+    /// Creates a TAP device as `spec` says, up, inside `spec.netns` when given.
+    pub fn create_tap(spec: &TapSpec) -> Result<PortDevice, PortError> {
+        if !valid_ifname(&spec.name) {
+            return Err(PortError::BadName(spec.name.clone()));
+        }
+        let name = spec.name.as_str();
+        netns::run_in(spec.netns.as_deref(), || {
+            if netdev::exists(name) {
+                return Ok(Err(PortError::Exists {
+                    name: name.to_string(),
+                    netns: spec.netns.clone(),
+                }));
+            }
+            Ok(Self::open_tap(spec))
+        })
+        .map_err(os("entering network namespace for", name))?
+    }
+
+    fn open_tap(spec: &TapSpec) -> Result<PortDevice, PortError> {
+        let name = spec.name.as_str();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open("/dev/net/tun")
+            .map_err(os("opening /dev/net/tun for", name))?;
+        let fd = OwnedFd::from(file);
+        let mut req = IfReq::new(name).map_err(os("naming", name))?;
+        let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
+        req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+        netdev::ioctl(&fd, TUNSETIFF, &mut req).map_err(os("creating TAP device", name))?;
+        if let Some(mac) = spec.mac {
+            netdev::set_mac(name, mac).map_err(os("setting the MAC of", name))?;
+        }
+        if let Some(mtu) = spec.mtu {
+            netdev::set_mtu(name, mtu).map_err(os("setting the MTU of", name))?;
+        }
+        netdev::set_up(name).map_err(os("bringing up", name))?;
+        Ok(PortDevice {
+            kind: PortKind::Tap,
+            fd,
+            name: name.to_string(),
+            netns: spec.netns.clone(),
+            mac: netdev::mac(name).map_err(os("reading the MAC of", name))?,
+            mtu: netdev::mtu(name).map_err(os("reading the MTU of", name))?,
+        })
+    }
+
+    /// Attaches to the existing interface `name` (inside `netns` when given) over AF_PACKET:
+    /// up, promiscuous, every frame. `mtu` changes the interface's MTU when given.
+    pub fn attach(
+        name: &str,
+        netns: Option<&str>,
+        mtu: Option<u32>,
+    ) -> Result<PortDevice, PortError> {
+        if !valid_ifname(name) {
+            return Err(PortError::BadName(name.to_string()));
+        }
+        netns::run_in(netns, || {
+            let Ok(ifindex) = netdev::index(name) else {
+                return Ok(Err(PortError::NoSuchDevice {
+                    name: name.to_string(),
+                    netns: netns.map(str::to_string),
+                }));
+            };
+            Ok(Self::open_packet(name, netns, ifindex, mtu))
+        })
+        .map_err(os("entering network namespace for", name))?
+    }
+
+    fn open_packet(
+        name: &str,
+        netns: Option<&str>,
+        ifindex: u32,
+        mtu: Option<u32>,
+    ) -> Result<PortDevice, PortError> {
+        // Protocol 0 until bound, so no frame of another interface slips in before bind.
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if raw < 0 {
+            return Err(os("opening a packet socket for", name)(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        setsockopt_int(&fd, PACKET_AUXDATA, 1).map_err(os("enabling auxdata on", name))?;
+        // Frames the host itself sends on the interface are not ours to switch. Older kernels
+        // lack the option; then such frames are filtered by packet type on receive.
+        let _ = setsockopt_int(&fd, PACKET_IGNORE_OUTGOING, 1);
+        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: sll is a valid sockaddr_ll and the length matches it.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+                mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(os("binding a packet socket to", name)(
+                io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+        let mut mreq: libc::packet_mreq = unsafe { mem::zeroed() };
+        mreq.mr_ifindex = ifindex as i32;
+        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+        // SAFETY: mreq is a valid packet_mreq and the length matches it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                &mreq as *const libc::packet_mreq as *const libc::c_void,
+                mem::size_of::<libc::packet_mreq>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(os("making promiscuous", name)(io::Error::last_os_error()));
+        }
+        if let Some(mtu) = mtu {
+            netdev::set_mtu(name, mtu).map_err(os("setting the MTU of", name))?;
+        }
+        netdev::set_up(name).map_err(os("bringing up", name))?;
+        Ok(PortDevice {
+            kind: PortKind::Packet,
+            fd,
+            name: name.to_string(),
+            netns: netns.map(str::to_string),
+            mac: netdev::mac(name).map_err(os("reading the MAC of", name))?,
+            mtu: netdev::mtu(name).map_err(os("reading the MTU of", name))?,
+        })
+    }
+
+    pub fn kind(&self) -> PortKind {
+        self.kind
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn netns(&self) -> Option<&str> {
+        self.netns.as_deref()
+    }
+
+    pub fn mac(&self) -> EthernetAddress {
+        self.mac
+    }
+
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads one frame into `buf[HEADROOM..]` (a TAP) or with auxdata (a packet socket) and
+    /// returns the frame's range in `buf`. `Ok(None)` means nothing more to read now.
+    /// `buf` must be at least [`HEADROOM`] + [`MAX_FRAME`] long.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+        match self.kind {
+            PortKind::Tap => {
+                let room = &mut buf[HEADROOM..];
+                // SAFETY: room is valid for writes of room.len() bytes.
+                let n = unsafe {
+                    libc::read(self.fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len())
+                };
+                if n < 0 {
+                    return would_block(io::Error::last_os_error());
+                }
+                Ok(Some(RxFrame {
+                    start: HEADROOM,
+                    len: n as usize,
+                    truncated: false,
+                }))
+            }
+            PortKind::Packet => self.recv_packet(buf),
+        }
+    }
+
+    fn recv_packet(&self, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+        loop {
+            match self.recv_packet_once(buf)? {
+                Received::Frame(f) => return Ok(Some(f)),
+                Received::Nothing => return Ok(None),
+                Received::Outgoing => continue,
+            }
+        }
+    }
+
+    fn recv_packet_once(&self, buf: &mut [u8]) -> io::Result<Received> {
+        let room = &mut buf[HEADROOM..];
+        let mut iov = libc::iovec {
+            iov_base: room.as_mut_ptr().cast(),
+            iov_len: room.len(),
+        };
+        let mut cmsg_buf = [0u64; 16];
+        // SAFETY: sockaddr_ll and msghdr are plain old data; all-zero is valid.
+        let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+        msg.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        msg.msg_controllen = mem::size_of_val(&cmsg_buf);
+        // SAFETY: msg points at live buffers of the stated sizes for the whole call.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+        if n < 0 {
+            return Ok(would_block(io::Error::last_os_error())?.unwrap_or(Received::Nothing));
+        }
+        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            return Ok(Received::Outgoing);
+        }
+        let len = n as usize;
+        let truncated = len > room.len();
+        let len = len.min(room.len());
+        let mut frame = RxFrame {
+            start: HEADROOM,
+            len,
+            truncated,
+        };
+        // SAFETY: msg's control buffer was filled by recvmsg; the CMSG macros walk it within
+        // msg_controllen.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+        while !cmsg.is_null() {
+            // SAFETY: cmsg is non-null and within the control buffer.
+            let hdr = unsafe { &*cmsg };
+            if hdr.cmsg_level == libc::SOL_PACKET && hdr.cmsg_type == PACKET_AUXDATA {
+                // SAFETY: a PACKET_AUXDATA message carries a tpacket_auxdata.
+                let aux: libc::tpacket_auxdata =
+                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 && len >= 12 {
+                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                        aux.tp_vlan_tpid
+                    } else {
+                        0x8100
+                    };
+                    // Move the MAC addresses into the headroom and put the tag after them.
+                    buf.copy_within(HEADROOM..HEADROOM + 12, 0);
+                    buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+                    buf[14..16].copy_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                    frame = RxFrame {
+                        start: 0,
+                        len: len + 4,
+                        truncated,
+                    };
+                }
+            }
+            // SAFETY: as for CMSG_FIRSTHDR.
+            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+        }
+        Ok(Received::Frame(frame))
+    }
+
+    /// Writes one frame, given in pieces.
+    pub fn send(&self, frame: &EgressFrame<'_>) -> io::Result<()> {
+        let tag = frame.tag.unwrap_or_default();
+        let iov = [
+            libc::iovec {
+                iov_base: frame.addresses.as_ptr() as *mut _,
+                iov_len: frame.addresses.len(),
+            },
+            libc::iovec {
+                iov_base: tag.as_ptr() as *mut _,
+                iov_len: if frame.tag.is_some() { tag.len() } else { 0 },
+            },
+            libc::iovec {
+                iov_base: frame.rest.as_ptr() as *mut _,
+                iov_len: frame.rest.len(),
+            },
+        ];
+        // SAFETY: every iovec points at a live buffer of its length; writev only reads them.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+enum Received {
+    Frame(RxFrame),
+    Nothing,
+    /// A frame the host sent on the interface: not switched.
+    Outgoing,
+}
+
+/// Where a received frame sits in the receive buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxFrame {
+    pub start: usize,
+    pub len: usize,
+    /// The frame was longer than the buffer and was cut.
+    pub truncated: bool,
+}
+
+fn would_block<T>(e: io::Error) -> io::Result<Option<T>> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock => Ok(None),
+        io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(e),
+    }
+}
+
+fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: value is a live c_int and the length matches it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            opt,
+            &value as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        assert!(valid_ifname("tap-c1"));
+        assert!(valid_ifname("a23456789012345"));
+        assert!(!valid_ifname("a234567890123456"));
+        for bad in ["", "a/b", "a b", "a:1", ".", ".."] {
+            assert!(!valid_ifname(bad), "{bad:?}");
+        }
+    }
+}

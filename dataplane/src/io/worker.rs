@@ -1,0 +1,402 @@
+//! A worker thread: one mio poll loop over its ports.
+//!
+//! The worker owns its [`Bridge`] (learned MAC table and counters) and its receive buffer. It
+//! takes commands from the control thread over a bounded channel, woken by a mio [`Waker`], and
+//! handles them only between batches, so every frame is processed against one whole
+//! [`Snapshot`]. Per frame it does no locking and no allocation: read, `Bridge::process`,
+//! `writev` to each egress device.
+//!
+//! Readiness is edge-triggered, so a port stays on the `ready` list until a read says
+//! `WouldBlock`; each turn reads at most [`BATCH`] frames per port so one busy port cannot
+//! starve the others or the control channel.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::port::{PortDevice, HEADROOM, MAX_FRAME};
+use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, WorkerCounters};
+use crate::tables::{FdbKey, PortId, Timestamp};
+use crate::wire::{EthernetAddress, VlanId};
+
+/// Frames read from one port before the worker looks at its other ports and its commands.
+pub const BATCH: usize = 32;
+/// How often learned entries are aged.
+const AGING_TICK: Duration = Duration::from_secs(1);
+const WAKER: Token = Token(usize::MAX);
+/// Bound of the command channel to a worker.
+const COMMAND_QUEUE: usize = 64;
+
+/// What a worker forwards with: the compiled state and the devices of its ports, both indexed
+/// by [`PortId`]. Published whole by control.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub forwarding: ForwardingState,
+    pub devices: Vec<Option<Arc<PortDevice>>>,
+}
+
+impl Snapshot {
+    fn device(&self, port: PortId) -> Option<&Arc<PortDevice>> {
+        self.devices.get(port.index()).and_then(Option::as_ref)
+    }
+}
+
+/// A learned MAC table entry as a worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbRecord {
+    pub vlan: VlanId,
+    pub mac: EthernetAddress,
+    pub port: PortId,
+    /// Time since the station was last seen.
+    pub age_ms: u64,
+}
+
+/// Messages from control to a worker.
+pub enum WorkerCommand {
+    /// Forward with this snapshot from the next batch on.
+    Adopt(Arc<Snapshot>),
+    /// Report the learned MAC table.
+    DumpFdb(Sender<Vec<FdbRecord>>),
+    /// Forget learned entries for `mac` (in `vlan`, or every VLAN); reply with how many.
+    FlushFdb {
+        vlan: Option<VlanId>,
+        mac: Option<EthernetAddress>,
+        reply: Sender<usize>,
+    },
+    /// Leave the poll loop.
+    Stop,
+}
+
+/// Control's side of a worker.
+pub struct WorkerHandle {
+    commands: Sender<WorkerCommand>,
+    waker: Arc<Waker>,
+    counters: Arc<WorkerCounters>,
+    adopted: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Starts worker number `index` forwarding with `snapshot`.
+    pub fn spawn(index: usize, snapshot: Arc<Snapshot>) -> io::Result<WorkerHandle> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
+        let counters = Arc::new(WorkerCounters::default());
+        let adopted = Arc::new(AtomicU64::new(0));
+        let mut worker = Worker {
+            poll,
+            commands: rx,
+            bridge: Bridge::new(&snapshot.forwarding, Arc::clone(&counters)),
+            snapshot: Arc::new(Snapshot::default()),
+            registered: Vec::new(),
+            ready: Vec::new(),
+            is_ready: vec![false; PortId::MAX_PORTS],
+            adopted: Arc::clone(&adopted),
+            epoch: Instant::now(),
+        };
+        worker.adopt(snapshot)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("tapswitch-worker-{index}"))
+            .spawn(move || worker.run())?;
+        Ok(WorkerHandle {
+            commands: tx,
+            waker,
+            counters,
+            adopted,
+            thread: Some(thread),
+        })
+    }
+
+    /// Sends a command and wakes the worker. Blocks while the command queue is full.
+    pub fn send(&self, cmd: WorkerCommand) -> io::Result<()> {
+        let mut cmd = cmd;
+        loop {
+            match self.commands.try_send(cmd) {
+                Ok(()) => return self.waker.wake(),
+                Err(TrySendError::Full(c)) => {
+                    self.waker.wake()?;
+                    cmd = c;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(io::Error::other("worker thread has stopped"))
+                }
+            }
+        }
+    }
+
+    /// Publishes `snapshot` and waits (up to `timeout`) until the worker forwards with it, so
+    /// that devices dropped from it are no longer in use when this returns.
+    pub fn publish(&self, snapshot: Arc<Snapshot>, timeout: Duration) -> io::Result<()> {
+        let generation = snapshot.forwarding.generation;
+        self.send(WorkerCommand::Adopt(snapshot))?;
+        let deadline = Instant::now() + timeout;
+        while self.adopted.load(Ordering::Acquire) < generation {
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "worker did not adopt the new forwarding state in time",
+                ));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.counters
+    }
+
+    /// Asks the worker for its learned MAC table.
+    pub fn dump_fdb(&self) -> io::Result<Vec<FdbRecord>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(WorkerCommand::DumpFdb(tx))?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(io::Error::other)
+    }
+
+    /// Asks the worker to forget learned entries; returns how many it removed.
+    pub fn flush_fdb(
+        &self,
+        vlan: Option<VlanId>,
+        mac: Option<EthernetAddress>,
+    ) -> io::Result<usize> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(WorkerCommand::FlushFdb {
+            vlan,
+            mac,
+            reply: tx,
+        })?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(io::Error::other)
+    }
+
+    /// Stops the worker and waits for its thread.
+    pub fn stop(&mut self) {
+        let _ = self.send(WorkerCommand::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    commands: Receiver<WorkerCommand>,
+    bridge: Bridge,
+    snapshot: Arc<Snapshot>,
+    /// The device registered with the poll for each port id.
+    registered: Vec<Option<Arc<PortDevice>>>,
+    /// Ports that may have frames to read.
+    ready: Vec<PortId>,
+    is_ready: Vec<bool>,
+    adopted: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl Worker {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_millis(self.epoch.elapsed().as_millis() as u64)
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        let mut buf = vec![0u8; HEADROOM + MAX_FRAME];
+        let mut next_aging = Instant::now() + AGING_TICK;
+        loop {
+            let timeout = if self.ready.is_empty() {
+                next_aging.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("worker poll failed: {e}");
+                    return;
+                }
+            }
+            let mut woken = false;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => woken = true,
+                    Token(i) => self.mark_ready(PortId(i as u16)),
+                }
+            }
+            if woken && !self.handle_commands() {
+                return;
+            }
+            self.service_ready(&mut buf);
+            if Instant::now() >= next_aging {
+                let now = self.now();
+                self.bridge.age(&self.snapshot.forwarding, now);
+                next_aging = Instant::now() + AGING_TICK;
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, port: PortId) {
+        if let Some(flag) = self.is_ready.get_mut(port.index()) {
+            if !*flag {
+                *flag = true;
+                self.ready.push(port);
+            }
+        }
+    }
+
+    /// Reads up to [`BATCH`] frames from each ready port; keeps on the list the ports that
+    /// may have more.
+    fn service_ready(&mut self, buf: &mut [u8]) {
+        let now = self.now();
+        let mut i = 0;
+        while i < self.ready.len() {
+            let port = self.ready[i];
+            let drained = self.service_port(port, buf, now);
+            if drained {
+                self.is_ready[port.index()] = false;
+                self.ready.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Returns true when the port has nothing more to read (or is gone).
+    fn service_port(&mut self, port: PortId, buf: &mut [u8], now: Timestamp) -> bool {
+        let snapshot = Arc::clone(&self.snapshot);
+        let Some(device) = snapshot.device(port) else {
+            return true;
+        };
+        for _ in 0..BATCH {
+            let rx = match device.recv(buf) {
+                Ok(Some(rx)) => rx,
+                Ok(None) => return true,
+                Err(e) => {
+                    log::warn!("port {}: read failed: {e}", device.name());
+                    return true;
+                }
+            };
+            let frame = &buf[rx.start..rx.start + rx.len];
+            if rx.truncated {
+                let c = self.bridge.counters().port(port);
+                c.rx_packets.add(1);
+                c.rx_bytes.add(rx.len as u64);
+                c.drop(DropReason::Oversized);
+                continue;
+            }
+            let decision = self.bridge.process(&snapshot.forwarding, port, frame, now);
+            if let Decision::Forward(egress) = decision {
+                for member in egress.ports() {
+                    let Some(out) = snapshot.device(member.port) else {
+                        continue;
+                    };
+                    let out_frame = egress.frame_for(member, frame);
+                    let c = self.bridge.counters().port(member.port);
+                    match out.send(&out_frame) {
+                        Ok(()) => {
+                            c.tx_packets.add(1);
+                            c.tx_bytes.add(out_frame.len() as u64);
+                        }
+                        Err(_) => c.tx_errors.add(1),
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// Handles every queued command; returns false on `Stop`.
+    fn handle_commands(&mut self) -> bool {
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                WorkerCommand::Adopt(snapshot) => {
+                    if let Err(e) = self.adopt(snapshot) {
+                        log::error!("worker could not register a port: {e}");
+                    }
+                }
+                WorkerCommand::DumpFdb(reply) => {
+                    let now = self.now();
+                    let aging = self.snapshot.forwarding.mac_aging_ms;
+                    let records = self
+                        .bridge
+                        .mac_table()
+                        .iter()
+                        .filter(|(_, e)| now.millis_since(e.last_seen) < aging)
+                        .map(|(k, e)| FdbRecord {
+                            vlan: k.vlan(),
+                            mac: k.mac(),
+                            port: e.port,
+                            age_ms: now.millis_since(e.last_seen),
+                        })
+                        .collect();
+                    let _ = reply.send(records);
+                }
+                WorkerCommand::FlushFdb { vlan, mac, reply } => {
+                    let n = self.bridge.mac_table_mut().retain(|k: FdbKey, _| {
+                        !(vlan.is_none_or(|v| v == k.vlan()) && mac.is_none_or(|m| m == k.mac()))
+                    });
+                    let _ = reply.send(n);
+                }
+                WorkerCommand::Stop => return false,
+            }
+        }
+        true
+    }
+
+    /// Switches to `snapshot`: registers new devices, deregisters removed ones, and brings
+    /// the learned table in line.
+    fn adopt(&mut self, snapshot: Arc<Snapshot>) -> io::Result<()> {
+        let n = snapshot.devices.len().max(self.registered.len());
+        self.registered.resize(n, None);
+        let mut result = Ok(());
+        for i in 0..n {
+            let new = snapshot.devices.get(i).and_then(Option::as_ref);
+            let old = self.registered[i].as_ref();
+            let same = match (old, new) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            if let Some(old) = self.registered[i].take() {
+                let _ = self
+                    .poll
+                    .registry()
+                    .deregister(&mut SourceFd(&old.raw_fd()));
+            }
+            if let Some(new) = new {
+                match self.poll.registry().register(
+                    &mut SourceFd(&new.raw_fd()),
+                    Token(i),
+                    Interest::READABLE,
+                ) {
+                    Ok(()) => {
+                        self.registered[i] = Some(Arc::clone(new));
+                        // Frames may have queued before registration.
+                        self.mark_ready(PortId(i as u16));
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        self.bridge.adopt(&snapshot.forwarding);
+        self.adopted
+            .store(snapshot.forwarding.generation, Ordering::Release);
+        self.snapshot = snapshot;
+        result
+    }
+}

@@ -1,0 +1,279 @@
+//! Command-line parsing and the output of each verb (tables for people, `-j` JSON for
+//! scripts, like iproute2).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+use tapswitch_control::api::{self, Request};
+use tapswitch_control::config::{FdbConfig, PortConfig, DEFAULT_CONFIG};
+use tapswitch_control::{daemon, Config};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tapswitch",
+    version,
+    about = "A userspace virtual switch for VM and container hosts"
+)]
+pub struct Cli {
+    /// Control socket of the running switch.
+    #[arg(long, global = true, default_value = api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON (for listings and stats).
+    #[arg(short = 'j', long = "json", global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the switch in the foreground until SIGINT/SIGTERM.
+    Run {
+        /// TOML configuration; without it, the embedded default (no ports).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Build three containers on a running switch, send real traffic between them, show what
+    /// happened, and clean up.
+    Demo,
+    /// Ports: add, del, list.
+    #[command(subcommand)]
+    Port(PortCmd),
+    /// The MAC table: show, add, del.
+    #[command(subcommand)]
+    Fdb(FdbCmd),
+    /// Per-port counters and drop reasons, and learning counters.
+    Stats,
+    /// The running configuration (file plus runtime changes) as TOML.
+    Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortCmd {
+    /// Create a TAP port (or attach an existing interface with --attach).
+    Add(PortAddArgs),
+    /// Remove a port (a TAP device is deleted).
+    Del { name: String },
+    /// List ports.
+    #[command(alias = "show")]
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct PortAddArgs {
+    pub name: String,
+    /// Named network namespace to create the TAP in (or where the attached interface is).
+    #[arg(long)]
+    pub netns: Option<String>,
+    /// Attach to an existing interface over AF_PACKET instead of creating a TAP.
+    #[arg(long)]
+    pub attach: bool,
+    /// Access VLAN (untagged); default 1.
+    #[arg(long, conflicts_with = "trunk")]
+    pub vlan: Option<u16>,
+    /// Trunk: these VLANs pass tagged, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub trunk: Option<Vec<u16>>,
+    /// With --trunk: untagged frames belong to this VLAN.
+    #[arg(long, requires = "trunk")]
+    pub native_vlan: Option<u16>,
+    /// MAC of the TAP device.
+    #[arg(long)]
+    pub mac: Option<String>,
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Bound on MACs learned on this port.
+    #[arg(long)]
+    pub max_macs: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FdbCmd {
+    /// Static and learned entries.
+    #[command(alias = "list")]
+    Show,
+    /// Add a static entry.
+    Add {
+        mac: String,
+        #[arg(long)]
+        port: String,
+        #[arg(long)]
+        vlan: Option<u16>,
+    },
+    /// Remove static and learned entries for a MAC.
+    Del {
+        mac: String,
+        #[arg(long)]
+        vlan: Option<u16>,
+    },
+}
+
+pub type Error = Box<dyn std::error::Error>;
+
+pub fn execute(cli: Cli) -> Result<(), Error> {
+    let socket = cli.socket.as_path();
+    match cli.command {
+        Command::Run { config } => {
+            let config = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::from_toml(DEFAULT_CONFIG)?,
+            };
+            daemon::run(config, socket, || {})?;
+            Ok(())
+        }
+        Command::Demo => crate::demo::run(),
+        Command::Port(PortCmd::Add(a)) => {
+            let port = PortConfig {
+                name: a.name,
+                netns: a.netns,
+                attach: a.attach,
+                mac: a.mac,
+                mtu: a.mtu,
+                vlan: a.vlan,
+                trunk: a.trunk,
+                native_vlan: a.native_vlan,
+                max_macs: a.max_macs,
+            };
+            api::call(socket, &Request::PortAdd { port })?;
+            Ok(())
+        }
+        Command::Port(PortCmd::Del { name }) => {
+            api::call(socket, &Request::PortDel { name })?;
+            Ok(())
+        }
+        Command::Port(PortCmd::List) => show(socket, &Request::PortList, cli.json, print_ports),
+        Command::Fdb(FdbCmd::Show) => show(socket, &Request::FdbShow, cli.json, print_fdb),
+        Command::Fdb(FdbCmd::Add { mac, port, vlan }) => {
+            api::call(
+                socket,
+                &Request::FdbAdd {
+                    entry: FdbConfig { mac, port, vlan },
+                },
+            )?;
+            Ok(())
+        }
+        Command::Fdb(FdbCmd::Del { mac, vlan }) => {
+            api::call(socket, &Request::FdbDel { mac, vlan })?;
+            Ok(())
+        }
+        Command::Stats => show(socket, &Request::Stats, cli.json, print_stats),
+        Command::Config => {
+            let v = api::call(socket, &Request::ConfigShow)?;
+            print!("{}", v.as_str().unwrap_or_default());
+            Ok(())
+        }
+    }
+}
+
+fn show(socket: &Path, req: &Request, json: bool, table: fn(&Value)) -> Result<(), Error> {
+    let data = api::call(socket, req)?;
+    if json {
+        println!("{}", serde_json::to_string(&data)?);
+    } else {
+        table(&data);
+    }
+    Ok(())
+}
+
+fn s(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+pub fn print_ports(data: &Value) {
+    println!(
+        "{:<16} {:>4} {:<7} {:<12} {:<18} {:>6}  VLANS",
+        "NAME", "ID", "KIND", "NETNS", "MAC", "MTU"
+    );
+    for p in data.as_array().into_iter().flatten() {
+        let vlans = if p["trunk"].is_null() {
+            format!("access {}", s(p, "vlan"))
+        } else if p["native_vlan"].is_null() {
+            format!("trunk {}", s(p, "trunk"))
+        } else {
+            format!("trunk {} native {}", s(p, "trunk"), s(p, "native_vlan"))
+        };
+        println!(
+            "{:<16} {:>4} {:<7} {:<12} {:<18} {:>6}  {}",
+            s(p, "name"),
+            s(p, "id"),
+            s(p, "kind"),
+            s(p, "netns"),
+            s(p, "mac"),
+            s(p, "mtu"),
+            vlans
+        );
+    }
+}
+
+pub fn print_fdb(data: &Value) {
+    println!(
+        "{:<18} {:>5} {:<16} {:<8} {:>6}",
+        "MAC", "VLAN", "PORT", "TYPE", "AGE"
+    );
+    for e in data.as_array().into_iter().flatten() {
+        let age = if e["age_secs"].is_null() {
+            "-".into()
+        } else {
+            format!("{}s", s(e, "age_secs"))
+        };
+        println!(
+            "{:<18} {:>5} {:<16} {:<8} {:>6}",
+            s(e, "mac"),
+            s(e, "vlan"),
+            s(e, "port"),
+            s(e, "type"),
+            age
+        );
+    }
+}
+
+pub fn print_stats(data: &Value) {
+    println!(
+        "{:<16} {:>10} {:>12} {:>10} {:>12} {:>8}  DROPS",
+        "PORT", "RX_PKTS", "RX_BYTES", "TX_PKTS", "TX_BYTES", "TX_ERR"
+    );
+    for p in data["ports"].as_array().into_iter().flatten() {
+        let drops: Vec<String> = p["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "{:<16} {:>10} {:>12} {:>10} {:>12} {:>8}  {}",
+            s(p, "name"),
+            s(p, "rx_packets"),
+            s(p, "rx_bytes"),
+            s(p, "tx_packets"),
+            s(p, "tx_bytes"),
+            s(p, "tx_errors"),
+            if drops.is_empty() {
+                "-".into()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
+    let f = &data["fdb"];
+    println!(
+        "fdb: {} learned, {} static entries; learned {} moved {} aged {}; not learned: table_full {} port_limit {}",
+        s(f, "learned_entries"),
+        s(f, "static_entries"),
+        s(f, "learned"),
+        s(f, "moved"),
+        s(f, "aged"),
+        s(f, "table_full"),
+        s(f, "port_limit")
+    );
+}

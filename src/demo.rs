@@ -1,0 +1,3 @@
+pub fn run() -> Result<(), crate::cli::Error> {
+    Err("demo: not built yet".into())
+}
