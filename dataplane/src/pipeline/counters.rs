@@ -18,8 +18,10 @@ impl Counter {
     /// Adds `n`. Only the owning worker may call this.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     #[inline]
@@ -69,7 +71,9 @@ pub struct WorkerCounters {
 impl Default for WorkerCounters {
     fn default() -> Self {
         WorkerCounters {
-            ports: (0..PortId::MAX_PORTS).map(|_| PortCounters::default()).collect(),
+            ports: (0..PortId::MAX_PORTS)
+                .map(|_| PortCounters::default())
+                .collect(),
             learn: LearnCounters::default(),
         }
     }

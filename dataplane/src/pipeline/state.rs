@@ -62,7 +62,10 @@ pub enum PortMode {
     Access(VlanId),
     /// 802.1Q-tagged frames of the `allowed` VLANs. Untagged frames belong to `native` (and
     /// leave untagged for it) or are dropped when there is none.
-    Trunk { allowed: VlanSet, native: Option<VlanId> },
+    Trunk {
+        allowed: VlanSet,
+        native: Option<VlanId>,
+    },
 }
 
 impl PortMode {
@@ -134,7 +137,10 @@ impl Default for ForwardingState {
 impl ForwardingState {
     /// A state with `ports` (indexed by id) and their VLAN flood lists derived from them.
     pub fn with_ports(ports: Vec<Option<PortState>>) -> ForwardingState {
-        let mut state = ForwardingState { ports, ..ForwardingState::default() };
+        let mut state = ForwardingState {
+            ports,
+            ..ForwardingState::default()
+        };
         state.rebuild_vlan_members();
         state
     }
@@ -160,8 +166,10 @@ impl ForwardingState {
                 }
             };
             for vlan in vlans {
-                self.vlan_members[vlan.get() as usize]
-                    .push(VlanMember { port: id, tagged: port.mode.tags_egress(vlan) });
+                self.vlan_members[vlan.get() as usize].push(VlanMember {
+                    port: id,
+                    tagged: port.mode.tags_egress(vlan),
+                });
             }
         }
     }

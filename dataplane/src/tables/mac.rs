@@ -141,7 +141,13 @@ impl MacTable {
         if self.per_port[port.index()] >= port_limit {
             return LearnOutcome::PortLimit;
         }
-        self.entries.insert(key, MacEntry { port, last_seen: now });
+        self.entries.insert(
+            key,
+            MacEntry {
+                port,
+                last_seen: now,
+            },
+        );
         self.per_port[port.index()] += 1;
         LearnOutcome::Learned
     }
@@ -192,7 +198,10 @@ mod tests {
     use super::*;
 
     fn key(vlan: u16, last: u8) -> FdbKey {
-        FdbKey::new(VlanId::new(vlan).unwrap(), EthernetAddress([2, 0, 0, 0, 0, last]))
+        FdbKey::new(
+            VlanId::new(vlan).unwrap(),
+            EthernetAddress([2, 0, 0, 0, 0, last]),
+        )
     }
 
     const AGING: u64 = 300_000;
@@ -209,10 +218,16 @@ mod tests {
     fn learn_lookup_move_and_age() {
         let mut t = MacTable::new(16);
         let t0 = Timestamp::from_secs(1);
-        assert_eq!(t.learn(key(1, 1), PortId(0), t0, u32::MAX), LearnOutcome::Learned);
+        assert_eq!(
+            t.learn(key(1, 1), PortId(0), t0, u32::MAX),
+            LearnOutcome::Learned
+        );
         assert_eq!(t.lookup(key(1, 1), t0, AGING), Some(PortId(0)));
         assert_eq!(t.lookup(key(2, 1), t0, AGING), None, "VLANs are separate");
-        assert_eq!(t.learn(key(1, 1), PortId(0), t0, u32::MAX), LearnOutcome::Refreshed);
+        assert_eq!(
+            t.learn(key(1, 1), PortId(0), t0, u32::MAX),
+            LearnOutcome::Refreshed
+        );
         assert_eq!(
             t.learn(key(1, 1), PortId(3), t0, u32::MAX),
             LearnOutcome::Moved { from: PortId(0) }
@@ -220,7 +235,11 @@ mod tests {
         assert_eq!(t.port_count(PortId(0)), 0);
         assert_eq!(t.port_count(PortId(3)), 1);
         let later = Timestamp::from_millis(t0.millis() + AGING);
-        assert_eq!(t.lookup(key(1, 1), later, AGING), None, "expired entries are absent");
+        assert_eq!(
+            t.lookup(key(1, 1), later, AGING),
+            None,
+            "expired entries are absent"
+        );
         assert_eq!(t.age(later, AGING), 1);
         assert!(t.is_empty());
         assert_eq!(t.port_count(PortId(3)), 0);
@@ -231,11 +250,20 @@ mod tests {
         let mut t = MacTable::new(2);
         let now = Timestamp::from_secs(1);
         assert_eq!(t.learn(key(1, 1), PortId(0), now, 1), LearnOutcome::Learned);
-        assert_eq!(t.learn(key(1, 2), PortId(0), now, 1), LearnOutcome::PortLimit);
+        assert_eq!(
+            t.learn(key(1, 2), PortId(0), now, 1),
+            LearnOutcome::PortLimit
+        );
         assert_eq!(t.learn(key(1, 2), PortId(1), now, 1), LearnOutcome::Learned);
-        assert_eq!(t.learn(key(1, 3), PortId(2), now, 1), LearnOutcome::TableFull);
+        assert_eq!(
+            t.learn(key(1, 3), PortId(2), now, 1),
+            LearnOutcome::TableFull
+        );
         // A move onto a full port drops the stale entry.
-        assert_eq!(t.learn(key(1, 2), PortId(0), now, 1), LearnOutcome::PortLimit);
+        assert_eq!(
+            t.learn(key(1, 2), PortId(0), now, 1),
+            LearnOutcome::PortLimit
+        );
         assert_eq!(t.lookup(key(1, 2), now, AGING), None);
         assert_eq!(t.len(), 1);
     }

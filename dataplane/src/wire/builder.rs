@@ -17,10 +17,24 @@ pub fn ethernet_frame(
     let tag_len = if vid.is_some() { TAG_LEN } else { 0 };
     let mut buf = vec![0u8; HEADER_LEN + tag_len + payload.len()];
     let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-    let outer = if vid.is_some() { EtherType::Vlan } else { ethertype };
-    EthernetRepr { src_addr: src, dst_addr: dst, ethertype: outer }.emit(&mut frame);
+    let outer = if vid.is_some() {
+        EtherType::Vlan
+    } else {
+        ethertype
+    };
+    EthernetRepr {
+        src_addr: src,
+        dst_addr: dst,
+        ethertype: outer,
+    }
+    .emit(&mut frame);
     if let Some(vid) = vid {
-        let repr = VlanTagRepr { pcp: 0, dei: false, vid, ethertype };
+        let repr = VlanTagRepr {
+            pcp: 0,
+            dei: false,
+            vid,
+            ethertype,
+        };
         repr.emit(&mut VlanTag::new_unchecked(frame.payload_mut()));
     }
     buf[HEADER_LEN + tag_len..].copy_from_slice(payload);

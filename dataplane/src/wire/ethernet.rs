@@ -303,7 +303,9 @@ mod tests {
         let mut bytes = [0u8; 18];
         let mut frame = EthernetFrame::new_unchecked(&mut bytes[..]);
         repr.emit(&mut frame);
-        frame.payload_mut().copy_from_slice(&[0x00, 0x01, 0x08, 0x00]);
+        frame
+            .payload_mut()
+            .copy_from_slice(&[0x00, 0x01, 0x08, 0x00]);
         assert_eq!(bytes, FRAME);
     }
 
@@ -340,7 +342,13 @@ mod tests {
 
     #[test]
     fn bad_mac_text_is_rejected() {
-        for bad in ["", "02:00:00:00:00", "02:00:00:00:00:00:00", "0g:00:00:00:00:00", "020:0:0:0:0:0"] {
+        for bad in [
+            "",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "0g:00:00:00:00:00",
+            "020:0:0:0:0:0",
+        ] {
             assert!(bad.parse::<EthernetAddress>().is_err(), "{bad}");
         }
     }

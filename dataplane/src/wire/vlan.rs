@@ -164,19 +164,32 @@ mod tests {
         let repr = VlanTagRepr::parse(&tag).unwrap();
         assert_eq!(
             repr,
-            VlanTagRepr { pcp: 5, dei: true, vid: 10, ethertype: EtherType::Ipv4 }
+            VlanTagRepr {
+                pcp: 5,
+                dei: true,
+                vid: 10,
+                ethertype: EtherType::Ipv4
+            }
         );
         assert_eq!(tag.payload(), &[0x45]);
     }
 
     #[test]
     fn emit_matches_fixture() {
-        let repr = VlanTagRepr { pcp: 5, dei: true, vid: 10, ethertype: EtherType::Ipv4 };
+        let repr = VlanTagRepr {
+            pcp: 5,
+            dei: true,
+            vid: 10,
+            ethertype: EtherType::Ipv4,
+        };
         let mut bytes = [0u8; 5];
         bytes[4] = 0x45;
         repr.emit(&mut VlanTag::new_unchecked(&mut bytes[..]));
         assert_eq!(bytes, TAG);
-        assert_eq!(VlanTagRepr::insertion(VlanId::new(10).unwrap()), [0x81, 0x00, 0x00, 0x0a]);
+        assert_eq!(
+            VlanTagRepr::insertion(VlanId::new(10).unwrap()),
+            [0x81, 0x00, 0x00, 0x0a]
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub enum Targets<'s> {
     /// Known unicast: one port.
     One(VlanMember),
     /// Broadcast, multicast or unknown unicast: every member of the VLAN but `except`.
-    Flood { members: &'s [VlanMember], except: PortId },
+    Flood {
+        members: &'s [VlanMember],
+        except: PortId,
+    },
 }
 
 /// A forwarding decision for one frame.
@@ -74,14 +77,22 @@ impl<'s> Egress<'s> {
             Targets::One(m) => (Some(m), &[][..], None),
             Targets::Flood { members, except } => (None, members, Some(except)),
         };
-        one.into_iter()
-            .chain(members.iter().copied().filter(move |m| Some(m.port) != except))
+        one.into_iter().chain(
+            members
+                .iter()
+                .copied()
+                .filter(move |m| Some(m.port) != except),
+        )
     }
 
     /// The frame as `member` sends it. `frame` is the frame this decision was made for.
     pub fn frame_for<'a>(&self, member: VlanMember, frame: &'a [u8]) -> EgressFrame<'a> {
         let tag = member.tagged.then(|| VlanTagRepr::insertion(self.vlan));
-        EgressFrame { addresses: &frame[..12], tag, rest: &frame[self.inner_offset..] }
+        EgressFrame {
+            addresses: &frame[..12],
+            tag,
+            rest: &frame[self.inner_offset..],
+        }
     }
 }
 
@@ -93,7 +104,10 @@ pub struct Bridge {
 
 impl Bridge {
     pub fn new(state: &ForwardingState, counters: Arc<WorkerCounters>) -> Bridge {
-        Bridge { macs: MacTable::new(state.mac_table_max), counters }
+        Bridge {
+            macs: MacTable::new(state.mac_table_max),
+            counters,
+        }
     }
 
     pub fn counters(&self) -> &Arc<WorkerCounters> {
@@ -115,7 +129,9 @@ impl Bridge {
     pub fn adopt(&mut self, state: &ForwardingState) {
         self.macs.set_max_entries(state.mac_table_max);
         self.macs.retain(|key, entry| {
-            state.port(entry.port).is_some_and(|p| p.mode.is_member(key.vlan()))
+            state
+                .port(entry.port)
+                .is_some_and(|p| p.mode.is_member(key.vlan()))
                 && !state.static_fdb.contains_key(&key)
         });
     }
@@ -162,7 +178,8 @@ impl Bridge {
         // Ingress VLAN classification.
         let (tag_vid, inner_offset) = match eth.ethertype() {
             EtherType::Vlan => {
-                let tag = VlanTag::new_checked(eth.payload()).map_err(|_| DropReason::BadVlanTag)?;
+                let tag =
+                    VlanTag::new_checked(eth.payload()).map_err(|_| DropReason::BadVlanTag)?;
                 if matches!(tag.ethertype(), EtherType::Vlan | EtherType::QinQ) {
                     return Err(DropReason::StackedVlan);
                 }
@@ -185,7 +202,12 @@ impl Bridge {
             (PortMode::Access(v), None) => *v,
             (PortMode::Access(v), Some(t)) if *v == t => t,
             (PortMode::Access(_), Some(_)) => return Err(DropReason::VlanNotAllowed),
-            (PortMode::Trunk { native: Some(n), .. }, None) => *n,
+            (
+                PortMode::Trunk {
+                    native: Some(n), ..
+                },
+                None,
+            ) => *n,
             (PortMode::Trunk { native: None, .. }, None) => {
                 return Err(DropReason::UntaggedOnTrunk)
             }
@@ -213,7 +235,10 @@ impl Bridge {
         // Destination.
         let dst = eth.dst_addr();
         let members = state.members(vlan);
-        let flood = Targets::Flood { members, except: ingress };
+        let flood = Targets::Flood {
+            members,
+            except: ingress,
+        };
         let targets = if dst.is_multicast() {
             if dst.is_link_local() {
                 return Err(DropReason::LinkLocal);
@@ -232,7 +257,11 @@ impl Bridge {
                 None => flood,
             }
         };
-        Ok(Egress { vlan, inner_offset, targets })
+        Ok(Egress {
+            vlan,
+            inner_offset,
+            targets,
+        })
     }
 
     #[inline]

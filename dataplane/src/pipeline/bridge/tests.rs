@@ -46,7 +46,11 @@ impl Sim {
     fn new(ports: Vec<Option<PortState>>) -> Sim {
         let state = ForwardingState::with_ports(ports);
         let bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
-        Sim { state, bridge, now: Timestamp::from_secs(1) }
+        Sim {
+            state,
+            bridge,
+            now: Timestamp::from_secs(1),
+        }
     }
 
     fn republish(&mut self) {
@@ -56,16 +60,24 @@ impl Sim {
 
     /// Sends `frame` in on `port`; returns the (port, frame-as-sent) pairs, or the drop.
     fn send(&mut self, port: u16, frame: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, DropReason> {
-        match self.bridge.process(&self.state, PortId(port), frame, self.now) {
+        match self
+            .bridge
+            .process(&self.state, PortId(port), frame, self.now)
+        {
             Decision::Drop(r) => Err(r),
-            Decision::Forward(e) => {
-                Ok(e.ports().map(|m| (m.port.0, e.frame_for(m, frame).to_vec())).collect())
-            }
+            Decision::Forward(e) => Ok(e
+                .ports()
+                .map(|m| (m.port.0, e.frame_for(m, frame).to_vec()))
+                .collect()),
         }
     }
 
     fn out_ports(&mut self, port: u16, frame: &[u8]) -> Vec<u16> {
-        self.send(port, frame).unwrap().into_iter().map(|(p, _)| p).collect()
+        self.send(port, frame)
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
     }
 
     fn advance_secs(&mut self, s: u64) {
@@ -87,8 +99,16 @@ fn tagged(dst: EthernetAddress, src: EthernetAddress, vid: u16) -> Vec<u8> {
 
 #[test]
 fn broadcast_floods_to_every_other_port_of_the_vlan() {
-    let mut sim = Sim::new(vec![access("a", 1), access("b", 1), access("c", 1), access("d", 2)]);
-    assert_eq!(sim.out_ports(0, &untagged(EthernetAddress::BROADCAST, mac(1))), [1, 2]);
+    let mut sim = Sim::new(vec![
+        access("a", 1),
+        access("b", 1),
+        access("c", 1),
+        access("d", 2),
+    ]);
+    assert_eq!(
+        sim.out_ports(0, &untagged(EthernetAddress::BROADCAST, mac(1))),
+        [1, 2]
+    );
     let mcast = EthernetAddress([0x33, 0x33, 0, 0, 0, 1]);
     assert_eq!(sim.out_ports(1, &untagged(mcast, mac(2))), [0, 2]);
 }
@@ -96,26 +116,44 @@ fn broadcast_floods_to_every_other_port_of_the_vlan() {
 #[test]
 fn unknown_unicast_floods_then_learned_unicast_goes_to_one_port() {
     let mut sim = Sim::new(vec![access("a", 1), access("b", 1), access("c", 1)]);
-    assert_eq!(sim.out_ports(0, &untagged(mac(2), mac(1))), [1, 2], "unknown: flood");
-    assert_eq!(sim.out_ports(1, &untagged(mac(1), mac(2))), [0], "mac 1 learned on port 0");
-    assert_eq!(sim.out_ports(0, &untagged(mac(2), mac(1))), [1], "mac 2 learned on port 1");
+    assert_eq!(
+        sim.out_ports(0, &untagged(mac(2), mac(1))),
+        [1, 2],
+        "unknown: flood"
+    );
+    assert_eq!(
+        sim.out_ports(1, &untagged(mac(1), mac(2))),
+        [0],
+        "mac 1 learned on port 0"
+    );
+    assert_eq!(
+        sim.out_ports(0, &untagged(mac(2), mac(1))),
+        [1],
+        "mac 2 learned on port 1"
+    );
     assert_eq!(sim.bridge.counters().learn.learned.get(), 2);
 }
 
 #[test]
 fn known_destination_on_the_ingress_port_is_filtered() {
     let mut sim = Sim::new(vec![access("a", 1), access("b", 1)]);
-    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1))).unwrap();
-    assert_eq!(sim.send(0, &untagged(mac(1), mac(3))), Err(DropReason::SamePort));
+    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1)))
+        .unwrap();
+    assert_eq!(
+        sim.send(0, &untagged(mac(1), mac(3))),
+        Err(DropReason::SamePort)
+    );
     assert_eq!(sim.drops(0, DropReason::SamePort), 1);
 }
 
 #[test]
 fn station_move_updates_the_entry() {
     let mut sim = Sim::new(vec![access("a", 1), access("b", 1), access("c", 1)]);
-    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1))).unwrap();
+    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1)))
+        .unwrap();
     assert_eq!(sim.out_ports(2, &untagged(mac(1), mac(3))), [0]);
-    sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(1))).unwrap();
+    sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(1)))
+        .unwrap();
     assert_eq!(sim.out_ports(2, &untagged(mac(1), mac(3))), [1]);
     assert_eq!(sim.bridge.counters().learn.moved.get(), 1);
 }
@@ -124,13 +162,26 @@ fn station_move_updates_the_entry() {
 fn learned_entries_age_out() {
     let mut sim = Sim::new(vec![access("a", 1), access("b", 1), access("c", 1)]);
     sim.state.mac_aging_ms = 10_000;
-    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1))).unwrap();
+    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1)))
+        .unwrap();
     sim.advance_secs(9);
-    assert_eq!(sim.out_ports(2, &untagged(mac(1), mac(3))), [0], "still fresh");
+    assert_eq!(
+        sim.out_ports(2, &untagged(mac(1), mac(3))),
+        [0],
+        "still fresh"
+    );
     sim.advance_secs(1);
-    assert_eq!(sim.out_ports(2, &untagged(mac(1), mac(3))), [0, 1], "expired: flood");
+    assert_eq!(
+        sim.out_ports(2, &untagged(mac(1), mac(3))),
+        [0, 1],
+        "expired: flood"
+    );
     let now = sim.now;
-    assert_eq!(sim.bridge.age(&sim.state, now), 1, "only mac 1 is idle for 10 s");
+    assert_eq!(
+        sim.bridge.age(&sim.state, now),
+        1,
+        "only mac 1 is idle for 10 s"
+    );
     assert_eq!(sim.bridge.counters().learn.aged.get(), 1);
 }
 
@@ -138,10 +189,13 @@ fn learned_entries_age_out() {
 fn static_entries_never_age_and_are_never_overwritten() {
     let mut sim = Sim::new(vec![access("a", 1), access("b", 1), access("c", 1)]);
     sim.state.mac_aging_ms = 1_000;
-    sim.state.static_fdb.insert(FdbKey::new(vlan(1), mac(9)), PortId(2));
+    sim.state
+        .static_fdb
+        .insert(FdbKey::new(vlan(1), mac(9)), PortId(2));
     sim.republish();
     // mac 9 shows up as a source on port 0: not learned, the static entry stands.
-    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(9))).unwrap();
+    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(9)))
+        .unwrap();
     assert_eq!(sim.bridge.mac_table().len(), 0);
     sim.advance_secs(3600);
     assert_eq!(sim.out_ports(1, &untagged(mac(9), mac(1))), [2]);
@@ -150,23 +204,41 @@ fn static_entries_never_age_and_are_never_overwritten() {
 #[test]
 fn vlans_are_isolated() {
     let mut sim = Sim::new(vec![access("a", 10), access("b", 20), access("c", 10)]);
-    assert_eq!(sim.out_ports(0, &untagged(EthernetAddress::BROADCAST, mac(1))), [2]);
+    assert_eq!(
+        sim.out_ports(0, &untagged(EthernetAddress::BROADCAST, mac(1))),
+        [2]
+    );
     // Learned in VLAN 10 says nothing about VLAN 20.
-    assert_eq!(sim.out_ports(1, &untagged(mac(1), mac(2))), Vec::<u16>::new());
+    assert_eq!(
+        sim.out_ports(1, &untagged(mac(1), mac(2))),
+        Vec::<u16>::new()
+    );
 }
 
 #[test]
 fn access_ports_strip_and_trunks_tag() {
-    let mut sim = Sim::new(vec![access("a", 10), trunk("t", &[10, 20], None), access("b", 20)]);
+    let mut sim = Sim::new(vec![
+        access("a", 10),
+        trunk("t", &[10, 20], None),
+        access("b", 20),
+    ]);
     let from_access = untagged(EthernetAddress::BROADCAST, mac(1));
     let out = sim.send(0, &from_access).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].0, 1);
-    assert_eq!(out[0].1, tagged(EthernetAddress::BROADCAST, mac(1), 10), "tag 10 added");
+    assert_eq!(
+        out[0].1,
+        tagged(EthernetAddress::BROADCAST, mac(1), 10),
+        "tag 10 added"
+    );
 
     let from_trunk = tagged(EthernetAddress::BROADCAST, mac(2), 20);
     let out = sim.send(1, &from_trunk).unwrap();
-    assert_eq!(out, vec![(2, untagged(EthernetAddress::BROADCAST, mac(2)))], "tag stripped");
+    assert_eq!(
+        out,
+        vec![(2, untagged(EthernetAddress::BROADCAST, mac(2)))],
+        "tag stripped"
+    );
 }
 
 #[test]
@@ -181,15 +253,22 @@ fn trunk_drops_foreign_vlans_and_untagged_without_native() {
         Err(DropReason::UntaggedOnTrunk)
     );
     // And VLAN 30 from the access port never reaches the trunk.
-    assert_eq!(sim.out_ports(0, &untagged(EthernetAddress::BROADCAST, mac(1))), Vec::<u16>::new());
+    assert_eq!(
+        sim.out_ports(0, &untagged(EthernetAddress::BROADCAST, mac(1))),
+        Vec::<u16>::new()
+    );
 }
 
 #[test]
 fn trunk_native_vlan_is_untagged() {
     let mut sim = Sim::new(vec![access("a", 5), trunk("t", &[10], Some(5))]);
-    let out = sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(2))).unwrap();
+    let out = sim
+        .send(1, &untagged(EthernetAddress::BROADCAST, mac(2)))
+        .unwrap();
     assert_eq!(out, vec![(0, untagged(EthernetAddress::BROADCAST, mac(2)))]);
-    let out = sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1))).unwrap();
+    let out = sim
+        .send(0, &untagged(EthernetAddress::BROADCAST, mac(1)))
+        .unwrap();
     assert_eq!(out, vec![(1, untagged(EthernetAddress::BROADCAST, mac(1)))]);
 }
 
@@ -197,7 +276,10 @@ fn trunk_native_vlan_is_untagged() {
 fn access_port_takes_own_or_priority_tag_only() {
     let mut sim = Sim::new(vec![access("a", 10), access("b", 10)]);
     let own = tagged(EthernetAddress::BROADCAST, mac(1), 10);
-    assert_eq!(sim.send(0, &own).unwrap(), vec![(1, untagged(EthernetAddress::BROADCAST, mac(1)))]);
+    assert_eq!(
+        sim.send(0, &own).unwrap(),
+        vec![(1, untagged(EthernetAddress::BROADCAST, mac(1)))]
+    );
     let prio = tagged(EthernetAddress::BROADCAST, mac(1), 0);
     assert_eq!(sim.out_ports(0, &prio), [1]);
     assert_eq!(
@@ -213,17 +295,36 @@ fn malformed_frames_are_counted_drops() {
     assert_eq!(sim.send(0, &good[..13]), Err(DropReason::Runt));
     assert_eq!(sim.send(0, &[]), Err(DropReason::Runt));
     let t = tagged(EthernetAddress::BROADCAST, mac(1), 1);
-    assert_eq!(sim.send(0, &t[..16]), Err(DropReason::BadVlanTag), "cut inside the tag");
+    assert_eq!(
+        sim.send(0, &t[..16]),
+        Err(DropReason::BadVlanTag),
+        "cut inside the tag"
+    );
     let reserved = tagged(EthernetAddress::BROADCAST, mac(1), 0xfff);
     assert_eq!(sim.send(0, &reserved), Err(DropReason::BadVlanTag));
     let mut qinq = tagged(EthernetAddress::BROADCAST, mac(1), 1);
     qinq[12..14].copy_from_slice(&[0x88, 0xa8]);
     assert_eq!(sim.send(0, &qinq), Err(DropReason::StackedVlan));
-    let big = ethernet_frame(EthernetAddress::BROADCAST, mac(1), None, EtherType::Ipv4, &[0; 1501]);
+    let big = ethernet_frame(
+        EthernetAddress::BROADCAST,
+        mac(1),
+        None,
+        EtherType::Ipv4,
+        &[0; 1501],
+    );
     assert_eq!(sim.send(0, &big), Err(DropReason::Oversized));
-    let max = ethernet_frame(EthernetAddress::BROADCAST, mac(1), None, EtherType::Ipv4, &[0; 1500]);
+    let max = ethernet_frame(
+        EthernetAddress::BROADCAST,
+        mac(1),
+        None,
+        EtherType::Ipv4,
+        &[0; 1500],
+    );
     assert_eq!(sim.out_ports(0, &max), [1], "exactly MTU passes");
-    let mcast_src = untagged(EthernetAddress::BROADCAST, EthernetAddress([1, 0, 0x5e, 0, 0, 1]));
+    let mcast_src = untagged(
+        EthernetAddress::BROADCAST,
+        EthernetAddress([1, 0, 0x5e, 0, 0, 1]),
+    );
     assert_eq!(sim.send(0, &mcast_src), Err(DropReason::BadSourceMac));
     let stp = untagged(EthernetAddress([0x01, 0x80, 0xc2, 0, 0, 0]), mac(1));
     assert_eq!(sim.send(0, &stp), Err(DropReason::LinkLocal));
@@ -243,12 +344,17 @@ fn full_tables_stop_learning_but_frames_still_flood() {
     sim.state.mac_table_max = 3;
     sim.republish();
     for i in 1..=3 {
-        sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(i))).unwrap();
+        sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(i)))
+            .unwrap();
     }
     assert_eq!(sim.bridge.mac_table().port_count(PortId(0)), 2);
     assert_eq!(sim.bridge.counters().learn.port_limit.get(), 1);
-    sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(10))).unwrap();
-    assert_eq!(sim.out_ports(1, &untagged(EthernetAddress::BROADCAST, mac(11))), [0, 2]);
+    sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(10)))
+        .unwrap();
+    assert_eq!(
+        sim.out_ports(1, &untagged(EthernetAddress::BROADCAST, mac(11))),
+        [0, 2]
+    );
     assert_eq!(sim.bridge.mac_table().len(), 3);
     assert_eq!(sim.bridge.counters().learn.table_full.get(), 1);
     // mac 3 was never learned: frames to it flood.
@@ -258,13 +364,23 @@ fn full_tables_stop_learning_but_frames_still_flood() {
 #[test]
 fn republishing_keeps_learned_entries_and_flushes_removed_ports() {
     let mut sim = Sim::new(vec![access("a", 1), access("b", 1), access("c", 1)]);
-    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1))).unwrap();
-    sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(2))).unwrap();
+    sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(1)))
+        .unwrap();
+    sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(2)))
+        .unwrap();
     sim.state.ports.push(access("d", 1));
     sim.republish();
-    assert_eq!(sim.bridge.mac_table().len(), 2, "nothing learned is lost on an update");
+    assert_eq!(
+        sim.bridge.mac_table().len(),
+        2,
+        "nothing learned is lost on an update"
+    );
     sim.state.ports[0] = None;
     sim.republish();
-    assert_eq!(sim.bridge.mac_table().len(), 1, "entries of a removed port are flushed");
+    assert_eq!(
+        sim.bridge.mac_table().len(),
+        1,
+        "entries of a removed port are flushed"
+    );
     assert_eq!(sim.out_ports(2, &untagged(mac(1), mac(3))), [1, 3]);
 }
