@@ -5,11 +5,31 @@
 //! is needed) a small owned `Repr` with `parse`, `emit` and `buffer_len`. Field offsets live in
 //! a private `mod field` per header. Nothing here does I/O or allocates.
 
+pub mod arp;
 pub mod builder;
+pub mod checksum;
 pub mod ethernet;
+pub mod icmpv4;
+pub mod icmpv6;
+pub mod ip;
+pub mod ipv4;
+pub mod ipv6;
+pub mod tcp;
+pub mod udp;
 pub mod vlan;
 
+pub use arp::{ArpOperation, ArpPacket, ArpRepr};
+pub use checksum::PseudoHeader;
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr};
+pub use icmpv4::{
+    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded,
+};
+pub use icmpv6::{Icmpv6Message, Icmpv6Packet, Icmpv6Repr, NdOption, NdOptionType, NdOptions};
+pub use ip::{HeaderOptions, IpProtocol};
+pub use ipv4::{Ipv4Packet, Ipv4Repr};
+pub use ipv6::{Ipv6Packet, Ipv6Repr};
+pub use tcp::{TcpFlags, TcpPacket, TcpRepr};
+pub use udp::{UdpPacket, UdpRepr};
 pub use vlan::{VlanId, VlanTag, VlanTagRepr};
 
 /// Why bytes could not be viewed as a header. Small and `Copy`: the pipeline turns it into a
