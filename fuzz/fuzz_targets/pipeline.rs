@@ -1,0 +1,84 @@
+//! The L2 pipeline fed arbitrary frames on arbitrary ports of a switch with access, trunk and
+//! native-VLAN ports. The first two bytes pick the ingress port and advance the fake clock;
+//! the rest is the frame. Every decision must be a drop with a reason or a set of egress ports
+//! that never includes the ingress port, and each egress frame must be a well-formed frame.
+#![no_main]
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use tapswitch_dataplane::pipeline::{
+    Bridge, Decision, ForwardingState, PortMode, PortState, VlanSet, WorkerCounters,
+};
+use tapswitch_dataplane::tables::{FdbKey, PortId, Timestamp};
+use tapswitch_dataplane::wire::{EthernetAddress, EthernetFrame, VlanId};
+
+fn vlan(v: u16) -> VlanId {
+    VlanId::new(v).expect("valid vlan")
+}
+
+fn port(name: &str, mode: PortMode, max_macs: u32) -> Option<PortState> {
+    Some(PortState { name: name.into(), mode, mtu: 1500, max_macs })
+}
+
+fn state() -> ForwardingState {
+    let mut s = ForwardingState::with_ports(vec![
+        port("a", PortMode::Access(vlan(1)), 4),
+        port("b", PortMode::Access(vlan(10)), u32::MAX),
+        port(
+            "t",
+            PortMode::Trunk { allowed: [vlan(10), vlan(20)].into_iter().collect::<VlanSet>(), native: None },
+            u32::MAX,
+        ),
+        port(
+            "n",
+            PortMode::Trunk { allowed: [vlan(20)].into_iter().collect::<VlanSet>(), native: Some(vlan(1)) },
+            u32::MAX,
+        ),
+        None,
+    ]);
+    s.mac_table_max = 64;
+    s.mac_aging_ms = 5_000;
+    s.static_fdb.insert(FdbKey::new(vlan(10), EthernetAddress([2, 0, 0, 0, 0, 9])), PortId(2));
+    s
+}
+
+thread_local! {
+    static SIM: RefCell<(ForwardingState, Bridge, u64)> = RefCell::new({
+        let s = state();
+        let b = Bridge::new(&s, Arc::new(WorkerCounters::default()));
+        (s, b, 0)
+    });
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let ingress = PortId(u16::from(data[0] % 6));
+    let frame = &data[2..];
+    SIM.with(|sim| {
+        let (state, bridge, clock) = &mut *sim.borrow_mut();
+        *clock += u64::from(data[1]) * 50;
+        let now = Timestamp::from_millis(*clock);
+        if data[1] == 0xff {
+            bridge.age(state, now);
+        }
+        match bridge.process(state, ingress, frame, now) {
+            Decision::Drop(reason) => assert!(!reason.as_str().is_empty()),
+            Decision::Forward(egress) => {
+                for member in egress.ports() {
+                    assert_ne!(member.port, ingress, "never back out the ingress port");
+                    let p = state.port(member.port).expect("egress to a real port");
+                    assert!(p.mode.is_member(egress.vlan), "egress stays in the VLAN");
+                    let out = egress.frame_for(member, frame).to_vec();
+                    assert!(EthernetFrame::new_checked(&out[..]).is_ok());
+                    assert!(out.len() <= frame.len() + 4);
+                }
+            }
+        }
+        assert!(bridge.mac_table().len() <= state.mac_table_max);
+        assert!(bridge.mac_table().port_count(PortId(0)) <= 4);
+    });
+});
