@@ -119,7 +119,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 Some(path) => Config::load(path)?,
                 None => Config::from_toml(DEFAULT_CONFIG)?,
             };
-            daemon::run(config, socket, || {})?;
+            daemon::run(config, socket, |_| {})?;
             Ok(())
         }
         Command::Demo => crate::demo::run(),

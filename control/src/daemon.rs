@@ -11,7 +11,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use mio::net::UnixListener as MioListener;
-use mio::{Events, Interest, Poll, Token};
+use std::sync::Arc;
+
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
@@ -21,6 +23,17 @@ use crate::switch::{Switch, SwitchError};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+const STOP: Token = Token(2);
+
+/// Stops a daemon started in-process (as `tapswitch demo` and tests do) the way SIGTERM does.
+#[derive(Clone)]
+pub struct StopHandle(Arc<Waker>);
+
+impl StopHandle {
+    pub fn stop(&self) {
+        let _ = self.0.wake();
+    }
+}
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +84,13 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Runs the switch until SIGINT or SIGTERM. `ready` is called once the control socket
-/// accepts requests.
-pub fn run(config: Config, socket: &Path, ready: impl FnOnce()) -> Result<(), DaemonError> {
+/// Runs the switch until SIGINT or SIGTERM (or a [`StopHandle`]). `ready` is called once the
+/// control socket accepts requests.
+pub fn run(
+    config: Config,
+    socket: &Path,
+    ready: impl FnOnce(StopHandle),
+) -> Result<(), DaemonError> {
     let listener = bind(socket)?;
     let _socket_file = SocketFile(socket.to_path_buf());
     let mut switch = Switch::start(config)?;
@@ -90,7 +107,7 @@ pub fn run(config: Config, socket: &Path, ready: impl FnOnce()) -> Result<(), Da
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
-    ready();
+    ready(StopHandle(Arc::new(Waker::new(poll.registry(), STOP)?)));
     let mut events = Events::with_capacity(16);
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
@@ -119,6 +136,11 @@ pub fn run(config: Config, socket: &Path, ready: impl FnOnce()) -> Result<(), Da
                         switch.shutdown();
                         return Ok(());
                     }
+                }
+                STOP => {
+                    log::info!("stop requested: removing ports and exiting");
+                    switch.shutdown();
+                    return Ok(());
                 }
                 _ => {}
             }

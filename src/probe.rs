@@ -1,0 +1,333 @@
+//! Containers for demos and tests: named network namespaces that remove themselves, and
+//! traffic probes that run inside them.
+//!
+//! The probes open their sockets inside a namespace (via
+//! [`netns::run_in`](tapswitch_dataplane::io::netns::run_in)) and then use them from ordinary
+//! threads, so they need nothing but the kernel: no ping, iperf or netcat binaries. The peer is
+//! always the kernel's own stack (it answers ARP, ICMP echo, TCP).
+
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tapswitch_dataplane::io::netns;
+use tapswitch_dataplane::wire::{Icmpv4Packet, Icmpv4Repr, Ipv4Packet};
+
+/// Runs `ip ARGS`; the error carries what `ip` printed.
+pub fn ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running ip: {e} (is iproute2 installed?)"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// A named network namespace (as `ip netns add` makes it), deleted when dropped.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with its loopback up.
+    pub fn create(name: &str) -> Result<Netns, String> {
+        ip(&["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<String, String> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+
+    /// Adds an address (`10.0.0.1/24`, `fd00::1/64`) to `dev`. IPv6 addresses skip duplicate
+    /// address detection so they are usable at once.
+    pub fn add_addr(&self, dev: &str, cidr: &str) -> Result<(), String> {
+        if cidr.contains(':') {
+            self.ip(&["addr", "add", cidr, "dev", dev, "nodad"])?;
+        } else {
+            self.ip(&["addr", "add", cidr, "dev", dev])?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` inside the namespace.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+        netns::run_in(Some(&self.name), f)
+    }
+
+    /// The MAC the kernel resolved for `addr` in this namespace (ARP/ND), if any.
+    pub fn neighbour(&self, addr: &str) -> Option<String> {
+        let out = self.ip(&["neigh", "show", addr]).ok()?;
+        let mut words = out.split_whitespace();
+        words.find(|w| *w == "lladdr")?;
+        words.next().map(str::to_string)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// The outcome of [`ping`].
+#[derive(Debug, Clone, Default)]
+pub struct PingResult {
+    pub sent: u32,
+    pub received: u32,
+    pub rtts: Vec<Duration>,
+}
+
+impl PingResult {
+    pub fn avg_rtt(&self) -> Option<Duration> {
+        let n = self.rtts.len() as u32;
+        (n > 0).then(|| self.rtts.iter().sum::<Duration>() / n)
+    }
+}
+
+/// Sends `count` ICMP echo requests from namespace `from` to `dst`, one every `interval`,
+/// waiting up to `timeout` for each reply.
+pub fn ping(
+    from: &Netns,
+    dst: Ipv4Addr,
+    count: u32,
+    interval: Duration,
+    timeout: Duration,
+) -> io::Result<PingResult> {
+    let sock = from.run(|| Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)))?;
+    sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let ident = (std::process::id() as u16) ^ 0x5a5a;
+    let target: SocketAddr = SocketAddrV4::new(dst, 0).into();
+    let mut result = PingResult::default();
+    let payload = [0x42u8; 56];
+    for seq in 0..count as u16 {
+        let repr = Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no: seq,
+            data_len: payload.len(),
+        };
+        let mut buf = vec![0u8; repr.buffer_len()];
+        buf[8..].copy_from_slice(&payload);
+        repr.emit(&mut Icmpv4Packet::new_unchecked(&mut buf[..]));
+        let sent_at = Instant::now();
+        sock.send_to(&buf, &target.into())?;
+        result.sent += 1;
+        let deadline = sent_at + timeout;
+        let mut rx = [MaybeUninit::<u8>::uninit(); 2048];
+        while Instant::now() < deadline {
+            let n = match sock.recv(&mut rx) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e),
+            };
+            // SAFETY: recv initialised the first n bytes.
+            let bytes: &[u8] = unsafe { std::slice::from_raw_parts(rx.as_ptr().cast(), n) };
+            if is_echo_reply(bytes, dst, ident, seq) {
+                result.received += 1;
+                result.rtts.push(sent_at.elapsed());
+                break;
+            }
+        }
+        if seq as u32 + 1 < count {
+            std::thread::sleep(interval.saturating_sub(sent_at.elapsed()));
+        }
+    }
+    Ok(result)
+}
+
+fn is_echo_reply(bytes: &[u8], from: Ipv4Addr, ident: u16, seq: u16) -> bool {
+    let Ok(ip) = Ipv4Packet::new_checked(bytes) else {
+        return false;
+    };
+    if ip.src_addr() != from {
+        return false;
+    }
+    let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
+        return false;
+    };
+    matches!(
+        Icmpv4Repr::parse(&icmp),
+        Ok(Icmpv4Repr::EchoReply { ident: i, seq_no: s, .. }) if i == ident && s == seq
+    )
+}
+
+/// The bytes of a transfer: a deterministic pseudo-random stream (xorshift64), so the
+/// receiver can check every byte without keeping a copy. `fill` continues the stream across
+/// calls of any length.
+struct Pattern {
+    state: u64,
+    word: [u8; 8],
+    used: usize,
+}
+
+impl Pattern {
+    fn new(seed: u64) -> Pattern {
+        Pattern {
+            state: seed | 1,
+            word: [0; 8],
+            used: 8,
+        }
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            if self.used == 8 {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                self.word = self.state.to_le_bytes();
+                self.used = 0;
+            }
+            *b = self.word[self.used];
+            self.used += 1;
+        }
+    }
+}
+
+/// The outcome of [`tcp_transfer`].
+#[derive(Debug, Clone)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub elapsed: Duration,
+}
+
+impl Transfer {
+    pub fn mbit_per_sec(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e6
+    }
+}
+
+/// Sends `bytes` over TCP from namespace `client` to a listener on `server_ip` in `server`,
+/// and checks on the receiving side that every byte arrived intact and in order.
+pub fn tcp_transfer(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    bytes: u64,
+    timeout: Duration,
+) -> io::Result<Transfer> {
+    let seed = 0x9e37_79b9_7f4a_7c15 ^ bytes;
+    let listener = server.run(|| TcpListener::bind((server_ip, 0)))?;
+    let port = listener.local_addr()?.port();
+    let receiver = std::thread::spawn(move || -> io::Result<u64> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(timeout))?;
+        let mut expect = Pattern::new(seed);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut want = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = conn.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            expect.fill(&mut want[..n]);
+            if buf[..n] != want[..n] {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("TCP stream corrupted near byte {total}"),
+                ));
+            }
+            total += n as u64;
+        }
+    });
+    let start = Instant::now();
+    let addr = SocketAddr::from((server_ip, port));
+    let mut conn = client.run(|| TcpStream::connect_timeout(&addr, timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
+    let mut pattern = Pattern::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        pattern.fill(&mut buf[..n]);
+        conn.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    conn.shutdown(std::net::Shutdown::Write)?;
+    let received = receiver
+        .join()
+        .map_err(|_| io::Error::other("receiver thread panicked"))??;
+    if received != bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("sent {bytes} bytes, received {received}"),
+        ));
+    }
+    Ok(Transfer {
+        bytes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Sends `count` UDP datagrams of `size` bytes from `client` to an echo responder on
+/// `server_ip` in `server`; returns how many came back intact.
+pub fn udp_echo(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    count: u32,
+    size: usize,
+) -> io::Result<u32> {
+    let srv = server.run(|| UdpSocket::bind((server_ip, 0)))?;
+    let srv_addr = srv.local_addr()?;
+    srv.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        for _ in 0..count {
+            match srv.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    let _ = srv.send_to(&buf[..n], from);
+                }
+                Err(_) => break,
+            }
+        }
+    });
+    let cli = client.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+    cli.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut ok = 0;
+    let mut buf = vec![0u8; size.max(1)];
+    let mut back = vec![0u8; 65536];
+    for i in 0..count {
+        buf.fill(i as u8);
+        cli.send_to(&buf, srv_addr)?;
+        if let Ok(n) = cli.recv(&mut back) {
+            if back[..n] == buf[..] {
+                ok += 1;
+            }
+        }
+    }
+    let _ = echo.join();
+    Ok(ok)
+}
