@@ -331,3 +331,45 @@ pub fn udp_echo(
     let _ = echo.join();
     Ok(ok)
 }
+
+/// A raw view of one interface inside a namespace: send any frame out of it, see every frame
+/// that arrives on it (VLAN tags included). Built on the dataplane's own AF_PACKET port.
+pub struct RawPort {
+    device: tapswitch_dataplane::io::PortDevice,
+    buf: Vec<u8>,
+}
+
+impl RawPort {
+    pub fn open(ns: &Netns, dev: &str) -> io::Result<RawPort> {
+        let device = tapswitch_dataplane::io::PortDevice::attach(dev, Some(ns.name()), None)
+            .map_err(io::Error::other)?;
+        let buf = vec![
+            0u8;
+            tapswitch_dataplane::io::port::HEADROOM
+                + tapswitch_dataplane::io::port::MAX_FRAME
+        ];
+        Ok(RawPort { device, buf })
+    }
+
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        self.device
+            .send(&tapswitch_dataplane::pipeline::bridge::EgressFrame {
+                addresses: &frame[..12],
+                tag: None,
+                rest: &frame[12..],
+            })
+    }
+
+    /// Every frame that arrives within `wait`.
+    pub fn recv_for(&mut self, wait: Duration) -> io::Result<Vec<Vec<u8>>> {
+        let deadline = Instant::now() + wait;
+        let mut frames = Vec::new();
+        while Instant::now() < deadline {
+            match self.device.recv(&mut self.buf)? {
+                Some(rx) => frames.push(self.buf[rx.start..rx.start + rx.len].to_vec()),
+                None => std::thread::sleep(Duration::from_millis(2)),
+            }
+        }
+        Ok(frames)
+    }
+}

@@ -6,7 +6,9 @@
 //! - [`PortKind::Packet`]: an existing interface (a veth end, an uplink NIC) attached over an
 //!   AF_PACKET socket. tapswitch puts it up and promiscuous and takes every frame it receives;
 //!   outgoing frames of the host's own stack on it are ignored. VLAN tags that the driver moved
-//!   out of the frame (auxdata) are put back.
+//!   out of the frame (auxdata) are put back. The socket reads a virtio-net header with every
+//!   frame, so checksums and TCP segmentation that the sender left to offload are known (see
+//!   [`Offload`]) and finished in software before the frame goes anywhere.
 //!
 //! Devices are created by the control thread and then only read and written by the worker that
 //! owns the port; both operations are non-blocking.
@@ -20,6 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use super::netdev::{self, IfReq};
 use super::netns;
 use crate::pipeline::bridge::EgressFrame;
+use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
 use crate::wire::EthernetAddress;
 
 /// Largest frame a port reads: a 64 KiB super-frame plus a reinserted VLAN tag.
@@ -30,6 +33,7 @@ pub const HEADROOM: usize = 4;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+const PACKET_VNET_HDR: libc::c_int = 15;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 
@@ -194,6 +198,7 @@ impl PortDevice {
         ifindex: u32,
         mtu: Option<u32>,
     ) -> Result<PortDevice, PortError> {
+        netdev::set_up(name).map_err(os("bringing up", name))?;
         // Protocol 0 until bound, so no frame of another interface slips in before bind.
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = unsafe {
@@ -211,6 +216,7 @@ impl PortDevice {
         // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         setsockopt_int(&fd, PACKET_AUXDATA, 1).map_err(os("enabling auxdata on", name))?;
+        setsockopt_int(&fd, PACKET_VNET_HDR, 1).map_err(os("enabling offload headers on", name))?;
         // Frames the host itself sends on the interface are not ours to switch. Older kernels
         // lack the option; then such frames are filtered by packet type on receive.
         let _ = setsockopt_int(&fd, PACKET_IGNORE_OUTGOING, 1);
@@ -252,7 +258,6 @@ impl PortDevice {
         if let Some(mtu) = mtu {
             netdev::set_mtu(name, mtu).map_err(os("setting the MTU of", name))?;
         }
-        netdev::set_up(name).map_err(os("bringing up", name))?;
         Ok(PortDevice {
             kind: PortKind::Packet,
             fd,
@@ -305,6 +310,7 @@ impl PortDevice {
                     start: HEADROOM,
                     len: n as usize,
                     truncated: false,
+                    offload: Offload::default(),
                 }))
             }
             PortKind::Packet => self.recv_packet(buf),
@@ -323,10 +329,17 @@ impl PortDevice {
 
     fn recv_packet_once(&self, buf: &mut [u8]) -> io::Result<Received> {
         let room = &mut buf[HEADROOM..];
-        let mut iov = libc::iovec {
-            iov_base: room.as_mut_ptr().cast(),
-            iov_len: room.len(),
-        };
+        let mut vnet = [0u8; VNET_HDR_LEN];
+        let mut iov = [
+            libc::iovec {
+                iov_base: vnet.as_mut_ptr().cast(),
+                iov_len: vnet.len(),
+            },
+            libc::iovec {
+                iov_base: room.as_mut_ptr().cast(),
+                iov_len: room.len(),
+            },
+        ];
         let mut cmsg_buf = [0u64; 16];
         // SAFETY: sockaddr_ll and msghdr are plain old data; all-zero is valid.
         let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
@@ -334,8 +347,8 @@ impl PortDevice {
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
         msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
         msg.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as u32;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
         msg.msg_control = cmsg_buf.as_mut_ptr().cast();
         msg.msg_controllen = mem::size_of_val(&cmsg_buf);
         // SAFETY: msg points at live buffers of the stated sizes for the whole call.
@@ -346,13 +359,15 @@ impl PortDevice {
         if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
             return Ok(Received::Outgoing);
         }
-        let len = n as usize;
+        let len = (n as usize).saturating_sub(VNET_HDR_LEN);
         let truncated = len > room.len();
         let len = len.min(room.len());
+        let offload = Offload::from_vnet_hdr(&vnet);
         let mut frame = RxFrame {
             start: HEADROOM,
             len,
             truncated,
+            offload,
         };
         // SAFETY: msg's control buffer was filled by recvmsg; the CMSG macros walk it within
         // msg_controllen.
@@ -374,11 +389,9 @@ impl PortDevice {
                     buf.copy_within(HEADROOM..HEADROOM + 12, 0);
                     buf[12..14].copy_from_slice(&tpid.to_be_bytes());
                     buf[14..16].copy_from_slice(&aux.tp_vlan_tci.to_be_bytes());
-                    frame = RxFrame {
-                        start: 0,
-                        len: len + 4,
-                        truncated,
-                    };
+                    frame.start = 0;
+                    frame.len = len + 4;
+                    frame.offload.shift(4);
                 }
             }
             // SAFETY: as for CMSG_FIRSTHDR.
@@ -390,7 +403,18 @@ impl PortDevice {
     /// Writes one frame, given in pieces.
     pub fn send(&self, frame: &EgressFrame<'_>) -> io::Result<()> {
         let tag = frame.tag.unwrap_or_default();
+        // A packet socket with PACKET_VNET_HDR takes a header first: all zero, nothing to do.
+        let vnet = [0u8; VNET_HDR_LEN];
+        let vnet_len = if self.kind == PortKind::Packet {
+            VNET_HDR_LEN
+        } else {
+            0
+        };
         let iov = [
+            libc::iovec {
+                iov_base: vnet.as_ptr() as *mut _,
+                iov_len: vnet_len,
+            },
             libc::iovec {
                 iov_base: frame.addresses.as_ptr() as *mut _,
                 iov_len: frame.addresses.len(),
@@ -428,6 +452,8 @@ pub struct RxFrame {
     pub len: usize,
     /// The frame was longer than the buffer and was cut.
     pub truncated: bool,
+    /// Work the sender left to offload.
+    pub offload: Offload,
 }
 
 fn would_block<T>(e: io::Error) -> io::Result<Option<T>> {

@@ -21,6 +21,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::port::{PortDevice, HEADROOM, MAX_FRAME};
+use crate::pipeline::offload::{complete_checksum, segment_tcp};
 use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, WorkerCounters};
 use crate::tables::{FdbKey, PortId, Timestamp};
 use crate::wire::{EthernetAddress, VlanId};
@@ -98,6 +99,7 @@ impl WorkerHandle {
             registered: Vec::new(),
             ready: Vec::new(),
             is_ready: vec![false; PortId::MAX_PORTS],
+            scratch: Vec::with_capacity(MAX_FRAME),
             adopted: Arc::clone(&adopted),
             epoch: Instant::now(),
         };
@@ -203,6 +205,8 @@ struct Worker {
     /// Ports that may have frames to read.
     ready: Vec<PortId>,
     is_ready: Vec<bool>,
+    /// Reused for segments of super-frames.
+    scratch: Vec<u8>,
     adopted: Arc<AtomicU64>,
     epoch: Instant,
 }
@@ -288,30 +292,32 @@ impl Worker {
                     return true;
                 }
             };
-            let frame = &buf[rx.start..rx.start + rx.len];
-            if rx.truncated {
+            let frame = &mut buf[rx.start..rx.start + rx.len];
+            let offload = rx.offload;
+            let bad = if rx.truncated {
+                Some(DropReason::Oversized)
+            } else if offload.gso_unsupported {
+                Some(DropReason::BadOffload)
+            } else if let Some(mss) = offload.gso_size {
+                let bridge = &mut self.bridge;
+                segment_tcp(frame, mss, &mut self.scratch, |seg| {
+                    forward(bridge, &snapshot, port, seg, now)
+                })
+                .err()
+            } else if let Some((start, offset)) = offload.csum {
+                complete_checksum(frame, start, offset).err().or_else(|| {
+                    forward(&mut self.bridge, &snapshot, port, frame, now);
+                    None
+                })
+            } else {
+                forward(&mut self.bridge, &snapshot, port, frame, now);
+                None
+            };
+            if let Some(reason) = bad {
                 let c = self.bridge.counters().port(port);
                 c.rx_packets.add(1);
                 c.rx_bytes.add(rx.len as u64);
-                c.drop(DropReason::Oversized);
-                continue;
-            }
-            let decision = self.bridge.process(&snapshot.forwarding, port, frame, now);
-            if let Decision::Forward(egress) = decision {
-                for member in egress.ports() {
-                    let Some(out) = snapshot.device(member.port) else {
-                        continue;
-                    };
-                    let out_frame = egress.frame_for(member, frame);
-                    let c = self.bridge.counters().port(member.port);
-                    match out.send(&out_frame) {
-                        Ok(()) => {
-                            c.tx_packets.add(1);
-                            c.tx_bytes.add(out_frame.len() as u64);
-                        }
-                        Err(_) => c.tx_errors.add(1),
-                    }
-                }
+                c.drop(reason);
             }
         }
         false
@@ -398,5 +404,26 @@ impl Worker {
             .store(snapshot.forwarding.generation, Ordering::Release);
         self.snapshot = snapshot;
         result
+    }
+}
+
+/// Runs one finished frame through the pipeline and writes it to its egress ports.
+fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8], now: Timestamp) {
+    let Decision::Forward(egress) = bridge.process(&snapshot.forwarding, port, frame, now) else {
+        return;
+    };
+    for member in egress.ports() {
+        let Some(out) = snapshot.device(member.port) else {
+            continue;
+        };
+        let out_frame = egress.frame_for(member, frame);
+        let c = bridge.counters().port(member.port);
+        match out.send(&out_frame) {
+            Ok(()) => {
+                c.tx_packets.add(1);
+                c.tx_bytes.add(out_frame.len() as u64);
+            }
+            Err(_) => c.tx_errors.add(1),
+        }
     }
 }

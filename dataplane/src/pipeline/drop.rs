@@ -25,10 +25,13 @@ pub enum DropReason {
     SamePort,
     /// The frame arrived on a port that is no longer in the forwarding state.
     UnknownPort,
+    /// Offload metadata (checksum or segmentation request) that does not fit the frame, or a
+    /// segmentation type this switch does not do.
+    BadOffload,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -41,6 +44,7 @@ impl DropReason {
         DropReason::LinkLocal,
         DropReason::SamePort,
         DropReason::UnknownPort,
+        DropReason::BadOffload,
     ];
 
     /// The name used in `stats` output.
@@ -56,6 +60,7 @@ impl DropReason {
             DropReason::LinkLocal => "link_local",
             DropReason::SamePort => "same_port",
             DropReason::UnknownPort => "unknown_port",
+            DropReason::BadOffload => "bad_offload",
         }
     }
 

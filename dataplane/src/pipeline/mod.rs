@@ -13,6 +13,7 @@
 pub mod bridge;
 pub mod counters;
 pub mod drop;
+pub mod offload;
 pub mod state;
 
 pub use bridge::{Bridge, Decision, Egress};

@@ -1,6 +1,9 @@
 //! Building whole frames from parts: the one frame builder that tests, benches, fuzz seeds and
 //! tools use.
 
+use std::net::Ipv4Addr;
+
+use super::arp::{ArpOperation, ArpPacket, ArpRepr};
 use super::ethernet::HEADER_LEN;
 use super::vlan::TAG_LEN;
 use super::{EtherType, EthernetAddress, EthernetFrame, EthernetRepr, VlanTag, VlanTagRepr};
@@ -39,6 +42,32 @@ pub fn ethernet_frame(
     }
     buf[HEADER_LEN + tag_len..].copy_from_slice(payload);
     buf
+}
+
+/// A broadcast ARP request from (`src_mac`, `src_ip`) for `target_ip`, tagged with `vid` when
+/// given.
+pub fn arp_request(
+    src_mac: EthernetAddress,
+    src_ip: Ipv4Addr,
+    target_ip: Ipv4Addr,
+    vid: Option<u16>,
+) -> Vec<u8> {
+    let repr = ArpRepr {
+        operation: ArpOperation::Request,
+        source_hardware_addr: src_mac,
+        source_protocol_addr: src_ip,
+        target_hardware_addr: EthernetAddress::ZERO,
+        target_protocol_addr: target_ip,
+    };
+    let mut arp = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut ArpPacket::new_unchecked(&mut arp[..]));
+    ethernet_frame(
+        EthernetAddress::BROADCAST,
+        src_mac,
+        vid,
+        EtherType::Arp,
+        &arp,
+    )
 }
 
 #[cfg(test)]

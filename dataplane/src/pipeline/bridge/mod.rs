@@ -151,14 +151,16 @@ impl Bridge {
         frame: &[u8],
         now: Timestamp,
     ) -> Decision<'s> {
-        let counters = Arc::clone(&self.counters);
-        let counters = counters.port(ingress);
-        counters.rx_packets.add(1);
-        counters.rx_bytes.add(frame.len() as u64);
-        match self.decide(state, ingress, frame, now) {
+        // Split borrows: the table is mutated while the counters are read, with no refcount
+        // traffic per frame.
+        let Bridge { macs, counters } = self;
+        let port_counters = counters.port(ingress);
+        port_counters.rx_packets.add(1);
+        port_counters.rx_bytes.add(frame.len() as u64);
+        match Self::decide(macs, counters, state, ingress, frame, now) {
             Ok(egress) => Decision::Forward(egress),
             Err(reason) => {
-                counters.drop(reason);
+                port_counters.drop(reason);
                 Decision::Drop(reason)
             }
         }
@@ -166,7 +168,8 @@ impl Bridge {
 
     #[inline]
     fn decide<'s>(
-        &mut self,
+        macs: &mut MacTable,
+        counters: &WorkerCounters,
         state: &'s ForwardingState,
         ingress: PortId,
         frame: &[u8],
@@ -222,8 +225,8 @@ impl Bridge {
         }
         let src_key = FdbKey::new(vlan, src);
         if !state.static_fdb.contains_key(&src_key) {
-            let learn = &self.counters.learn;
-            match self.macs.learn(src_key, ingress, now, port.max_macs) {
+            let learn = &counters.learn;
+            match macs.learn(src_key, ingress, now, port.max_macs) {
                 LearnOutcome::Refreshed => {}
                 LearnOutcome::Learned => learn.learned.add(1),
                 LearnOutcome::Moved { .. } => learn.moved.add(1),
@@ -245,7 +248,7 @@ impl Bridge {
             }
             flood
         } else {
-            match self.lookup(state, vlan, dst, now) {
+            match Self::lookup(macs, state, vlan, dst, now) {
                 Some(out) if out == ingress => return Err(DropReason::SamePort),
                 Some(out) => match state.port(out) {
                     Some(p) if p.mode.is_member(vlan) => Targets::One(VlanMember {
@@ -266,7 +269,7 @@ impl Bridge {
 
     #[inline]
     fn lookup(
-        &self,
+        macs: &MacTable,
         state: &ForwardingState,
         vlan: VlanId,
         dst: EthernetAddress,
@@ -277,7 +280,7 @@ impl Bridge {
             .static_fdb
             .get(&key)
             .copied()
-            .or_else(|| self.macs.lookup(key, now, state.mac_aging_ms))
+            .or_else(|| macs.lookup(key, now, state.mac_aging_ms))
     }
 }
 

@@ -1,0 +1,239 @@
+//! What the namespace tests share: a root check that fails under CI, unique names, the
+//! tapswitch daemon as a child process, and the CLI.
+//!
+//! Every namespace, device and process a test makes is owned by a guard whose `Drop` removes
+//! it, so a failing assertion still cleans up.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use tapswitch::probe::{self, ip, Netns};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tapswitch");
+
+/// Whether this test can run. Without root it is skipped with a message, except under
+/// `CI=true`, where it fails: CI runs as root and must never skip silently.
+pub fn have_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0 && std::path::Path::new("/dev/net/tun").exists();
+    if !root {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("namespace tests need root and /dev/net/tun, and CI=true forbids skipping");
+        }
+        eprintln!("skipped: needs root and /dev/net/tun");
+    }
+    root
+}
+
+/// A short name unique to this process and call, for namespaces and devices
+/// (interface names have at most 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// A `tapswitch run` child process with its own control socket, stopped with SIGTERM when
+/// dropped.
+pub struct Switch {
+    pub socket: PathBuf,
+    child: Option<Child>,
+    config_file: Option<PathBuf>,
+}
+
+impl Switch {
+    /// Starts the daemon on the embedded default.
+    pub fn start() -> Switch {
+        Switch::start_with(None)
+    }
+
+    /// Starts the daemon with `config` (TOML text).
+    pub fn with_config(config: &str) -> Switch {
+        Switch::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> Switch {
+        let socket = std::env::temp_dir().join(format!("{}.sock", unique("tapswitch-test-")));
+        let config_file = config.map(|text| {
+            let path = socket.with_extension("toml");
+            std::fs::write(&path, text).expect("write config");
+            path
+        });
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--socket").arg(&socket).arg("run");
+        if let Some(path) = &config_file {
+            cmd.arg("--config").arg(path);
+        }
+        let child = cmd.stdin(Stdio::null()).spawn().expect("spawn tapswitch");
+        let mut switch = Switch {
+            socket,
+            child: Some(child),
+            config_file,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !switch.socket.exists() || switch.try_cli(&["port", "list"]).is_err() {
+            if let Some(status) = switch
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("tapswitch exited during start: {status}");
+            }
+            assert!(Instant::now() < deadline, "tapswitch did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        switch
+    }
+
+    /// Runs a CLI verb against this switch; Ok(stdout) or Err(stderr).
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        let out = cli(&self.socket, args);
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs a CLI verb that must succeed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|e| panic!("tapswitch {}: {e}", args.join(" ")))
+    }
+
+    /// Runs a CLI verb with `-j` and parses its JSON.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.push("-j");
+        serde_json::from_str(&self.cli(&full)).expect("JSON output")
+    }
+
+    /// Adds a TAP port in `ns` and gives it `addrs`.
+    pub fn add_container_port(&self, ns: &Netns, port: &str, extra: &[&str], addrs: &[&str]) {
+        let mut args = vec!["port", "add", port, "--netns", ns.name()];
+        args.extend_from_slice(extra);
+        self.cli(&args);
+        for a in addrs {
+            ns.add_addr(port, a).expect("address");
+        }
+    }
+
+    /// Counters of one port from `stats -j`.
+    pub fn port_stats(&self, port: &str) -> serde_json::Value {
+        let stats = self.json(&["stats"]);
+        stats["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["name"] == port).cloned())
+            .unwrap_or_else(|| panic!("no stats for port {port}: {stats}"))
+    }
+
+    /// Learned and static entries from `fdb show -j`.
+    pub fn fdb(&self) -> Vec<serde_json::Value> {
+        self.json(&["fdb", "show"])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill on the PID of a child this guard started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(p) = &self.config_file {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Runs the CLI against `socket`.
+pub fn cli(socket: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run tapswitch CLI")
+}
+
+/// A namespace as a container: IPv6 off (so the only traffic is what the test sends) unless
+/// `ipv6` is true.
+pub fn container(prefix: &str, ipv6: bool) -> Netns {
+    let ns = Netns::create(&unique(prefix)).expect("create namespace");
+    if !ipv6 {
+        sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1");
+        sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "1");
+    }
+    ns
+}
+
+pub fn sysctl(ns: &Netns, key: &str, value: &str) {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "sysctl",
+            "-q",
+            "-w",
+            &format!("{key}={value}"),
+        ])
+        .output()
+        .expect("sysctl");
+    assert!(
+        out.status.success(),
+        "sysctl {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Pings `dst` from `ns` `count` times (the kernel answers); returns replies received.
+pub fn ping(ns: &Netns, dst: &str, count: u32) -> u32 {
+    probe::ping(
+        ns,
+        dst.parse().expect("IPv4 address"),
+        count,
+        Duration::from_millis(50),
+        Duration::from_millis(500),
+    )
+    .expect("ping")
+    .received
+}
+
+/// Runs a command inside `ns` (`ip netns exec`).
+pub fn exec(ns: &Netns, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns.name()])
+        .args(args)
+        .output()
+        .expect("ip netns exec")
+}
+
+/// The drop counter `reason` of `port`.
+pub fn drops(switch: &Switch, port: &str, reason: &str) -> u64 {
+    switch.port_stats(port)["drops"][reason]
+        .as_u64()
+        .unwrap_or(0)
+}
