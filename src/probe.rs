@@ -351,13 +351,15 @@ impl RawPort {
         Ok(RawPort { device, buf })
     }
 
+    /// Sends `frame` as it is, however malformed.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        self.device
-            .send(&tapswitch_dataplane::pipeline::bridge::EgressFrame {
-                addresses: &frame[..12],
-                tag: None,
-                rest: &frame[12..],
-            })
+        let (addresses, rest) = frame.split_at(frame.len().min(12));
+        let frame = tapswitch_dataplane::pipeline::bridge::EgressFrame {
+            addresses,
+            tag: None,
+            rest,
+        };
+        self.device.send(&frame)
     }
 
     /// Every frame that arrives within `wait`.
