@@ -126,7 +126,7 @@ pub fn run() -> Result<(), Error> {
             check(&interrupted)?;
             let r = probe::ping(
                 ns_a,
-                *ip_b,
+                (*ip_b).into(),
                 3,
                 Duration::from_millis(100),
                 Duration::from_secs(1),

@@ -8,13 +8,13 @@
 
 use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tapswitch_dataplane::io::netns;
-use tapswitch_dataplane::wire::{Icmpv4Packet, Icmpv4Repr, Ipv4Packet};
+use tapswitch_dataplane::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, Ipv4Packet};
 
 /// Runs `ip ARGS`; the error carries what `ip` printed.
 pub fn ip(args: &[&str]) -> Result<String, String> {
@@ -109,38 +109,35 @@ impl PingResult {
     }
 }
 
-/// Sends `count` ICMP echo requests from namespace `from` to `dst`, one every `interval`,
-/// waiting up to `timeout` for each reply.
+/// Sends `count` ICMP (or ICMPv6) echo requests from namespace `from` to `dst`, one every
+/// `interval`, waiting up to `timeout` for each reply. Resolving `dst` first (ARP or ND) is
+/// the kernel's job, as with any ping.
 pub fn ping(
     from: &Netns,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     count: u32,
     interval: Duration,
     timeout: Duration,
 ) -> io::Result<PingResult> {
-    let sock = from.run(|| Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)))?;
+    let (domain, protocol) = match dst {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+    };
+    let sock = from.run(|| Socket::new(domain, Type::RAW, Some(protocol)))?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let ident = (std::process::id() as u16) ^ 0x5a5a;
-    let target: SocketAddr = SocketAddrV4::new(dst, 0).into();
+    let target: SocketAddr = (dst, 0).into();
     let mut result = PingResult::default();
-    let payload = [0x42u8; 56];
+    let mut rx = [MaybeUninit::<u8>::uninit(); 2048];
     for seq in 0..count as u16 {
-        let repr = Icmpv4Repr::EchoRequest {
-            ident,
-            seq_no: seq,
-            data_len: payload.len(),
-        };
-        let mut buf = vec![0u8; repr.buffer_len()];
-        buf[8..].copy_from_slice(&payload);
-        repr.emit(&mut Icmpv4Packet::new_unchecked(&mut buf[..]));
+        let request = echo_request(dst, ident, seq);
         let sent_at = Instant::now();
-        sock.send_to(&buf, &target.into())?;
+        sock.send_to(&request, &target.into())?;
         result.sent += 1;
         let deadline = sent_at + timeout;
-        let mut rx = [MaybeUninit::<u8>::uninit(); 2048];
         while Instant::now() < deadline {
-            let n = match sock.recv(&mut rx) {
-                Ok(n) => n,
+            let (n, from_addr) = match sock.recv_from(&mut rx) {
+                Ok(r) => r,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -151,9 +148,10 @@ pub fn ping(
                 }
                 Err(e) => return Err(e),
             };
-            // SAFETY: recv initialised the first n bytes.
+            // SAFETY: recv_from initialised the first n bytes.
             let bytes: &[u8] = unsafe { std::slice::from_raw_parts(rx.as_ptr().cast(), n) };
-            if is_echo_reply(bytes, dst, ident, seq) {
+            let from_ip = from_addr.as_socket().map(|a| a.ip());
+            if from_ip == Some(dst) && is_echo_reply(bytes, dst, ident, seq) {
                 result.received += 1;
                 result.rtts.push(sent_at.elapsed());
                 break;
@@ -166,20 +164,67 @@ pub fn ping(
     Ok(result)
 }
 
-fn is_echo_reply(bytes: &[u8], from: Ipv4Addr, ident: u16, seq: u16) -> bool {
-    let Ok(ip) = Ipv4Packet::new_checked(bytes) else {
-        return false;
-    };
-    if ip.src_addr() != from {
-        return false;
+const PING_DATA: usize = 56;
+
+fn echo_request(dst: IpAddr, ident: u16, seq_no: u16) -> Vec<u8> {
+    match dst {
+        IpAddr::V4(_) => {
+            let repr = Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data_len: PING_DATA,
+            };
+            let mut buf = vec![0x42u8; repr.buffer_len()];
+            repr.emit(&mut Icmpv4Packet::new_unchecked(&mut buf[..]));
+            buf
+        }
+        IpAddr::V6(dst) => {
+            // The kernel fills in the ICMPv6 checksum of a raw socket with the real source.
+            let repr = Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data_len: PING_DATA,
+            };
+            let mut buf = vec![0x42u8; repr.buffer_len()];
+            repr.emit(
+                &Ipv6Addr::UNSPECIFIED,
+                &dst,
+                &mut Icmpv6Packet::new_unchecked(&mut buf[..]),
+            );
+            buf
+        }
     }
-    let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
-        return false;
-    };
-    matches!(
-        Icmpv4Repr::parse(&icmp),
-        Ok(Icmpv4Repr::EchoReply { ident: i, seq_no: s, .. }) if i == ident && s == seq
-    )
+}
+
+/// Whether `bytes` (an IPv4 packet, or an ICMPv6 message: raw ICMPv6 sockets strip the IP
+/// header) is the echo reply for (`ident`, `seq`).
+fn is_echo_reply(bytes: &[u8], from: IpAddr, ident: u16, seq: u16) -> bool {
+    match from {
+        IpAddr::V4(from) => {
+            let Ok(ip) = Ipv4Packet::new_checked(bytes) else {
+                return false;
+            };
+            if ip.src_addr() != from {
+                return false;
+            }
+            let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
+                return false;
+            };
+            matches!(
+                Icmpv4Repr::parse(&icmp),
+                Ok(Icmpv4Repr::EchoReply { ident: i, seq_no: s, .. }) if i == ident && s == seq
+            )
+        }
+        IpAddr::V6(_) => {
+            let Ok(icmp) = Icmpv6Packet::new_checked(bytes) else {
+                return false;
+            };
+            matches!(
+                Icmpv6Repr::parse(&icmp),
+                Ok(Icmpv6Repr::EchoReply { ident: i, seq_no: s, .. }) if i == ident && s == seq
+            )
+        }
+    }
 }
 
 /// The bytes of a transfer: a deterministic pseudo-random stream (xorshift64), so the

@@ -69,6 +69,8 @@ pub struct PortStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub tx_errors: u64,
+    /// Frames not sent here because they exceed this port's MTU.
+    pub tx_oversized: u64,
     /// Drop reason -> frames dropped on ingress at this port.
     pub drops: std::collections::BTreeMap<&'static str, u64>,
 }
@@ -80,6 +82,7 @@ impl PortStats {
         self.tx_packets += c.tx_packets.get();
         self.tx_bytes += c.tx_bytes.get();
         self.tx_errors += c.tx_errors.get();
+        self.tx_oversized += c.tx_oversized.get();
         for r in DropReason::ALL {
             *self.drops.entry(r.as_str()).or_default() += c.drops[r.index()].get();
         }
@@ -92,6 +95,7 @@ impl PortStats {
             tx_packets: self.tx_packets - base.tx_packets,
             tx_bytes: self.tx_bytes - base.tx_bytes,
             tx_errors: self.tx_errors - base.tx_errors,
+            tx_oversized: self.tx_oversized - base.tx_oversized,
             drops: self
                 .drops
                 .iter()

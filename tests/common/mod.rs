@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)]
 pub use tapswitch::probe::{self, ip, Netns};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tapswitch");
@@ -209,11 +210,12 @@ pub fn sysctl(ns: &Netns, key: &str, value: &str) {
     );
 }
 
-/// Pings `dst` from `ns` `count` times (the kernel answers); returns replies received.
+/// Pings `dst` (IPv4 or IPv6) from `ns` `count` times (the kernel answers); returns replies
+/// received.
 pub fn ping(ns: &Netns, dst: &str, count: u32) -> u32 {
     probe::ping(
         ns,
-        dst.parse().expect("IPv4 address"),
+        dst.parse().expect("IP address"),
         count,
         Duration::from_millis(50),
         Duration::from_millis(500),

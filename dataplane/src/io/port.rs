@@ -356,7 +356,7 @@ impl PortDevice {
         if n < 0 {
             return Ok(would_block(io::Error::last_os_error())?.unwrap_or(Received::Nothing));
         }
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             return Ok(Received::Outgoing);
         }
         let len = (n as usize).saturating_sub(VNET_HDR_LEN);

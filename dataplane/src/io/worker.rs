@@ -24,6 +24,8 @@ use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use crate::pipeline::offload::{complete_checksum, segment_tcp};
 use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, WorkerCounters};
 use crate::tables::{FdbKey, PortId, Timestamp};
+use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
+use crate::wire::vlan::TAG_LEN;
 use crate::wire::{EthernetAddress, VlanId};
 
 /// Frames read from one port before the worker looks at its other ports and its commands.
@@ -407,7 +409,9 @@ impl Worker {
     }
 }
 
-/// Runs one finished frame through the pipeline and writes it to its egress ports.
+/// Runs one finished frame through the pipeline and writes it to its egress ports. A frame
+/// larger than an egress port's MTU is not sent there (counted as `tx_oversized`), as the
+/// Linux bridge does.
 fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8], now: Timestamp) {
     let Decision::Forward(egress) = bridge.process(&snapshot.forwarding, port, frame, now) else {
         return;
@@ -418,6 +422,15 @@ fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8],
         };
         let out_frame = egress.frame_for(member, frame);
         let c = bridge.counters().port(member.port);
+        let mtu = snapshot
+            .forwarding
+            .port(member.port)
+            .map_or(u16::MAX, |p| p.mtu);
+        let max_len = mtu as usize + ETHERNET_HEADER_LEN + if member.tagged { TAG_LEN } else { 0 };
+        if out_frame.len() > max_len {
+            c.tx_oversized.add(1);
+            continue;
+        }
         match out.send(&out_frame) {
             Ok(()) => {
                 c.tx_packets.add(1);

@@ -39,6 +39,8 @@ pub struct PortCounters {
     pub tx_bytes: Counter,
     /// Frames the egress device refused (queue full, device down).
     pub tx_errors: Counter,
+    /// Frames not sent because they exceed this port's MTU.
+    pub tx_oversized: Counter,
     pub drops: [Counter; DropReason::COUNT],
 }
 

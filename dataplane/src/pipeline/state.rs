@@ -55,6 +55,9 @@ impl FromIterator<VlanId> for VlanSet {
 }
 
 /// How a port maps frames to VLANs.
+// The trunk's 512-byte bitmap is inline on purpose: a state is built once per publication,
+// and the per-frame membership test should not chase a pointer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortMode {
     /// One VLAN, untagged on the wire. A tagged frame is accepted only if tagged with this
