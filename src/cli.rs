@@ -47,6 +47,9 @@ pub enum Command {
     Stats,
     /// The running configuration (file plus runtime changes) as TOML.
     Config,
+    /// Re-read the configuration file and apply the differences (as SIGHUP does); learned
+    /// MACs and unchanged ports are kept.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,12 +117,12 @@ pub type Error = Box<dyn std::error::Error>;
 pub fn execute(cli: Cli) -> Result<(), Error> {
     let socket = cli.socket.as_path();
     match cli.command {
-        Command::Run { config } => {
-            let config = match &config {
+        Command::Run { config: path } => {
+            let config = match &path {
                 Some(path) => Config::load(path)?,
                 None => Config::from_toml(DEFAULT_CONFIG)?,
             };
-            daemon::run(config, socket, |_| {})?;
+            daemon::run(config, path.as_deref(), socket, |_| {})?;
             Ok(())
         }
         Command::Demo => crate::demo::run(),
@@ -158,6 +161,14 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Stats => show(socket, &Request::Stats, cli.json, print_stats),
+        Command::Reload => {
+            let v = api::call(socket, &Request::Reload)?;
+            println!(
+                "reloaded: {} ports added, {} removed, {} kept",
+                v["added"], v["removed"], v["kept"]
+            );
+            Ok(())
+        }
         Command::Config => {
             let v = api::call(socket, &Request::ConfigShow)?;
             print!("{}", v.as_str().unwrap_or_default());

@@ -36,7 +36,7 @@ impl Daemon {
         let thread = std::thread::spawn(move || {
             let config = Config::from_toml(DEFAULT_CONFIG).expect("embedded default parses");
             let done = tx.clone();
-            if let Err(e) = daemon::run(config, &path, move |stop| {
+            if let Err(e) = daemon::run(config, None, &path, move |stop| {
                 let _ = tx.send(Ok(stop));
             }) {
                 let _ = done.send(Err(e.to_string()));

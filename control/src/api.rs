@@ -40,6 +40,8 @@ pub enum Request {
     Stats,
     /// The running configuration (the file plus runtime changes) as TOML.
     ConfigShow,
+    /// Re-read the configuration file the switch was started with and apply the differences.
+    Reload,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,8 +71,8 @@ impl Response {
     }
 }
 
-/// Carries out one request on the switch.
-pub fn handle(switch: &mut Switch, req: Request) -> Response {
+/// Carries out one request on the switch. `config_file` is what `Reload` re-reads.
+pub fn handle(switch: &mut Switch, config_file: Option<&Path>, req: Request) -> Response {
     let result: Result<Response, SwitchError> = match req {
         Request::PortAdd { port } => switch.add_port(port).map(|()| Response::ok(())),
         Request::PortDel { name } => switch.del_port(&name).map(|()| Response::ok(())),
@@ -80,8 +82,41 @@ pub fn handle(switch: &mut Switch, req: Request) -> Response {
         Request::FdbDel { mac, vlan } => switch.del_fdb(&mac, vlan).map(Response::ok),
         Request::Stats => switch.stats().map(Response::ok),
         Request::ConfigShow => Ok(Response::ok(switch.config().to_toml())),
+        Request::Reload => reload(switch, config_file).map(Response::ok),
     };
     result.unwrap_or_else(Response::error)
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadSummary {
+    pub added: usize,
+    pub removed: usize,
+    pub kept: usize,
+}
+
+/// Re-reads `config_file` and applies it.
+pub fn reload(
+    switch: &mut Switch,
+    config_file: Option<&Path>,
+) -> Result<ReloadSummary, SwitchError> {
+    let Some(path) = config_file else {
+        return Err(SwitchError::Config(crate::config::ConfigError::new(
+            "reload",
+            "the switch was started without --config: there is no file to re-read",
+        )));
+    };
+    let config = crate::config::Config::load(path)?;
+    let (added, removed, kept) = switch.reload(config)?;
+    log::info!(
+        "reloaded {}: {added} ports added, {removed} removed, {kept} kept",
+        path.display()
+    );
+    Ok(ReloadSummary {
+        added,
+        removed,
+        kept,
+    })
 }
 
 /// Parses one request line; the error says what was wrong with it.
@@ -90,14 +125,18 @@ pub fn parse_request(line: &str) -> Result<Request, String> {
 }
 
 /// Serves one connection: reads a request, handles it, writes the response.
-pub fn serve(switch: &mut Switch, stream: UnixStream) -> io::Result<()> {
+pub fn serve(
+    switch: &mut Switch,
+    config_file: Option<&Path>,
+    stream: UnixStream,
+) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new((&stream).take(MAX_REQUEST as u64));
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let response = match parse_request(line.trim()) {
-        Ok(req) => handle(switch, req),
+        Ok(req) => handle(switch, config_file, req),
         Err(e) => Response::error(e),
     };
     let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;

@@ -14,7 +14,7 @@ use mio::net::UnixListener as MioListener;
 use std::sync::Arc;
 
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::api;
@@ -84,10 +84,12 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Runs the switch until SIGINT or SIGTERM (or a [`StopHandle`]). `ready` is called once the
-/// control socket accepts requests.
+/// Runs the switch until SIGINT or SIGTERM (or a [`StopHandle`]). SIGHUP re-reads
+/// `config_file` and applies it, keeping what is unchanged. `ready` is called once the control
+/// socket accepts requests.
 pub fn run(
     config: Config,
+    config_file: Option<&Path>,
     socket: &Path,
     ready: impl FnOnce(StopHandle),
 ) -> Result<(), DaemonError> {
@@ -101,7 +103,7 @@ pub fn run(
     );
     listener.set_nonblocking(true)?;
     let mut listener = MioListener::from_std(listener);
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -122,7 +124,7 @@ pub fn run(
                     match listener.accept() {
                         Ok((stream, _)) => {
                             let stream = into_blocking(stream)?;
-                            if let Err(e) = api::serve(&mut switch, stream) {
+                            if let Err(e) = api::serve(&mut switch, config_file, stream) {
                                 log::warn!("control connection: {e}");
                             }
                         }
@@ -131,7 +133,13 @@ pub fn run(
                     }
                 },
                 SIGNALS => {
-                    if let Some(sig) = signals.pending().next() {
+                    for sig in signals.pending() {
+                        if sig == SIGHUP {
+                            if let Err(e) = api::reload(&mut switch, config_file) {
+                                log::error!("reload refused, nothing changed: {e}");
+                            }
+                            continue;
+                        }
                         log::info!("signal {sig}: removing ports and exiting");
                         switch.shutdown();
                         return Ok(());

@@ -54,6 +54,7 @@ pub enum SwitchError {
 }
 
 /// A port as the switch holds it.
+#[derive(Clone)]
 struct Port {
     spec: PortSpec,
     device: Arc<PortDevice>,
@@ -266,6 +267,76 @@ impl Switch {
             .and_then(Option::as_ref)
             .map(|p| p.spec.name.clone())
             .unwrap_or_else(|| format!("#{}", id.0))
+    }
+
+    /// Replaces the whole configuration (a reload): ports whose device settings (`netns`,
+    /// `attach`, `mac`, `mtu`) are unchanged keep their device, their id and their learned
+    /// MACs, even if their VLANs or bounds change; other ports are created or removed. If
+    /// anything fails, nothing changes. Returns how many ports were (added, removed, kept).
+    pub fn reload(&mut self, config: Config) -> Result<(usize, usize, usize), SwitchError> {
+        let validated = config.validate()?;
+        let same_device = |a: &PortSpec, b: &PortSpec| {
+            a.name == b.name
+                && a.netns == b.netns
+                && a.attach == b.attach
+                && a.mac == b.mac
+                && a.mtu == b.mtu
+        };
+        // Devices first: a failure here leaves the switch as it was.
+        let mut created = Vec::new();
+        for spec in &validated.ports {
+            let kept = self
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| same_device(&p.spec, spec));
+            if !kept {
+                created.push((spec.clone(), open_device(spec)?));
+            }
+        }
+        let mut ports: Vec<Option<Port>> = self.ports.clone();
+        let mut removed = 0;
+        let mut kept = 0;
+        for slot in ports.iter_mut() {
+            let Some(port) = slot else { continue };
+            match validated.ports.iter().find(|s| same_device(&port.spec, s)) {
+                Some(spec) => {
+                    port.spec = spec.clone();
+                    kept += 1;
+                }
+                None => {
+                    *slot = None;
+                    removed += 1;
+                }
+            }
+        }
+        let added = created.len();
+        for (spec, device) in created {
+            let slot = match ports.iter().position(Option::is_none) {
+                Some(i) => i,
+                None => {
+                    ports.push(None);
+                    ports.len() - 1
+                }
+            };
+            let baseline = self.counters_of(PortId(slot as u16));
+            ports[slot] = Some(Port {
+                spec,
+                device,
+                baseline,
+            });
+        }
+        let old_ports = std::mem::replace(&mut self.ports, ports);
+        let old_config = std::mem::replace(&mut self.config, config);
+        if let Err(e) = self.publish() {
+            // Put back what was there; new devices are dropped (and deleted) with the table.
+            self.ports = old_ports;
+            self.config = old_config;
+            return Err(e);
+        }
+        // The workers no longer use removed devices: dropping them here deletes their TAPs.
+        drop(old_ports);
+        Ok((added, removed, kept))
     }
 
     /// `port add`.

@@ -43,7 +43,7 @@ pub fn unique(prefix: &str) -> String {
 pub struct Switch {
     pub socket: PathBuf,
     child: Option<Child>,
-    config_file: Option<PathBuf>,
+    pub config_file: Option<PathBuf>,
 }
 
 impl Switch {
@@ -138,6 +138,14 @@ impl Switch {
             .as_array()
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill on the PID of a child this guard started and has not reaped.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status.
