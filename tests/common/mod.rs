@@ -232,15 +232,6 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> u32 {
     .received
 }
 
-/// Runs a command inside `ns` (`ip netns exec`).
-pub fn exec(ns: &Netns, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", ns.name()])
-        .args(args)
-        .output()
-        .expect("ip netns exec")
-}
-
 /// The drop counter `reason` of `port`.
 pub fn drops(switch: &Switch, port: &str, reason: &str) -> u64 {
     switch.port_stats(port)["drops"][reason]
