@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use tapswitch_control::api::{self, Request};
-use tapswitch_control::config::{FdbConfig, PortConfig, DEFAULT_CONFIG};
+use tapswitch_control::config::{FdbConfig, NeighConfig, PortConfig, VxlanConfig, DEFAULT_CONFIG};
 use tapswitch_control::{daemon, Config};
 
 #[derive(Debug, Parser)]
@@ -45,6 +45,12 @@ pub enum Command {
     Fdb(FdbCmd),
     /// Per-port counters and drop reasons, and learning counters.
     Stats,
+    /// VXLAN ports (VNIs): add, del, list.
+    #[command(subcommand)]
+    Vxlan(VxlanCmd),
+    /// ARP/ND suppression entries on VNIs: add, del, show.
+    #[command(subcommand)]
+    Neigh(NeighCmd),
     /// The running configuration (file plus runtime changes) as TOML.
     Config,
     /// Re-read the configuration file and apply the differences (as SIGHUP does); learned
@@ -92,17 +98,82 @@ pub struct PortAddArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum VxlanCmd {
+    /// Extend a VLAN to remote VTEPs with a VNI.
+    Add(VxlanAddArgs),
+    /// Remove a VNI (and its remote FDB and neigh entries).
+    Del { vni: u32 },
+    /// List VNIs.
+    #[command(alias = "show")]
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct VxlanAddArgs {
+    pub vni: u32,
+    /// Local VTEP address.
+    #[arg(long)]
+    pub local: String,
+    /// The local VLAN this VNI extends; default 1.
+    #[arg(long)]
+    pub vlan: Option<u16>,
+    /// UDP port; default 4789 (8472 for flannel / Linux default).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Flood list of remote VTEPs, comma separated.
+    #[arg(long = "remote", alias = "remotes", value_delimiter = ',')]
+    pub remotes: Vec<String>,
+    /// Do not learn remote MACs (static entries only).
+    #[arg(long)]
+    pub no_learning: bool,
+    /// Accept VXLAN only from these prefixes, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    pub allow: Vec<String>,
+    /// Inner MTU; default 1450.
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Outer TTL; default 64.
+    #[arg(long)]
+    pub ttl: Option<u8>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NeighCmd {
+    /// Answer ARP/ND for IP with MAC on the VNI's VLAN instead of flooding.
+    Add {
+        ip: String,
+        #[arg(long)]
+        mac: String,
+        #[arg(long)]
+        vni: u32,
+    },
+    /// Remove an entry.
+    Del {
+        ip: String,
+        #[arg(long)]
+        vni: Option<u32>,
+    },
+    /// List entries.
+    #[command(alias = "list")]
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum FdbCmd {
     /// Static and learned entries.
     #[command(alias = "list")]
     Show,
-    /// Add a static entry.
+    /// Add a static entry: on a local port, or behind a remote VTEP of a VNI.
     Add {
         mac: String,
-        #[arg(long)]
-        port: String,
+        #[arg(long, required_unless_present = "vni")]
+        port: Option<String>,
         #[arg(long)]
         vlan: Option<u16>,
+        #[arg(long, requires = "remote", conflicts_with = "port")]
+        vni: Option<u32>,
+        #[arg(long, requires = "vni")]
+        remote: Option<String>,
     },
     /// Remove static and learned entries for a MAC.
     Del {
@@ -147,15 +218,57 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         }
         Command::Port(PortCmd::List) => show(socket, &Request::PortList, cli.json, print_ports),
         Command::Fdb(FdbCmd::Show) => show(socket, &Request::FdbShow, cli.json, print_fdb),
-        Command::Fdb(FdbCmd::Add { mac, port, vlan }) => {
+        Command::Fdb(FdbCmd::Add {
+            mac,
+            port,
+            vlan,
+            vni,
+            remote,
+        }) => {
+            let entry = FdbConfig {
+                mac,
+                port,
+                vlan,
+                vni,
+                remote,
+            };
+            api::call(socket, &Request::FdbAdd { entry })?;
+            Ok(())
+        }
+        Command::Vxlan(VxlanCmd::Add(a)) => {
+            let vxlan = VxlanConfig {
+                vni: a.vni,
+                vlan: a.vlan,
+                local: a.local,
+                port: a.port,
+                remotes: a.remotes,
+                learning: Some(!a.no_learning),
+                allow: a.allow,
+                mtu: a.mtu,
+                ttl: a.ttl,
+            };
+            api::call(socket, &Request::VxlanAdd { vxlan })?;
+            Ok(())
+        }
+        Command::Vxlan(VxlanCmd::Del { vni }) => {
+            api::call(socket, &Request::VxlanDel { vni })?;
+            Ok(())
+        }
+        Command::Vxlan(VxlanCmd::List) => show(socket, &Request::VxlanList, cli.json, print_vxlan),
+        Command::Neigh(NeighCmd::Add { ip, mac, vni }) => {
             api::call(
                 socket,
-                &Request::FdbAdd {
-                    entry: FdbConfig { mac, port, vlan },
+                &Request::NeighAdd {
+                    neigh: NeighConfig { ip, mac, vni },
                 },
             )?;
             Ok(())
         }
+        Command::Neigh(NeighCmd::Del { ip, vni }) => {
+            api::call(socket, &Request::NeighDel { ip, vni })?;
+            Ok(())
+        }
+        Command::Neigh(NeighCmd::Show) => show(socket, &Request::NeighShow, cli.json, print_neigh),
         Command::Fdb(FdbCmd::Del { mac, vlan }) => {
             api::call(socket, &Request::FdbDel { mac, vlan })?;
             Ok(())
@@ -228,7 +341,7 @@ pub fn print_ports(data: &Value) {
 
 pub fn print_fdb(data: &Value) {
     println!(
-        "{:<18} {:>5} {:<16} {:<8} {:>6}",
+        "{:<18} {:>5} {:<16} {:<8} {:>6}  REMOTE",
         "MAC", "VLAN", "PORT", "TYPE", "AGE"
     );
     for e in data.as_array().into_iter().flatten() {
@@ -237,8 +350,13 @@ pub fn print_fdb(data: &Value) {
         } else {
             format!("{}s", s(e, "age_secs"))
         };
+        let remote = if e["vni"].is_null() {
+            String::new()
+        } else {
+            format!("vni {} dst {}", s(e, "vni"), s(e, "remote"))
+        };
         println!(
-            "{:<18} {:>5} {:<16} {:<8} {:>6}",
+            "{:<18} {:>5} {:<16} {:<8} {:>6}  {remote}",
             s(e, "mac"),
             s(e, "vlan"),
             s(e, "port"),
@@ -276,6 +394,28 @@ pub fn print_stats(data: &Value) {
             }
         );
     }
+    let v = &data["vxlan"];
+    if v["rx_packets"].as_u64().unwrap_or(0) + v["tx_packets"].as_u64().unwrap_or(0) > 0 {
+        let drops: Vec<String> = v["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        println!(
+            "vxlan: rx {} packets, tx {} packets, tx_oversized {}, tx_errors {}; drops: {}",
+            s(v, "rx_packets"),
+            s(v, "tx_packets"),
+            s(v, "tx_oversized"),
+            s(v, "tx_errors"),
+            if drops.is_empty() {
+                "-".into()
+            } else {
+                drops.join(" ")
+            }
+        );
+    }
     let f = &data["fdb"];
     println!(
         "fdb: {} learned, {} static entries; learned {} moved {} aged {}; not learned: table_full {} port_limit {}",
@@ -287,4 +427,30 @@ pub fn print_stats(data: &Value) {
         s(f, "table_full"),
         s(f, "port_limit")
     );
+}
+
+pub fn print_vxlan(data: &Value) {
+    println!(
+        "{:>8} {:>5} {:<14} {:<22} {:<8} {:>5}  REMOTES",
+        "VNI", "VLAN", "PORT", "LOCAL", "LEARNING", "MTU"
+    );
+    for v in data.as_array().into_iter().flatten() {
+        println!(
+            "{:>8} {:>5} {:<14} {:<22} {:<8} {:>5}  {}",
+            s(v, "vni"),
+            s(v, "vlan"),
+            s(v, "port"),
+            format!("{}:{}", s(v, "local"), s(v, "udp_port")),
+            s(v, "learning"),
+            s(v, "mtu"),
+            s(v, "remotes").replace('"', "")
+        );
+    }
+}
+
+pub fn print_neigh(data: &Value) {
+    println!("{:<40} {:<18} {:>8}", "IP", "MAC", "VNI");
+    for n in data.as_array().into_iter().flatten() {
+        println!("{:<40} {:<18} {:>8}", s(n, "ip"), s(n, "mac"), s(n, "vni"));
+    }
 }

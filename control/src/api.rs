@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{FdbConfig, PortConfig};
+use crate::config::{FdbConfig, NeighConfig, PortConfig, VxlanConfig};
 use crate::switch::{Switch, SwitchError};
 
 /// The default control socket.
@@ -42,6 +42,21 @@ pub enum Request {
     ConfigShow,
     /// Re-read the configuration file the switch was started with and apply the differences.
     Reload,
+    VxlanAdd {
+        vxlan: VxlanConfig,
+    },
+    VxlanDel {
+        vni: u32,
+    },
+    VxlanList,
+    NeighAdd {
+        neigh: NeighConfig,
+    },
+    NeighDel {
+        ip: String,
+        vni: Option<u32>,
+    },
+    NeighShow,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +98,12 @@ pub fn handle(switch: &mut Switch, config_file: Option<&Path>, req: Request) -> 
         Request::Stats => switch.stats().map(Response::ok),
         Request::ConfigShow => Ok(Response::ok(switch.config().to_toml())),
         Request::Reload => reload(switch, config_file).map(Response::ok),
+        Request::VxlanAdd { vxlan } => switch.add_vxlan(vxlan).map(|()| Response::ok(())),
+        Request::VxlanDel { vni } => switch.del_vxlan(vni).map(|()| Response::ok(())),
+        Request::VxlanList => Ok(Response::ok(switch.list_vxlan())),
+        Request::NeighAdd { neigh } => switch.add_neigh(neigh).map(|()| Response::ok(())),
+        Request::NeighDel { ip, vni } => switch.del_neigh(&ip, vni).map(|()| Response::ok(())),
+        Request::NeighShow => Ok(Response::ok(switch.show_neigh())),
     };
     result.unwrap_or_else(Response::error)
 }

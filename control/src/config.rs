@@ -6,11 +6,12 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tapswitch_dataplane::io::port::valid_ifname;
-use tapswitch_dataplane::pipeline::{PortMode, VlanSet};
+use tapswitch_dataplane::pipeline::{Ipv4Prefix, PortMode, TunnelEndpoint, VlanSet};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
 /// The embedded default: a switch with no ports, ready for `port add`.
@@ -56,6 +57,10 @@ pub struct Config {
     pub ports: Vec<PortConfig>,
     #[serde(default, rename = "fdb", skip_serializing_if = "Vec::is_empty")]
     pub fdb: Vec<FdbConfig>,
+    #[serde(default, rename = "vxlan", skip_serializing_if = "Vec::is_empty")]
+    pub vxlan: Vec<VxlanConfig>,
+    #[serde(default, rename = "neigh", skip_serializing_if = "Vec::is_empty")]
+    pub neigh: Vec<NeighConfig>,
 }
 
 /// `[switch]`: switch-wide settings.
@@ -121,15 +126,189 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// `[[fdb]]`: a static MAC entry.
+/// `[[fdb]]`: a static MAC entry, either on a local port (`port`, `vlan`) or behind a remote
+/// VTEP of a VXLAN port (`vni`, `remote`), like `bridge fdb append MAC dev vxlan42 dst IP`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FdbConfig {
     pub mac: String,
-    pub port: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
     /// Default: the port's access VLAN (or its native VLAN for a trunk).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
+}
+
+/// `[[vxlan]]`: a VNI extending a local VLAN to remote VTEPs over UDP (RFC 7348).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VxlanConfig {
+    /// 24-bit VXLAN network identifier.
+    pub vni: u32,
+    /// The local VLAN (bridge domain) this VNI extends; default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Local VTEP address: the UDP socket's address and the outer source.
+    pub local: String,
+    /// UDP port; default 4789 (IANA); 8472 for flannel / the Linux default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Flood list: broadcast, multicast and unknown unicast go to each (head-end replication).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remotes: Vec<String>,
+    /// Learn inner source MAC -> outer source IP; default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning: Option<bool>,
+    /// When set, VXLAN from any other source is dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// MTU of inner frames; default 1450 (1500 less the 50 bytes of outer headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Outer IPv4 TTL; default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u8>,
+}
+
+/// `[[neigh]]`: an address answered locally (ARP/ND suppression) on a VNI's VLAN.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighConfig {
+    pub ip: String,
+    pub mac: String,
+    pub vni: u32,
+}
+
+/// A validated VXLAN port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub vni: u32,
+    pub vlan: VlanId,
+    pub endpoint: TunnelEndpoint,
+    pub remotes: Vec<Ipv4Addr>,
+    pub learning: bool,
+    pub allow: Vec<Ipv4Prefix>,
+    pub mtu: u32,
+    pub ttl: u8,
+}
+
+impl VxlanSpec {
+    /// The bridge port name of this VNI, as listings show it.
+    pub fn port_name(&self) -> String {
+        format!("vxlan{}", self.vni)
+    }
+}
+
+/// Where a static entry points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FdbTarget {
+    /// A local port, by index in [`Validated::ports`].
+    Port(usize),
+    /// A remote VTEP behind a VXLAN port, by index in [`Validated::vxlan`].
+    Remote { vxlan: usize, remote: Ipv4Addr },
+}
+
+/// A validated ARP/ND suppression entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighSpec {
+    pub vlan: VlanId,
+    pub ip: IpAddr,
+    pub mac: EthernetAddress,
+}
+
+pub const VXLAN_DEFAULT_MTU: u32 = 1450;
+pub const VNI_MAX: u32 = (1 << 24) - 1;
+
+pub fn parse_ipv4(field: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
+    s.parse()
+        .map_err(|_| ConfigError::new(field, format!("{s:?} is not an IPv4 address")))
+}
+
+pub fn parse_prefix(field: &str, s: &str) -> Result<Ipv4Prefix, ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            field,
+            format!("{s:?} is not an IPv4 prefix like 192.168.77.0/24"),
+        )
+    };
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u8>().map_err(|_| bad())?),
+        None => (s, 32),
+    };
+    if len > 32 {
+        return Err(bad());
+    }
+    Ok(Ipv4Prefix {
+        addr: addr.parse().map_err(|_| bad())?,
+        len,
+    })
+}
+
+impl VxlanConfig {
+    pub fn validate(&self, at: &str) -> Result<VxlanSpec, ConfigError> {
+        let f = |key: &str| format!("{at}.{key}");
+        if self.vni > VNI_MAX {
+            return Err(ConfigError::new(
+                f("vni"),
+                format!("{} is not a 24-bit VNI (0..={VNI_MAX})", self.vni),
+            ));
+        }
+        let vlan = parse_vlan(&f("vlan"), self.vlan.unwrap_or(1))?;
+        let local = parse_ipv4(&f("local"), &self.local)?;
+        if local.is_unspecified() || local.is_multicast() {
+            return Err(ConfigError::new(
+                f("local"),
+                format!("{local} cannot be a VTEP address"),
+            ));
+        }
+        let port = self.port.unwrap_or(4789);
+        if port == 0 {
+            return Err(ConfigError::new(f("port"), "0 is not a UDP port"));
+        }
+        let mut remotes = Vec::new();
+        for r in &self.remotes {
+            let ip = parse_ipv4(&f("remotes"), r)?;
+            if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip == local {
+                return Err(ConfigError::new(
+                    f("remotes"),
+                    format!("{ip} cannot be a remote VTEP"),
+                ));
+            }
+            if !remotes.contains(&ip) {
+                remotes.push(ip);
+            }
+        }
+        let allow = self
+            .allow
+            .iter()
+            .map(|a| parse_prefix(&f("allow"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mtu = self.mtu.unwrap_or(VXLAN_DEFAULT_MTU);
+        if !(MTU_MIN..=MTU_MAX - 50).contains(&mtu) {
+            return Err(ConfigError::new(
+                f("mtu"),
+                format!("{mtu} is out of range ({MTU_MIN}..={})", MTU_MAX - 50),
+            ));
+        }
+        let ttl = self.ttl.unwrap_or(64);
+        if ttl == 0 {
+            return Err(ConfigError::new(f("ttl"), "0 is not a TTL"));
+        }
+        Ok(VxlanSpec {
+            vni: self.vni,
+            vlan,
+            endpoint: TunnelEndpoint { local, port },
+            remotes,
+            learning: self.learning.unwrap_or(true),
+            allow,
+            mtu,
+            ttl,
+        })
+    }
 }
 
 /// A validated port.
@@ -149,6 +328,7 @@ pub struct PortSpec {
 pub struct FdbSpec {
     pub mac: EthernetAddress,
     pub vlan: VlanId,
+    pub target: FdbTarget,
 }
 
 /// Largest MTU a port may have: a 64 KiB frame less the Ethernet and 802.1Q headers.
@@ -261,14 +441,66 @@ impl PortConfig {
 }
 
 impl FdbConfig {
-    /// Checks this entry against the validated ports.
-    pub fn validate(&self, at: &str, ports: &[PortSpec]) -> Result<FdbSpec, ConfigError> {
+    /// Checks this entry against the validated ports and VXLAN ports.
+    pub fn validate(
+        &self,
+        at: &str,
+        ports: &[PortSpec],
+        vxlans: &[VxlanSpec],
+    ) -> Result<FdbSpec, ConfigError> {
         let f = |key: &str| format!("{at}.{key}");
         let mac = parse_mac(&f("mac"), &self.mac)?;
-        let Some(port) = ports.iter().find(|p| p.name == self.port) else {
+        let name = match (&self.port, self.vni, &self.remote) {
+            (Some(_), None, None) => self.port.as_deref().unwrap_or_default(),
+            (None, Some(vni), Some(remote)) => {
+                let Some(i) = vxlans.iter().position(|v| v.vni == vni) else {
+                    return Err(ConfigError::new(
+                        f("vni"),
+                        format!("vxlan {vni}: no such VNI"),
+                    ));
+                };
+                let remote = parse_ipv4(&f("remote"), remote)?;
+                if self.vlan.is_some_and(|v| v != vxlans[i].vlan.get()) {
+                    return Err(ConfigError::new(
+                        f("vlan"),
+                        format!("VNI {vni} extends VLAN {}", vxlans[i].vlan),
+                    ));
+                }
+                return Ok(FdbSpec {
+                    mac,
+                    vlan: vxlans[i].vlan,
+                    target: FdbTarget::Remote { vxlan: i, remote },
+                });
+            }
+            (None, None, None) => {
+                return Err(ConfigError::new(
+                    f("port"),
+                    "name a port, or a vni and a remote",
+                ))
+            }
+            (Some(_), _, _) => {
+                return Err(ConfigError::new(
+                    f("port"),
+                    "a port entry takes no vni or remote",
+                ))
+            }
+            (None, Some(_), None) => {
+                return Err(ConfigError::new(
+                    f("remote"),
+                    "missing: the VTEP the MAC is behind",
+                ))
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::new(
+                    f("vni"),
+                    "missing: the VNI the remote is in",
+                ))
+            }
+        };
+        let Some((index, port)) = ports.iter().enumerate().find(|(_, p)| p.name == name) else {
             return Err(ConfigError::new(
                 f("port"),
-                format!("port {}: no such port", self.port),
+                format!("port {name}: no such port"),
             ));
         };
         let vlan = match self.vlan {
@@ -292,7 +524,32 @@ impl FdbConfig {
                 format!("port {} is not a member of VLAN {vlan}", port.name),
             ));
         }
-        Ok(FdbSpec { mac, vlan })
+        Ok(FdbSpec {
+            mac,
+            vlan,
+            target: FdbTarget::Port(index),
+        })
+    }
+}
+
+impl NeighConfig {
+    pub fn validate(&self, at: &str, vxlans: &[VxlanSpec]) -> Result<NeighSpec, ConfigError> {
+        let f = |key: &str| format!("{at}.{key}");
+        let ip: IpAddr = self.ip.parse().map_err(|_| {
+            ConfigError::new(f("ip"), format!("{:?} is not an IP address", self.ip))
+        })?;
+        let mac = parse_mac(&f("mac"), &self.mac)?;
+        let Some(vx) = vxlans.iter().find(|v| v.vni == self.vni) else {
+            return Err(ConfigError::new(
+                f("vni"),
+                format!("vxlan {}: no such VNI", self.vni),
+            ));
+        };
+        Ok(NeighSpec {
+            vlan: vx.vlan,
+            ip,
+            mac,
+        })
     }
 }
 
@@ -300,8 +557,9 @@ impl FdbConfig {
 #[derive(Debug, Clone)]
 pub struct Validated {
     pub ports: Vec<PortSpec>,
-    /// Each entry with the index of its port in `ports`.
-    pub fdb: Vec<(FdbSpec, usize)>,
+    pub fdb: Vec<FdbSpec>,
+    pub vxlan: Vec<VxlanSpec>,
+    pub neigh: Vec<NeighSpec>,
 }
 
 impl Config {
@@ -361,24 +619,70 @@ impl Config {
             }
             ports.push(spec);
         }
+        let mut vxlan: Vec<VxlanSpec> = Vec::with_capacity(self.vxlan.len());
+        for (i, v) in self.vxlan.iter().enumerate() {
+            let at = format!("vxlan[{i}] (vni {})", v.vni);
+            let spec = v.validate(&at)?;
+            if vxlan.iter().any(|o| o.vni == spec.vni) {
+                return Err(ConfigError::new(
+                    format!("{at}.vni"),
+                    format!("VNI {} is defined twice", spec.vni),
+                ));
+            }
+            if vxlan.iter().any(|o| o.vlan == spec.vlan) {
+                return Err(ConfigError::new(
+                    format!("{at}.vlan"),
+                    format!("VLAN {} is already extended by another VNI", spec.vlan),
+                ));
+            }
+            if ports.iter().any(|p| p.name == spec.port_name()) {
+                return Err(ConfigError::new(
+                    format!("{at}.vni"),
+                    format!("a port is already named {}", spec.port_name()),
+                ));
+            }
+            vxlan.push(spec);
+        }
+        if ports.len() + vxlan.len() > tapswitch_dataplane::tables::PortId::MAX_PORTS {
+            return Err(ConfigError::new(
+                "vxlan",
+                format!(
+                    "ports and VNIs together: at most {}",
+                    tapswitch_dataplane::tables::PortId::MAX_PORTS
+                ),
+            ));
+        }
         let mut fdb = Vec::with_capacity(self.fdb.len());
         let mut keys = HashSet::new();
         for (i, e) in self.fdb.iter().enumerate() {
             let at = format!("fdb[{i}]");
-            let spec = e.validate(&at, &ports)?;
+            let spec = e.validate(&at, &ports, &vxlan)?;
             if !keys.insert((spec.vlan, spec.mac)) {
                 return Err(ConfigError::new(
                     format!("{at}.mac"),
                     format!("{} in VLAN {} is defined twice", spec.mac, spec.vlan),
                 ));
             }
-            let port = ports
-                .iter()
-                .position(|p| p.name == e.port)
-                .unwrap_or_default();
-            fdb.push((spec, port));
+            fdb.push(spec);
         }
-        Ok(Validated { ports, fdb })
+        let mut neigh: Vec<NeighSpec> = Vec::with_capacity(self.neigh.len());
+        for (i, n) in self.neigh.iter().enumerate() {
+            let at = format!("neigh[{i}]");
+            let spec = n.validate(&at, &vxlan)?;
+            if neigh.iter().any(|o| o.vlan == spec.vlan && o.ip == spec.ip) {
+                return Err(ConfigError::new(
+                    format!("{at}.ip"),
+                    format!("{} is defined twice for VNI {}", spec.ip, n.vni),
+                ));
+            }
+            neigh.push(spec);
+        }
+        Ok(Validated {
+            ports,
+            fdb,
+            vxlan,
+            neigh,
+        })
     }
 }
 
@@ -425,7 +729,7 @@ mod tests {
         assert_eq!(v.ports[0].mode, PortMode::Access(VlanId::new(10).unwrap()));
         assert_eq!(v.ports[0].max_macs, 256);
         assert!(v.ports[2].attach);
-        assert_eq!(v.fdb[0].1, 0);
+        assert_eq!(v.fdb[0].target, FdbTarget::Port(0));
         assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c, "round trip");
     }
 

@@ -11,14 +11,19 @@ use std::time::Duration;
 
 use hashbrown::HashMap;
 use serde::Serialize;
-use tapswitch_dataplane::io::{PortDevice, PortError, Snapshot, TapSpec, WorkerHandle};
+use tapswitch_dataplane::io::{
+    PortDevice, PortError, Snapshot, TapSpec, TunnelSocket, WorkerHandle,
+};
 use tapswitch_dataplane::pipeline::{
-    DropReason, ForwardingState, PortCounters, PortMode, PortState,
+    DropReason, ForwardingState, PortCounters, PortMode, PortState, VxlanPort,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
-use crate::config::{self, Config, ConfigError, FdbConfig, PortConfig, PortSpec};
+use crate::config::{
+    self, Config, ConfigError, FdbConfig, FdbTarget, NeighConfig, PortConfig, PortSpec,
+    VxlanConfig, VxlanSpec,
+};
 
 /// How long a publication may take before it is an error.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,16 +53,91 @@ pub enum SwitchError {
     /// No FDB entry matched.
     #[error("fdb {0}: no such entry")]
     NoSuchFdbEntry(String),
+    /// A VXLAN endpoint's sockets could not be opened.
+    #[error("vxlan {vni}: {source}")]
+    Tunnel {
+        vni: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No VXLAN port has that VNI.
+    #[error("vxlan {0}: no such VNI")]
+    NoSuchVni(u32),
+    /// `port del` on a VNI's port.
+    #[error("port {0}: is VNI {1}; remove it with `vxlan del {1}`")]
+    IsVxlan(String, u32),
+    /// No neighbour entry matched.
+    #[error("neigh {0}: no such entry")]
+    NoSuchNeigh(String),
     /// A worker thread could not be reached or did not adopt a new state.
     #[error("dataplane: {0}")]
     Worker(#[source] std::io::Error),
+}
+
+/// What carries a port's frames.
+#[derive(Clone)]
+enum Backend {
+    /// A TAP or an attached interface.
+    Device(Arc<PortDevice>),
+    /// A VNI: frames go to remote VTEPs through the endpoint's tunnel socket.
+    Vxlan(VxlanSpec),
+}
+
+impl Backend {
+    fn kind(&self) -> &'static str {
+        match self {
+            Backend::Device(d) => d.kind().as_str(),
+            Backend::Vxlan(_) => "vxlan",
+        }
+    }
+
+    fn mtu(&self) -> u32 {
+        match self {
+            Backend::Device(d) => d.mtu(),
+            Backend::Vxlan(v) => v.mtu,
+        }
+    }
+
+    fn mac(&self) -> String {
+        match self {
+            Backend::Device(d) => d.mac().to_string(),
+            Backend::Vxlan(_) => "-".into(),
+        }
+    }
+
+    fn device(&self) -> Option<Arc<PortDevice>> {
+        match self {
+            Backend::Device(d) => Some(Arc::clone(d)),
+            Backend::Vxlan(_) => None,
+        }
+    }
+
+    fn vxlan(&self) -> Option<&VxlanSpec> {
+        match self {
+            Backend::Vxlan(v) => Some(v),
+            Backend::Device(_) => None,
+        }
+    }
+}
+
+/// The bridge-port view of a VNI: an access port of its VLAN.
+fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
+    PortSpec {
+        name: v.port_name(),
+        netns: None,
+        attach: false,
+        mac: None,
+        mtu: Some(v.mtu),
+        mode: PortMode::Access(v.vlan),
+        max_macs: u32::MAX,
+    }
 }
 
 /// A port as the switch holds it.
 #[derive(Clone)]
 struct Port {
     spec: PortSpec,
-    device: Arc<PortDevice>,
+    backend: Backend,
     /// Counter values of this port id when the port was added (ids are reused).
     baseline: PortStats,
 }
@@ -111,6 +191,9 @@ impl PortStats {
 pub struct Stats {
     pub ports: Vec<NamedPortStats>,
     pub fdb: FdbStats,
+    /// The VXLAN tunnel sockets: outer packets in and out, drops before a frame reaches a
+    /// VNI (`vxlan_*` reasons), and `tx_oversized` for frames too large for the underlay.
+    pub vxlan: PortStats,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -132,6 +215,9 @@ pub struct FdbStats {
     pub table_full: u64,
     /// MACs not learned because their port held its `max_macs`.
     pub port_limit: u64,
+    pub remote_learned: u64,
+    pub remote_moved: u64,
+    pub remote_table_full: u64,
 }
 
 /// One line of `port list`.
@@ -154,6 +240,22 @@ pub struct PortInfo {
     pub max_macs: Option<u32>,
 }
 
+/// One line of `vxlan list`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VxlanInfo {
+    pub vni: u32,
+    pub vlan: u16,
+    /// The bridge port name of the VNI (as `fdb show` names it).
+    pub port: String,
+    pub local: String,
+    pub udp_port: u16,
+    pub remotes: Vec<String>,
+    pub learning: bool,
+    pub allow: Vec<String>,
+    pub mtu: u32,
+    pub ttl: u8,
+}
+
 /// One line of `fdb show`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FdbInfo {
@@ -166,6 +268,11 @@ pub struct FdbInfo {
     /// Seconds since the station was last seen (learned entries).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub age_secs: Option<u64>,
+    /// Entries behind a VXLAN port: the VNI and the remote VTEP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vni: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
 pub struct Switch {
@@ -174,31 +281,26 @@ pub struct Switch {
     ports: Vec<Option<Port>>,
     generation: u64,
     workers: Vec<WorkerHandle>,
+    /// The sockets of the VXLAN endpoints in use.
+    tunnels: Vec<Arc<TunnelSocket>>,
 }
 
 impl Switch {
     /// Validates `config`, creates its ports and starts the worker. On error nothing is left
     /// behind (devices created so far are removed).
     pub fn start(config: Config) -> Result<Switch, SwitchError> {
-        let validated = config.validate()?;
-        let mut ports = Vec::with_capacity(validated.ports.len());
-        for spec in validated.ports {
-            let device = open_device(&spec)?;
-            ports.push(Some(Port {
-                spec,
-                device,
-                baseline: PortStats::default(),
-            }));
-        }
+        config.validate()?;
         let mut switch = Switch {
-            config,
-            ports,
+            config: Config::default(),
+            ports: Vec::new(),
             generation: 0,
             workers: Vec::new(),
+            tunnels: Vec::new(),
         };
         let snapshot = switch.compile();
         let worker = WorkerHandle::spawn(0, snapshot).map_err(SwitchError::Worker)?;
         switch.workers.push(worker);
+        switch.reload(config)?;
         Ok(switch)
     }
 
@@ -206,7 +308,7 @@ impl Switch {
         &self.config
     }
 
-    /// Compiles the current configuration and devices into a new snapshot.
+    /// Compiles the current configuration, devices and tunnels into a new snapshot.
     fn compile(&mut self) -> Arc<Snapshot> {
         self.generation += 1;
         let mut forwarding = ForwardingState::with_ports(
@@ -216,7 +318,7 @@ impl Switch {
                     p.as_ref().map(|p| PortState {
                         name: p.spec.name.clone(),
                         mode: p.spec.mode.clone(),
-                        mtu: p.device.mtu().min(u16::MAX as u32) as u16,
+                        mtu: p.backend.mtu().min(u16::MAX as u32) as u16,
                         max_macs: p.spec.max_macs,
                     })
                 })
@@ -225,14 +327,46 @@ impl Switch {
         forwarding.generation = self.generation;
         forwarding.mac_aging_ms = self.config.switch.mac_aging_secs * 1000;
         forwarding.mac_table_max = self.config.switch.mac_table_max;
+        forwarding.vxlan = self
+            .ports
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .and_then(|p| p.backend.vxlan())
+                    .map(|v| VxlanPort {
+                        vni: v.vni,
+                        endpoint: v.endpoint,
+                        remotes: v.remotes.clone(),
+                        learning: v.learning,
+                        allow: v.allow.clone(),
+                        ttl: v.ttl,
+                    })
+            })
+            .collect();
+        for (i, vx) in forwarding.vxlan.iter().enumerate() {
+            if let Some(vx) = vx {
+                forwarding
+                    .vni_ports
+                    .insert((vx.endpoint, vx.vni), PortId(i as u16));
+            }
+        }
         // The configuration was validated when it was accepted, so this cannot fail.
         if let Ok(v) = self.config.validate() {
-            for (spec, port) in v.fdb {
-                if let Some(id) = self.port_id(&v.ports[port].name) {
-                    forwarding
-                        .static_fdb
-                        .insert(FdbKey::new(spec.vlan, spec.mac), id);
+            for spec in &v.fdb {
+                let key = FdbKey::new(spec.vlan, spec.mac);
+                let port = match spec.target {
+                    FdbTarget::Port(i) => self.port_id(&v.ports[i].name),
+                    FdbTarget::Remote { vxlan, remote } => {
+                        forwarding.static_remotes.insert(key, remote);
+                        self.port_id(&v.vxlan[vxlan].port_name())
+                    }
+                };
+                if let Some(id) = port {
+                    forwarding.static_fdb.insert(key, id);
                 }
+            }
+            for n in &v.neigh {
+                forwarding.neighbours.insert((n.vlan, n.ip), n.mac);
             }
         }
         Arc::new(Snapshot {
@@ -240,8 +374,9 @@ impl Switch {
             devices: self
                 .ports
                 .iter()
-                .map(|p| p.as_ref().map(|p| Arc::clone(&p.device)))
+                .map(|p| p.as_ref().and_then(|p| p.backend.device()))
                 .collect(),
+            tunnels: self.tunnels.clone(),
         })
     }
 
@@ -271,8 +406,9 @@ impl Switch {
 
     /// Replaces the whole configuration (a reload): ports whose device settings (`netns`,
     /// `attach`, `mac`, `mtu`) are unchanged keep their device, their id and their learned
-    /// MACs, even if their VLANs or bounds change; other ports are created or removed. If
-    /// anything fails, nothing changes. Returns how many ports were (added, removed, kept).
+    /// MACs, even if their VLANs or bounds change; VNIs that stay keep their id and learned
+    /// remotes; other ports and VNIs are created or removed. If anything fails, nothing
+    /// changes. Returns how many ports were (added, removed, kept).
     pub fn reload(&mut self, config: Config) -> Result<(usize, usize, usize), SwitchError> {
         let validated = config.validate()?;
         let same_device = |a: &PortSpec, b: &PortSpec| {
@@ -282,16 +418,42 @@ impl Switch {
                 && a.mac == b.mac
                 && a.mtu == b.mtu
         };
-        // Devices first: a failure here leaves the switch as it was.
+        // Devices and sockets first: a failure here leaves the switch as it was.
         let mut created = Vec::new();
         for spec in &validated.ports {
             let kept = self
                 .ports
                 .iter()
                 .flatten()
-                .any(|p| same_device(&p.spec, spec));
+                .any(|p| matches!(p.backend, Backend::Device(_)) && same_device(&p.spec, spec));
             if !kept {
-                created.push((spec.clone(), open_device(spec)?));
+                created.push((spec.clone(), Backend::Device(open_device(spec)?)));
+            }
+        }
+        let mut tunnels = Vec::new();
+        for v in &validated.vxlan {
+            if tunnels
+                .iter()
+                .any(|t: &Arc<TunnelSocket>| t.endpoint() == v.endpoint)
+            {
+                continue;
+            }
+            match self.tunnels.iter().find(|t| t.endpoint() == v.endpoint) {
+                Some(t) => tunnels.push(Arc::clone(t)),
+                None => tunnels
+                    .push(Arc::new(TunnelSocket::open(v.endpoint).map_err(
+                        |source| SwitchError::Tunnel { vni: v.vni, source },
+                    )?)),
+            }
+        }
+        for v in &validated.vxlan {
+            let kept = self
+                .ports
+                .iter()
+                .flatten()
+                .any(|p| p.backend.vxlan().is_some_and(|o| o.vni == v.vni));
+            if !kept {
+                created.push((vxlan_port_spec(v), Backend::Vxlan(v.clone())));
             }
         }
         let mut ports: Vec<Option<Port>> = self.ports.clone();
@@ -299,9 +461,22 @@ impl Switch {
         let mut kept = 0;
         for slot in ports.iter_mut() {
             let Some(port) = slot else { continue };
-            match validated.ports.iter().find(|s| same_device(&port.spec, s)) {
-                Some(spec) => {
-                    port.spec = spec.clone();
+            let keep = match &port.backend {
+                Backend::Device(_) => validated
+                    .ports
+                    .iter()
+                    .find(|s| same_device(&port.spec, s))
+                    .map(|spec| (spec.clone(), port.backend.clone())),
+                Backend::Vxlan(old) => validated
+                    .vxlan
+                    .iter()
+                    .find(|v| v.vni == old.vni)
+                    .map(|v| (vxlan_port_spec(v), Backend::Vxlan(v.clone()))),
+            };
+            match keep {
+                Some((spec, backend)) => {
+                    port.spec = spec;
+                    port.backend = backend;
                     kept += 1;
                 }
                 None => {
@@ -311,7 +486,7 @@ impl Switch {
             }
         }
         let added = created.len();
-        for (spec, device) in created {
+        for (spec, backend) in created {
             let slot = match ports.iter().position(Option::is_none) {
                 Some(i) => i,
                 None => {
@@ -322,21 +497,111 @@ impl Switch {
             let baseline = self.counters_of(PortId(slot as u16));
             ports[slot] = Some(Port {
                 spec,
-                device,
+                backend,
                 baseline,
             });
         }
         let old_ports = std::mem::replace(&mut self.ports, ports);
+        let old_tunnels = std::mem::replace(&mut self.tunnels, tunnels);
         let old_config = std::mem::replace(&mut self.config, config);
         if let Err(e) = self.publish() {
-            // Put back what was there; new devices are dropped (and deleted) with the table.
+            // Put back what was there; new devices and sockets are dropped with the tables.
             self.ports = old_ports;
+            self.tunnels = old_tunnels;
             self.config = old_config;
             return Err(e);
         }
         // The workers no longer use removed devices: dropping them here deletes their TAPs.
         drop(old_ports);
+        drop(old_tunnels);
         Ok((added, removed, kept))
+    }
+
+    /// Applies a changed copy of the configuration, with errors about entry `at` of a list
+    /// renamed to the runtime form (`fdb[3].port` -> `fdb.port`).
+    fn apply(&mut self, candidate: Config, list: &str, at: usize) -> Result<(), SwitchError> {
+        if let Err(e) = candidate.validate() {
+            let field = e.field.replace(&format!("{list}[{at}]"), list);
+            return Err(SwitchError::Config(ConfigError::new(field, e.message)));
+        }
+        self.reload(candidate).map(|_| ())
+    }
+
+    /// `vxlan add`.
+    pub fn add_vxlan(&mut self, vxlan: VxlanConfig) -> Result<(), SwitchError> {
+        let mut candidate = self.config.clone();
+        candidate.vxlan.push(vxlan);
+        let at = candidate.vxlan.len() - 1;
+        let label = format!("vxlan[{at}] (vni {})", candidate.vxlan[at].vni);
+        if let Err(e) = candidate.validate() {
+            let field = e
+                .field
+                .replace(&label, &format!("vxlan {}", candidate.vxlan[at].vni));
+            return Err(SwitchError::Config(ConfigError::new(field, e.message)));
+        }
+        self.reload(candidate).map(|_| ())
+    }
+
+    /// `vxlan del`: removes the VNI, its remote FDB entries and neighbour entries.
+    pub fn del_vxlan(&mut self, vni: u32) -> Result<(), SwitchError> {
+        if !self.config.vxlan.iter().any(|v| v.vni == vni) {
+            return Err(SwitchError::NoSuchVni(vni));
+        }
+        let mut candidate = self.config.clone();
+        candidate.vxlan.retain(|v| v.vni != vni);
+        candidate.fdb.retain(|e| e.vni != Some(vni));
+        candidate.neigh.retain(|n| n.vni != vni);
+        self.reload(candidate).map(|_| ())
+    }
+
+    /// `vxlan list`.
+    pub fn list_vxlan(&self) -> Vec<VxlanInfo> {
+        self.ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.backend.vxlan().map(|v| (p, v)))
+            .map(|(p, v)| VxlanInfo {
+                vni: v.vni,
+                vlan: v.vlan.get(),
+                port: p.spec.name.clone(),
+                local: v.endpoint.local.to_string(),
+                udp_port: v.endpoint.port,
+                remotes: v.remotes.iter().map(ToString::to_string).collect(),
+                learning: v.learning,
+                allow: v
+                    .allow
+                    .iter()
+                    .map(|a| format!("{}/{}", a.addr, a.len))
+                    .collect(),
+                mtu: v.mtu,
+                ttl: v.ttl,
+            })
+            .collect()
+    }
+
+    /// `neigh add`.
+    pub fn add_neigh(&mut self, neigh: NeighConfig) -> Result<(), SwitchError> {
+        let mut candidate = self.config.clone();
+        candidate.neigh.push(neigh);
+        let at = candidate.neigh.len() - 1;
+        self.apply(candidate, "neigh", at)
+    }
+
+    /// `neigh del`.
+    pub fn del_neigh(&mut self, ip: &str, vni: Option<u32>) -> Result<(), SwitchError> {
+        let mut candidate = self.config.clone();
+        candidate
+            .neigh
+            .retain(|n| !(n.ip == ip && vni.is_none_or(|v| v == n.vni)));
+        if candidate.neigh.len() == self.config.neigh.len() {
+            return Err(SwitchError::NoSuchNeigh(ip.to_string()));
+        }
+        self.reload(candidate).map(|_| ())
+    }
+
+    /// `neigh show`.
+    pub fn show_neigh(&self) -> Vec<NeighConfig> {
+        self.config.neigh.clone()
     }
 
     /// `port add`.
@@ -353,11 +618,11 @@ impl Switch {
             }
             None => return Err(SwitchError::TooManyPorts(spec.name)),
         };
-        let device = open_device(&spec)?;
+        let backend = Backend::Device(open_device(&spec)?);
         let baseline = self.counters_of(PortId(slot as u16));
         self.ports[slot] = Some(Port {
             spec,
-            device,
+            backend,
             baseline,
         });
         self.config.ports.push(port);
@@ -374,10 +639,16 @@ impl Switch {
         let id = self
             .port_id(name)
             .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        if let Some(v) = self.ports[id.index()]
+            .as_ref()
+            .and_then(|p| p.backend.vxlan())
+        {
+            return Err(SwitchError::IsVxlan(name.to_string(), v.vni));
+        }
         let removed = self.ports[id.index()].take();
         let old_config = self.config.clone();
         self.config.ports.retain(|p| p.name != name);
-        self.config.fdb.retain(|e| e.port != name);
+        self.config.fdb.retain(|e| e.port.as_deref() != Some(name));
         if let Err(e) = self.publish() {
             self.ports[id.index()] = removed;
             self.config = old_config;
@@ -405,10 +676,10 @@ impl Switch {
                 PortInfo {
                     name: p.spec.name.clone(),
                     id: i as u16,
-                    kind: p.device.kind().as_str(),
+                    kind: p.backend.kind(),
                     netns: p.spec.netns.clone(),
-                    mac: p.device.mac().to_string(),
-                    mtu: p.device.mtu(),
+                    mac: p.backend.mac(),
+                    mtu: p.backend.mtu(),
                     vlan,
                     trunk,
                     native_vlan: native,
@@ -444,7 +715,7 @@ impl Switch {
         let old = self.config.clone();
         let before = self.config.fdb.len();
         let mut keep = Vec::new();
-        for (entry, (spec, _)) in self.config.fdb.iter().zip(validated.fdb.iter()) {
+        for (entry, spec) in self.config.fdb.iter().zip(validated.fdb.iter()) {
             let hit = spec.mac == mac && vlan.is_none_or(|v| v == spec.vlan);
             if !hit {
                 keep.push(entry.clone());
@@ -482,12 +753,23 @@ impl Switch {
             .fdb
             .iter()
             .zip(validated.fdb.iter())
-            .map(|(e, (spec, _))| FdbInfo {
-                mac: spec.mac.to_string(),
-                port: e.port.clone(),
-                vlan: spec.vlan.get(),
-                kind: "static",
-                age_secs: None,
+            .map(|(e, spec)| {
+                let (port, vni, remote) = match spec.target {
+                    FdbTarget::Port(_) => (e.port.clone().unwrap_or_default(), None, None),
+                    FdbTarget::Remote { vxlan, remote } => {
+                        let v = &validated.vxlan[vxlan];
+                        (v.port_name(), Some(v.vni), Some(remote.to_string()))
+                    }
+                };
+                FdbInfo {
+                    mac: spec.mac.to_string(),
+                    port,
+                    vlan: spec.vlan.get(),
+                    kind: "static",
+                    age_secs: None,
+                    vni,
+                    remote,
+                }
             })
             .collect();
         statics.sort_by_key(|e| (e.vlan, e.mac.clone()));
@@ -495,12 +777,20 @@ impl Switch {
         let mut learned: HashMap<(u16, EthernetAddress), FdbInfo> = HashMap::new();
         for w in &self.workers {
             for r in w.dump_fdb().map_err(SwitchError::Worker)? {
+                let vni = self
+                    .ports
+                    .get(r.port.index())
+                    .and_then(Option::as_ref)
+                    .and_then(|p| p.backend.vxlan())
+                    .map(|v| v.vni);
                 let info = FdbInfo {
                     mac: r.mac.to_string(),
                     port: self.port_name(r.port),
                     vlan: r.vlan.get(),
                     kind: "learned",
                     age_secs: Some(r.age_ms / 1000),
+                    vni,
+                    remote: r.remote.map(|ip| ip.to_string()),
                 };
                 learned.insert((r.vlan.get(), r.mac), info);
             }
@@ -542,9 +832,16 @@ impl Switch {
             fdb.aged += l.aged.get();
             fdb.table_full += l.table_full.get();
             fdb.port_limit += l.port_limit.get();
+            fdb.remote_learned += l.remote_learned.get();
+            fdb.remote_moved += l.remote_moved.get();
+            fdb.remote_table_full += l.remote_table_full.get();
             fdb.learned_entries += w.dump_fdb().map_err(SwitchError::Worker)?.len() as u64;
         }
-        Ok(Stats { ports, fdb })
+        let mut vxlan = PortStats::default();
+        for w in &self.workers {
+            vxlan.add(&w.counters().tunnel);
+        }
+        Ok(Stats { ports, fdb, vxlan })
     }
 
     /// Stops the workers and removes every port (TAP devices are deleted).

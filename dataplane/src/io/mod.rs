@@ -10,7 +10,9 @@
 pub mod netdev;
 pub mod netns;
 pub mod port;
+pub mod tunnel;
 pub mod worker;
 
 pub use port::{PortDevice, PortError, PortKind, TapSpec};
+pub use tunnel::TunnelSocket;
 pub use worker::{FdbRecord, Snapshot, WorkerCommand, WorkerHandle};

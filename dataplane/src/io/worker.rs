@@ -21,11 +21,16 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::port::{PortDevice, HEADROOM, MAX_FRAME};
+use super::tunnel::TunnelSocket;
+use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::offload::{complete_checksum, segment_tcp};
+use crate::pipeline::tunnel::outer_headers;
 use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, WorkerCounters};
+use crate::pipeline::{TunnelEndpoint, VxlanPort};
 use crate::tables::{FdbKey, PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
+use crate::wire::vxlan::inner_flow_hash;
 use crate::wire::{EthernetAddress, VlanId};
 
 /// Frames read from one port before the worker looks at its other ports and its commands.
@@ -33,6 +38,8 @@ pub const BATCH: usize = 32;
 /// How often learned entries are aged.
 const AGING_TICK: Duration = Duration::from_secs(1);
 const WAKER: Token = Token(usize::MAX);
+/// Tokens of tunnel sockets start here (port tokens are port ids, below it).
+const TUNNEL_TOKEN_BASE: usize = PortId::MAX_PORTS;
 /// Bound of the command channel to a worker.
 const COMMAND_QUEUE: usize = 64;
 
@@ -42,11 +49,20 @@ const COMMAND_QUEUE: usize = 64;
 pub struct Snapshot {
     pub forwarding: ForwardingState,
     pub devices: Vec<Option<Arc<PortDevice>>>,
+    /// One socket pair per VXLAN endpoint in use.
+    pub tunnels: Vec<Arc<TunnelSocket>>,
 }
 
 impl Snapshot {
     fn device(&self, port: PortId) -> Option<&Arc<PortDevice>> {
         self.devices.get(port.index()).and_then(Option::as_ref)
+    }
+
+    fn tunnel(&self, endpoint: TunnelEndpoint) -> Option<&TunnelSocket> {
+        self.tunnels
+            .iter()
+            .find(|t| t.endpoint() == endpoint)
+            .map(|t| &**t)
     }
 }
 
@@ -58,6 +74,8 @@ pub struct FdbRecord {
     pub port: PortId,
     /// Time since the station was last seen.
     pub age_ms: u64,
+    /// For a MAC behind a VXLAN port: the remote VTEP it was learned (or configured) behind.
+    pub remote: Option<std::net::Ipv4Addr>,
 }
 
 /// Messages from control to a worker.
@@ -99,6 +117,8 @@ impl WorkerHandle {
             bridge: Bridge::new(&snapshot.forwarding, Arc::clone(&counters)),
             snapshot: Arc::new(Snapshot::default()),
             registered: Vec::new(),
+            registered_tunnels: Vec::new(),
+            ready_tunnels: Vec::new(),
             ready: Vec::new(),
             is_ready: vec![false; PortId::MAX_PORTS],
             scratch: Vec::with_capacity(MAX_FRAME),
@@ -204,6 +224,10 @@ struct Worker {
     snapshot: Arc<Snapshot>,
     /// The device registered with the poll for each port id.
     registered: Vec<Option<Arc<PortDevice>>>,
+    /// The tunnel sockets registered with the poll; a socket's token is its index here.
+    registered_tunnels: Vec<Arc<TunnelSocket>>,
+    /// Tunnel sockets that may have packets to read (indices into `registered_tunnels`).
+    ready_tunnels: Vec<usize>,
     /// Ports that may have frames to read.
     ready: Vec<PortId>,
     is_ready: Vec<bool>,
@@ -223,7 +247,7 @@ impl Worker {
         let mut buf = vec![0u8; HEADROOM + MAX_FRAME];
         let mut next_aging = Instant::now() + AGING_TICK;
         loop {
-            let timeout = if self.ready.is_empty() {
+            let timeout = if self.ready.is_empty() && self.ready_tunnels.is_empty() {
                 next_aging.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -238,6 +262,11 @@ impl Worker {
             for event in events.iter() {
                 match event.token() {
                     WAKER => woken = true,
+                    Token(i) if i >= TUNNEL_TOKEN_BASE => {
+                        if !self.ready_tunnels.contains(&(i - TUNNEL_TOKEN_BASE)) {
+                            self.ready_tunnels.push(i - TUNNEL_TOKEN_BASE);
+                        }
+                    }
                     Token(i) => self.mark_ready(PortId(i as u16)),
                 }
             }
@@ -245,6 +274,7 @@ impl Worker {
                 return;
             }
             self.service_ready(&mut buf);
+            self.service_tunnels(&mut buf);
             if Instant::now() >= next_aging {
                 let now = self.now();
                 self.bridge.age(&self.snapshot.forwarding, now);
@@ -273,6 +303,47 @@ impl Worker {
             if drained {
                 self.is_ready[port.index()] = false;
                 self.ready.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Reads up to [`BATCH`] packets from each ready tunnel socket, decapsulates and switches
+    /// them.
+    fn service_tunnels(&mut self, buf: &mut [u8]) {
+        let now = self.now();
+        let snapshot = Arc::clone(&self.snapshot);
+        let mut i = 0;
+        while i < self.ready_tunnels.len() {
+            let Some(socket) = self.registered_tunnels.get(self.ready_tunnels[i]).cloned() else {
+                self.ready_tunnels.swap_remove(i);
+                continue;
+            };
+            let mut drained = false;
+            for _ in 0..BATCH {
+                let (n, src) = match socket.recv(buf) {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        drained = true;
+                        break;
+                    }
+                    Err(e) => {
+                        log::warn!("tunnel {:?}: read failed: {e}", socket.endpoint());
+                        drained = true;
+                        break;
+                    }
+                };
+                let payload = &buf[..n];
+                if let Ok((port, inner)) =
+                    self.bridge
+                        .decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
+                {
+                    forward(&mut self.bridge, &snapshot, port, inner, now);
+                }
+            }
+            if drained {
+                self.ready_tunnels.swap_remove(i);
             } else {
                 i += 1;
             }
@@ -347,6 +418,14 @@ impl Worker {
                             mac: k.mac(),
                             port: e.port,
                             age_ms: now.millis_since(e.last_seen),
+                            remote: self.snapshot.forwarding.vxlan_port(e.port).and_then(|_| {
+                                self.snapshot
+                                    .forwarding
+                                    .static_remotes
+                                    .get(&k)
+                                    .copied()
+                                    .or_else(|| self.bridge.remote_table().lookup(k, now, aging))
+                            }),
                         })
                         .collect();
                     let _ = reply.send(records);
@@ -401,6 +480,30 @@ impl Worker {
                 }
             }
         }
+        // Tunnel sockets: keep those still published, drop the others, add new ones; a
+        // socket's token is its index, so all are registered afresh.
+        for old in std::mem::take(&mut self.registered_tunnels) {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&old.rx_fd()));
+            if snapshot.tunnels.iter().any(|t| Arc::ptr_eq(t, &old)) {
+                self.registered_tunnels.push(old);
+            }
+        }
+        for t in &snapshot.tunnels {
+            if !self.registered_tunnels.iter().any(|r| Arc::ptr_eq(r, t)) {
+                self.registered_tunnels.push(Arc::clone(t));
+            }
+        }
+        for (i, t) in self.registered_tunnels.iter().enumerate() {
+            if let Err(e) = self.poll.registry().register(
+                &mut SourceFd(&t.rx_fd()),
+                Token(TUNNEL_TOKEN_BASE + i),
+                Interest::READABLE,
+            ) {
+                result = Err(e);
+            }
+        }
+        // Packets may have queued before registration.
+        self.ready_tunnels = (0..self.registered_tunnels.len()).collect();
         self.bridge.adopt(&snapshot.forwarding);
         self.adopted
             .store(snapshot.forwarding.generation, Ordering::Release);
@@ -417,9 +520,6 @@ fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8],
         return;
     };
     for member in egress.ports() {
-        let Some(out) = snapshot.device(member.port) else {
-            continue;
-        };
         let out_frame = egress.frame_for(member, frame);
         let c = bridge.counters().port(member.port);
         let mtu = snapshot
@@ -431,12 +531,71 @@ fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8],
             c.tx_oversized.add(1);
             continue;
         }
+        if let Some(vx) = snapshot.forwarding.vxlan_port(member.port) {
+            let to = Encap {
+                vx,
+                vlan: egress.vlan,
+                port: member.port,
+            };
+            encap(bridge, snapshot, to, frame, &out_frame, now);
+            continue;
+        }
+        let Some(out) = snapshot.device(member.port) else {
+            continue;
+        };
         match out.send(&out_frame) {
             Ok(()) => {
                 c.tx_packets.add(1);
                 c.tx_bytes.add(out_frame.len() as u64);
             }
             Err(_) => c.tx_errors.add(1),
+        }
+    }
+}
+
+/// A VXLAN egress: the port, its settings and the VLAN the frame was switched in.
+struct Encap<'s> {
+    vx: &'s VxlanPort,
+    vlan: crate::wire::VlanId,
+    port: PortId,
+}
+
+/// Sends a frame out of a VXLAN port: to the remote its destination is known behind, or to
+/// every remote of the flood list (head-end replication). An outer packet too large for the
+/// underlay is not fragmented: the kernel refuses it and it counts as `tx_oversized` on the
+/// tunnel.
+fn encap(
+    bridge: &mut Bridge,
+    snapshot: &Snapshot,
+    to: Encap<'_>,
+    frame: &[u8],
+    out_frame: &EgressFrame<'_>,
+    now: Timestamp,
+) {
+    let Some(socket) = snapshot.tunnel(to.vx.endpoint) else {
+        return;
+    };
+    let dst = crate::wire::EthernetAddress::from_bytes(&frame[..6]);
+    let hash = inner_flow_hash(frame);
+    let counters = Arc::clone(bridge.counters());
+    let remotes = bridge.remotes_for(&snapshot.forwarding, to.vx, to.vlan, dst, now);
+    for remote in remotes.iter() {
+        let outer = outer_headers(to.vx, remote, out_frame.len(), hash, bridge.next_ip_ident());
+        match socket.send(&outer, out_frame, remote) {
+            Ok(()) => {
+                let c = counters.port(to.port);
+                c.tx_packets.add(1);
+                c.tx_bytes.add(out_frame.len() as u64);
+                counters.tunnel.tx_packets.add(1);
+                counters
+                    .tunnel
+                    .tx_bytes
+                    .add((outer.len() + out_frame.len()) as u64);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                counters.tunnel.tx_oversized.add(1)
+            }
+            Err(_) => counters.tunnel.tx_errors.add(1),
         }
     }
 }

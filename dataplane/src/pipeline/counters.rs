@@ -61,6 +61,12 @@ pub struct LearnCounters {
     pub table_full: Counter,
     /// New MACs not learned because the port held its `max_macs`.
     pub port_limit: Counter,
+    /// Remote VTEP entries learned from decapsulated frames.
+    pub remote_learned: Counter,
+    /// Remote entries that now point at another VTEP.
+    pub remote_moved: Counter,
+    /// Remote entries not learned because the table was full.
+    pub remote_table_full: Counter,
 }
 
 /// Everything one worker counts.
@@ -68,6 +74,9 @@ pub struct LearnCounters {
 pub struct WorkerCounters {
     ports: Box<[PortCounters]>,
     pub learn: LearnCounters,
+    /// The VXLAN tunnel sockets, all endpoints together: rx/tx of outer packets, drops before
+    /// a frame reaches a VXLAN port, and `tx_oversized` for frames too large for the underlay.
+    pub tunnel: PortCounters,
 }
 
 impl Default for WorkerCounters {
@@ -77,6 +86,7 @@ impl Default for WorkerCounters {
                 .map(|_| PortCounters::default())
                 .collect(),
             learn: LearnCounters::default(),
+            tunnel: PortCounters::default(),
         }
     }
 }

@@ -28,10 +28,18 @@ pub enum DropReason {
     /// Offload metadata (checksum or segmentation request) that does not fit the frame, or a
     /// segmentation type this switch does not do.
     BadOffload,
+    /// A VXLAN packet shorter than its header plus an Ethernet header.
+    VxlanTruncated,
+    /// A VXLAN header without the I flag (RFC 7348: the VNI is not valid).
+    VxlanBadFlags,
+    /// A VNI no VXLAN port of this endpoint carries.
+    VxlanUnknownVni,
+    /// VXLAN from an outer source outside the port's `allow` list.
+    VxlanSourceNotAllowed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 15;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -45,6 +53,10 @@ impl DropReason {
         DropReason::SamePort,
         DropReason::UnknownPort,
         DropReason::BadOffload,
+        DropReason::VxlanTruncated,
+        DropReason::VxlanBadFlags,
+        DropReason::VxlanUnknownVni,
+        DropReason::VxlanSourceNotAllowed,
     ];
 
     /// The name used in `stats` output.
@@ -61,6 +73,10 @@ impl DropReason {
             DropReason::SamePort => "same_port",
             DropReason::UnknownPort => "unknown_port",
             DropReason::BadOffload => "bad_offload",
+            DropReason::VxlanTruncated => "vxlan_truncated",
+            DropReason::VxlanBadFlags => "vxlan_bad_flags",
+            DropReason::VxlanUnknownVni => "vxlan_unknown_vni",
+            DropReason::VxlanSourceNotAllowed => "vxlan_source_not_allowed",
         }
     }
 

@@ -15,8 +15,12 @@ pub mod counters;
 pub mod drop;
 pub mod offload;
 pub mod state;
+pub mod tunnel;
 
 pub use bridge::{Bridge, Decision, Egress};
 pub use counters::{Counter, LearnCounters, PortCounters, WorkerCounters};
 pub use drop::DropReason;
-pub use state::{ForwardingState, PortMode, PortState, VlanMember, VlanSet};
+pub use state::{
+    ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint, VlanMember, VlanSet,
+    VxlanPort,
+};

@@ -4,10 +4,12 @@
 //! it; workers adopt a new one between batches, so a frame is always processed against one
 //! whole state, never half an update. It is immutable once published.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use hashbrown::HashMap;
 
 use crate::tables::{FdbKey, PortId};
-use crate::wire::VlanId;
+use crate::wire::{EthernetAddress, VlanId};
 
 /// A set of VLAN ids as a 4096-bit bitmap.
 #[derive(Clone, PartialEq, Eq)]
@@ -99,6 +101,52 @@ pub struct PortState {
     pub max_macs: u32,
 }
 
+/// An IPv4 prefix, for VXLAN `allow` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Prefix {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Prefix {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len.min(32))
+        };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+/// Where a VXLAN port's frames are sent from and received at: one UDP socket each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TunnelEndpoint {
+    pub local: Ipv4Addr,
+    pub port: u16,
+}
+
+/// A VXLAN port: one VNI extending one VLAN to remote VTEPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanPort {
+    pub vni: u32,
+    pub endpoint: TunnelEndpoint,
+    /// Head-end replication list for broadcast, multicast and unknown unicast.
+    pub remotes: Vec<Ipv4Addr>,
+    /// Learn inner source MAC -> outer source IP.
+    pub learning: bool,
+    /// When not empty, VXLAN from any other source is dropped.
+    pub allow: Vec<Ipv4Prefix>,
+    /// Outer IPv4 TTL.
+    pub ttl: u8,
+}
+
+impl VxlanPort {
+    pub fn allows(&self, src: Ipv4Addr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|p| p.contains(src))
+    }
+}
+
 /// A port in a VLAN's flood list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VlanMember {
@@ -122,6 +170,14 @@ pub struct ForwardingState {
     pub mac_aging_ms: u64,
     /// Bound on the learned MAC table of each worker.
     pub mac_table_max: usize,
+    /// Indexed by [`PortId`]: the VXLAN settings of ports that are VNIs.
+    pub vxlan: Vec<Option<VxlanPort>>,
+    /// Decapsulation: (endpoint, VNI) -> the VXLAN port.
+    pub vni_ports: HashMap<(TunnelEndpoint, u32), PortId>,
+    /// Static remote entries (`[[fdb]]` with `vni` and `remote`), keyed by the VNI's VLAN.
+    pub static_remotes: HashMap<FdbKey, Ipv4Addr>,
+    /// ARP/ND suppression: addresses answered locally, per VLAN.
+    pub neighbours: HashMap<(VlanId, IpAddr), EthernetAddress>,
 }
 
 impl Default for ForwardingState {
@@ -133,6 +189,10 @@ impl Default for ForwardingState {
             static_fdb: HashMap::new(),
             mac_aging_ms: 300_000,
             mac_table_max: 65_536,
+            vxlan: Vec::new(),
+            vni_ports: HashMap::new(),
+            static_remotes: HashMap::new(),
+            neighbours: HashMap::new(),
         }
     }
 }
@@ -187,6 +247,12 @@ impl ForwardingState {
             Some(p) if p.name == name => Some((PortId(i as u16), p)),
             _ => None,
         })
+    }
+
+    /// The VXLAN settings of `id`, if it is a VXLAN port.
+    #[inline]
+    pub fn vxlan_port(&self, id: PortId) -> Option<&VxlanPort> {
+        self.vxlan.get(id.index()).and_then(Option::as_ref)
     }
 
     #[inline]

@@ -4,8 +4,10 @@
 //! part of the immutable forwarding state that control publishes.
 
 pub mod mac;
+pub mod vtep;
 
 pub use mac::{FdbKey, LearnOutcome, MacEntry, MacTable};
+pub use vtep::{RemoteEntry, RemoteLearn, RemoteTable};
 
 /// Index of a port in the forwarding state, stable for the port's lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,6 +17,7 @@ pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod vlan;
+pub mod vxlan;
 
 pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use checksum::PseudoHeader;
@@ -31,6 +32,7 @@ pub use ipv6::{Ipv6Packet, Ipv6Repr};
 pub use tcp::{TcpFlags, TcpPacket, TcpRepr};
 pub use udp::{UdpPacket, UdpRepr};
 pub use vlan::{VlanId, VlanTag, VlanTagRepr};
+pub use vxlan::{Vni, VxlanHeader, VxlanRepr};
 
 /// Why bytes could not be viewed as a header. Small and `Copy`: the pipeline turns it into a
 /// counted drop reason.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
-use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, Timestamp};
+use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
 use crate::wire::ethernet::HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame, VlanId, VlanTag, VlanTagRepr};
@@ -99,14 +99,20 @@ impl<'s> Egress<'s> {
 /// One worker's L2 switch.
 pub struct Bridge {
     macs: MacTable,
-    counters: Arc<WorkerCounters>,
+    /// Learned remote VTEPs of the VXLAN ports (see [`super::tunnel`]).
+    pub(super) remotes: RemoteTable,
+    pub(super) counters: Arc<WorkerCounters>,
+    /// IPv4 identification of the next outer header this worker builds.
+    ident: u16,
 }
 
 impl Bridge {
     pub fn new(state: &ForwardingState, counters: Arc<WorkerCounters>) -> Bridge {
         Bridge {
             macs: MacTable::new(state.mac_table_max),
+            remotes: RemoteTable::new(state.mac_table_max),
             counters,
+            ident: 0,
         }
     }
 
@@ -134,13 +140,39 @@ impl Bridge {
                 .is_some_and(|p| p.mode.is_member(key.vlan()))
                 && !state.static_fdb.contains_key(&key)
         });
+        // Remote entries stay while some VXLAN port still extends their VLAN and no static
+        // entry shadows them.
+        self.remotes.set_max_entries(state.mac_table_max);
+        self.remotes.retain(|key, _| {
+            state.vxlan.iter().enumerate().any(|(i, vx)| {
+                vx.is_some()
+                    && state
+                        .port(PortId(i as u16))
+                        .is_some_and(|p| p.mode.is_member(key.vlan()))
+            }) && !state.static_remotes.contains_key(&key)
+        });
     }
 
     /// Removes learned entries idle for the state's aging time; returns how many.
     pub fn age(&mut self, state: &ForwardingState, now: Timestamp) -> usize {
-        let n = self.macs.age(now, state.mac_aging_ms);
+        let n = self.macs.age(now, state.mac_aging_ms) + self.remotes.age(now, state.mac_aging_ms);
         self.counters.learn.aged.add(n as u64);
         n
+    }
+
+    /// The IPv4 identification for the next outer header.
+    pub fn next_ip_ident(&mut self) -> u16 {
+        self.ident = self.ident.wrapping_add(1);
+        self.ident
+    }
+
+    /// The learned remote VTEP table.
+    pub fn remote_table(&self) -> &RemoteTable {
+        &self.remotes
+    }
+
+    pub fn remote_table_mut(&mut self) -> &mut RemoteTable {
+        &mut self.remotes
     }
 
     /// Classifies, learns from and decides the fate of one frame received on `ingress`.
@@ -153,7 +185,7 @@ impl Bridge {
     ) -> Decision<'s> {
         // Split borrows: the table is mutated while the counters are read, with no refcount
         // traffic per frame.
-        let Bridge { macs, counters } = self;
+        let Bridge { macs, counters, .. } = self;
         let port_counters = counters.port(ingress);
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
