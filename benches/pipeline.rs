@@ -140,6 +140,7 @@ fn forward(bridge: &mut Bridge, state: &ForwardingState, ingress: PortId, frame:
             sent
         }
         Decision::Drop(_) => 0,
+        Decision::Reply(..) => unreachable!("no neighbour suppression in these benches"),
     }
 }
 

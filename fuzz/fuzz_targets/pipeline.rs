@@ -40,6 +40,8 @@ fn state() -> ForwardingState {
     ]);
     s.mac_table_max = 64;
     s.mac_aging_ms = 5_000;
+    s.neighbours.insert((vlan(1), "10.0.0.9".parse().expect("ip")), EthernetAddress([2, 0, 0, 0, 0, 0x99]));
+    s.neighbours.insert((vlan(1), "fd00::9".parse().expect("ip")), EthernetAddress([2, 0, 0, 0, 0, 0x99]));
     s.static_fdb.insert(FdbKey::new(vlan(10), EthernetAddress([2, 0, 0, 0, 0, 9])), PortId(2));
     s
 }
@@ -67,6 +69,12 @@ fuzz_target!(|data: &[u8]| {
         }
         match bridge.process(state, ingress, frame, now) {
             Decision::Drop(reason) => assert!(!reason.as_str().is_empty()),
+            Decision::Reply(egress, reply) => {
+                let back: Vec<_> = egress.ports().collect();
+                assert_eq!(back.len(), 1);
+                assert_eq!(back[0].port, ingress, "a suppression reply goes back where asked");
+                assert!(EthernetFrame::new_checked(reply.as_bytes()).is_ok());
+            }
             Decision::Forward(egress) => {
                 for member in egress.ports() {
                     assert_ne!(member.port, ingress, "never back out the ingress port");

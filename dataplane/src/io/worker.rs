@@ -516,8 +516,14 @@ impl Worker {
 /// larger than an egress port's MTU is not sent there (counted as `tx_oversized`), as the
 /// Linux bridge does.
 fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8], now: Timestamp) {
-    let Decision::Forward(egress) = bridge.process(&snapshot.forwarding, port, frame, now) else {
-        return;
+    let reply;
+    let (egress, frame) = match bridge.process(&snapshot.forwarding, port, frame, now) {
+        Decision::Forward(egress) => (egress, frame),
+        Decision::Reply(egress, built) => {
+            reply = built;
+            (egress, reply.as_bytes())
+        }
+        Decision::Drop(_) => return,
     };
     for member in egress.ports() {
         let out_frame = egress.frame_for(member, frame);

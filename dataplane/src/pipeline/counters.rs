@@ -67,6 +67,8 @@ pub struct LearnCounters {
     pub remote_moved: Counter,
     /// Remote entries not learned because the table was full.
     pub remote_table_full: Counter,
+    /// ARP requests and neighbour solicitations answered by the switch (suppression).
+    pub neigh_suppressed: Counter,
 }
 
 /// Everything one worker counts.

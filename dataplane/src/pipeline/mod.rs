@@ -15,6 +15,7 @@ pub mod counters;
 pub mod drop;
 pub mod offload;
 pub mod state;
+pub mod suppress;
 pub mod tunnel;
 
 pub use bridge::{Bridge, Decision, Egress};

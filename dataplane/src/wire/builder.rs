@@ -19,6 +19,24 @@ pub fn ethernet_frame(
 ) -> Vec<u8> {
     let tag_len = if vid.is_some() { TAG_LEN } else { 0 };
     let mut buf = vec![0u8; HEADER_LEN + tag_len + payload.len()];
+    let len = ethernet_frame_into(&mut buf, dst, src, vid, ethertype, payload);
+    debug_assert_eq!(len, Some(buf.len()));
+    buf
+}
+
+/// [`ethernet_frame`] into `buf` without allocating; returns the frame's length, or `None` if
+/// `buf` is too small.
+pub fn ethernet_frame_into(
+    buf: &mut [u8],
+    dst: EthernetAddress,
+    src: EthernetAddress,
+    vid: Option<u16>,
+    ethertype: EtherType,
+    payload: &[u8],
+) -> Option<usize> {
+    let tag_len = if vid.is_some() { TAG_LEN } else { 0 };
+    let len = HEADER_LEN + tag_len + payload.len();
+    let buf = buf.get_mut(..len)?;
     let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
     let outer = if vid.is_some() {
         EtherType::Vlan
@@ -41,7 +59,7 @@ pub fn ethernet_frame(
         repr.emit(&mut VlanTag::new_unchecked(frame.payload_mut()));
     }
     buf[HEADER_LEN + tag_len..].copy_from_slice(payload);
-    buf
+    Some(len)
 }
 
 /// A broadcast ARP request from (`src_mac`, `src_ip`) for `target_ip`, tagged with `vid` when

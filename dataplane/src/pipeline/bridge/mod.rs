@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::suppress::{self, ReplyFrame};
 use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
 use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
 use crate::wire::ethernet::HEADER_LEN;
@@ -38,6 +39,9 @@ pub struct Egress<'s> {
 pub enum Decision<'s> {
     Drop(DropReason),
     Forward(Egress<'s>),
+    /// The switch answers the frame itself (ARP/ND suppression): send this reply, untagged
+    /// as built, through `Egress` (back out of the ingress port, tagged as that port wants).
+    Reply(Egress<'s>, ReplyFrame),
 }
 
 /// The bytes of a frame as one egress port sends it, in up to three pieces (for `writev`):
@@ -190,7 +194,7 @@ impl Bridge {
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
         match Self::decide(macs, counters, state, ingress, frame, now) {
-            Ok(egress) => Decision::Forward(egress),
+            Ok(decision) => decision,
             Err(reason) => {
                 port_counters.drop(reason);
                 Decision::Drop(reason)
@@ -206,7 +210,7 @@ impl Bridge {
         ingress: PortId,
         frame: &[u8],
         now: Timestamp,
-    ) -> Result<Egress<'s>, DropReason> {
+    ) -> Result<Decision<'s>, DropReason> {
         let port = state.port(ingress).ok_or(DropReason::UnknownPort)?;
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Runt)?;
 
@@ -267,6 +271,21 @@ impl Bridge {
             }
         }
 
+        // ARP/ND suppression: answer for addresses in the neighbour table.
+        if let Some(reply) = suppress::reply_for(state, vlan, frame, inner_offset) {
+            counters.learn.neigh_suppressed.add(1);
+            let back = VlanMember {
+                port: ingress,
+                tagged: port.mode.tags_egress(vlan),
+            };
+            let egress = Egress {
+                vlan,
+                inner_offset: 12,
+                targets: Targets::One(back),
+            };
+            return Ok(Decision::Reply(egress, reply));
+        }
+
         // Destination.
         let dst = eth.dst_addr();
         let members = state.members(vlan);
@@ -292,11 +311,11 @@ impl Bridge {
                 None => flood,
             }
         };
-        Ok(Egress {
+        Ok(Decision::Forward(Egress {
             vlan,
             inner_offset,
             targets,
-        })
+        }))
     }
 
     #[inline]

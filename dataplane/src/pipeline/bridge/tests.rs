@@ -69,6 +69,10 @@ impl Sim {
                 .ports()
                 .map(|m| (m.port.0, e.frame_for(m, frame).to_vec()))
                 .collect()),
+            Decision::Reply(e, reply) => Ok(e
+                .ports()
+                .map(|m| (m.port.0, e.frame_for(m, reply.as_bytes()).to_vec()))
+                .collect()),
         }
     }
 
@@ -383,4 +387,132 @@ fn republishing_keeps_learned_entries_and_flushes_removed_ports() {
         "entries of a removed port are flushed"
     );
     assert_eq!(sim.out_ports(2, &untagged(mac(1), mac(3))), [1, 3]);
+}
+
+mod suppression {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::wire::builder::arp_request;
+    use crate::wire::{
+        ArpOperation, ArpPacket, ArpRepr, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv6Packet,
+        Ipv6Repr,
+    };
+
+    const ANSWERED: EthernetAddress = EthernetAddress([0x62, 0xc8, 0xa9, 0xce, 0xca, 0x4e]);
+
+    fn sim() -> Sim {
+        let mut sim = Sim::new(vec![
+            access("a", 10),
+            access("b", 10),
+            trunk("t", &[10], None),
+        ]);
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 42, 1, 0));
+        let v6 = IpAddr::V6("fd42::10".parse().unwrap());
+        sim.state.neighbours.insert((vlan(10), v4), ANSWERED);
+        sim.state.neighbours.insert((vlan(10), v6), ANSWERED);
+        sim
+    }
+
+    #[test]
+    fn arp_for_a_known_address_is_answered_back_out_the_ingress_port() {
+        let mut sim = sim();
+        let ask = arp_request(
+            mac(1),
+            Ipv4Addr::new(10, 42, 0, 5),
+            Ipv4Addr::new(10, 42, 1, 0),
+            None,
+        );
+        let out = sim.send(0, &ask).unwrap();
+        assert_eq!(out.len(), 1, "answered, not flooded");
+        let (port, reply) = &out[0];
+        assert_eq!(*port, 0);
+        let eth = EthernetFrame::new_checked(&reply[..]).unwrap();
+        assert_eq!((eth.dst_addr(), eth.src_addr()), (mac(1), ANSWERED));
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).unwrap()).unwrap();
+        assert_eq!(arp.operation, ArpOperation::Reply);
+        assert_eq!(arp.source_hardware_addr, ANSWERED);
+        assert_eq!(arp.source_protocol_addr, Ipv4Addr::new(10, 42, 1, 0));
+        assert_eq!(arp.target_hardware_addr, mac(1));
+        assert_eq!(arp.target_protocol_addr, Ipv4Addr::new(10, 42, 0, 5));
+        assert_eq!(sim.bridge.counters().learn.neigh_suppressed.get(), 1);
+        // From a trunk, the reply goes back tagged.
+        let tagged_ask = arp_request(
+            mac(2),
+            Ipv4Addr::new(10, 42, 0, 6),
+            Ipv4Addr::new(10, 42, 1, 0),
+            Some(10),
+        );
+        let out = sim.send(2, &tagged_ask).unwrap();
+        assert_eq!(out[0].0, 2);
+        assert_eq!(&out[0].1[12..16], &[0x81, 0x00, 0x00, 0x0a]);
+    }
+
+    #[test]
+    fn arp_for_other_addresses_floods_as_usual() {
+        let mut sim = sim();
+        let ask = arp_request(
+            mac(1),
+            Ipv4Addr::new(10, 42, 0, 5),
+            Ipv4Addr::new(10, 42, 1, 1),
+            None,
+        );
+        assert_eq!(sim.out_ports(0, &ask), [1, 2]);
+        assert_eq!(sim.bridge.counters().learn.neigh_suppressed.get(), 0);
+    }
+
+    #[test]
+    fn neighbour_solicitation_gets_an_advertisement() {
+        let mut sim = sim();
+        let (src, target): (Ipv6Addr, Ipv6Addr) =
+            ("fd42::5".parse().unwrap(), "fd42::10".parse().unwrap());
+        let solicited_node: Ipv6Addr = "ff02::1:ff00:10".parse().unwrap();
+        let ns = Icmpv6Repr::NeighborSolicit {
+            target_addr: target,
+            source_lladdr: Some(mac(1)),
+        };
+        let ip = Ipv6Repr {
+            src_addr: src,
+            dst_addr: solicited_node,
+            next_header: IpProtocol::Icmpv6,
+            payload_len: ns.buffer_len(),
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        };
+        let mut l3 = vec![0u8; ip.buffer_len()];
+        ip.emit(&mut Ipv6Packet::new_unchecked(&mut l3[..]));
+        ns.emit(
+            &src,
+            &solicited_node,
+            &mut Icmpv6Packet::new_unchecked(&mut l3[40..]),
+        );
+        let dst_mac = EthernetAddress([0x33, 0x33, 0xff, 0, 0, 0x10]);
+        let frame = ethernet_frame(dst_mac, mac(1), None, EtherType::Ipv6, &l3);
+        let out = sim.send(0, &frame).unwrap();
+        assert_eq!(out.len(), 1);
+        let eth = EthernetFrame::new_checked(&out[0].1[..]).unwrap();
+        assert_eq!((eth.dst_addr(), eth.src_addr()), (mac(1), ANSWERED));
+        let ip = Ipv6Packet::new_checked(eth.payload()).unwrap();
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.hop_limit()),
+            (target, src, 255)
+        );
+        let icmp = Icmpv6Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum(&target, &src));
+        match Icmpv6Repr::parse(&icmp).unwrap() {
+            Icmpv6Repr::NeighborAdvert {
+                solicited_flag,
+                override_flag,
+                target_addr,
+                target_lladdr,
+                ..
+            } => {
+                assert!(solicited_flag && override_flag);
+                assert_eq!(target_addr, target);
+                assert_eq!(target_lladdr, Some(ANSWERED));
+            }
+            other => panic!("not an advertisement: {other:?}"),
+        }
+    }
 }
