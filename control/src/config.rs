@@ -740,6 +740,57 @@ mod tests {
     }
 
     #[test]
+    fn overlay_example_validates() {
+        let c = Config::from_toml(
+            r#"
+            [[port]]
+            name = "tap-c1"
+            vlan = 10
+            [[vxlan]]
+            vni = 42
+            vlan = 10
+            local = "192.168.77.1"
+            port = 8472
+            remotes = ["192.168.77.2", "192.168.77.3"]
+            learning = false
+            allow = ["192.168.77.0/24"]
+            [[fdb]]
+            mac = "86:a7:37:e5:4f:e0"
+            vni = 42
+            remote = "192.168.77.2"
+            [[neigh]]
+            ip = "10.42.1.0"
+            mac = "62:c8:a9:ce:ca:4e"
+            vni = 42
+            [[neigh]]
+            ip = "fd42::1"
+            mac = "62:c8:a9:ce:ca:4e"
+            vni = 42
+            "#,
+        )
+        .unwrap();
+        let v = c.validate().unwrap();
+        let vx = &v.vxlan[0];
+        assert_eq!(
+            (vx.vni, vx.vlan.get(), vx.endpoint.port, vx.mtu),
+            (42, 10, 8472, 1450)
+        );
+        assert!(!vx.learning);
+        assert_eq!(vx.remotes.len(), 2);
+        assert!(vx.allow[0].contains("192.168.77.9".parse().unwrap()));
+        assert!(!vx.allow[0].contains("192.168.78.9".parse().unwrap()));
+        assert_eq!(
+            v.fdb[0].target,
+            FdbTarget::Remote {
+                vxlan: 0,
+                remote: "192.168.77.2".parse().unwrap()
+            }
+        );
+        assert_eq!(v.neigh.len(), 2);
+        assert_eq!(Config::from_toml(&c.to_toml()).unwrap(), c, "round trip");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("[[port]]\nname = \"a\"\nvlan = 5000", "port[0] (a).vlan: 5000 is not a VLAN id"),
@@ -759,6 +810,17 @@ mod tests {
                 "fdb[0].vlan: port a is not a member of VLAN 20",
             ),
             ("[[port]]\nname = \"a\"\nvlna = 10", "unknown field `vlna`"),
+            ("[[vxlan]]\nvni = 16777216\nlocal = \"10.0.0.1\"", "vxlan[0] (vni 16777216).vni: 16777216 is not a 24-bit VNI"),
+            ("[[vxlan]]\nvni = 1\nlocal = \"nope\"", "vxlan[0] (vni 1).local: \"nope\" is not an IPv4 address"),
+            ("[[vxlan]]\nvni = 1\nlocal = \"10.0.0.1\"\nremotes = [\"10.0.0.1\"]", "vxlan[0] (vni 1).remotes: 10.0.0.1 cannot be a remote VTEP"),
+            ("[[vxlan]]\nvni = 1\nlocal = \"10.0.0.1\"\nallow = [\"10.0.0.0/33\"]", "vxlan[0] (vni 1).allow"),
+            ("[[vxlan]]\nvni = 1\nlocal = \"10.0.0.1\"\n[[vxlan]]\nvni = 1\nvlan = 2\nlocal = \"10.0.0.1\"", "vxlan[1] (vni 1).vni: VNI 1 is defined twice"),
+            ("[[vxlan]]\nvni = 1\nlocal = \"10.0.0.1\"\n[[vxlan]]\nvni = 2\nlocal = \"10.0.0.1\"", "vxlan[1] (vni 2).vlan: VLAN 1 is already extended"),
+            ("[[fdb]]\nmac = \"02:00:00:00:00:01\"\nvni = 9\nremote = \"10.0.0.2\"", "fdb[0].vni: vxlan 9: no such VNI"),
+            ("[[fdb]]\nmac = \"02:00:00:00:00:01\"\nvni = 9", "fdb[0].remote: missing"),
+            ("[[fdb]]\nmac = \"02:00:00:00:00:01\"", "fdb[0].port: name a port, or a vni and a remote"),
+            ("[[neigh]]\nip = \"10.0.0.9\"\nmac = \"02:00:00:00:00:01\"\nvni = 3", "neigh[0].vni: vxlan 3: no such VNI"),
+            ("[[vxlan]]\nvni = 1\nlocal = \"10.0.0.1\"\n[[neigh]]\nip = \"10.0.0\"\nmac = \"02:00:00:00:00:01\"\nvni = 1", "neigh[0].ip"),
             ("[swtich]\n", "unknown field `swtich`"),
         ];
         for (text, want) in cases {
