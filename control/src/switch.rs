@@ -218,6 +218,8 @@ pub struct FdbStats {
     pub remote_learned: u64,
     pub remote_moved: u64,
     pub remote_table_full: u64,
+    /// ARP requests and neighbour solicitations answered by the switch.
+    pub neigh_suppressed: u64,
 }
 
 /// One line of `port list`.
@@ -835,6 +837,7 @@ impl Switch {
             fdb.remote_learned += l.remote_learned.get();
             fdb.remote_moved += l.remote_moved.get();
             fdb.remote_table_full += l.remote_table_full.get();
+            fdb.neigh_suppressed += l.neigh_suppressed.get();
             fdb.learned_entries += w.dump_fdb().map_err(SwitchError::Worker)?.len() as u64;
         }
         let mut vxlan = PortStats::default();

@@ -49,22 +49,38 @@ pub struct Switch {
 impl Switch {
     /// Starts the daemon on the embedded default.
     pub fn start() -> Switch {
-        Switch::start_with(None)
+        Switch::start_with(None, None)
     }
 
     /// Starts the daemon with `config` (TOML text).
     pub fn with_config(config: &str) -> Switch {
-        Switch::start_with(Some(config))
+        Switch::start_with(None, Some(config))
     }
 
-    fn start_with(config: Option<&str>) -> Switch {
+    /// Starts the daemon inside namespace `host` (`ip netns exec HOST tapswitch ... run`), so
+    /// its VXLAN sockets live there; with `config` (TOML text) if given. The CLI still reaches
+    /// it from anywhere through the socket file.
+    pub fn start_in(host: &Netns, config: Option<&str>) -> Switch {
+        Switch::start_with(Some(host.name()), config)
+    }
+
+    fn start_with(netns: Option<&str>, config: Option<&str>) -> Switch {
         let socket = std::env::temp_dir().join(format!("{}.sock", unique("tapswitch-test-")));
         let config_file = config.map(|text| {
             let path = socket.with_extension("toml");
             std::fs::write(&path, text).expect("write config");
             path
         });
-        let mut cmd = Command::new(BIN);
+        // `ip netns exec` execs the program in place, so the child's PID is the daemon's own
+        // and SIGTERM reaches it.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
         cmd.arg("--socket").arg(&socket).arg("run");
         if let Some(path) = &config_file {
             cmd.arg("--config").arg(path);
