@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs what the tests use that a fresh Debian machine may lack: iproute2 and procps
+# (namespaces), tcpdump and tshark (the VXLAN wire checks), ethtool (checksum offload on a
+# kernel VTEP's veth), and, for the end-to-end bench, iperf3 and ping. Does nothing when all
+# are there. Needs root (apt-get).
+set -eu
+need=""
+command -v ip >/dev/null || need="$need iproute2"
+command -v sysctl >/dev/null || need="$need procps"
+command -v tcpdump >/dev/null || need="$need tcpdump"
+command -v tshark >/dev/null || need="$need tshark"
+command -v ethtool >/dev/null || need="$need ethtool"
+command -v iperf3 >/dev/null || need="$need iperf3"
+command -v ping >/dev/null || need="$need iputils-ping"
+if [ -n "$need" ]; then
+  echo "installing:$need"
+  apt-get update -qq
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
+fi
