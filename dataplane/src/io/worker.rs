@@ -431,9 +431,12 @@ impl Worker {
                     let _ = reply.send(records);
                 }
                 WorkerCommand::FlushFdb { vlan, mac, reply } => {
-                    let n = self.bridge.mac_table_mut().retain(|k: FdbKey, _| {
-                        !(vlan.is_none_or(|v| v == k.vlan()) && mac.is_none_or(|m| m == k.mac()))
-                    });
+                    let hit = |k: FdbKey| {
+                        vlan.is_none_or(|v| v == k.vlan()) && mac.is_none_or(|m| m == k.mac())
+                    };
+                    let n = self.bridge.mac_table_mut().retain(|k, _| !hit(k));
+                    // Where the MAC was learned behind a VTEP, forget that too.
+                    self.bridge.remote_table_mut().retain(|k, _| !hit(k));
                     let _ = reply.send(n);
                 }
                 WorkerCommand::Stop => return false,
