@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# End-to-end bench: tapswitch against the Linux kernel bridge, between two network namespaces.
+# End-to-end bench: tapswitch against the Linux kernel bridge, between two network namespaces,
+# and tapswitch's VXLAN overlay against the kernel's vxlan device + bridge, between two
+# containers on two "hosts".
 #
-#   sudo benches/e2e.sh [--duration SECS] [--quick] [--json FILE]
+#   sudo benches/e2e.sh [--duration SECS] [--quick] [--no-overlay] [--json FILE]
 #
-# In one run it measures, for each of the two setups below:
+# In one run it measures, for each of the four setups below:
 #   1. TCP throughput (iperf3, one stream, Gbit/s at the receiver),
 #   2. 64-byte-frame UDP packets per second (iperf3 -u -l 18 -b 0: 18 B payload + 8 UDP + 20 IPv4
 #      + 14 Ethernet + 4 FCS = 64 B on the wire), received packets per second and loss % as the
@@ -18,15 +20,32 @@
 #              whose peer (tsb<PID>pa, tsb<PID>pb) is enslaved to bridge tsb<PID>br, which lives
 #              in its own namespace tsb<PID>kbr.
 # Both use 10.111.0.1/24 (side A, the client) and 10.111.0.2/24 (side B, the server), each pair in
-# its own namespaces. Metrics are run interleaved (tapswitch, then bridge, for each metric) so
-# slow drift of a noisy machine hits both alike. Nothing is pinned to a CPU.
+# its own namespaces.
+#
+# Overlay setups (container 1 on host 1 -> container 2 on host 2, VNI 42 extending VLAN 10; each
+# "host" is a namespace, the two hosts of a setup joined by an underlay veth, 192.168.200.1/24 and
+# .2; containers 10.112.0.1/24 and .2 with MTU 1450):
+#   overlay tapswitch: hosts tsb<PID>oh1/oh2 (underlay tsb<PID>ou1/ou2), containers
+#              tsb<PID>oc1/oc2. On each host a `tapswitch run` daemon runs inside the host
+#              namespace (so its VTEP sockets live there), with a TAP port (tsb<PID>op1/op2) in
+#              its container (`port add --netns C --vlan 10 --mtu 1450`) and
+#              `vxlan add 42 --vlan 10 --local IP --remote OTHER`.
+#   overlay kernel: hosts tsb<PID>xh1/xh2 (underlay tsb<PID>xu1/xu2), containers tsb<PID>xc1/xc2.
+#              On each host a vxlan device tsb<PID>xv1/xv2 (id 42, dstport 4789, local IP,
+#              nolearning, flood entry 00:00:00:00:00:00 dst OTHER) and a veth
+#              tsb<PID>xp1/xp2 (container end tsb<PID>xe1/xe2) in bridge tsb<PID>xb1/xb2.
+# --no-overlay skips both (e.g. on a kernel without the vxlan module).
+#
+# Metrics are run interleaved (tapswitch, bridge, overlay tapswitch, overlay kernel, for each
+# metric) so slow drift of a noisy machine hits all alike. Nothing is pinned to a CPU.
 #
 # Everything the script creates (namespaces, links, processes, temp files) is removed on success,
 # on failure and on Ctrl-C/SIGTERM; only PIDs the script started are ever signalled.
 #
 # Environment: TAPSWITCH=/path/to/tapswitch to use that binary; otherwise target/release/tapswitch
 # (built with `cargo build --release --bin tapswitch` if missing).
-# Requires: root, iproute2 (ip, ss), iperf3, ping from iputils-ping, awk, timeout (coreutils).
+# Requires: root, iproute2 (ip, ss, bridge), iperf3, ping from iputils-ping, awk, timeout
+# (coreutils); for the overlay, the kernel's vxlan and bridge support.
 
 # cleanup and the helpers it calls run from a trap, which shellcheck cannot see.
 # shellcheck disable=SC2317
@@ -34,10 +53,11 @@ set -u -o pipefail
 
 usage() {
     cat <<EOF
-usage: $0 [--duration SECS] [--quick] [--json FILE]
+usage: $0 [--duration SECS] [--quick] [--no-overlay] [--json FILE]
 
   --duration SECS  length of each iperf3 run (default 10; ping sends 100 per second of it)
   --quick          short runs for a CI smoke test (2 s each) unless --duration is given
+  --no-overlay     skip the VXLAN overlay setups (tapswitch and kernel vxlan, two hosts)
   --json FILE      also write the results as JSON to FILE
   -h, --help       this text
 
@@ -58,6 +78,7 @@ warn() { echo "e2e: warning: $*" >&2; }
 # ---------------------------------------------------------------------------------------------
 DURATION=""
 QUICK=0
+OVERLAY=1
 JSON_OUT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -72,6 +93,10 @@ while [[ $# -gt 0 ]]; do
         ;;
     --quick)
         QUICK=1
+        shift
+        ;;
+    --no-overlay)
+        OVERLAY=0
         shift
         ;;
     --json)
@@ -111,12 +136,14 @@ fi
 # Preflight: everything is checked before anything is created.
 # ---------------------------------------------------------------------------------------------
 [[ $(id -u) -eq 0 ]] || die "must run as root (it creates network namespaces, TAP, veth and bridge devices); try: sudo $0"
-for tool in ip ss iperf3 ping awk sort timeout mktemp; do
+TOOLS=(ip ss iperf3 ping awk sort timeout mktemp)
+[[ $OVERLAY == 1 ]] && TOOLS+=(bridge)
+for tool in "${TOOLS[@]}"; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         case "$tool" in
         iperf3) die "iperf3 not found; install it: apt-get install iperf3" ;;
         ping) die "ping not found; install it: apt-get install iputils-ping" ;;
-        ip | ss) die "$tool not found; install it: apt-get install iproute2" ;;
+        ip | ss | bridge) die "$tool not found; install it: apt-get install iproute2" ;;
         awk) die "awk not found; install it: apt-get install mawk (or gawk)" ;;
         *) die "$tool not found; install it: apt-get install coreutils" ;;
         esac
@@ -154,11 +181,20 @@ NS_TA=${PFX}ta NS_TB=${PFX}tb TAP_A=${PFX}tapa TAP_B=${PFX}tapb
 NS_KA=${PFX}ka NS_KB=${PFX}kb NS_KBR=${PFX}kbr BR=${PFX}br
 VETH_A=${PFX}va VETH_B=${PFX}vb PEER_A=${PFX}pa PEER_B=${PFX}pb
 IP_A=10.111.0.1 IP_B=10.111.0.2 PREFIX=24 IPERF_PORT=5201
+# Overlay: tapswitch (o...) and kernel vxlan + bridge (x...); index 1 and 2 are host 1 and 2.
+NS_OH1=${PFX}oh1 NS_OH2=${PFX}oh2 NS_OC1=${PFX}oc1 NS_OC2=${PFX}oc2
+UL_O1=${PFX}ou1 UL_O2=${PFX}ou2 TAP_O1=${PFX}op1 TAP_O2=${PFX}op2
+NS_XH1=${PFX}xh1 NS_XH2=${PFX}xh2 NS_XC1=${PFX}xc1 NS_XC2=${PFX}xc2
+UL_X1=${PFX}xu1 UL_X2=${PFX}xu2 VX_X1=${PFX}xv1 VX_X2=${PFX}xv2 BR_X1=${PFX}xb1 BR_X2=${PFX}xb2
+HP_X1=${PFX}xp1 HP_X2=${PFX}xp2 CE_X1=${PFX}xe1 CE_X2=${PFX}xe2
+UL_IP1=192.168.200.1 UL_IP2=192.168.200.2 UL_PREFIX=24
+OVL_IP1=10.112.0.1 OVL_IP2=10.112.0.2 OVL_VNI=42 OVL_VLAN=10 OVL_MTU=1450 VXLAN_PORT=4789
 
 NETNS_MADE=() # namespaces this script created, in creation order
 PIDS=()       # long-running background processes this script started (iperf3 servers)
 CUR_PID=""    # the client (timeout -> iperf3 or ping) running now, if any
-DAEMON_PID=""
+DAEMON_PIDS=()  # tapswitch daemons this script started
+DAEMON_SOCKS=() # their control sockets
 TMP=""
 CLEANED=0
 
@@ -199,19 +235,19 @@ cleanup() {
     CLEANED=1
     # No second Ctrl-C half-way through the cleanup.
     trap '' INT TERM
-    local pid ns i left
+    local pid ns i left log
     [[ $rc -gt 128 ]] && echo "e2e: interrupted (exit $rc); cleaning up" >&2
     # The client (its timeout wrapper forwards SIGTERM to iperf3/ping), the iperf3 servers.
     for pid in $CUR_PID "${PIDS[@]}"; do
         stop_pid "$pid" TERM 30
     done
-    # The daemon: SIGTERM is its clean exit (deletes its TAPs and its socket).
-    if [[ -n $DAEMON_PID ]]; then
-        stop_pid "$DAEMON_PID" TERM 100
-        if [[ -n $TMP && -S $TMP/tapswitch.sock ]]; then
-            warn "tapswitch left its control socket behind after exiting"
+    # The daemons: SIGTERM is their clean exit (deletes their TAPs and their socket).
+    for ((i = 0; i < ${#DAEMON_PIDS[@]}; i++)); do
+        stop_pid "${DAEMON_PIDS[i]}" TERM 100
+        if [[ -n $TMP && -S ${DAEMON_SOCKS[i]} ]]; then
+            warn "tapswitch left its control socket ${DAEMON_SOCKS[i]} behind after exiting"
         fi
-    fi
+    done
     # Namespaces: deleting one destroys every link in it (veth peers go with their pair, the
     # bridge with its namespace).
     for ((i = ${#NETNS_MADE[@]} - 1; i >= 0; i--)); do
@@ -219,9 +255,12 @@ cleanup() {
         ip netns del "$ns" 2>/dev/null || warn "could not delete namespace $ns"
     done
     if [[ -n $TMP && -d $TMP ]]; then
-        if [[ $rc -ne 0 && -s $TMP/tapswitch.log ]]; then
-            echo "---- last lines of the tapswitch log ----" >&2
-            tail -n 20 "$TMP/tapswitch.log" >&2
+        if [[ $rc -ne 0 ]]; then
+            for log in "$TMP"/tapswitch*.log; do
+                [[ -s $log ]] || continue
+                echo "---- last lines of ${log##*/} ----" >&2
+                tail -n 20 "$log" >&2
+            done
         fi
         rm -rf -- "$TMP"
     fi
@@ -233,7 +272,7 @@ cleanup() {
         } | grep -E "${PFX}[a-z]" || true
     )
     [[ -z $left ]] || warn "left behind after cleanup: $left"
-    for pid in $CUR_PID "${PIDS[@]}" $DAEMON_PID; do
+    for pid in $CUR_PID "${PIDS[@]}" "${DAEMON_PIDS[@]}"; do
         alive "$pid" && warn "process $pid is still running"
     done
     trap - EXIT INT TERM
@@ -243,6 +282,7 @@ trap cleanup EXIT INT TERM
 
 TMP=$(mktemp -d "/tmp/${PFX}e2e.XXXXXX") || die "mktemp failed"
 SOCK=$TMP/tapswitch.sock
+OSOCK1=$TMP/tapswitch-oh1.sock OSOCK2=$TMP/tapswitch-oh2.sock
 
 mk_ns() {
     ip netns add "$1" || die "ip netns add $1 failed"
@@ -267,21 +307,34 @@ run_logged() {
 # ---------------------------------------------------------------------------------------------
 # Setups
 # ---------------------------------------------------------------------------------------------
+# Starts `tapswitch run` with control socket $1 and log $2, inside namespace $3 if given (so its
+# VTEP sockets live there), and waits until the socket answers.
+start_daemon() { # socket log [netns]
+    local sock=$1 log=$2 ns=${3:-} pid i
+    if [[ -n $ns ]]; then
+        # ip netns exec execs the daemon: $! is the daemon itself.
+        ip netns exec "$ns" "$TAPSWITCH" --socket "$sock" run >"$log" 2>&1 </dev/null &
+    else
+        "$TAPSWITCH" --socket "$sock" run >"$log" 2>&1 </dev/null &
+    fi
+    pid=$!
+    DAEMON_PIDS+=("$pid")
+    DAEMON_SOCKS+=("$sock")
+    for ((i = 0; i < 100; i++)); do
+        alive "$pid" || die "tapswitch run${ns:+ in $ns} exited: $(tail -n 5 "$log")"
+        if [[ -S $sock ]] && "$TAPSWITCH" --socket "$sock" port list >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "tapswitch control socket $sock did not answer within 10 s"
+}
+
 setup_tapswitch() {
     note "tapswitch: namespaces $NS_TA $NS_TB, daemon $TAPSWITCH"
     mk_ns "$NS_TA"
     mk_ns "$NS_TB"
-    "$TAPSWITCH" --socket "$SOCK" run >"$TMP/tapswitch.log" 2>&1 </dev/null &
-    DAEMON_PID=$!
-    local i
-    for ((i = 0; i < 100; i++)); do
-        alive "$DAEMON_PID" || die "tapswitch run exited: $(tail -n 5 "$TMP/tapswitch.log")"
-        if [[ -S $SOCK ]] && "$TAPSWITCH" --socket "$SOCK" port list >/dev/null 2>&1; then
-            break
-        fi
-        sleep 0.1
-    done
-    [[ $i -lt 100 ]] || die "tapswitch control socket $SOCK did not answer within 10 s"
+    start_daemon "$SOCK" "$TMP/tapswitch.log"
     "$TAPSWITCH" --socket "$SOCK" port add "$TAP_A" --netns "$NS_TA" || die "port add $TAP_A failed"
     "$TAPSWITCH" --socket "$SOCK" port add "$TAP_B" --netns "$NS_TB" || die "port add $TAP_B failed"
     ip -n "$NS_TA" addr add "$IP_A/$PREFIX" dev "$TAP_A" || die "address on $TAP_A failed"
@@ -312,19 +365,96 @@ setup_bridge() {
     ip -n "$NS_KB" link set "$VETH_B" up || die "$VETH_B up failed"
 }
 
-# setup name -> client namespace, server namespace; devices whose drop counters we read.
-declare -A CLIENT_NS=([ts]=$NS_TA [br]=$NS_KA)
-declare -A SERVER_NS=([ts]=$NS_TB [br]=$NS_KB)
-declare -A LABEL=([ts]=tapswitch [br]=bridge)
+# Two host namespaces joined by an underlay veth (192.168.200.1/24 and .2), and a container
+# namespace for each.
+setup_hosts() { # host1 host2 container1 container2 underlay1 underlay2
+    local h1=$1 h2=$2 c1=$3 c2=$4 u1=$5 u2=$6
+    mk_ns "$h1"
+    mk_ns "$h2"
+    mk_ns "$c1"
+    mk_ns "$c2"
+    ip -n "$h1" link add "$u1" type veth peer name "$u2" netns "$h2" || die "underlay veth $u1/$u2 failed"
+    ip -n "$h1" addr add "$UL_IP1/$UL_PREFIX" dev "$u1" || die "address on $u1 failed"
+    ip -n "$h2" addr add "$UL_IP2/$UL_PREFIX" dev "$u2" || die "address on $u2 failed"
+    ip -n "$h1" link set "$u1" up || die "$u1 up failed"
+    ip -n "$h2" link set "$u2" up || die "$u2 up failed"
+}
+
+setup_overlay_tapswitch() {
+    note "overlay tapswitch: hosts $NS_OH1 $NS_OH2, containers $NS_OC1 $NS_OC2, a daemon in each host"
+    setup_hosts "$NS_OH1" "$NS_OH2" "$NS_OC1" "$NS_OC2" "$UL_O1" "$UL_O2"
+    local i host cont sock tap local_ip remote_ip ip
+    for i in 1 2; do
+        if [[ $i == 1 ]]; then
+            host=$NS_OH1 cont=$NS_OC1 sock=$OSOCK1 tap=$TAP_O1 local_ip=$UL_IP1 remote_ip=$UL_IP2 ip=$OVL_IP1
+        else
+            host=$NS_OH2 cont=$NS_OC2 sock=$OSOCK2 tap=$TAP_O2 local_ip=$UL_IP2 remote_ip=$UL_IP1 ip=$OVL_IP2
+        fi
+        start_daemon "$sock" "$TMP/tapswitch-oh$i.log" "$host"
+        "$TAPSWITCH" --socket "$sock" port add "$tap" --netns "$cont" --vlan "$OVL_VLAN" --mtu "$OVL_MTU" ||
+            die "host $i: port add $tap failed"
+        "$TAPSWITCH" --socket "$sock" vxlan add "$OVL_VNI" --vlan "$OVL_VLAN" --local "$local_ip" \
+            --remote "$remote_ip" || die "host $i: vxlan add $OVL_VNI failed"
+        ip -n "$cont" link set "$tap" mtu "$OVL_MTU" || die "MTU of $tap failed"
+        ip -n "$cont" addr add "$ip/$PREFIX" dev "$tap" || die "address on $tap failed"
+        ip -n "$cont" link set "$tap" up || die "$tap up failed"
+    done
+}
+
+setup_overlay_kernel() {
+    note "overlay kernel: hosts $NS_XH1 $NS_XH2, containers $NS_XC1 $NS_XC2, vxlan + bridge in each host"
+    setup_hosts "$NS_XH1" "$NS_XH2" "$NS_XC1" "$NS_XC2" "$UL_X1" "$UL_X2"
+    local i host cont vx br hp ce local_ip remote_ip ip
+    for i in 1 2; do
+        if [[ $i == 1 ]]; then
+            host=$NS_XH1 cont=$NS_XC1 vx=$VX_X1 br=$BR_X1 hp=$HP_X1 ce=$CE_X1
+            local_ip=$UL_IP1 remote_ip=$UL_IP2 ip=$OVL_IP1
+        else
+            host=$NS_XH2 cont=$NS_XC2 vx=$VX_X2 br=$BR_X2 hp=$HP_X2 ce=$CE_X2
+            local_ip=$UL_IP2 remote_ip=$UL_IP1 ip=$OVL_IP2
+        fi
+        ip -n "$host" link add "$vx" mtu "$OVL_MTU" type vxlan id "$OVL_VNI" dstport "$VXLAN_PORT" \
+            local "$local_ip" nolearning ||
+            die "kernel vxlan device $vx failed (is the vxlan module available? modprobe vxlan; or run with --no-overlay)"
+        ip -n "$host" link add "$br" type bridge || die "bridge $br failed"
+        ip -n "$host" link add "$hp" mtu "$OVL_MTU" type veth peer name "$ce" netns "$cont" ||
+            die "veth $hp/$ce failed"
+        local d
+        for d in "$vx" "$hp"; do
+            ip -n "$host" link set "$d" master "$br" || die "$d into $br failed"
+            ip -n "$host" link set "$d" up || die "$d up failed"
+        done
+        ip -n "$host" link set "$br" up || die "bridge $br up failed"
+        ip netns exec "$host" bridge fdb append 00:00:00:00:00:00 dev "$vx" dst "$remote_ip" ||
+            die "flood entry on $vx failed"
+        ip -n "$cont" link set "$ce" mtu "$OVL_MTU" || die "MTU of $ce failed"
+        ip -n "$cont" addr add "$ip/$PREFIX" dev "$ce" || die "address on $ce failed"
+        ip -n "$cont" link set "$ce" up || die "$ce up failed"
+    done
+}
+
+# Setup name -> client namespace, server namespace, addresses; devices whose drop counters we
+# read. ts/br: the two-namespace setups; ots/okv: the overlay (tapswitch, kernel vxlan).
+SETUPS=(ts br)
+[[ $OVERLAY == 1 ]] && SETUPS+=(ots okv)
+declare -A CLIENT_NS=([ts]=$NS_TA [br]=$NS_KA [ots]=$NS_OC1 [okv]=$NS_XC1)
+declare -A SERVER_NS=([ts]=$NS_TB [br]=$NS_KB [ots]=$NS_OC2 [okv]=$NS_XC2)
+declare -A CLIENT_IP=([ts]=$IP_A [br]=$IP_A [ots]=$OVL_IP1 [okv]=$OVL_IP1)
+declare -A SERVER_IP=([ts]=$IP_B [br]=$IP_B [ots]=$OVL_IP2 [okv]=$OVL_IP2)
+# The receiving host of an overlay: where the underlay UDP socket is.
+declare -A SERVER_HOST_NS=([ots]=$NS_OH2 [okv]=$NS_XH2)
+declare -A LABEL=([ts]=tapswitch [br]=bridge [ots]="overlay tapswitch" [okv]="overlay kernel")
 # "netns:device" pairs on the path A -> B.
 declare -A PATH_DEVS=(
     [ts]="$NS_TA:$TAP_A $NS_TB:$TAP_B"
     [br]="$NS_KA:$VETH_A $NS_KBR:$PEER_A $NS_KBR:$PEER_B $NS_KB:$VETH_B"
+    [ots]="$NS_OC1:$TAP_O1 $NS_OH1:$UL_O1 $NS_OH2:$UL_O2 $NS_OC2:$TAP_O2"
+    [okv]="$NS_XC1:$CE_X1 $NS_XH1:$HP_X1 $NS_XH1:$VX_X1 $NS_XH1:$UL_X1 $NS_XH2:$UL_X2 $NS_XH2:$VX_X2 $NS_XH2:$HP_X2 $NS_XC2:$CE_X2"
 )
 
 start_server() { # setup
     local ns=${SERVER_NS[$1]} i
-    ip netns exec "$ns" iperf3 -s -B "$IP_B" -p "$IPERF_PORT" >"$TMP/iperf3-server-$1.log" 2>&1 </dev/null &
+    ip netns exec "$ns" iperf3 -s -B "${SERVER_IP[$1]}" -p "$IPERF_PORT" >"$TMP/iperf3-server-$1.log" 2>&1 </dev/null &
     local pid=$!
     PIDS+=("$pid")
     for ((i = 0; i < 50; i++)); do
@@ -340,11 +470,11 @@ start_server() { # setup
 check_path() { # setup
     local ns=${CLIENT_NS[$1]} i
     for ((i = 0; i < 10; i++)); do
-        if ip netns exec "$ns" ping -n -c 1 -W 1 "$IP_B" >/dev/null 2>&1; then
+        if ip netns exec "$ns" ping -n -c 1 -W 1 "${SERVER_IP[$1]}" >/dev/null 2>&1; then
             return 0
         fi
     done
-    die "${LABEL[$1]}: $IP_A cannot reach $IP_B (10 pings lost)"
+    die "${LABEL[$1]}: ${CLIENT_IP[$1]} cannot reach ${SERVER_IP[$1]} (10 pings lost)"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -388,28 +518,61 @@ udp_rcvbuf_errors() { # netns
         $1 == "Udp:" && hdr { print $(col["RcvbufErrors"]); exit }'
 }
 
-# tapswitch -j stats (one line of JSON) -> "rx_packets tx_packets tx_errors drops" summed over
-# ports. Walks the tokens with a depth counter: {"ports":[{...}]} puts ports at depth 3 and
-# their drop reasons ({"drops":{...}}) at depth 4.
-ts_counters() {
-    "$TAPSWITCH" --socket "$SOCK" -j stats 2>/dev/null | awk '
+# tapswitch -j stats (one line of JSON) of the daemon at socket $1 -> "rx_packets tx_packets
+# tx_errors drops vx_rx vx_tx vx_tx_errors vx_tx_oversized vx_drops": the first three summed
+# over the ports (only port $2 if given), drops summed over every port's drop reasons, and the
+# VXLAN tunnel counters ("vxlan" object; zeros without VNIs). Walks the tokens with a depth
+# counter: {"ports":[{...}]} puts ports at depth 3 and their drop reasons ({"drops":{...}}) at
+# depth 4; {"vxlan":{...}} puts the tunnel counters at depth 2 and its drop reasons at depth 3.
+ts_counters() { # socket [port]
+    "$TAPSWITCH" --socket "$1" -j stats 2>/dev/null | awk -v want="${2:-}" '
         {
             s = $0
             gsub(/[{}\[\],]/, "\n&\n", s)
             n = split(s, tok, "\n")
             for (i = 1; i <= n; i++) {
                 t = tok[i]
-                if (t == "{" || t == "[") { depth++; continue }
-                if (t == "}" || t == "]") { depth--; continue }
+                if (t == "{" || t == "[") {
+                    depth++
+                    if (depth == 2) sect = last
+                    if (depth == 3 && sect == "ports") { prx = ptx = pte = 0; pname = "" }
+                    continue
+                }
+                if (t == "}" || t == "]") {
+                    if (depth == 3 && sect == "ports" && (want == "" || pname == want)) {
+                        rx += prx; tx += ptx; txe += pte
+                    }
+                    depth--
+                    continue
+                }
                 if (t == "," || t == "") continue
                 split(t, kv, ":"); k = kv[1]; gsub(/"/, "", k); v = kv[2]
-                if (depth == 4 && v ~ /^[0-9]+$/) drops += v
-                if (depth == 3 && k == "rx_packets") rx += v
-                if (depth == 3 && k == "tx_packets") tx += v
-                if (depth == 3 && k == "tx_errors") txe += v
+                if (depth == 1) last = k
+                if (sect == "ports") {
+                    if (depth == 4 && v ~ /^[0-9]+$/) drops += v
+                    if (depth == 3 && k == "name") { pname = v; gsub(/"/, "", pname) }
+                    if (depth == 3 && k == "rx_packets") prx = v
+                    if (depth == 3 && k == "tx_packets") ptx = v
+                    if (depth == 3 && k == "tx_errors") pte = v
+                } else if (sect == "vxlan") {
+                    if (depth == 3 && v ~ /^[0-9]+$/) vdrops += v
+                    if (depth == 2 && k == "rx_packets") vrx = v
+                    if (depth == 2 && k == "tx_packets") vtx = v
+                    if (depth == 2 && k == "tx_errors") vte = v
+                    if (depth == 2 && k == "tx_oversized") vto = v
+                }
             }
         }
-        END { printf "%d %d %d %d\n", rx, tx, txe, drops }'
+        END { printf "%d %d %d %d %d %d %d %d %d\n", rx, tx, txe, drops, vrx, vtx, vte, vto, vdrops }'
+}
+
+# One statistics counter of a device: netns device name (e.g. tx_packets).
+dev_stat() {
+    ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3" 2>/dev/null || echo 0
+}
+
+kpps() { # packets seconds -> thousands per second, or "" when undefined
+    awk -v n="$1" -v t="$2" 'BEGIN { if (n != "" && t > 0) printf "%.1f", n / t / 1000 }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -425,7 +588,7 @@ iperf_client() { # setup outfile args...
     shift 2
     for ((try = 0; try < 5; try++)); do
         run_logged "$out" timeout -k 5 $((DURATION + TCP_OMIT + 30)) \
-            ip netns exec "${CLIENT_NS[$s]}" iperf3 -c "$IP_B" -p "$IPERF_PORT" -J "$@"
+            ip netns exec "${CLIENT_NS[$s]}" iperf3 -c "${SERVER_IP[$s]}" -p "$IPERF_PORT" -J "$@"
         err=$(iperf_error "$out")
         if [[ -z $err && -n $(iperf_field "$out" sum_sent bytes) ]]; then
             return 0
@@ -453,12 +616,23 @@ measure_tcp() { # setup
 measure_udp() { # setup
     local s=$1 out=$TMP/udp-$1.json blk pk lost secs
     note "${LABEL[$s]}: UDP 64-byte frames, ${DURATION} s, unlimited rate"
-    local d0 r0 t0 d1 r1 t1
+    local d0 r0 t0 d1 r1 t1 u0 u1 a0 a1 b0 b1
     local -a devs
     read -r -a devs <<<"${PATH_DEVS[$s]}"
     d0=$(dev_drops "${devs[@]}")
     r0=$(udp_rcvbuf_errors "${SERVER_NS[$s]}")
-    [[ $s == ts ]] && t0=$(ts_counters)
+    [[ $s == ts ]] && t0=$(ts_counters "$SOCK")
+    case $s in
+    ots | okv) u0=$(udp_rcvbuf_errors "${SERVER_HOST_NS[$s]}") ;;&
+    ots)
+        a0=$(ts_counters "$OSOCK1" "$TAP_O1")
+        b0=$(ts_counters "$OSOCK2" "$TAP_O2")
+        ;;
+    okv)
+        a0=$(dev_stat "$NS_XH1" "$VX_X1" tx_packets)
+        b0=$(dev_stat "$NS_XH2" "$HP_X2" tx_packets)
+        ;;
+    esac
     iperf_client "$s" "$out" -u -l 18 -b 0 -t "$DURATION" || return 0
     d1=$(dev_drops "${devs[@]}")
     r1=$(udp_rcvbuf_errors "${SERVER_NS[$s]}")
@@ -476,9 +650,9 @@ measure_udp() { # setup
     R[$s.udp_link_drops]=$((d1 - d0))
     R[$s.udp_rcvbuf_drops]=$((${r1:-0} - ${r0:-0}))
     if [[ $s == ts ]]; then
-        t1=$(ts_counters)
-        read -r rx0 tx0 te0 dr0 <<<"$t0"
-        read -r rx1 tx1 te1 dr1 <<<"$t1"
+        t1=$(ts_counters "$SOCK")
+        read -r rx0 tx0 te0 dr0 _ <<<"$t0"
+        read -r rx1 tx1 te1 dr1 _ <<<"$t1"
         R[ts.udp_switch_rx]=$((rx1 - rx0))
         R[ts.udp_switch_tx]=$((tx1 - tx0))
         R[ts.udp_switch_tx_errors]=$((te1 - te0))
@@ -486,13 +660,48 @@ measure_udp() { # setup
         # What the switch forwarded, whether or not the receiving iperf3 then kept up.
         R[ts.udp_switch_fwd_kpps]=$(awk -v n="${R[ts.udp_switch_tx]}" -v t="$DURATION" 'BEGIN { printf "%.1f", n / t / 1000 }')
     fi
+    case $s in
+    ots | okv)
+        u1=$(udp_rcvbuf_errors "${SERVER_HOST_NS[$s]}")
+        # The tunnel's UDP socket on the receiving host (tapswitch's VTEP socket; the kernel's
+        # vxlan device takes packets straight from the UDP stack and rarely counts here).
+        R[$s.udp_underlay_rcvbuf_drops]=$((${u1:-0} - ${u0:-0}))
+        ;;&
+    ots)
+        a1=$(ts_counters "$OSOCK1" "$TAP_O1")
+        b1=$(ts_counters "$OSOCK2" "$TAP_O2")
+        local -a x0 x1 y0 y1
+        read -r -a x0 <<<"$a0"
+        read -r -a x1 <<<"$a1"
+        read -r -a y0 <<<"$b0"
+        read -r -a y1 <<<"$b1"
+        # Fields: 0 rx 1 tx 2 tx_errors 3 drops 4 vx_rx 5 vx_tx 6 vx_tx_errors 7 vx_tx_oversized
+        # 8 vx_drops. Host 1: from the TAP, encapsulated; host 2: decapsulated, to the TAP.
+        R[ots.udp_h1_tap_rx]=$((x1[0] - x0[0]))
+        R[ots.udp_h1_tunnel_tx]=$((x1[5] - x0[5]))
+        R[ots.udp_h1_tunnel_tx_errors]=$((x1[6] - x0[6]))
+        R[ots.udp_h1_tunnel_tx_oversized]=$((x1[7] - x0[7]))
+        R[ots.udp_h2_tunnel_rx]=$((y1[4] - y0[4]))
+        R[ots.udp_h2_tap_tx]=$((y1[1] - y0[1]))
+        R[ots.udp_h2_tap_tx_errors]=$((y1[2] - y0[2]))
+        R[ots.udp_switch_drops]=$((x1[3] - x0[3] + x1[8] - x0[8] + y1[3] - y0[3] + y1[8] - y0[8]))
+        R[ots.udp_encap_kpps]=$(kpps "${R[ots.udp_h1_tunnel_tx]}" "$DURATION")
+        R[ots.udp_delivered_kpps]=$(kpps "${R[ots.udp_h2_tap_tx]}" "$DURATION")
+        ;;
+    okv)
+        a1=$(dev_stat "$NS_XH1" "$VX_X1" tx_packets)
+        b1=$(dev_stat "$NS_XH2" "$HP_X2" tx_packets)
+        R[okv.udp_encap_kpps]=$(kpps $((a1 - a0)) "$DURATION")
+        R[okv.udp_delivered_kpps]=$(kpps $((b1 - b0)) "$DURATION")
+        ;;
+    esac
 }
 
 measure_ping() { # setup
     local s=$1 out=$TMP/ping-$1.txt stats
     note "${LABEL[$s]}: ping, $PING_COUNT x 10 ms"
     run_logged "$out" timeout -k 5 $((PING_COUNT / 50 + 30)) \
-        ip netns exec "${CLIENT_NS[$s]}" ping -n -c "$PING_COUNT" -i 0.01 -W 1 "$IP_B"
+        ip netns exec "${CLIENT_NS[$s]}" ping -n -c "$PING_COUNT" -i 0.01 -W 1 "${SERVER_IP[$s]}"
     # -> avg p50 p99 min max received loss%  (nearest-rank percentiles)
     stats=$(awk -v sent="$PING_COUNT" '
         match($0, /time=[0-9.]+/) { t[n++] = substr($0, RSTART + 5, RLENGTH - 5) + 0 }
@@ -528,14 +737,18 @@ REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 setup_tapswitch
 setup_bridge
-for s in ts br; do
+if [[ $OVERLAY == 1 ]]; then
+    setup_overlay_tapswitch
+    setup_overlay_kernel
+fi
+for s in "${SETUPS[@]}"; do
     check_path "$s"
     start_server "$s"
 done
 
-for s in ts br; do measure_tcp "$s"; done
-for s in ts br; do measure_udp "$s"; done
-for s in ts br; do measure_ping "$s"; done
+for s in "${SETUPS[@]}"; do measure_tcp "$s"; done
+for s in "${SETUPS[@]}"; do measure_udp "$s"; done
+for s in "${SETUPS[@]}"; do measure_ping "$s"; done
 
 # ---------------------------------------------------------------------------------------------
 # Report
@@ -588,6 +801,44 @@ echo "(3) tapswitch tx counter / duration: what the switch forwarded, whether or
 echo "    iperf3 kept up. Switch counters over the UDP run: rx ${R[ts.udp_switch_rx]:-?}," \
     "tx ${R[ts.udp_switch_tx]:-?}, tx_errors ${R[ts.udp_switch_tx_errors]:-?}, drops ${R[ts.udp_switch_drops]:-?}."
 
+if [[ $OVERLAY == 1 ]]; then
+    echo
+    echo "overlay: container 1 on host 1 -> container 2 on host 2, VNI $OVL_VNI over an underlay veth, MTU $OVL_MTU"
+    printf '%-32s %12s %12s %12s  %s\n' "metric" "tapswitch" "kernel" "ts/kernel" "better"
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r key label better <<<"$row"
+        a=${R[ots.$key]:-} b=${R[okv.$key]:-}
+        r=$(ratio "$a" "$b")
+        printf '%-32s %12s %12s %12s  %s\n' "$label" "${a:-n/a}" "${b:-n/a}" "${r:-n/a}" "$better"
+    done
+    echo "kernel = the kernel's vxlan device and bridge on each host. ratio = tapswitch / kernel: above 1"
+    echo "is better for throughput and pps; for loss and RTT (lower is better) above 1 means tapswitch"
+    echo "is worse."
+    printf '%-32s %12s %12s\n' "detail" "tapswitch" "kernel"
+    detail "UDP packets sent" "${R[ots.udp_sent_packets]:-}" "${R[okv.udp_sent_packets]:-}"
+    detail "UDP packets received" "${R[ots.udp_rx_packets]:-}" "${R[okv.udp_rx_packets]:-}"
+    detail "  lost: device queues (1)" "${R[ots.udp_link_drops]:-}" "${R[okv.udp_link_drops]:-}"
+    detail "  lost: underlay socket (4)" "${R[ots.udp_underlay_rcvbuf_drops]:-}" "${R[okv.udp_underlay_rcvbuf_drops]:-}"
+    detail "  lost: receiver socket (2)" "${R[ots.udp_rcvbuf_drops]:-}" "${R[okv.udp_rcvbuf_drops]:-}"
+    detail "UDP encapsulated [kpps] (5)" "${R[ots.udp_encap_kpps]:-}" "${R[okv.udp_encap_kpps]:-}"
+    detail "UDP delivered to C2 [kpps] (5)" "${R[ots.udp_delivered_kpps]:-}" "${R[okv.udp_delivered_kpps]:-}"
+    detail "TCP retransmits" "${R[ots.tcp_retransmits]:-}" "${R[okv.tcp_retransmits]:-}"
+    detail "ping replies (of $PING_COUNT)" "${R[ots.ping_received]:-}" "${R[okv.ping_received]:-}"
+    detail "ping RTT min / max [us]" "${R[ots.ping_min_us]:-?}/${R[ots.ping_max_us]:-?}" \
+        "${R[okv.ping_min_us]:-?}/${R[okv.ping_max_us]:-?}"
+    echo "(1) as above, on the overlay's links (tapswitch: the TAPs and the underlay veth; kernel: the"
+    echo "    containers' veths, the vxlan devices, the underlay veth). (2) as above, in container 2."
+    echo "(4) UdpRcvbufErrors on host 2: its VTEP's UDP socket full (tapswitch reads it with recvfrom;"
+    echo "    the kernel's vxlan device takes packets from the UDP stack without queueing)."
+    echo "(5) per second of the run: outer packets host 1 sent (tapswitch: tunnel tx counter; kernel:"
+    echo "    vxlan device tx) and frames host 2 passed on to container 2 (tapswitch: TAP port tx;"
+    echo "    kernel: host-side veth tx). tapswitch counters over the UDP run:"
+    echo "    host 1: TAP rx ${R[ots.udp_h1_tap_rx]:-?}, tunnel tx ${R[ots.udp_h1_tunnel_tx]:-?}" \
+        "(tx_errors ${R[ots.udp_h1_tunnel_tx_errors]:-?}, tx_oversized ${R[ots.udp_h1_tunnel_tx_oversized]:-?});"
+    echo "    host 2: tunnel rx ${R[ots.udp_h2_tunnel_rx]:-?}, TAP tx ${R[ots.udp_h2_tap_tx]:-?}" \
+        "(tx_errors ${R[ots.udp_h2_tap_tx_errors]:-?}); drops on both hosts ${R[ots.udp_switch_drops]:-?}."
+fi
+
 if [[ -n $JSON_OUT ]]; then
     jnum() { # value -> JSON number or null
         if [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; then echo "$1"; else echo null; fi
@@ -620,7 +871,36 @@ if [[ -n $JSON_OUT ]]; then
             [[ $i -eq $((${#ROWS[@]} - 1)) ]] && sep=""
             printf '    "%s": %s%s\n' "$key" "$(jnum "$(ratio "${R[ts.$key]:-}" "${R[br.$key]:-}")")" "$sep"
         done
-        printf '  },\n  "lower_is_better": ["udp_loss_pct", "ping_avg_us", "ping_p50_us", "ping_p99_us"]\n'
+        printf '  },\n'
+        if [[ $OVERLAY == 1 ]]; then
+            printf '  "overlay": {\n'
+            for s in ots okv; do
+                [[ $s == ots ]] && name=tapswitch || name=kernel
+                printf '    "%s": {\n' "$name"
+                extra=(udp_underlay_rcvbuf_drops udp_encap_kpps udp_delivered_kpps)
+                [[ $s == ots ]] && extra+=(udp_h1_tap_rx udp_h1_tunnel_tx udp_h1_tunnel_tx_errors
+                    udp_h1_tunnel_tx_oversized udp_h2_tunnel_rx udp_h2_tap_tx udp_h2_tap_tx_errors
+                    udp_switch_drops)
+                all=("${KEYS[@]}" "${extra[@]}")
+                for ((i = 0; i < ${#all[@]}; i++)); do
+                    sep=","
+                    [[ $i -eq $((${#all[@]} - 1)) ]] && sep=""
+                    printf '      "%s": %s%s\n' "${all[i]}" "$(jnum "${R[$s.${all[i]}]:-}")" "$sep"
+                done
+                printf '    },\n'
+            done
+            printf '    "ratio_tapswitch_over_kernel": {\n'
+            for ((i = 0; i < ${#ROWS[@]}; i++)); do
+                IFS='|' read -r key label better <<<"${ROWS[i]}"
+                sep=","
+                [[ $i -eq $((${#ROWS[@]} - 1)) ]] && sep=""
+                printf '      "%s": %s%s\n' "$key" "$(jnum "$(ratio "${R[ots.$key]:-}" "${R[okv.$key]:-}")")" "$sep"
+            done
+            printf '    }\n  },\n'
+        else
+            printf '  "overlay": null,\n'
+        fi
+        printf '  "lower_is_better": ["udp_loss_pct", "ping_avg_us", "ping_p50_us", "ping_p99_us"]\n'
         printf '}\n'
     } >"$JSON_OUT" || die "could not write $JSON_OUT"
     note "results written to $JSON_OUT"

@@ -36,15 +36,22 @@ impl TunnelSocket {
         let udp = UdpSocket::bind(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("binding UDP {addr}: {e}")))?;
         udp.set_nonblocking(true)?;
-        // SAFETY: value is a live c_int and the length matches it.
-        unsafe {
-            libc::setsockopt(
-                udp.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                &RCVBUF as *const libc::c_int as *const libc::c_void,
-                mem::size_of::<libc::c_int>() as u32,
-            );
+        // SO_RCVBUFFORCE (root) is not capped by net.core.rmem_max; without the privilege,
+        // SO_RCVBUF gets what the cap allows.
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: value is a live c_int and the length matches it.
+            let rc = unsafe {
+                libc::setsockopt(
+                    udp.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &RCVBUF as *const libc::c_int as *const libc::c_void,
+                    mem::size_of::<libc::c_int>() as u32,
+                )
+            };
+            if rc == 0 {
+                break;
+            }
         }
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe {

@@ -586,10 +586,10 @@ fn encap(
     };
     let dst = crate::wire::EthernetAddress::from_bytes(&frame[..6]);
     let hash = inner_flow_hash(frame);
-    let counters = Arc::clone(bridge.counters());
     let remotes = bridge.remotes_for(&snapshot.forwarding, to.vx, to.vlan, dst, now);
     for remote in remotes.iter() {
         let outer = outer_headers(to.vx, remote, out_frame.len(), hash, bridge.next_ip_ident());
+        let counters = bridge.counters();
         match socket.send(&outer, out_frame, remote) {
             Ok(()) => {
                 let c = counters.port(to.port);
