@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tapswitch_dataplane::pipeline::bridge::Targets;
-use tapswitch_dataplane::pipeline::tunnel::{outer_headers, Remotes, OUTER_LEN};
+use tapswitch_dataplane::pipeline::tunnel::{Remotes, OUTER_LEN};
 use tapswitch_dataplane::pipeline::{
     Bridge, Decision, ForwardingState, PortMode, PortState, TunnelEndpoint, VxlanPort,
     WorkerCounters,
@@ -54,7 +54,7 @@ use tapswitch_dataplane::tables::{PortId, Timestamp};
 use tapswitch_dataplane::wire::builder::ethernet_frame;
 use tapswitch_dataplane::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use tapswitch_dataplane::wire::vlan::TAG_LEN;
-use tapswitch_dataplane::wire::vxlan::{self, inner_flow_hash};
+use tapswitch_dataplane::wire::vxlan;
 use tapswitch_dataplane::wire::{
     EtherType, EthernetAddress, IpProtocol, Ipv4Packet, VlanId, Vni, VxlanHeader, VxlanRepr,
 };
@@ -272,29 +272,24 @@ impl Setup {
 /// What the worker's `encap` does for a frame switched to the VXLAN port, minus `sendmsg`:
 /// returns the number of outer packets built.
 #[inline(always)]
-fn encap(
-    bridge: &mut Bridge,
-    state: &ForwardingState,
-    vx: &VxlanPort,
-    vlan: VlanId,
-    frame: &[u8],
-    out_len: usize,
-) -> usize {
-    let dst = EthernetAddress::from_bytes(&frame[..6]);
-    let hash = inner_flow_hash(frame);
-    let remotes = bridge.remotes_for(state, vx, vlan, dst, NOW);
+fn encap(bridge: &mut Bridge, state: &ForwardingState, frame: &[u8], out_len: usize) -> usize {
     let mut sent = 0;
-    for remote in remotes.iter() {
-        let outer = outer_headers(vx, remote, out_len, hash, bridge.next_ip_ident());
-        black_box(&outer);
-        let counters = bridge.counters();
-        let c = counters.port(VXLAN);
-        c.tx_packets.add(1);
-        c.tx_bytes.add(out_len as u64);
-        counters.tunnel.tx_packets.add(1);
-        counters.tunnel.tx_bytes.add((OUTER_LEN + out_len) as u64);
-        sent += 1;
-    }
+    bridge.encapsulate(
+        state,
+        VXLAN,
+        frame,
+        out_len,
+        NOW,
+        |remote, outer, counters| {
+            black_box((remote, outer));
+            let c = counters.port(VXLAN);
+            c.tx_packets.add(1);
+            c.tx_bytes.add(out_len as u64);
+            counters.tunnel.tx_packets.add(1);
+            counters.tunnel.tx_bytes.add((OUTER_LEN + out_len) as u64);
+            sent += 1;
+        },
+    );
     sent
 }
 
@@ -318,8 +313,8 @@ fn forward(bridge: &mut Bridge, state: &ForwardingState, ingress: PortId, frame:
             c.tx_oversized.add(1);
             continue;
         }
-        if let Some(vx) = state.vxlan_port(member.port) {
-            sent += encap(bridge, state, vx, egress.vlan, frame, out.len());
+        if state.vxlan_port(member.port).is_some() {
+            sent += encap(bridge, state, frame, out.len());
             continue;
         }
         black_box(&out);

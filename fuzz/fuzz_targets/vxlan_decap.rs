@@ -9,13 +9,11 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tapswitch_dataplane::pipeline::tunnel::outer_headers;
 use tapswitch_dataplane::pipeline::{
     Bridge, Decision, ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint,
     VxlanPort, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId, Timestamp};
-use tapswitch_dataplane::wire::vxlan::inner_flow_hash;
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
 const LOCAL: TunnelEndpoint = TunnelEndpoint { local: Ipv4Addr::new(192, 168, 77, 1), port: 4789 };
@@ -84,13 +82,12 @@ fuzz_target!(|data: &[u8]| {
         if let Decision::Forward(egress) = bridge.process(state, port, inner, now) {
             for member in egress.ports() {
                 assert_ne!(member.port, port, "never flooded back into the overlay");
-                if let Some(vx) = state.vxlan_port(member.port) {
+                if state.vxlan_port(member.port).is_some() {
                     let out = egress.frame_for(member, inner);
-                    let dst = EthernetAddress::from_bytes(&inner[..6]);
-                    for remote in bridge.remotes_for(state, vx, egress.vlan, dst, now).iter() {
-                        let h = outer_headers(vx, remote, out.len(), inner_flow_hash(inner), 1);
-                        assert_eq!(usize::from(u16::from_be_bytes([h[2], h[3]])), h.len() + out.len());
-                    }
+                    bridge.encapsulate(state, member.port, inner, out.len(), now, |_, h, _| {
+                        let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+                        assert_eq!(total, h.len() + out.len());
+                    });
                 }
             }
         }

@@ -24,13 +24,11 @@ use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::offload::{complete_checksum, segment_tcp};
-use crate::pipeline::tunnel::outer_headers;
+use crate::pipeline::TunnelEndpoint;
 use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, WorkerCounters};
-use crate::pipeline::{TunnelEndpoint, VxlanPort};
 use crate::tables::{FdbKey, PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
-use crate::wire::vxlan::inner_flow_hash;
 use crate::wire::{EthernetAddress, VlanId};
 
 /// Frames read from one port before the worker looks at its other ports and its commands.
@@ -540,13 +538,8 @@ fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8],
             c.tx_oversized.add(1);
             continue;
         }
-        if let Some(vx) = snapshot.forwarding.vxlan_port(member.port) {
-            let to = Encap {
-                vx,
-                vlan: egress.vlan,
-                port: member.port,
-            };
-            encap(bridge, snapshot, to, frame, &out_frame, now);
+        if snapshot.forwarding.vxlan_port(member.port).is_some() {
+            encap(bridge, snapshot, member.port, frame, &out_frame, now);
             continue;
         }
         let Some(out) = snapshot.device(member.port) else {
@@ -562,13 +555,6 @@ fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8],
     }
 }
 
-/// A VXLAN egress: the port, its settings and the VLAN the frame was switched in.
-struct Encap<'s> {
-    vx: &'s VxlanPort,
-    vlan: crate::wire::VlanId,
-    port: PortId,
-}
-
 /// Sends a frame out of a VXLAN port: to the remote its destination is known behind, or to
 /// every remote of the flood list (head-end replication). An outer packet too large for the
 /// underlay is not fragmented: the kernel refuses it and it counts as `tx_oversized` on the
@@ -576,35 +562,37 @@ struct Encap<'s> {
 fn encap(
     bridge: &mut Bridge,
     snapshot: &Snapshot,
-    to: Encap<'_>,
+    port: PortId,
     frame: &[u8],
     out_frame: &EgressFrame<'_>,
     now: Timestamp,
 ) {
-    let Some(socket) = snapshot.tunnel(to.vx.endpoint) else {
+    let forwarding = &snapshot.forwarding;
+    let Some(socket) = forwarding
+        .vxlan_port(port)
+        .and_then(|vx| snapshot.tunnel(vx.endpoint))
+    else {
         return;
     };
-    let dst = crate::wire::EthernetAddress::from_bytes(&frame[..6]);
-    let hash = inner_flow_hash(frame);
-    let remotes = bridge.remotes_for(&snapshot.forwarding, to.vx, to.vlan, dst, now);
-    for remote in remotes.iter() {
-        let outer = outer_headers(to.vx, remote, out_frame.len(), hash, bridge.next_ip_ident());
-        let counters = bridge.counters();
-        match socket.send(&outer, out_frame, remote) {
+    let len = out_frame.len();
+    bridge.encapsulate(
+        forwarding,
+        port,
+        frame,
+        len,
+        now,
+        |remote, outer, counters| match socket.send(outer, out_frame, remote) {
             Ok(()) => {
-                let c = counters.port(to.port);
+                let c = counters.port(port);
                 c.tx_packets.add(1);
-                c.tx_bytes.add(out_frame.len() as u64);
+                c.tx_bytes.add(len as u64);
                 counters.tunnel.tx_packets.add(1);
-                counters
-                    .tunnel
-                    .tx_bytes
-                    .add((outer.len() + out_frame.len()) as u64);
+                counters.tunnel.tx_bytes.add((outer.len() + len) as u64);
             }
             Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                 counters.tunnel.tx_oversized.add(1)
             }
             Err(_) => counters.tunnel.tx_errors.add(1),
-        }
-    }
+        },
+    );
 }

@@ -8,7 +8,9 @@
 
 use std::net::Ipv4Addr;
 
-use super::{Bridge, DropReason, ForwardingState, PortMode, TunnelEndpoint, VxlanPort};
+use super::{
+    Bridge, DropReason, ForwardingState, PortMode, TunnelEndpoint, VxlanPort, WorkerCounters,
+};
 use crate::tables::{FdbKey, PortId, RemoteLearn, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vxlan::{self, VxlanHeader, VxlanRepr};
@@ -126,6 +128,32 @@ impl Bridge {
             }
         }
         Remotes::Flood(&vx.remotes)
+    }
+}
+
+impl Bridge {
+    /// Encapsulates `frame` (switched to the VXLAN port `port`; `out_len` bytes as that port
+    /// sends it): for each remote VTEP it goes to (see [`Bridge::remotes_for`]), builds the
+    /// outer headers and hands them to `send`, with this worker's counters. The caller does
+    /// the I/O; this is the whole encapsulation stage otherwise.
+    pub fn encapsulate(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &[u8],
+        out_len: usize,
+        now: Timestamp,
+        mut send: impl FnMut(Ipv4Addr, &[u8; OUTER_LEN], &WorkerCounters),
+    ) {
+        let (Some(vx), Some(vlan)) = (state.vxlan_port(port), port_vlan(state, port)) else {
+            return;
+        };
+        let dst = EthernetAddress::from_bytes(&frame[..6]);
+        let hash = vxlan::inner_flow_hash(frame);
+        for remote in self.remotes_for(state, vx, vlan, dst, now).iter() {
+            let outer = outer_headers(vx, remote, out_len, hash, self.next_ip_ident());
+            send(remote, &outer, &self.counters);
+        }
     }
 }
 
