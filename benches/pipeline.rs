@@ -21,6 +21,8 @@
 //! Run with `cargo bench --bench pipeline`; add a filter such as `-- known_unicast` for one
 //! group.
 
+mod common;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +35,8 @@ use tapswitch_dataplane::pipeline::{
 use tapswitch_dataplane::tables::{FdbKey, MacTable, PortId, Timestamp};
 use tapswitch_dataplane::wire::builder::ethernet_frame;
 use tapswitch_dataplane::wire::{EtherType, EthernetAddress, VlanId};
+
+use common::shuffled;
 
 const FRAME_LEN: usize = 64;
 const PAYLOAD_LEN: usize = FRAME_LEN - 14;
@@ -70,23 +74,6 @@ fn host_port(i: usize) -> PortId {
 fn frame(dst: EthernetAddress, src: EthernetAddress) -> Frame {
     let bytes = ethernet_frame(dst, src, None, EtherType::Ipv4, &[0x45; PAYLOAD_LEN]);
     Frame(bytes.try_into().expect("a 64-byte frame"))
-}
-
-/// A deterministic shuffle (xorshift64* driving Fisher-Yates), so runs are comparable.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
 }
 
 /// A bridge with four access ports in one VLAN and `hosts` MACs learned on them.

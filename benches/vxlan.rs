@@ -38,6 +38,8 @@
 //!
 //! Run with `cargo bench --bench vxlan`; add a filter such as `-- encap` for one group.
 
+mod common;
+
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -58,6 +60,8 @@ use tapswitch_dataplane::wire::vxlan;
 use tapswitch_dataplane::wire::{
     EtherType, EthernetAddress, IpProtocol, Ipv4Packet, VlanId, Vni, VxlanHeader, VxlanRepr,
 };
+
+use common::shuffled;
 
 /// The inner frame: 14 Ethernet + 20 IPv4 + 8 UDP + 22 payload.
 const FRAME_LEN: usize = 64;
@@ -162,23 +166,6 @@ fn vxlan_payload(inner: &Frame) -> Payload {
     .emit(&mut header);
     header.payload_mut().copy_from_slice(&inner.0);
     Payload(p)
-}
-
-/// A deterministic shuffle (xorshift64* driving Fisher-Yates), so runs are comparable.
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed | 1;
-    let mut next = move || {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    };
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (next() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
 }
 
 /// A bridge with an access port and a VXLAN port in VLAN 10, `HOSTS` local hosts learned on
