@@ -402,32 +402,14 @@ impl PortDevice {
 
     /// Writes one frame, given in pieces.
     pub fn send(&self, frame: &EgressFrame<'_>) -> io::Result<()> {
-        let tag = frame.tag.unwrap_or_default();
         // A packet socket with PACKET_VNET_HDR takes a header first: all zero, nothing to do.
         let vnet = [0u8; VNET_HDR_LEN];
-        let vnet_len = if self.kind == PortKind::Packet {
-            VNET_HDR_LEN
+        let prefix = if self.kind == PortKind::Packet {
+            &vnet[..]
         } else {
-            0
+            &[]
         };
-        let iov = [
-            libc::iovec {
-                iov_base: vnet.as_ptr() as *mut _,
-                iov_len: vnet_len,
-            },
-            libc::iovec {
-                iov_base: frame.addresses.as_ptr() as *mut _,
-                iov_len: frame.addresses.len(),
-            },
-            libc::iovec {
-                iov_base: tag.as_ptr() as *mut _,
-                iov_len: if frame.tag.is_some() { tag.len() } else { 0 },
-            },
-            libc::iovec {
-                iov_base: frame.rest.as_ptr() as *mut _,
-                iov_len: frame.rest.len(),
-            },
-        ];
+        let iov = frame_iovecs(prefix, frame);
         // SAFETY: every iovec points at a live buffer of its length; writev only reads them.
         let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
         if n < 0 {
@@ -436,6 +418,16 @@ impl PortDevice {
             Ok(())
         }
     }
+}
+
+/// The iovecs of `prefix` followed by the pieces of `frame`, for `writev`/`sendmsg`. They point
+/// into `prefix` and `frame`, which must stay alive while the iovecs are used.
+pub(crate) fn frame_iovecs(prefix: &[u8], frame: &EgressFrame<'_>) -> [libc::iovec; 4] {
+    let tag: &[u8] = frame.tag.as_ref().map_or(&[], |t| &t[..]);
+    [prefix, frame.addresses, tag, frame.rest].map(|b| libc::iovec {
+        iov_base: b.as_ptr() as *mut _,
+        iov_len: b.len(),
+    })
 }
 
 enum Received {

@@ -16,6 +16,7 @@ use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::port::frame_iovecs;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::TunnelEndpoint;
 
@@ -102,25 +103,7 @@ impl TunnelSocket {
 
     /// Sends `outer` (IPv4 + UDP + VXLAN headers) followed by `inner` to `remote`.
     pub fn send(&self, outer: &[u8], inner: &EgressFrame<'_>, remote: Ipv4Addr) -> io::Result<()> {
-        let tag = inner.tag.unwrap_or_default();
-        let iov = [
-            libc::iovec {
-                iov_base: outer.as_ptr() as *mut _,
-                iov_len: outer.len(),
-            },
-            libc::iovec {
-                iov_base: inner.addresses.as_ptr() as *mut _,
-                iov_len: inner.addresses.len(),
-            },
-            libc::iovec {
-                iov_base: tag.as_ptr() as *mut _,
-                iov_len: if inner.tag.is_some() { tag.len() } else { 0 },
-            },
-            libc::iovec {
-                iov_base: inner.rest.as_ptr() as *mut _,
-                iov_len: inner.rest.len(),
-            },
-        ];
+        let iov = frame_iovecs(outer, inner);
         // SAFETY: sockaddr_in is plain old data; all-zero is valid.
         let mut dst: libc::sockaddr_in = unsafe { mem::zeroed() };
         dst.sin_family = libc::AF_INET as u16;
