@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use tapswitch_control::api::{self, Request};
-use tapswitch_control::config::{FdbConfig, NeighConfig, PortConfig, VxlanConfig, DEFAULT_CONFIG};
+use tapswitch_control::config::{
+    Addresses, FdbConfig, InterfaceConfig, NeighConfig, PortConfig, RouteConfig, VxlanConfig,
+    DEFAULT_CONFIG,
+};
 use tapswitch_control::{daemon, Config};
 
 #[derive(Debug, Parser)]
@@ -48,9 +51,16 @@ pub enum Command {
     /// VXLAN ports (VNIs): add, del, list.
     #[command(subcommand)]
     Vxlan(VxlanCmd),
-    /// ARP/ND suppression entries on VNIs: add, del, show.
+    /// Neighbours: ARP/ND suppression entries on VNIs (add, del), and `show`, which also lists
+    /// the next hops the router resolved, with their state.
     #[command(subcommand)]
     Neigh(NeighCmd),
+    /// Router interfaces (gateway addresses on VLANs): add, del, list.
+    #[command(subcommand)]
+    Interface(InterfaceCmd),
+    /// Static routes and the FIB: add, del, show.
+    #[command(subcommand)]
+    Route(RouteCmd),
     /// The running configuration (file plus runtime changes) as TOML.
     Config,
     /// Re-read the configuration file and apply the differences (as SIGHUP does); learned
@@ -138,6 +148,65 @@ pub struct VxlanAddArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum InterfaceCmd {
+    /// Give the router an interface on a VLAN, with one or more addresses (IPv4 and IPv6).
+    Add {
+        vlan: u16,
+        /// Addresses with prefix length, comma separated: 10.42.0.1/24,fd42::1/64.
+        #[arg(
+            long = "address",
+            alias = "addresses",
+            value_delimiter = ',',
+            required = true
+        )]
+        addresses: Vec<String>,
+        /// Default: derived from the VLAN and the first address.
+        #[arg(long)]
+        mac: Option<String>,
+        /// Largest IP packet routed out of it; default 1500.
+        #[arg(long)]
+        mtu: Option<u32>,
+    },
+    /// Remove the interface of a VLAN.
+    Del { vlan: u16 },
+    /// List interfaces with their counters.
+    #[command(alias = "show")]
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RouteCmd {
+    /// Add a static route: via a gateway on an interface's subnet (host-gw), or with
+    /// --encap ipip to a remote host, or --unreachable.
+    Add {
+        /// Destination prefix: 10.42.1.0/24, 0.0.0.0/0, fd42:1::/64.
+        prefix: String,
+        #[arg(long)]
+        via: Option<String>,
+        /// ipip: IPv4-in-IPv4 to the --via host.
+        #[arg(long)]
+        encap: Option<String>,
+        /// IPIP: outer source address; default: chosen by the host.
+        #[arg(long)]
+        local: Option<String>,
+        /// IPIP: largest inner packet; default 1480.
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// IPIP: outer TTL; default 64.
+        #[arg(long)]
+        ttl: Option<u8>,
+        /// Drop packets to the prefix with ICMP unreachable.
+        #[arg(long, conflicts_with_all = ["via", "encap"])]
+        unreachable: bool,
+    },
+    /// Remove the static route of a prefix.
+    Del { prefix: String },
+    /// The FIB: connected and static routes.
+    #[command(alias = "list")]
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NeighCmd {
     /// Answer ARP/ND for IP with MAC on the VNI's VLAN instead of flooding.
     Add {
@@ -153,7 +222,7 @@ pub enum NeighCmd {
         #[arg(long)]
         vni: Option<u32>,
     },
-    /// List entries.
+    /// List suppression entries and the router's resolved next hops with their state.
     #[command(alias = "list")]
     Show,
 }
@@ -274,6 +343,54 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Stats => show(socket, &Request::Stats, cli.json, print_stats),
+        Command::Interface(InterfaceCmd::Add {
+            vlan,
+            addresses,
+            mac,
+            mtu,
+        }) => {
+            let interface = InterfaceConfig {
+                vlan,
+                address: Addresses::Many(addresses),
+                mac,
+                mtu,
+            };
+            api::call(socket, &Request::InterfaceAdd { interface })?;
+            Ok(())
+        }
+        Command::Interface(InterfaceCmd::Del { vlan }) => {
+            api::call(socket, &Request::InterfaceDel { vlan })?;
+            Ok(())
+        }
+        Command::Interface(InterfaceCmd::List) => {
+            show(socket, &Request::InterfaceList, cli.json, print_interfaces)
+        }
+        Command::Route(RouteCmd::Add {
+            prefix,
+            via,
+            encap,
+            local,
+            mtu,
+            ttl,
+            unreachable,
+        }) => {
+            let route = RouteConfig {
+                prefix,
+                via,
+                encap,
+                local,
+                mtu,
+                ttl,
+                unreachable,
+            };
+            api::call(socket, &Request::RouteAdd { route })?;
+            Ok(())
+        }
+        Command::Route(RouteCmd::Del { prefix }) => {
+            api::call(socket, &Request::RouteDel { prefix })?;
+            Ok(())
+        }
+        Command::Route(RouteCmd::Show) => show(socket, &Request::RouteShow, cli.json, print_routes),
         Command::Reload => {
             let v = api::call(socket, &Request::Reload)?;
             println!(
@@ -416,6 +533,32 @@ pub fn print_stats(data: &Value) {
             }
         );
     }
+    let v = &data["ipip"];
+    if v["rx_packets"].as_u64().unwrap_or(0) + v["tx_packets"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "ipip: rx {} packets, tx {} packets, tx_oversized {}, tx_errors {}; drops: {}",
+            s(v, "rx_packets"),
+            s(v, "tx_packets"),
+            s(v, "tx_oversized"),
+            s(v, "tx_errors"),
+            drops_of(v)
+        );
+    }
+    for i in data["interfaces"].as_array().into_iter().flatten() {
+        println!(
+            "interface vlan {}: rx {} tx {} packets; neigh replies {} probes {}; echo replies {}; icmp errors {} (rate limited {}); fragmented {}; drops: {}",
+            s(i, "vlan"),
+            s(i, "rx_packets"),
+            s(i, "tx_packets"),
+            s(i, "neigh_replies"),
+            s(i, "neigh_probes"),
+            s(i, "echo_replies"),
+            s(i, "icmp_errors"),
+            s(i, "icmp_rate_limited"),
+            s(i, "fragmented"),
+            drops_of(i)
+        );
+    }
     let f = &data["fdb"];
     println!(
         "fdb: {} learned, {} static entries; learned {} moved {} aged {}; not learned: table_full {} port_limit {}",
@@ -449,8 +592,86 @@ pub fn print_vxlan(data: &Value) {
 }
 
 pub fn print_neigh(data: &Value) {
-    println!("{:<40} {:<18} {:>8}", "IP", "MAC", "VNI");
+    println!(
+        "{:<40} {:<18} {:<11} {:<10} {:>8}  QUEUED",
+        "IP", "MAC", "STATE", "ON", "AGE"
+    );
     for n in data.as_array().into_iter().flatten() {
-        println!("{:<40} {:<18} {:>8}", s(n, "ip"), s(n, "mac"), s(n, "vni"));
+        let on = if n["vni"].is_null() {
+            format!("vlan {}", s(n, "vlan"))
+        } else {
+            format!("vni {}", s(n, "vni"))
+        };
+        let age = match n["age_ms"].as_u64() {
+            Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+            None => "-".into(),
+        };
+        println!(
+            "{:<40} {:<18} {:<11} {:<10} {:>8}  {}",
+            s(n, "ip"),
+            s(n, "mac"),
+            s(n, "state"),
+            on,
+            age,
+            s(n, "queued")
+        );
+    }
+}
+
+fn drops_of(v: &Value) -> String {
+    let drops: Vec<String> = v["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect();
+    if drops.is_empty() {
+        "-".into()
+    } else {
+        drops.join(" ")
+    }
+}
+
+pub fn print_interfaces(data: &Value) {
+    println!(
+        "{:>5} {:<18} {:>6} {:>10} {:>10}  ADDRESSES",
+        "VLAN", "MAC", "MTU", "RX_PKTS", "TX_PKTS"
+    );
+    for i in data.as_array().into_iter().flatten() {
+        println!(
+            "{:>5} {:<18} {:>6} {:>10} {:>10}  {}",
+            s(i, "vlan"),
+            s(i, "mac"),
+            s(i, "mtu"),
+            s(&i["stats"], "rx_packets"),
+            s(&i["stats"], "tx_packets"),
+            s(i, "addresses").replace('"', "")
+        );
+        println!("{:>5} drops: {}", "", drops_of(&i["stats"]));
+    }
+}
+
+pub fn print_routes(data: &Value) {
+    for r in data.as_array().into_iter().flatten() {
+        let mut line = s(r, "prefix");
+        match r["type"].as_str() {
+            Some("unreachable") => line = format!("unreachable {line}"),
+            _ => {
+                if !r["via"].is_null() {
+                    line.push_str(&format!(" via {}", s(r, "via")));
+                }
+                if !r["vlan"].is_null() {
+                    line.push_str(&format!(" vlan {}", s(r, "vlan")));
+                }
+                if !r["encap"].is_null() {
+                    line.push_str(&format!(" encap {} mtu {}", s(r, "encap"), s(r, "mtu")));
+                }
+                if r["type"].as_str() == Some("connected") {
+                    line.push_str(" proto kernel scope link");
+                }
+            }
+        }
+        println!("{line}");
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{FdbConfig, NeighConfig, PortConfig, VxlanConfig};
+use crate::config::{
+    FdbConfig, InterfaceConfig, NeighConfig, PortConfig, RouteConfig, VxlanConfig,
+};
 use crate::switch::{Switch, SwitchError};
 
 /// The default control socket.
@@ -57,6 +59,20 @@ pub enum Request {
         vni: Option<u32>,
     },
     NeighShow,
+    InterfaceAdd {
+        interface: InterfaceConfig,
+    },
+    InterfaceDel {
+        vlan: u16,
+    },
+    InterfaceList,
+    RouteAdd {
+        route: RouteConfig,
+    },
+    RouteDel {
+        prefix: String,
+    },
+    RouteShow,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,7 +119,15 @@ pub fn handle(switch: &mut Switch, config_file: Option<&Path>, req: Request) -> 
         Request::VxlanList => Ok(Response::ok(switch.list_vxlan())),
         Request::NeighAdd { neigh } => switch.add_neigh(neigh).map(|()| Response::ok(())),
         Request::NeighDel { ip, vni } => switch.del_neigh(&ip, vni).map(|()| Response::ok(())),
-        Request::NeighShow => Ok(Response::ok(switch.show_neigh())),
+        Request::NeighShow => switch.show_neighbours().map(Response::ok),
+        Request::InterfaceAdd { interface } => {
+            switch.add_interface(interface).map(|()| Response::ok(()))
+        }
+        Request::InterfaceDel { vlan } => switch.del_interface(vlan).map(|()| Response::ok(())),
+        Request::InterfaceList => Ok(Response::ok(switch.list_interfaces())),
+        Request::RouteAdd { route } => switch.add_route(route).map(|()| Response::ok(())),
+        Request::RouteDel { prefix } => switch.del_route(&prefix).map(|()| Response::ok(())),
+        Request::RouteShow => Ok(Response::ok(switch.show_routes())),
     };
     result.unwrap_or_else(Response::error)
 }

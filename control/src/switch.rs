@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use hashbrown::HashMap;
 use serde::Serialize;
+use tapswitch_dataplane::io::ipip::IpipSocket;
 use tapswitch_dataplane::io::{
     PortDevice, PortError, Snapshot, TapSpec, TunnelSocket, WorkerHandle,
 };
 use tapswitch_dataplane::pipeline::{
-    DropReason, ForwardingState, PortCounters, PortMode, PortState, VxlanPort,
+    DropReason, ForwardingState, NextHop, PortCounters, PortMode, PortState, Route, RoutingState,
+    VxlanPort,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
@@ -24,6 +26,9 @@ use crate::config::{
     self, Config, ConfigError, FdbConfig, FdbTarget, NeighConfig, PortConfig, PortSpec,
     VxlanConfig, VxlanSpec,
 };
+
+mod routing;
+pub use routing::{InterfaceInfo, InterfaceStats, NeighInfo, RouteInfo};
 
 /// How long a publication may take before it is an error.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,6 +74,18 @@ pub enum SwitchError {
     /// No neighbour entry matched.
     #[error("neigh {0}: no such entry")]
     NoSuchNeigh(String),
+    /// The host's IPIP sockets could not be opened.
+    #[error("route: opening the IPIP sockets: {0}")]
+    Ipip(#[source] std::io::Error),
+    /// No interface is on that VLAN.
+    #[error("interface {0}: no such interface")]
+    NoSuchInterface(u16),
+    /// An interface on that VLAN exists.
+    #[error("interface {0}: already exists")]
+    InterfaceExists(u16),
+    /// No route has that prefix.
+    #[error("route {0}: no such route")]
+    NoSuchRoute(String),
     /// A worker thread could not be reached or did not adopt a new state.
     #[error("dataplane: {0}")]
     Worker(#[source] std::io::Error),
@@ -194,6 +211,18 @@ pub struct Stats {
     /// The VXLAN tunnel sockets: outer packets in and out, drops before a frame reaches a
     /// VNI (`vxlan_*` reasons), and `tx_oversized` for frames too large for the underlay.
     pub vxlan: PortStats,
+    /// The IPIP socket: outer packets in and out, drops of what it received
+    /// (`ipip_*` reasons and what the router dropped of inner packets).
+    pub ipip: PortStats,
+    /// The router interfaces.
+    pub interfaces: Vec<NamedInterfaceStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedInterfaceStats {
+    pub vlan: u16,
+    #[serde(flatten)]
+    pub stats: InterfaceStats,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -285,6 +314,11 @@ pub struct Switch {
     workers: Vec<WorkerHandle>,
     /// The sockets of the VXLAN endpoints in use.
     tunnels: Vec<Arc<TunnelSocket>>,
+    /// The compiled routing state, rebuilt only when interfaces, routes or the neighbour
+    /// bound change.
+    pub(crate) routing: Arc<RoutingState>,
+    /// The IPIP sockets, while some route uses IPIP.
+    ipip: Option<Arc<IpipSocket>>,
 }
 
 impl Switch {
@@ -298,6 +332,8 @@ impl Switch {
             generation: 0,
             workers: Vec::new(),
             tunnels: Vec::new(),
+            routing: Arc::new(RoutingState::default()),
+            ipip: None,
         };
         let snapshot = switch.compile();
         let worker = WorkerHandle::spawn(0, snapshot).map_err(SwitchError::Worker)?;
@@ -371,6 +407,7 @@ impl Switch {
                 forwarding.neighbours.insert((n.vlan, n.ip), n.mac);
             }
         }
+        forwarding.routing = Arc::clone(&self.routing);
         Arc::new(Snapshot {
             forwarding,
             devices: self
@@ -379,6 +416,7 @@ impl Switch {
                 .map(|p| p.as_ref().and_then(|p| p.backend.device()))
                 .collect(),
             tunnels: self.tunnels.clone(),
+            ipip: self.ipip.clone(),
         })
     }
 
@@ -404,6 +442,43 @@ impl Switch {
             .and_then(Option::as_ref)
             .map(|p| p.spec.name.clone())
             .unwrap_or_else(|| format!("#{}", id.0))
+    }
+
+    /// The routing state for `validated`: the current one when interfaces, routes and the
+    /// neighbour bound are unchanged, else a new build.
+    fn routing_for(
+        &self,
+        config: &Config,
+        validated: &config::Validated,
+    ) -> Result<Arc<RoutingState>, SwitchError> {
+        if config.interfaces == self.config.interfaces
+            && config.routes == self.config.routes
+            && config.switch.neigh_table_max == self.config.switch.neigh_table_max
+        {
+            return Ok(Arc::clone(&self.routing));
+        }
+        let routes = validated
+            .routes
+            .iter()
+            .map(|r| Route {
+                prefix: r.prefix,
+                len: r.len,
+                next_hop: r.next_hop,
+                connected: false,
+            })
+            .collect();
+        RoutingState::build(
+            validated.interfaces.clone(),
+            routes,
+            config.switch.neigh_table_max,
+        )
+        .map(Arc::new)
+        .map_err(|e| {
+            SwitchError::Config(ConfigError::new(
+                format!("route[{}]", e.0),
+                "the FIB refused this prefix",
+            ))
+        })
     }
 
     /// Replaces the whole configuration (a reload): ports whose device settings (`netns`,
@@ -458,6 +533,16 @@ impl Switch {
                 created.push((vxlan_port_spec(v), Backend::Vxlan(v.clone())));
             }
         }
+        let routing = self.routing_for(&config, &validated)?;
+        let wants_ipip = routing
+            .routes
+            .iter()
+            .any(|r| matches!(r.next_hop, NextHop::Ipip { .. }));
+        let ipip = match (&self.ipip, wants_ipip) {
+            (_, false) => None,
+            (Some(s), true) => Some(Arc::clone(s)),
+            (None, true) => Some(Arc::new(IpipSocket::open().map_err(SwitchError::Ipip)?)),
+        };
         let mut ports: Vec<Option<Port>> = self.ports.clone();
         let mut removed = 0;
         let mut kept = 0;
@@ -506,11 +591,15 @@ impl Switch {
         let old_ports = std::mem::replace(&mut self.ports, ports);
         let old_tunnels = std::mem::replace(&mut self.tunnels, tunnels);
         let old_config = std::mem::replace(&mut self.config, config);
+        let old_routing = std::mem::replace(&mut self.routing, routing);
+        let old_ipip = std::mem::replace(&mut self.ipip, ipip);
         if let Err(e) = self.publish() {
             // Put back what was there; new devices and sockets are dropped with the tables.
             self.ports = old_ports;
             self.tunnels = old_tunnels;
             self.config = old_config;
+            self.routing = old_routing;
+            self.ipip = old_ipip;
             return Err(e);
         }
         // The workers no longer use removed devices: dropping them here deletes their TAPs.
@@ -599,11 +688,6 @@ impl Switch {
             return Err(SwitchError::NoSuchNeigh(ip.to_string()));
         }
         self.reload(candidate).map(|_| ())
-    }
-
-    /// `neigh show`.
-    pub fn show_neigh(&self) -> Vec<NeighConfig> {
-        self.config.neigh.clone()
     }
 
     /// `port add`.
@@ -844,7 +928,21 @@ impl Switch {
         for w in &self.workers {
             vxlan.add(&w.counters().tunnel);
         }
-        Ok(Stats { ports, fdb, vxlan })
+        let interfaces = self
+            .list_interfaces()
+            .into_iter()
+            .map(|i| NamedInterfaceStats {
+                vlan: i.vlan,
+                stats: i.stats,
+            })
+            .collect();
+        Ok(Stats {
+            ports,
+            fdb,
+            vxlan,
+            ipip: self.ipip_stats(),
+            interfaces,
+        })
     }
 
     /// Stops the workers and removes every port (TAP devices are deleted).

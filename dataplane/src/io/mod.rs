@@ -7,6 +7,7 @@
 //! - [`worker`]: a worker thread: a mio poll loop over its ports that runs the pipeline and
 //!   adopts published snapshots between batches.
 
+pub mod ipip;
 pub mod netdev;
 pub mod netns;
 pub mod port;

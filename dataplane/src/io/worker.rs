@@ -20,13 +20,15 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::ipip::IpipSocket;
 use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
+use crate::pipeline::bridge::Egress;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::offload::{complete_checksum, segment_tcp};
 use crate::pipeline::TunnelEndpoint;
-use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, WorkerCounters};
-use crate::tables::{FdbKey, PortId, Timestamp};
+use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, Generated, WorkerCounters};
+use crate::tables::{FdbKey, NeighRecord, PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
 use crate::wire::{EthernetAddress, VlanId};
@@ -36,6 +38,7 @@ pub const BATCH: usize = 32;
 /// How often learned entries are aged.
 const AGING_TICK: Duration = Duration::from_secs(1);
 const WAKER: Token = Token(usize::MAX);
+const IPIP: Token = Token(usize::MAX - 1);
 /// Tokens of tunnel sockets start here (port tokens are port ids, below it).
 const TUNNEL_TOKEN_BASE: usize = PortId::MAX_PORTS;
 /// Bound of the command channel to a worker.
@@ -49,6 +52,8 @@ pub struct Snapshot {
     pub devices: Vec<Option<Arc<PortDevice>>>,
     /// One socket pair per VXLAN endpoint in use.
     pub tunnels: Vec<Arc<TunnelSocket>>,
+    /// The host's IPIP sockets, while some route uses IPIP.
+    pub ipip: Option<Arc<IpipSocket>>,
 }
 
 impl Snapshot {
@@ -82,6 +87,8 @@ pub enum WorkerCommand {
     Adopt(Arc<Snapshot>),
     /// Report the learned MAC table.
     DumpFdb(Sender<Vec<FdbRecord>>),
+    /// Report the router's neighbour table.
+    DumpNeighbours(Sender<Vec<NeighRecord>>),
     /// Forget learned entries for `mac` (in `vlan`, or every VLAN); reply with how many.
     FlushFdb {
         vlan: Option<VlanId>,
@@ -117,6 +124,8 @@ impl WorkerHandle {
             registered: Vec::new(),
             registered_tunnels: Vec::new(),
             ready_tunnels: Vec::new(),
+            registered_ipip: None,
+            ipip_ready: false,
             ready: Vec::new(),
             is_ready: vec![false; PortId::MAX_PORTS],
             scratch: Vec::with_capacity(MAX_FRAME),
@@ -184,6 +193,14 @@ impl WorkerHandle {
             .map_err(io::Error::other)
     }
 
+    /// Asks the worker for its neighbour table.
+    pub fn dump_neighbours(&self) -> io::Result<Vec<NeighRecord>> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(WorkerCommand::DumpNeighbours(tx))?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(io::Error::other)
+    }
+
     /// Asks the worker to forget learned entries; returns how many it removed.
     pub fn flush_fdb(
         &self,
@@ -226,6 +243,10 @@ struct Worker {
     registered_tunnels: Vec<Arc<TunnelSocket>>,
     /// Tunnel sockets that may have packets to read (indices into `registered_tunnels`).
     ready_tunnels: Vec<usize>,
+    /// The IPIP socket registered with the poll.
+    registered_ipip: Option<Arc<IpipSocket>>,
+    /// The IPIP socket may have packets to read.
+    ipip_ready: bool,
     /// Ports that may have frames to read.
     ready: Vec<PortId>,
     is_ready: Vec<bool>,
@@ -245,11 +266,12 @@ impl Worker {
         let mut buf = vec![0u8; HEADROOM + MAX_FRAME];
         let mut next_aging = Instant::now() + AGING_TICK;
         loop {
-            let timeout = if self.ready.is_empty() && self.ready_tunnels.is_empty() {
-                next_aging.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
-            };
+            let timeout =
+                if self.ready.is_empty() && self.ready_tunnels.is_empty() && !self.ipip_ready {
+                    next_aging.saturating_duration_since(Instant::now())
+                } else {
+                    Duration::ZERO
+                };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker poll failed: {e}");
@@ -260,6 +282,7 @@ impl Worker {
             for event in events.iter() {
                 match event.token() {
                     WAKER => woken = true,
+                    IPIP => self.ipip_ready = true,
                     Token(i) if i >= TUNNEL_TOKEN_BASE => {
                         if !self.ready_tunnels.contains(&(i - TUNNEL_TOKEN_BASE)) {
                             self.ready_tunnels.push(i - TUNNEL_TOKEN_BASE);
@@ -273,9 +296,15 @@ impl Worker {
             }
             self.service_ready(&mut buf);
             self.service_tunnels(&mut buf);
+            if self.ipip_ready {
+                self.service_ipip(&mut buf);
+            }
             if Instant::now() >= next_aging {
                 let now = self.now();
-                self.bridge.age(&self.snapshot.forwarding, now);
+                let snapshot = Arc::clone(&self.snapshot);
+                self.bridge.age(&snapshot.forwarding, now);
+                self.bridge.tick(&snapshot.forwarding, now);
+                send_generated(&mut self.bridge, &snapshot, now);
                 next_aging = Instant::now() + AGING_TICK;
             }
         }
@@ -332,7 +361,7 @@ impl Worker {
                         break;
                     }
                 };
-                let payload = &buf[..n];
+                let payload = &mut buf[..n];
                 if let Ok((port, inner)) =
                     self.bridge
                         .decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
@@ -345,6 +374,33 @@ impl Worker {
             } else {
                 i += 1;
             }
+        }
+    }
+
+    /// Reads up to [`BATCH`] packets from the IPIP socket and routes their inner packets.
+    fn service_ipip(&mut self, buf: &mut [u8]) {
+        let now = self.now();
+        let snapshot = Arc::clone(&self.snapshot);
+        let Some(socket) = self.registered_ipip.clone() else {
+            self.ipip_ready = false;
+            return;
+        };
+        for _ in 0..BATCH {
+            let (n, src) = match socket.recv(buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    self.ipip_ready = false;
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("ipip: read failed: {e}");
+                    self.ipip_ready = false;
+                    return;
+                }
+            };
+            let packet = &mut buf[..n];
+            let (start, decision) = self.bridge.ipip_in(&snapshot.forwarding, src, packet, now);
+            send_decision(&mut self.bridge, &snapshot, decision, &packet[start..], now);
         }
     }
 
@@ -428,6 +484,11 @@ impl Worker {
                         .collect();
                     let _ = reply.send(records);
                 }
+                WorkerCommand::DumpNeighbours(reply) => {
+                    let now = self.now();
+                    let records = self.bridge.router().neighbours().records(now).collect();
+                    let _ = reply.send(records);
+                }
                 WorkerCommand::FlushFdb { vlan, mac, reply } => {
                     let hit = |k: FdbKey| {
                         vlan.is_none_or(|v| v == k.vlan()) && mac.is_none_or(|m| m == k.mac())
@@ -505,6 +566,29 @@ impl Worker {
         }
         // Packets may have queued before registration.
         self.ready_tunnels = (0..self.registered_tunnels.len()).collect();
+        let same_ipip = match (&self.registered_ipip, &snapshot.ipip) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_ipip {
+            if let Some(old) = self.registered_ipip.take() {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&old.rx_fd()));
+            }
+            if let Some(new) = &snapshot.ipip {
+                match self.poll.registry().register(
+                    &mut SourceFd(&new.rx_fd()),
+                    IPIP,
+                    Interest::READABLE,
+                ) {
+                    Ok(()) => {
+                        self.registered_ipip = Some(Arc::clone(new));
+                        self.ipip_ready = true;
+                    }
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
         self.bridge.adopt(&snapshot.forwarding);
         self.adopted
             .store(snapshot.forwarding.generation, Ordering::Release);
@@ -513,19 +597,99 @@ impl Worker {
     }
 }
 
-/// Runs one finished frame through the pipeline and writes it to its egress ports. A frame
-/// larger than an egress port's MTU is not sent there (counted as `tx_oversized`), as the
-/// Linux bridge does.
-fn forward(bridge: &mut Bridge, snapshot: &Snapshot, port: PortId, frame: &[u8], now: Timestamp) {
-    let reply;
-    let (egress, frame) = match bridge.process(&snapshot.forwarding, port, frame, now) {
-        Decision::Forward(egress) => (egress, frame),
+/// Runs one finished frame through the pipeline and sends what it decided, then whatever the
+/// router generated on the way.
+fn forward(
+    bridge: &mut Bridge,
+    snapshot: &Snapshot,
+    port: PortId,
+    frame: &mut [u8],
+    now: Timestamp,
+) {
+    let decision = bridge.process(&snapshot.forwarding, port, frame, now);
+    send_decision(bridge, snapshot, decision, frame, now);
+}
+
+/// Sends `frame` as `decision` says, then the router's generated frames.
+fn send_decision(
+    bridge: &mut Bridge,
+    snapshot: &Snapshot,
+    decision: Decision<'_>,
+    frame: &[u8],
+    now: Timestamp,
+) {
+    match decision {
+        Decision::Forward(egress) => send_egress(bridge, snapshot, &egress, frame, now),
         Decision::Reply(egress, built) => {
-            reply = built;
-            (egress, reply.as_bytes())
+            send_egress(bridge, snapshot, &egress, built.as_bytes(), now)
         }
-        Decision::Drop(_) => return,
+        Decision::Tunnel(t) => {
+            let inner = &frame[t.start..t.start + t.len];
+            send_ipip(bridge.counters(), snapshot, &t.outer, inner, t.remote);
+        }
+        Decision::Local | Decision::Drop(_) => {}
+    }
+    send_generated(bridge, snapshot, now);
+}
+
+/// Sends every frame the router has generated (replies, ICMP errors, probes, packets released
+/// by a resolved neighbour).
+fn send_generated(bridge: &mut Bridge, snapshot: &Snapshot, now: Timestamp) {
+    while let Some(generated) = bridge.take_generated() {
+        match &generated {
+            Generated::Frame { vlan, bytes } => {
+                let egress = bridge.router_egress(&snapshot.forwarding, *vlan, bytes, now);
+                send_egress(bridge, snapshot, &egress, bytes, now);
+            }
+            Generated::Ipip {
+                remote,
+                outer,
+                bytes,
+                start,
+            } => send_ipip(
+                bridge.counters(),
+                snapshot,
+                outer,
+                &bytes[*start..],
+                *remote,
+            ),
+        }
+        bridge.recycle(generated);
+    }
+}
+
+/// Sends an IPIP packet through the host's IPIP socket.
+fn send_ipip(
+    counters: &WorkerCounters,
+    snapshot: &Snapshot,
+    outer: &[u8],
+    inner: &[u8],
+    remote: std::net::Ipv4Addr,
+) {
+    let c = &counters.ipip;
+    let Some(socket) = &snapshot.ipip else {
+        c.tx_errors.add(1);
+        return;
     };
+    match socket.send(outer, inner, remote) {
+        Ok(()) => {
+            c.tx_packets.add(1);
+            c.tx_bytes.add((outer.len() + inner.len()) as u64);
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => c.tx_oversized.add(1),
+        Err(_) => c.tx_errors.add(1),
+    }
+}
+
+/// Writes `frame` to each egress port of `egress`. A frame larger than an egress port's MTU
+/// is not sent there (counted as `tx_oversized`), as the Linux bridge does.
+fn send_egress(
+    bridge: &mut Bridge,
+    snapshot: &Snapshot,
+    egress: &Egress<'_>,
+    frame: &[u8],
+    now: Timestamp,
+) {
     for member in egress.ports() {
         let out_frame = egress.frame_for(member, frame);
         let c = bridge.counters().port(member.port);

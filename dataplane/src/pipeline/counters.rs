@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::DropReason;
 use crate::tables::PortId;
+use crate::wire::VlanId;
 
 /// A monotonically increasing counter with a single writer.
 #[derive(Debug, Default)]
@@ -71,14 +72,51 @@ pub struct LearnCounters {
     pub neigh_suppressed: Counter,
 }
 
+/// Counters of one router interface on one worker (indexed by its VLAN).
+#[derive(Debug, Default)]
+pub struct InterfaceCounters {
+    /// Packets routed in through this interface (to its MAC), and their bytes.
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    /// Packets routed out of this interface, and their bytes.
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    /// ARP requests and neighbour solicitations for the interface's addresses answered.
+    pub neigh_replies: Counter,
+    /// ARP requests and neighbour solicitations sent to resolve next hops.
+    pub neigh_probes: Counter,
+    /// ICMP echo requests to the router's addresses answered.
+    pub echo_replies: Counter,
+    /// ICMP errors sent: time exceeded, unreachable, fragmentation needed / packet too big.
+    pub icmp_errors: Counter,
+    /// ICMP errors not sent because of the rate limit.
+    pub icmp_rate_limited: Counter,
+    /// IPv4 packets fragmented to fit this interface's MTU (counted once per packet).
+    pub fragmented: Counter,
+    /// Packets dropped on the way in through this interface, by reason.
+    pub drops: [Counter; DropReason::COUNT],
+}
+
+impl InterfaceCounters {
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.drops[reason.index()].add(1);
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug)]
 pub struct WorkerCounters {
     ports: Box<[PortCounters]>,
+    /// Indexed by VLAN id: the router interface of that VLAN.
+    interfaces: Box<[InterfaceCounters]>,
     pub learn: LearnCounters,
     /// The VXLAN tunnel sockets, all endpoints together: rx/tx of outer packets, drops before
     /// a frame reaches a VXLAN port, and `tx_oversized` for frames too large for the underlay.
     pub tunnel: PortCounters,
+    /// The IPIP socket: rx/tx of outer packets, drops of what it received, and `tx_oversized`
+    /// / `tx_errors` for what the host refused to send.
+    pub ipip: PortCounters,
 }
 
 impl Default for WorkerCounters {
@@ -87,8 +125,10 @@ impl Default for WorkerCounters {
             ports: (0..PortId::MAX_PORTS)
                 .map(|_| PortCounters::default())
                 .collect(),
+            interfaces: (0..4096).map(|_| InterfaceCounters::default()).collect(),
             learn: LearnCounters::default(),
             tunnel: PortCounters::default(),
+            ipip: PortCounters::default(),
         }
     }
 }
@@ -97,5 +137,11 @@ impl WorkerCounters {
     #[inline]
     pub fn port(&self, port: PortId) -> &PortCounters {
         &self.ports[port.index() % PortId::MAX_PORTS]
+    }
+
+    /// The counters of the router interface on `vlan`.
+    #[inline]
+    pub fn interface(&self, vlan: VlanId) -> &InterfaceCounters {
+        &self.interfaces[vlan.get() as usize % 4096]
     }
 }

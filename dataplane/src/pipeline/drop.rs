@@ -36,10 +36,39 @@ pub enum DropReason {
     VxlanUnknownVni,
     /// VXLAN from an outer source outside the port's `allow` list.
     VxlanSourceNotAllowed,
+    /// An IPv4 or IPv6 packet to the router with a malformed header (version, length or IPv4
+    /// header checksum).
+    IpHeaderBad,
+    /// A source or destination address that is never routed: unspecified, loopback, multicast
+    /// or broadcast source, a link-local destination, or a source that is the router's own.
+    Martian,
+    /// The TTL or hop limit ran out (an ICMP time exceeded went back).
+    TtlExceeded,
+    /// No route to the destination (an ICMP unreachable went back).
+    NoRoute,
+    /// Larger than the egress MTU and not to be fragmented: IPv4 with DF set, or IPv6 (an ICMP
+    /// fragmentation needed / packet too big went back).
+    FragNeeded,
+    /// The next hop did not answer ARP or neighbour solicitation (an ICMP host unreachable went
+    /// back).
+    NeighbourFailed,
+    /// Waiting on next-hop resolution with that neighbour's queue full.
+    NeighbourQueueFull,
+    /// The neighbour table was full: no room to resolve a new next hop.
+    NeighbourTableFull,
+    /// Addressed to the router itself but not something it answers (only ARP, neighbour
+    /// discovery and ICMP echo are); UDP gets an ICMP port unreachable.
+    LocalUnsupported,
+    /// Sent to a router interface's MAC with an EtherType the router does not route.
+    L3Unsupported,
+    /// An IPIP packet whose inner packet is not a well-formed IPv4 packet.
+    IpipMalformed,
+    /// IPIP from an outer source that is not the host of any `ipip` route.
+    IpipSourceNotAllowed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 27;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -57,6 +86,18 @@ impl DropReason {
         DropReason::VxlanBadFlags,
         DropReason::VxlanUnknownVni,
         DropReason::VxlanSourceNotAllowed,
+        DropReason::IpHeaderBad,
+        DropReason::Martian,
+        DropReason::TtlExceeded,
+        DropReason::NoRoute,
+        DropReason::FragNeeded,
+        DropReason::NeighbourFailed,
+        DropReason::NeighbourQueueFull,
+        DropReason::NeighbourTableFull,
+        DropReason::LocalUnsupported,
+        DropReason::L3Unsupported,
+        DropReason::IpipMalformed,
+        DropReason::IpipSourceNotAllowed,
     ];
 
     /// The name used in `stats` output.
@@ -77,6 +118,18 @@ impl DropReason {
             DropReason::VxlanBadFlags => "vxlan_bad_flags",
             DropReason::VxlanUnknownVni => "vxlan_unknown_vni",
             DropReason::VxlanSourceNotAllowed => "vxlan_source_not_allowed",
+            DropReason::IpHeaderBad => "bad_ip_header",
+            DropReason::Martian => "martian",
+            DropReason::TtlExceeded => "ttl_exceeded",
+            DropReason::NoRoute => "no_route",
+            DropReason::FragNeeded => "frag_needed",
+            DropReason::NeighbourFailed => "neighbour_failed",
+            DropReason::NeighbourQueueFull => "neighbour_queue_full",
+            DropReason::NeighbourTableFull => "neighbour_table_full",
+            DropReason::LocalUnsupported => "local_unsupported",
+            DropReason::L3Unsupported => "l3_unsupported",
+            DropReason::IpipMalformed => "ipip_malformed",
+            DropReason::IpipSourceNotAllowed => "ipip_source_not_allowed",
         }
     }
 

@@ -76,7 +76,7 @@ pub fn segment_tcp(
     frame: &[u8],
     mss: u16,
     scratch: &mut Vec<u8>,
-    mut emit: impl FnMut(&[u8]),
+    mut emit: impl FnMut(&mut [u8]),
 ) -> Result<(), DropReason> {
     let bad = DropReason::BadOffload;
     if frame.len() < 14 || mss == 0 {
@@ -153,7 +153,7 @@ pub fn segment_tcp(
         }
         seg.set_flags(TcpFlags::from_bits_truncate(f));
         seg.fill_checksum(&pseudo);
-        emit(scratch);
+        emit(&mut scratch[..]);
     }
     Ok(())
 }

@@ -5,9 +5,11 @@
 //! whole state, never half an update. It is immutable once published.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use super::RoutingState;
 use crate::tables::{FdbKey, PortId};
 use crate::wire::{EthernetAddress, VlanId};
 
@@ -178,6 +180,9 @@ pub struct ForwardingState {
     pub static_remotes: HashMap<FdbKey, Ipv4Addr>,
     /// ARP/ND suppression: addresses answered locally, per VLAN.
     pub neighbours: HashMap<(VlanId, IpAddr), EthernetAddress>,
+    /// Router interfaces, routes and IPIP peers; shared between publications that do not
+    /// change them.
+    pub routing: Arc<RoutingState>,
 }
 
 impl Default for ForwardingState {
@@ -193,6 +198,7 @@ impl Default for ForwardingState {
             vni_ports: HashMap::new(),
             static_remotes: HashMap::new(),
             neighbours: HashMap::new(),
+            routing: Arc::new(RoutingState::default()),
         }
     }
 }

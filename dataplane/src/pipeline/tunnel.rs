@@ -55,22 +55,23 @@ impl Bridge {
         state: &ForwardingState,
         endpoint: TunnelEndpoint,
         src: Ipv4Addr,
-        payload: &'f [u8],
+        payload: &'f mut [u8],
         now: Timestamp,
-    ) -> Result<(PortId, &'f [u8]), DropReason> {
+    ) -> Result<(PortId, &'f mut [u8]), DropReason> {
         let tunnel = &self.counters().tunnel;
         tunnel.rx_packets.add(1);
         tunnel.rx_bytes.add(payload.len() as u64);
         let result = Self::check_vxlan(state, endpoint, src, payload);
-        let (port, inner) = match result {
+        let port = match result {
             Ok(ok) => ok,
             Err(reason) => {
                 self.counters().tunnel.drop(reason);
                 return Err(reason);
             }
         };
+        let inner = &mut payload[vxlan::HEADER_LEN..];
         if let (Some(vx), Some(vlan)) = (state.vxlan_port(port), port_vlan(state, port)) {
-            let inner_src = EthernetFrame::new_unchecked(inner).src_addr();
+            let inner_src = EthernetFrame::new_unchecked(&inner[..]).src_addr();
             let key = FdbKey::new(vlan, inner_src);
             if vx.learning && inner_src.is_unicast() && !state.static_remotes.contains_key(&key) {
                 let learn = &self.counters.learn;
@@ -85,12 +86,13 @@ impl Bridge {
         Ok((port, inner))
     }
 
-    fn check_vxlan<'f>(
+    /// The VXLAN port of a valid packet; its inner frame starts at `vxlan::HEADER_LEN`.
+    fn check_vxlan(
         state: &ForwardingState,
         endpoint: TunnelEndpoint,
         src: Ipv4Addr,
-        payload: &'f [u8],
-    ) -> Result<(PortId, &'f [u8]), DropReason> {
+        payload: &[u8],
+    ) -> Result<PortId, DropReason> {
         let header = VxlanHeader::new_checked(payload).map_err(|_| DropReason::VxlanTruncated)?;
         let repr = VxlanRepr::parse(&header).map_err(|_| DropReason::VxlanBadFlags)?;
         let inner = header.payload();
@@ -105,7 +107,7 @@ impl Bridge {
         if !vx.allows(src) {
             return Err(DropReason::VxlanSourceNotAllowed);
         }
-        Ok((port, inner))
+        Ok(port)
     }
 
     /// The remote VTEPs a frame to `dst` in `vlan` goes to through `vx`: a static entry, a

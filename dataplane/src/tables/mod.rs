@@ -3,10 +3,16 @@
 //! Nothing here knows about threads: the MAC table is owned by one worker; the static FDB is
 //! part of the immutable forwarding state that control publishes.
 
+pub mod fib;
 pub mod mac;
+pub mod neigh;
 pub mod vtep;
 
+pub use fib::Fib;
 pub use mac::{FdbKey, LearnOutcome, MacEntry, MacTable};
+pub use neigh::{
+    NeighKey, NeighLookup, NeighRecord, NeighState, NeighTick, NeighbourTable, Resolve,
+};
 pub use vtep::{RemoteEntry, RemoteLearn, RemoteTable};
 
 /// Index of a port in the forwarding state, stable for the port's lifetime.

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::router::{self, IpipEgress, Router};
 use super::suppress::{self, ReplyFrame};
 use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
 use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
@@ -42,6 +43,18 @@ pub enum Decision<'s> {
     /// The switch answers the frame itself (ARP/ND suppression): send this reply, untagged
     /// as built, through `Egress` (back out of the ingress port, tagged as that port wants).
     Reply(Egress<'s>, ReplyFrame),
+    /// Taken by the router: answered, or waiting on next-hop resolution. Whatever it sends is
+    /// in [`Bridge::take_generated`].
+    Local,
+    /// Routed into an IPIP tunnel: send `outer` then the frame's bytes `start..start + len`
+    /// through the IPIP socket.
+    Tunnel(IpipEgress),
+}
+
+/// What the L2 stage decided: done, or on to the router.
+enum Step<'s> {
+    Done(Decision<'s>),
+    Route { vlan: VlanId, inner_offset: usize },
 }
 
 /// The bytes of a frame as one egress port sends it, in up to three pieces (for `writev`):
@@ -108,6 +121,8 @@ pub struct Bridge {
     pub(super) counters: Arc<WorkerCounters>,
     /// IPv4 identification of the next outer header this worker builds.
     ident: u16,
+    /// The L3 stage's own state: neighbours, frames to send.
+    pub(super) router: Router,
 }
 
 impl Bridge {
@@ -117,6 +132,7 @@ impl Bridge {
             remotes: RemoteTable::new(state.mac_table_max),
             counters,
             ident: 0,
+            router: Router::new(&state.routing),
         }
     }
 
@@ -155,6 +171,16 @@ impl Bridge {
                         .is_some_and(|p| p.mode.is_member(key.vlan()))
             }) && !state.static_remotes.contains_key(&key)
         });
+        self.adopt_routing(state);
+    }
+
+    /// The router's state: the neighbour table.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn router_mut(&mut self) -> &mut Router {
+        &mut self.router
     }
 
     /// Removes learned entries idle for the state's aging time; returns how many.
@@ -179,12 +205,14 @@ impl Bridge {
         &mut self.remotes
     }
 
-    /// Classifies, learns from and decides the fate of one frame received on `ingress`.
+    /// Classifies, learns from and decides the fate of one frame received on `ingress`. The
+    /// frame is mutable because a routed frame is rewritten in place (MAC addresses, TTL,
+    /// checksum) before it leaves.
     pub fn process<'s>(
         &mut self,
         state: &'s ForwardingState,
         ingress: PortId,
-        frame: &[u8],
+        frame: &mut [u8],
         now: Timestamp,
     ) -> Decision<'s> {
         // Split borrows: the table is mutated while the counters are read, with no refcount
@@ -193,13 +221,19 @@ impl Bridge {
         let port_counters = counters.port(ingress);
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
-        match Self::decide(macs, counters, state, ingress, frame, now) {
-            Ok(decision) => decision,
+        let (vlan, inner_offset) = match Self::decide(macs, counters, state, ingress, frame, now) {
+            Ok(Step::Done(decision)) => return decision,
+            Ok(Step::Route { vlan, inner_offset }) => (vlan, inner_offset),
             Err(reason) => {
                 port_counters.drop(reason);
-                Decision::Drop(reason)
+                return Decision::Drop(reason);
             }
+        };
+        let decision = self.route_in(state, vlan, inner_offset, frame, now);
+        if let Decision::Drop(reason) = decision {
+            self.counters.port(ingress).drop(reason);
         }
+        decision
     }
 
     #[inline]
@@ -210,7 +244,7 @@ impl Bridge {
         ingress: PortId,
         frame: &[u8],
         now: Timestamp,
-    ) -> Result<Decision<'s>, DropReason> {
+    ) -> Result<Step<'s>, DropReason> {
         let port = state.port(ingress).ok_or(DropReason::UnknownPort)?;
         let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Runt)?;
 
@@ -271,6 +305,11 @@ impl Bridge {
             }
         }
 
+        // The router interface of this VLAN, if any, takes what is addressed to it.
+        if router::for_router(&state.routing, vlan, frame, inner_offset) {
+            return Ok(Step::Route { vlan, inner_offset });
+        }
+
         // ARP/ND suppression: answer for addresses in the neighbour table.
         if let Some(reply) = suppress::reply_for(state, vlan, frame, inner_offset) {
             counters.learn.neigh_suppressed.add(1);
@@ -283,7 +322,7 @@ impl Bridge {
                 inner_offset: 12,
                 targets: Targets::One(back),
             };
-            return Ok(Decision::Reply(egress, reply));
+            return Ok(Step::Done(Decision::Reply(egress, reply)));
         }
 
         // Destination.
@@ -311,11 +350,23 @@ impl Bridge {
                 None => flood,
             }
         };
-        Ok(Decision::Forward(Egress {
+        Ok(Step::Done(Decision::Forward(Egress {
             vlan,
             inner_offset,
             targets,
-        }))
+        })))
+    }
+
+    /// The port `dst` is known on in `vlan`: static entry, else learned.
+    #[inline]
+    pub(super) fn lookup_mac(
+        &self,
+        state: &ForwardingState,
+        vlan: VlanId,
+        dst: EthernetAddress,
+        now: Timestamp,
+    ) -> Option<PortId> {
+        Self::lookup(&self.macs, state, vlan, dst, now)
     }
 
     #[inline]

@@ -60,6 +60,8 @@ impl Sim {
 
     /// Sends `frame` in on `port`; returns the (port, frame-as-sent) pairs, or the drop.
     fn send(&mut self, port: u16, frame: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, DropReason> {
+        let mut frame = frame.to_vec();
+        let frame = &mut frame[..];
         match self
             .bridge
             .process(&self.state, PortId(port), frame, self.now)
@@ -73,6 +75,7 @@ impl Sim {
                 .ports()
                 .map(|m| (m.port.0, e.frame_for(m, reply.as_bytes()).to_vec()))
                 .collect()),
+            Decision::Local | Decision::Tunnel(_) => Ok(Vec::new()),
         }
     }
 

@@ -10,7 +10,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+mod routing;
+pub use routing::{parse_cidr, Addresses, InterfaceConfig, InterfaceSpec, RouteConfig, RouteSpec};
 use tapswitch_dataplane::io::port::valid_ifname;
+use tapswitch_dataplane::pipeline::routing::{same_subnet_v4, same_subnet_v6};
 use tapswitch_dataplane::pipeline::{Ipv4Prefix, PortMode, TunnelEndpoint, VlanSet};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
@@ -61,6 +65,10 @@ pub struct Config {
     pub vxlan: Vec<VxlanConfig>,
     #[serde(default, rename = "neigh", skip_serializing_if = "Vec::is_empty")]
     pub neigh: Vec<NeighConfig>,
+    #[serde(default, rename = "interface", skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<InterfaceConfig>,
+    #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
 }
 
 /// `[switch]`: switch-wide settings.
@@ -73,6 +81,13 @@ pub struct SwitchConfig {
     /// Bound on learned MAC entries (the whole table).
     #[serde(default = "default_table_max")]
     pub mac_table_max: usize,
+    /// Bound on the router's neighbour table (resolved next hops).
+    #[serde(default = "default_neigh_max")]
+    pub neigh_table_max: usize,
+}
+
+fn default_neigh_max() -> usize {
+    tapswitch_dataplane::pipeline::routing::NEIGH_MAX_DEFAULT
 }
 
 fn default_aging() -> u64 {
@@ -88,6 +103,7 @@ impl Default for SwitchConfig {
         SwitchConfig {
             mac_aging_secs: default_aging(),
             mac_table_max: default_table_max(),
+            neigh_table_max: default_neigh_max(),
         }
     }
 }
@@ -560,6 +576,8 @@ pub struct Validated {
     pub fdb: Vec<FdbSpec>,
     pub vxlan: Vec<VxlanSpec>,
     pub neigh: Vec<NeighSpec>,
+    pub interfaces: Vec<InterfaceSpec>,
+    pub routes: Vec<RouteSpec>,
 }
 
 impl Config {
@@ -677,12 +695,73 @@ impl Config {
             }
             neigh.push(spec);
         }
+        let (interfaces, routes) = self.validate_routing()?;
         Ok(Validated {
             ports,
             fdb,
             vxlan,
             neigh,
+            interfaces,
+            routes,
         })
+    }
+
+    /// Checks `[[interface]]` and `[[route]]`.
+    fn validate_routing(&self) -> Result<(Vec<InterfaceSpec>, Vec<RouteSpec>), ConfigError> {
+        if !(1..=16_777_216).contains(&self.switch.neigh_table_max) {
+            return Err(ConfigError::new(
+                "switch.neigh_table_max",
+                format!(
+                    "{} is out of range (1..=16777216)",
+                    self.switch.neigh_table_max
+                ),
+            ));
+        }
+        let mut interfaces: Vec<InterfaceSpec> = Vec::with_capacity(self.interfaces.len());
+        for (i, c) in self.interfaces.iter().enumerate() {
+            let at = format!("interface[{i}] (vlan {})", c.vlan);
+            let spec = c.validate(&at)?;
+            if interfaces.iter().any(|o| o.vlan == spec.vlan) {
+                return Err(ConfigError::new(
+                    format!("{at}.vlan"),
+                    format!("VLAN {} already has an interface", spec.vlan),
+                ));
+            }
+            for o in &interfaces {
+                let clash = spec.v4.iter().find_map(|(a, l)| {
+                    o.v4.iter()
+                        .find(|(b, m)| a == b || (l == m && same_subnet_v4(*a, *b, *l)))
+                        .map(|(b, m)| format!("{a}/{l} clashes with {b}/{m} of VLAN {}", o.vlan))
+                });
+                let clash = clash.or_else(|| {
+                    spec.v6.iter().find_map(|(a, l)| {
+                        o.v6.iter()
+                            .find(|(b, m)| a == b || (l == m && same_subnet_v6(*a, *b, *l)))
+                            .map(|(b, m)| {
+                                format!("{a}/{l} clashes with {b}/{m} of VLAN {}", o.vlan)
+                            })
+                    })
+                });
+                if let Some(msg) = clash {
+                    return Err(ConfigError::new(format!("{at}.address"), msg));
+                }
+            }
+            interfaces.push(spec);
+        }
+        let mut routes: Vec<RouteSpec> = Vec::with_capacity(self.routes.len());
+        let mut prefixes = HashSet::with_capacity(self.routes.len());
+        for (i, r) in self.routes.iter().enumerate() {
+            let at = format!("route[{i}] ({})", r.prefix);
+            let spec = r.validate(&at, &interfaces)?;
+            if !prefixes.insert((spec.prefix, spec.len)) {
+                return Err(ConfigError::new(
+                    format!("{at}.prefix"),
+                    format!("{}/{} is defined twice", spec.prefix, spec.len),
+                ));
+            }
+            routes.push(spec);
+        }
+        Ok((interfaces, routes))
     }
 }
 

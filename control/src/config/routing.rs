@@ -1,0 +1,345 @@
+//! `[[interface]]` and `[[route]]`: the router's interfaces and static routes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+use tapswitch_dataplane::pipeline::routing::{mask_v4, mask_v6, same_subnet_v4, same_subnet_v6};
+use tapswitch_dataplane::pipeline::{Interface, NextHop};
+use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
+
+use super::{parse_mac, parse_vlan, ConfigError, MTU_MAX, MTU_MIN};
+
+/// One address or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Addresses {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Addresses::Many(Vec::new())
+    }
+}
+
+impl Addresses {
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let (one, many) = match self {
+            Addresses::One(a) => (Some(a.as_str()), &[][..]),
+            Addresses::Many(v) => (None, &v[..]),
+        };
+        one.into_iter().chain(many.iter().map(String::as_str))
+    }
+}
+
+/// `[[interface]]`: a router interface on a VLAN, holding the gateway address(es) of that
+/// VLAN's hosts, like `cni0` or `docker0`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceConfig {
+    pub vlan: u16,
+    /// `"10.42.0.1/24"`, or a list mixing IPv4 and IPv6 (`["10.42.0.1/24", "fd42::1/64"]`).
+    pub address: Addresses,
+    /// Default: derived from the VLAN and the first address (stable across restarts, and
+    /// different on two hosts sharing a VLAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Largest IP packet routed out of this interface; default 1500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// `[[route]]`: a static route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `"10.42.1.0/24"`, `"0.0.0.0/0"`, `"fd42:1::/64"`.
+    pub prefix: String,
+    /// The next hop: a gateway on an interface's subnet; with `encap = "ipip"`, the remote
+    /// host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    /// `"ipip"`: IPv4-in-IPv4 to `via` through the host's routing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<String>,
+    /// IPIP: the outer source address; default: chosen by the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<String>,
+    /// IPIP: the largest inner packet; default 1480 (1500 less the outer header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// IPIP: the outer TTL; default 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u8>,
+    /// Instead of `via`: packets to the prefix are dropped with ICMP unreachable.
+    #[serde(default, skip_serializing_if = "super::is_false")]
+    pub unreachable: bool,
+}
+
+/// A validated interface.
+pub type InterfaceSpec = Interface;
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub prefix: IpAddr,
+    pub len: u8,
+    pub next_hop: NextHop,
+}
+
+pub const INTERFACE_DEFAULT_MTU: u32 = 1500;
+pub const IPIP_DEFAULT_MTU: u32 = 1480;
+
+/// Parses `addr/len`; `len` is required when `need_len`, else a missing one means a host
+/// prefix.
+pub fn parse_cidr(field: &str, s: &str, need_len: bool) -> Result<(IpAddr, u8), ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            field,
+            format!(
+                "{s:?} is not an address with a prefix length, like 10.42.0.1/24 or fd42::1/64"
+            ),
+        )
+    };
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
+        None if need_len => return Err(bad()),
+        None => (s, None),
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    if len > max {
+        return Err(bad());
+    }
+    Ok((addr, len))
+}
+
+fn unusable(a: IpAddr) -> bool {
+    a.is_unspecified() || a.is_loopback() || a.is_multicast() || a == Ipv4Addr::BROADCAST
+}
+
+/// A MAC for an interface that has none configured: locally administered, from a hash of the
+/// VLAN and the first address.
+pub fn derived_mac(vlan: VlanId, first: Option<IpAddr>) -> EthernetAddress {
+    // FNV-1a over the VLAN and the address bytes.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: u8| {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for b in vlan.get().to_be_bytes() {
+        eat(b);
+    }
+    match first {
+        Some(IpAddr::V4(a)) => a.octets().into_iter().for_each(&mut eat),
+        Some(IpAddr::V6(a)) => a.octets().into_iter().for_each(&mut eat),
+        None => {}
+    }
+    let b = h.to_be_bytes();
+    EthernetAddress([0x02, b[1], b[2], b[3], b[4], b[5]])
+}
+
+impl InterfaceConfig {
+    pub fn validate(&self, at: &str) -> Result<InterfaceSpec, ConfigError> {
+        let f = |key: &str| format!("{at}.{key}");
+        let vlan = parse_vlan(&f("vlan"), self.vlan)?;
+        let mut v4: Vec<(Ipv4Addr, u8)> = Vec::new();
+        let mut v6: Vec<(Ipv6Addr, u8)> = Vec::new();
+        for a in self.address.iter() {
+            let (addr, len) = parse_cidr(&f("address"), a, true)?;
+            if unusable(addr) {
+                return Err(ConfigError::new(
+                    f("address"),
+                    format!("{addr} cannot be an interface address"),
+                ));
+            }
+            let dup = match addr {
+                IpAddr::V4(a) => v4.iter().any(|(o, _)| *o == a),
+                IpAddr::V6(a) => v6.iter().any(|(o, _)| *o == a),
+            };
+            if dup {
+                return Err(ConfigError::new(
+                    f("address"),
+                    format!("{addr} is listed twice"),
+                ));
+            }
+            match addr {
+                IpAddr::V4(a) => v4.push((a, len)),
+                IpAddr::V6(a) => v6.push((a, len)),
+            }
+        }
+        if v4.is_empty() && v6.is_empty() {
+            return Err(ConfigError::new(f("address"), "names no address"));
+        }
+        let mtu = self.mtu.unwrap_or(INTERFACE_DEFAULT_MTU);
+        if !(MTU_MIN..=MTU_MAX).contains(&mtu) {
+            return Err(ConfigError::new(
+                f("mtu"),
+                format!("{mtu} is out of range ({MTU_MIN}..={MTU_MAX})"),
+            ));
+        }
+        if !v6.is_empty() && mtu < 1280 {
+            return Err(ConfigError::new(
+                f("mtu"),
+                format!("{mtu} is below IPv6's minimum of 1280"),
+            ));
+        }
+        let first = self
+            .address
+            .iter()
+            .next()
+            .and_then(|a| parse_cidr("", a, true).ok())
+            .map(|(a, _)| a);
+        let mac = match &self.mac {
+            Some(m) => parse_mac(&f("mac"), m)?,
+            None => derived_mac(vlan, first),
+        };
+        Ok(Interface {
+            vlan,
+            mac,
+            mtu: mtu.min(u32::from(u16::MAX)) as u16,
+            v4,
+            v6,
+        })
+    }
+}
+
+/// Whether `addr` is on the subnet of one of `iface`'s addresses.
+fn on_link(iface: &Interface, addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => iface.v4.iter().any(|(o, l)| same_subnet_v4(*o, a, *l)),
+        IpAddr::V6(a) => iface.v6.iter().any(|(o, l)| same_subnet_v6(*o, a, *l)),
+    }
+}
+
+fn owns(iface: &Interface, addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => iface.v4.iter().any(|(o, _)| *o == a),
+        IpAddr::V6(a) => iface.v6.iter().any(|(o, _)| *o == a),
+    }
+}
+
+impl RouteConfig {
+    /// Checks this route against the validated interfaces.
+    pub fn validate(&self, at: &str, interfaces: &[Interface]) -> Result<RouteSpec, ConfigError> {
+        let f = |key: &str| format!("{at}.{key}");
+        let (prefix, len) = parse_cidr(&f("prefix"), &self.prefix, true)?;
+        let masked = match prefix {
+            IpAddr::V4(a) => IpAddr::V4(mask_v4(a, len)),
+            IpAddr::V6(a) => IpAddr::V6(mask_v6(a, len)),
+        };
+        if masked != prefix {
+            return Err(ConfigError::new(
+                f("prefix"),
+                format!("{prefix}/{len} has host bits set; the prefix is {masked}/{len}"),
+            ));
+        }
+        let ipip = match self.encap.as_deref() {
+            None | Some("none") => false,
+            Some("ipip") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    f("encap"),
+                    format!("{other:?} is not an encapsulation (ipip)"),
+                ))
+            }
+        };
+        if !ipip {
+            for (key, set) in [
+                ("local", self.local.is_some()),
+                ("mtu", self.mtu.is_some()),
+                ("ttl", self.ttl.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(f(key), "only for encap = \"ipip\""));
+                }
+            }
+        }
+        if self.unreachable {
+            if self.via.is_some() || ipip {
+                return Err(ConfigError::new(
+                    f("unreachable"),
+                    "an unreachable route has no via or encap",
+                ));
+            }
+            return Ok(RouteSpec {
+                prefix,
+                len,
+                next_hop: NextHop::Unreachable,
+            });
+        }
+        let Some(via) = &self.via else {
+            return Err(ConfigError::new(f("via"), "missing: the next hop"));
+        };
+        let via: IpAddr = via
+            .parse()
+            .map_err(|_| ConfigError::new(f("via"), format!("{via:?} is not an IP address")))?;
+        if unusable(via) {
+            return Err(ConfigError::new(
+                f("via"),
+                format!("{via} cannot be a next hop"),
+            ));
+        }
+        if interfaces.iter().any(|i| owns(i, via)) {
+            return Err(ConfigError::new(
+                f("via"),
+                format!("{via} is one of the router's own addresses"),
+            ));
+        }
+        if ipip {
+            let (IpAddr::V4(_), IpAddr::V4(remote)) = (prefix, via) else {
+                return Err(ConfigError::new(
+                    f("encap"),
+                    "ipip carries IPv4: the prefix and via must be IPv4",
+                ));
+            };
+            let local = match &self.local {
+                Some(l) => Some(super::parse_ipv4(&f("local"), l)?),
+                None => None,
+            };
+            let mtu = self.mtu.unwrap_or(IPIP_DEFAULT_MTU);
+            if !(MTU_MIN..=65_515).contains(&mtu) {
+                return Err(ConfigError::new(
+                    f("mtu"),
+                    format!("{mtu} is out of range ({MTU_MIN}..=65515)"),
+                ));
+            }
+            let ttl = self.ttl.unwrap_or(64);
+            if ttl == 0 {
+                return Err(ConfigError::new(f("ttl"), "0 is not a TTL"));
+            }
+            return Ok(RouteSpec {
+                prefix,
+                len,
+                next_hop: NextHop::Ipip {
+                    remote,
+                    local,
+                    mtu: mtu as u16,
+                    ttl,
+                },
+            });
+        }
+        if prefix.is_ipv4() != via.is_ipv4() {
+            return Err(ConfigError::new(
+                f("via"),
+                format!("{via} is not of the prefix's address family"),
+            ));
+        }
+        let Some(iface) = interfaces.iter().find(|i| on_link(i, via)) else {
+            return Err(ConfigError::new(
+                f("via"),
+                format!("{via} is not on the subnet of any interface"),
+            ));
+        };
+        Ok(RouteSpec {
+            prefix,
+            len,
+            next_hop: NextHop::Gateway {
+                vlan: iface.vlan,
+                via,
+            },
+        })
+    }
+}

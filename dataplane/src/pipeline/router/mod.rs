@@ -1,0 +1,773 @@
+//! The L3 stage: router interfaces, forwarding by longest prefix match, next-hop resolution,
+//! ICMP errors and IPIP.
+//!
+//! A router interface sits on a VLAN like one more member of it. The L2 stage hands a frame
+//! here when it is addressed to the interface's MAC, or is an ARP request or neighbour
+//! solicitation for one of its addresses ([`for_router`]). Then:
+//!
+//! - ARP and neighbour discovery for the interface's addresses are answered, and what they
+//!   say about the sender goes into the neighbour table ([`local`]).
+//! - Packets to the router's own addresses: ICMP echo is answered, UDP gets port unreachable,
+//!   anything else is counted and dropped.
+//! - Everything else is routed: header checks, martian filter, FIB lookup, TTL / hop limit
+//!   (ICMP time exceeded), egress MTU (ICMP fragmentation needed / packet too big, or IPv4
+//!   fragmentation without DF), TTL decrement with an incremental checksum update, and then
+//!   either the next hop's MAC from the neighbour table (the frame is rewritten in place and
+//!   switched in the egress VLAN) or IPIP encapsulation towards the route's host.
+//! - A next hop not yet resolved: the packet waits in the neighbour entry's bounded queue
+//!   while ARP / ND asks; when the answer comes the queue is released, when it does not the
+//!   senders get ICMP host unreachable.
+//!
+//! What the router originates (replies, ICMP errors, probes, released packets) goes into a
+//! queue of [`Generated`] frames that the worker drains after each frame
+//! ([`Bridge::take_generated`]); buffers come from a small pool and go back to it
+//! ([`Bridge::recycle`]), so a steady state allocates nothing.
+
+mod ipip;
+mod local;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr};
+
+pub use ipip::IpipEgress;
+
+use super::bridge::{Egress, Targets};
+use super::fragment::fragment_ipv4;
+use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
+use super::routing::{NextHop, RoutingState};
+use super::{Bridge, Decision, DropReason, ForwardingState, VlanMember};
+use crate::tables::{NeighKey, NeighLookup, NeighbourTable, PortId, Resolve, Timestamp};
+use crate::wire::{EtherType, EthernetAddress, Ipv4Packet, VlanId};
+
+/// The pseudo ingress port of frames the router sends: floods from it reach every member.
+pub const ROUTER_PORT: PortId = PortId(u16::MAX);
+
+/// Room in front of an IP packet the router builds, for the Ethernet header.
+pub(crate) const L2: usize = 14;
+/// Largest ICMPv4 error (RFC 1812 4.3.2.3).
+const ICMPV4_ERROR_MAX: usize = 576;
+/// Largest ICMPv6 error (RFC 4443 2.4(c)).
+const ICMPV6_ERROR_MAX: usize = 1280;
+/// Buffers kept for reuse.
+const POOL_MAX: usize = 256;
+
+/// A frame or packet the router originates, for the worker to send.
+#[derive(Debug)]
+pub enum Generated {
+    /// An untagged Ethernet frame to switch into `vlan`.
+    Frame { vlan: VlanId, bytes: Vec<u8> },
+    /// An IPv4 packet (`bytes[start..]`) to send through the IPIP socket behind `outer`.
+    Ipip {
+        remote: Ipv4Addr,
+        outer: [u8; crate::wire::ipip::OUTER_LEN],
+        bytes: Vec<u8>,
+        start: usize,
+    },
+}
+
+/// One worker's router: its neighbour table and what it has to send.
+pub struct Router {
+    neigh: NeighbourTable<Vec<u8>>,
+    generated: VecDeque<Generated>,
+    pool: Vec<Vec<u8>>,
+    icmp_limit: IcmpRateLimit,
+    scratch: Vec<u8>,
+    released: Vec<Vec<u8>>,
+}
+
+impl Router {
+    pub fn new(routing: &RoutingState) -> Router {
+        Router {
+            neigh: NeighbourTable::<Vec<u8>>::new(routing.neigh_max),
+            generated: VecDeque::new(),
+            pool: Vec::new(),
+            icmp_limit: IcmpRateLimit::default(),
+            scratch: Vec::new(),
+            released: Vec::new(),
+        }
+    }
+
+    /// The resolved next hops.
+    pub fn neighbours(&self) -> &NeighbourTable<Vec<u8>> {
+        &self.neigh
+    }
+
+    pub fn neighbours_mut(&mut self) -> &mut NeighbourTable<Vec<u8>> {
+        &mut self.neigh
+    }
+
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(2048));
+        b.clear();
+        b
+    }
+
+    fn recycle(&mut self, b: Vec<u8>) {
+        if self.pool.len() < POOL_MAX {
+            self.pool.push(b);
+        }
+    }
+
+    /// Keeps only neighbours on VLANs that still have an interface.
+    fn adopt(&mut self, routing: &RoutingState) {
+        self.neigh.set_max_entries(routing.neigh_max);
+        self.neigh.retain(|k| routing.interface(k.vlan).is_some());
+    }
+}
+
+/// Whether a frame classified into `vlan` is for the router: addressed to the interface's MAC,
+/// or an ARP request / neighbour solicitation for one of its addresses.
+#[inline]
+pub(super) fn for_router(
+    routing: &RoutingState,
+    vlan: VlanId,
+    frame: &[u8],
+    inner_offset: usize,
+) -> bool {
+    let Some(iface) = routing.interface(vlan) else {
+        return false;
+    };
+    let dst = &frame[..6];
+    if dst == iface.mac.as_bytes() {
+        return true;
+    }
+    if dst[0] & 1 == 0 {
+        return false;
+    }
+    local::is_resolution_for(iface, frame, inner_offset)
+}
+
+impl Bridge {
+    /// The L3 stage for a frame [`for_router`] claimed; `inner_offset` is where its EtherType
+    /// is.
+    pub(super) fn route_in<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        vlan: VlanId,
+        inner_offset: usize,
+        frame: &mut [u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        let c = self.counters.interface(vlan);
+        c.rx_packets.add(1);
+        c.rx_bytes.add(frame.len() as u64);
+        let ethertype = EtherType::from(u16::from_be_bytes([
+            frame[inner_offset],
+            frame[inner_offset + 1],
+        ]));
+        let decision = match ethertype {
+            EtherType::Arp => self.arp_in(state, vlan, inner_offset, frame, now),
+            EtherType::Ipv4 => self.ipv4_in(state, Some(vlan), inner_offset, frame, now),
+            EtherType::Ipv6 => self.ipv6_in(state, vlan, inner_offset, frame, now),
+            _ => Decision::Drop(DropReason::L3Unsupported),
+        };
+        if let Decision::Drop(reason) = decision {
+            self.counters.interface(vlan).drop(reason);
+        }
+        decision
+    }
+
+    /// An IPv4 packet at `frame[off + 2..]`, arrived on `in_vlan` (or from a tunnel).
+    pub(super) fn ipv4_in<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        in_vlan: Option<VlanId>,
+        off: usize,
+        frame: &mut [u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        let l3 = off + 2;
+        let (src, dst, total) = match check_ipv4(&frame[l3..]) {
+            Ok(v) => v,
+            Err(r) => return Decision::Drop(r),
+        };
+        let routing = &*state.routing;
+        if martian_source_v4(src) || routing.local.contains_key(&IpAddr::V4(src)) {
+            return Decision::Drop(DropReason::Martian);
+        }
+        if dst.is_loopback() || dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() {
+            return Decision::Drop(DropReason::Martian);
+        }
+        if routing.local.contains_key(&IpAddr::V4(dst)) {
+            return self.local_v4(state, in_vlan, l3, total, frame, now);
+        }
+        self.forward_v4(state, in_vlan, off, total, frame, now)
+    }
+
+    fn forward_v4<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        in_vlan: Option<VlanId>,
+        off: usize,
+        total: usize,
+        frame: &mut [u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        let l3 = off + 2;
+        let dst = Ipv4Addr::from([
+            frame[l3 + 16],
+            frame[l3 + 17],
+            frame[l3 + 18],
+            frame[l3 + 19],
+        ]);
+        let routing = &*state.routing;
+        let Some(route) = routing.lookup(IpAddr::V4(dst)) else {
+            self.icmpv4_error(
+                state,
+                in_vlan,
+                l3,
+                total,
+                frame,
+                Icmpv4Error::NetUnreachable,
+                now,
+            );
+            return Decision::Drop(DropReason::NoRoute);
+        };
+        let (out_vlan, next_hop) = match route.next_hop {
+            NextHop::Connected { vlan } => (vlan, IpAddr::V4(dst)),
+            NextHop::Gateway { vlan, via } => (vlan, via),
+            NextHop::Ipip {
+                remote,
+                local,
+                mtu,
+                ttl,
+            } => {
+                let tunnel = ipip::Tunnel {
+                    remote,
+                    local,
+                    mtu,
+                    ttl,
+                };
+                return self.ipip_out(state, in_vlan, off, total, frame, tunnel, now);
+            }
+            NextHop::Unreachable => {
+                self.icmpv4_error(
+                    state,
+                    in_vlan,
+                    l3,
+                    total,
+                    frame,
+                    Icmpv4Error::HostUnreachable,
+                    now,
+                );
+                return Decision::Drop(DropReason::NoRoute);
+            }
+        };
+        if frame[l3 + 8] <= 1 {
+            self.icmpv4_error(
+                state,
+                in_vlan,
+                l3,
+                total,
+                frame,
+                Icmpv4Error::TimeExceeded,
+                now,
+            );
+            return Decision::Drop(DropReason::TtlExceeded);
+        }
+        let Some(iface) = routing.interface(out_vlan) else {
+            return Decision::Drop(DropReason::NoRoute);
+        };
+        let mtu = usize::from(iface.mtu);
+        if total > mtu {
+            if frame[l3 + 6] & 0x40 != 0 {
+                self.icmpv4_error(
+                    state,
+                    in_vlan,
+                    l3,
+                    total,
+                    frame,
+                    Icmpv4Error::FragNeeded { mtu: iface.mtu },
+                    now,
+                );
+                return Decision::Drop(DropReason::FragNeeded);
+            }
+            Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
+            return self.fragment_out(state, out_vlan, next_hop, &frame[l3..l3 + total], now);
+        }
+        Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
+        self.output(state, out_vlan, next_hop, off, l3 + total, frame, now)
+    }
+
+    /// Sends a routed frame (its IP packet ending at `end`) to `next_hop` on `out_vlan`:
+    /// rewritten in place when the neighbour is known, else queued behind its resolution.
+    #[allow(clippy::too_many_arguments)]
+    fn output<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        out_vlan: VlanId,
+        next_hop: IpAddr,
+        off: usize,
+        end: usize,
+        frame: &mut [u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        let Some(iface) = state.routing.interface(out_vlan) else {
+            return Decision::Drop(DropReason::NoRoute);
+        };
+        let key = NeighKey {
+            vlan: out_vlan,
+            ip: next_hop,
+        };
+        match self.router.neigh.lookup(key, now) {
+            NeighLookup::Known { mac, probe } => {
+                if probe {
+                    self.probe(state, key, Some(mac));
+                }
+                frame[..6].copy_from_slice(mac.as_bytes());
+                frame[6..12].copy_from_slice(iface.mac.as_bytes());
+                let c = self.counters.interface(out_vlan);
+                c.tx_packets.add(1);
+                c.tx_bytes.add((end - off + 12) as u64);
+                Decision::Forward(Egress {
+                    vlan: out_vlan,
+                    inner_offset: off,
+                    targets: self.l2_targets(state, out_vlan, mac, now),
+                })
+            }
+            NeighLookup::Pending { probe } => {
+                if probe {
+                    self.probe(state, key, None);
+                }
+                let mut buf = self.router.buffer();
+                buf.extend_from_slice(&frame[..6]);
+                buf.extend_from_slice(iface.mac.as_bytes());
+                buf.extend_from_slice(&frame[off..end]);
+                match self.router.neigh.enqueue(&key, buf) {
+                    Ok(()) => Decision::Local,
+                    Err(b) => {
+                        self.router.recycle(b);
+                        Decision::Drop(DropReason::NeighbourQueueFull)
+                    }
+                }
+            }
+            NeighLookup::Failed => {
+                let l3 = off + 2;
+                let total = end - l3;
+                match frame[l3] >> 4 {
+                    4 => self.icmpv4_error(
+                        state,
+                        None,
+                        l3,
+                        total,
+                        frame,
+                        Icmpv4Error::HostUnreachable,
+                        now,
+                    ),
+                    _ => self.send_icmpv6_error(
+                        state,
+                        None,
+                        &frame[l3..end],
+                        Icmpv6Error::AddressUnreachable,
+                        now,
+                    ),
+                }
+                Decision::Drop(DropReason::NeighbourFailed)
+            }
+            NeighLookup::TableFull => Decision::Drop(DropReason::NeighbourTableFull),
+        }
+    }
+
+    /// Sends an untagged frame (source MAC set) to the neighbour `key`: now if its MAC is
+    /// known, else queued behind its resolution.
+    fn send_frame(
+        &mut self,
+        state: &ForwardingState,
+        key: NeighKey,
+        mut buf: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<(), DropReason> {
+        let len = buf.len();
+        match self.router.neigh.resolve(key, buf, now) {
+            Resolve::Known { mac, probe, packet } => {
+                buf = packet;
+                if probe {
+                    self.probe(state, key, Some(mac));
+                }
+                buf[..6].copy_from_slice(mac.as_bytes());
+                let c = self.counters.interface(key.vlan);
+                c.tx_packets.add(1);
+                c.tx_bytes.add(len as u64);
+                self.router.generated.push_back(Generated::Frame {
+                    vlan: key.vlan,
+                    bytes: buf,
+                });
+                Ok(())
+            }
+            Resolve::Queued { probe } => {
+                if probe {
+                    self.probe(state, key, None);
+                }
+                Ok(())
+            }
+            Resolve::QueueFull(b) => {
+                self.router.recycle(b);
+                Err(DropReason::NeighbourQueueFull)
+            }
+            Resolve::Failed(b) => {
+                self.unreachable_about(state, &b, now);
+                self.router.recycle(b);
+                Err(DropReason::NeighbourFailed)
+            }
+            Resolve::TableFull(b) => {
+                self.router.recycle(b);
+                Err(DropReason::NeighbourTableFull)
+            }
+        }
+    }
+
+    /// Fragments an IPv4 packet (TTL already decremented) to the egress MTU and sends each
+    /// fragment to `next_hop`.
+    fn fragment_out<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        out_vlan: VlanId,
+        next_hop: IpAddr,
+        packet: &[u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        let Some(iface) = state.routing.interface(out_vlan) else {
+            return Decision::Drop(DropReason::NoRoute);
+        };
+        let fragments = self.fragments(packet, usize::from(iface.mtu));
+        let Some(fragments) = fragments else {
+            return Decision::Drop(DropReason::IpHeaderBad);
+        };
+        self.counters.interface(out_vlan).fragmented.add(1);
+        let key = NeighKey {
+            vlan: out_vlan,
+            ip: next_hop,
+        };
+        let mut result = Decision::Local;
+        for mut f in fragments {
+            f[6..12].copy_from_slice(iface.mac.as_bytes());
+            f[12..14].copy_from_slice(&u16::from(EtherType::Ipv4).to_be_bytes());
+            if let Err(reason) = self.send_frame(state, key, f, now) {
+                result = Decision::Drop(reason);
+            }
+        }
+        result
+    }
+
+    /// The fragments of `packet` for `mtu`, each in a buffer with room for the Ethernet
+    /// header in front.
+    fn fragments(&mut self, packet: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
+        let mut scratch = std::mem::take(&mut self.router.scratch);
+        let mut out = Vec::new();
+        let pool = &mut self.router.pool;
+        let result = fragment_ipv4(packet, mtu, &mut scratch, |frag| {
+            let mut b = pool.pop().unwrap_or_default();
+            b.clear();
+            b.resize(L2, 0);
+            b.extend_from_slice(frag);
+            out.push(b);
+        });
+        self.router.scratch = scratch;
+        match result {
+            Ok(_) => Some(out),
+            Err(_) => {
+                for b in out {
+                    self.router.recycle(b);
+                }
+                None
+            }
+        }
+    }
+
+    /// Where in `vlan` a frame to `mac` goes: its port, or a flood of the VLAN.
+    fn l2_targets<'s>(
+        &self,
+        state: &'s ForwardingState,
+        vlan: VlanId,
+        mac: EthernetAddress,
+        now: Timestamp,
+    ) -> Targets<'s> {
+        if mac.is_unicast() {
+            if let Some(out) = self.lookup_mac(state, vlan, mac, now) {
+                if let Some(p) = state.port(out).filter(|p| p.mode.is_member(vlan)) {
+                    return Targets::One(VlanMember {
+                        port: out,
+                        tagged: p.mode.tags_egress(vlan),
+                    });
+                }
+            }
+        }
+        Targets::Flood {
+            members: state.members(vlan),
+            except: ROUTER_PORT,
+        }
+    }
+
+    /// The egress of a frame the router generated into `vlan` (untagged, from the router).
+    pub fn router_egress<'s>(
+        &self,
+        state: &'s ForwardingState,
+        vlan: VlanId,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> Egress<'s> {
+        let dst = EthernetAddress::from_bytes(&frame[..6]);
+        Egress {
+            vlan,
+            inner_offset: 12,
+            targets: self.l2_targets(state, vlan, dst, now),
+        }
+    }
+
+    /// The next frame the router originated, if any.
+    #[inline]
+    pub fn take_generated(&mut self) -> Option<Generated> {
+        self.router.generated.pop_front()
+    }
+
+    /// Returns a sent frame's buffer to the pool.
+    pub fn recycle(&mut self, generated: Generated) {
+        match generated {
+            Generated::Frame { bytes, .. } | Generated::Ipip { bytes, .. } => {
+                self.router.recycle(bytes)
+            }
+        }
+    }
+
+    /// The router's share of a new state: neighbours of removed interfaces are forgotten.
+    pub(super) fn adopt_routing(&mut self, state: &ForwardingState) {
+        self.router.adopt(&state.routing);
+    }
+
+    /// Timer work for the neighbour table (about once a second): probes that are due, and
+    /// ICMP host unreachable for packets whose next hop never answered.
+    pub fn tick(&mut self, state: &ForwardingState, now: Timestamp) {
+        let mut probes = Vec::new();
+        let mut failed = Vec::new();
+        self.router.neigh.tick(now, &mut probes, &mut failed);
+        for (key, mac) in probes {
+            self.probe(state, key, mac);
+        }
+        for (key, b) in failed {
+            self.counters
+                .interface(key.vlan)
+                .drop(DropReason::NeighbourFailed);
+            self.unreachable_about(state, &b, now);
+            self.router.recycle(b);
+        }
+    }
+
+    /// Sends the queued frames of a neighbour that just resolved to `mac`.
+    fn release(&mut self, vlan: VlanId, mac: EthernetAddress) {
+        let released = std::mem::take(&mut self.router.released);
+        for mut b in released.into_iter() {
+            b[..6].copy_from_slice(mac.as_bytes());
+            let c = self.counters.interface(vlan);
+            c.tx_packets.add(1);
+            c.tx_bytes.add(b.len() as u64);
+            self.router
+                .generated
+                .push_back(Generated::Frame { vlan, bytes: b });
+        }
+    }
+
+    /// ICMP host / address unreachable about a queued frame (`frame[L2..]` is the packet)
+    /// whose next hop did not resolve. Nothing for packets the router originated.
+    fn unreachable_about(&mut self, state: &ForwardingState, frame: &[u8], now: Timestamp) {
+        let Some(packet) = frame.get(L2..) else {
+            return;
+        };
+        match packet.first().map(|b| b >> 4) {
+            Some(4) if packet.len() >= 20 => {
+                let src = Ipv4Addr::from([packet[12], packet[13], packet[14], packet[15]]);
+                if state.routing.local.contains_key(&IpAddr::V4(src)) {
+                    return;
+                }
+                self.send_icmpv4_error(state, None, packet, Icmpv4Error::HostUnreachable, now);
+            }
+            Some(6) if packet.len() >= 40 => {
+                let mut s = [0u8; 16];
+                s.copy_from_slice(&packet[8..24]);
+                if state
+                    .routing
+                    .local
+                    .contains_key(&IpAddr::V6(std::net::Ipv6Addr::from(s)))
+                {
+                    return;
+                }
+                self.send_icmpv6_error(state, None, packet, Icmpv6Error::AddressUnreachable, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// An ICMPv4 error about the packet at `frame[l3..l3 + total]`.
+    #[allow(clippy::too_many_arguments)]
+    fn icmpv4_error(
+        &mut self,
+        state: &ForwardingState,
+        in_vlan: Option<VlanId>,
+        l3: usize,
+        total: usize,
+        frame: &[u8],
+        kind: Icmpv4Error,
+        now: Timestamp,
+    ) {
+        self.send_icmpv4_error(state, in_vlan, &frame[l3..l3 + total], kind, now);
+    }
+
+    fn send_icmpv4_error(
+        &mut self,
+        state: &ForwardingState,
+        in_vlan: Option<VlanId>,
+        offending: &[u8],
+        kind: Icmpv4Error,
+        now: Timestamp,
+    ) {
+        let Some(peer) = offending.get(12..16) else {
+            return;
+        };
+        let peer = Ipv4Addr::new(peer[0], peer[1], peer[2], peer[3]);
+        let Some(IpAddr::V4(src)) = state.routing.source_for(IpAddr::V4(peer)) else {
+            return;
+        };
+        let ident = self.next_ip_ident();
+        let mut buf = self.router.buffer();
+        buf.resize(L2 + ICMPV4_ERROR_MAX, 0);
+        let Some(n) = icmp::icmpv4_error(&mut buf[L2..], src, ident, offending, kind) else {
+            self.router.recycle(buf);
+            return;
+        };
+        // Path MTU discovery is never rate limited (as in Linux).
+        if kind.is_rate_limited() && !self.router.icmp_limit.allow(now) {
+            if let Some(v) = in_vlan {
+                self.counters.interface(v).icmp_rate_limited.add(1);
+            }
+            self.router.recycle(buf);
+            return;
+        }
+        buf.truncate(L2 + n);
+        if let Some(v) = in_vlan {
+            self.counters.interface(v).icmp_errors.add(1);
+        }
+        self.send_ip(state, buf, now);
+    }
+
+    fn send_icmpv6_error(
+        &mut self,
+        state: &ForwardingState,
+        in_vlan: Option<VlanId>,
+        offending: &[u8],
+        kind: Icmpv6Error,
+        now: Timestamp,
+    ) {
+        let Some(peer) = offending.get(8..24) else {
+            return;
+        };
+        let mut s = [0u8; 16];
+        s.copy_from_slice(peer);
+        let peer = std::net::Ipv6Addr::from(s);
+        let Some(IpAddr::V6(src)) = state.routing.source_for(IpAddr::V6(peer)) else {
+            return;
+        };
+        let mut buf = self.router.buffer();
+        buf.resize(L2 + ICMPV6_ERROR_MAX, 0);
+        let Some(n) = icmp::icmpv6_error(&mut buf[L2..], src, offending, kind) else {
+            self.router.recycle(buf);
+            return;
+        };
+        if kind.is_rate_limited() && !self.router.icmp_limit.allow(now) {
+            if let Some(v) = in_vlan {
+                self.counters.interface(v).icmp_rate_limited.add(1);
+            }
+            self.router.recycle(buf);
+            return;
+        }
+        buf.truncate(L2 + n);
+        if let Some(v) = in_vlan {
+            self.counters.interface(v).icmp_errors.add(1);
+        }
+        self.send_ip(state, buf, now);
+    }
+
+    /// Routes a packet the router originated (`buf[L2..]`, IPv4 or IPv6).
+    fn send_ip(&mut self, state: &ForwardingState, mut buf: Vec<u8>, now: Timestamp) {
+        let packet = &buf[L2..];
+        let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
+            Some(4) if packet.len() >= 20 => (
+                IpAddr::V4(Ipv4Addr::from([
+                    packet[16], packet[17], packet[18], packet[19],
+                ])),
+                EtherType::Ipv4,
+            ),
+            Some(6) if packet.len() >= 40 => {
+                let mut d = [0u8; 16];
+                d.copy_from_slice(&packet[24..40]);
+                (IpAddr::V6(std::net::Ipv6Addr::from(d)), EtherType::Ipv6)
+            }
+            _ => {
+                self.router.recycle(buf);
+                return;
+            }
+        };
+        let Some(route) = state.routing.lookup(dst) else {
+            self.router.recycle(buf);
+            return;
+        };
+        let (vlan, next_hop) = match route.next_hop {
+            NextHop::Connected { vlan } => (vlan, dst),
+            NextHop::Gateway { vlan, via } => (vlan, via),
+            NextHop::Ipip {
+                remote, local, ttl, ..
+            } if ethertype == EtherType::Ipv4 => {
+                let len = buf.len() - L2;
+                let tos = buf[L2 + 1];
+                let ident = self.next_ip_ident();
+                let outer = crate::wire::ipip::outer_header(
+                    local.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    remote,
+                    len,
+                    tos,
+                    ident,
+                    ttl,
+                );
+                self.router.generated.push_back(Generated::Ipip {
+                    remote,
+                    outer,
+                    bytes: buf,
+                    start: L2,
+                });
+                return;
+            }
+            _ => {
+                self.router.recycle(buf);
+                return;
+            }
+        };
+        let Some(iface) = state.routing.interface(vlan) else {
+            self.router.recycle(buf);
+            return;
+        };
+        buf[6..12].copy_from_slice(iface.mac.as_bytes());
+        buf[12..14].copy_from_slice(&u16::from(ethertype).to_be_bytes());
+        let key = NeighKey { vlan, ip: next_hop };
+        let _ = self.send_frame(state, key, buf, now);
+    }
+}
+
+/// Checks an IPv4 header as a router must before forwarding (RFC 1812 5.2.2): length,
+/// version, header length, total length, checksum. Returns (source, destination, total
+/// length).
+fn check_ipv4(bytes: &[u8]) -> Result<(Ipv4Addr, Ipv4Addr, usize), DropReason> {
+    let ip = Ipv4Packet::new_checked(bytes).map_err(|_| DropReason::IpHeaderBad)?;
+    if ip.version() != 4 || !ip.verify_checksum() {
+        return Err(DropReason::IpHeaderBad);
+    }
+    Ok((ip.src_addr(), ip.dst_addr(), usize::from(ip.total_len())))
+}
+
+/// Sources a router never forwards from (RFC 1812 5.3.7).
+fn martian_source_v4(src: Ipv4Addr) -> bool {
+    src.is_unspecified()
+        || src.is_loopback()
+        || src.is_multicast()
+        || src.is_broadcast()
+        || src.octets()[0] >= 240
+}
