@@ -343,3 +343,121 @@ impl RouteConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    /// The issue's example, with the interfaces its gateways need.
+    const EXAMPLE: &str = r#"
+[[interface]]
+vlan = 10
+address = "10.42.0.1/24"
+mac = "02:00:00:00:00:fe"
+[[interface]]
+vlan = 100
+address = ["10.200.0.1/24", "192.168.205.2/24", "fd00:200::1/64"]
+[[route]]
+prefix = "10.42.1.0/24"
+via = "192.168.205.3"
+[[route]]
+prefix = "10.42.2.0/24"
+via = "192.168.205.5"
+encap = "ipip"
+[[route]]
+prefix = "0.0.0.0/0"
+via = "10.200.0.254"
+[[route]]
+prefix = "fd42:1::/64"
+via = "fd00:200::3"
+[[route]]
+prefix = "10.99.0.0/16"
+unreachable = true
+"#;
+
+    fn err(extra: &str) -> String {
+        let text = format!("{EXAMPLE}{extra}");
+        match Config::from_toml(&text).and_then(|c| c.validate().map(|_| ())) {
+            Ok(()) => panic!("accepted: {extra}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_issue_example_validates() {
+        let v = Config::from_toml(EXAMPLE).unwrap().validate().unwrap();
+        assert_eq!(v.interfaces.len(), 2);
+        assert_eq!(v.interfaces[1].v4.len(), 2);
+        assert_eq!(v.interfaces[1].v6.len(), 1);
+        assert_eq!(v.routes.len(), 5);
+        assert_ne!(v.interfaces[0].mac, v.interfaces[1].mac);
+        // Round trip through TOML.
+        let again = Config::from_toml(&Config::from_toml(EXAMPLE).unwrap().to_toml()).unwrap();
+        assert_eq!(again, Config::from_toml(EXAMPLE).unwrap());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (extra, want) in [
+            (
+                "[[route]]\nprefix = \"10.7.0.0/16\"\nvia = \"10.9.9.9\"\n",
+                "route[5] (10.7.0.0/16).via: 10.9.9.9 is not on the subnet of any interface",
+            ),
+            (
+                "[[route]]\nprefix = \"10.7.0.1/16\"\nvia = \"10.200.0.9\"\n",
+                "route[5] (10.7.0.1/16).prefix: 10.7.0.1/16 has host bits set",
+            ),
+            (
+                "[[route]]\nprefix = \"10.42.1.0/24\"\nvia = \"10.200.0.9\"\n",
+                "route[5] (10.42.1.0/24).prefix: 10.42.1.0/24 is defined twice",
+            ),
+            (
+                "[[route]]\nprefix = \"fd99::/64\"\nvia = \"192.168.205.7\"\nencap = \"ipip\"\n",
+                "route[5] (fd99::/64).encap: ipip carries IPv4",
+            ),
+            (
+                "[[route]]\nprefix = \"10.8.0.0/16\"\nvia = \"10.200.0.9\"\nencap = \"gre\"\n",
+                "route[5] (10.8.0.0/16).encap: \"gre\" is not an encapsulation",
+            ),
+            (
+                "[[route]]\nprefix = \"10.8.0.0/16\"\nvia = \"10.200.0.9\"\nmtu = 1400\n",
+                "route[5] (10.8.0.0/16).mtu: only for encap = \"ipip\"",
+            ),
+            (
+                "[[route]]\nprefix = \"10.8.0.0/16\"\nvia = \"10.200.0.1\"\n",
+                "route[5] (10.8.0.0/16).via: 10.200.0.1 is one of the router's own addresses",
+            ),
+            (
+                "[[interface]]\nvlan = 10\naddress = \"10.43.0.1/24\"\n",
+                "interface[2] (vlan 10).vlan: VLAN 10 already has an interface",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"10.42.0.9/24\"\n",
+                "interface[2] (vlan 11).address: 10.42.0.9/24 clashes with 10.42.0.1/24",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"bogus\"\n",
+                "interface[2] (vlan 11).address: \"bogus\" is not an address",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"10.43.0.1\"\n",
+                "interface[2] (vlan 11).address: \"10.43.0.1\" is not an address with a prefix",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = []\n",
+                "interface[2] (vlan 11).address: names no address",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"fd11::1/64\"\nmtu = 1200\n",
+                "interface[2] (vlan 11).mtu: 1200 is below IPv6's minimum",
+            ),
+            (
+                "[[interface]]\nvlan = 4095\naddress = \"10.43.0.1/24\"\n",
+                "interface[2] (vlan 4095).vlan",
+            ),
+        ] {
+            let e = err(extra);
+            assert!(e.starts_with(want), "{extra}\n  got: {e}\n want: {want}");
+        }
+    }
+}
