@@ -538,6 +538,20 @@ impl Switch {
             .routes
             .iter()
             .any(|r| matches!(r.next_hop, NextHop::Ipip { .. }));
+        for r in &routing.routes {
+            if let NextHop::Ipip {
+                local: Some(local), ..
+            } = r.next_hop
+            {
+                // Bound only to check the host has the address; closed at once.
+                if let Err(e) = std::net::UdpSocket::bind((local, 0)) {
+                    return Err(SwitchError::Config(ConfigError::new(
+                        format!("route {}/{}.local", r.prefix, r.len),
+                        format!("{local} is not an address of this host: {e}"),
+                    )));
+                }
+            }
+        }
         let ipip = match (&self.ipip, wants_ipip) {
             (_, false) => None,
             (Some(s), true) => Some(Arc::clone(s)),

@@ -753,6 +753,18 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("route[{i}] ({})", r.prefix);
             let spec = r.validate(&at, &interfaces)?;
+            if let Some(i) = interfaces
+                .iter()
+                .find(|i| routing::is_connected(i, spec.prefix, spec.len))
+            {
+                return Err(ConfigError::new(
+                    format!("{at}.prefix"),
+                    format!(
+                        "{}/{} is the connected subnet of the interface on VLAN {}",
+                        spec.prefix, spec.len, i.vlan
+                    ),
+                ));
+            }
             if !prefixes.insert((spec.prefix, spec.len)) {
                 return Err(ConfigError::new(
                     format!("{at}.prefix"),

@@ -206,6 +206,20 @@ impl InterfaceConfig {
     }
 }
 
+/// Whether `prefix/len` is the subnet of one of `iface`'s addresses.
+pub(super) fn is_connected(iface: &Interface, prefix: IpAddr, len: u8) -> bool {
+    match prefix {
+        IpAddr::V4(p) => iface
+            .v4
+            .iter()
+            .any(|(a, l)| *l == len && mask_v4(*a, len) == p),
+        IpAddr::V6(p) => iface
+            .v6
+            .iter()
+            .any(|(a, l)| *l == len && mask_v6(*a, len) == p),
+    }
+}
+
 /// Whether `addr` is on the subnet of one of `iface`'s addresses.
 fn on_link(iface: &Interface, addr: IpAddr) -> bool {
     match addr {
@@ -410,6 +424,10 @@ unreachable = true
             (
                 "[[route]]\nprefix = \"10.42.1.0/24\"\nvia = \"10.200.0.9\"\n",
                 "route[5] (10.42.1.0/24).prefix: 10.42.1.0/24 is defined twice",
+            ),
+            (
+                "[[route]]\nprefix = \"10.42.0.0/24\"\nvia = \"10.200.0.9\"\n",
+                "route[5] (10.42.0.0/24).prefix: 10.42.0.0/24 is the connected subnet of the interface on VLAN 10",
             ),
             (
                 "[[route]]\nprefix = \"fd99::/64\"\nvia = \"192.168.205.7\"\nencap = \"ipip\"\n",

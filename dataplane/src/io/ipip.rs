@@ -15,7 +15,9 @@
 use std::io;
 use std::mem;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::raw;
 
 /// Receive buffer asked for: room for bursts.
 const RCVBUF: libc::c_int = 4 << 20;
@@ -26,43 +28,12 @@ pub struct IpipSocket {
     tx: OwnedFd,
 }
 
-fn raw_socket(protocol: libc::c_int, what: &str) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    };
-    if fd < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("opening {what}: {e}")));
-    }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 impl IpipSocket {
     /// Opens both sockets in the calling thread's network namespace.
     pub fn open() -> io::Result<IpipSocket> {
-        let rx = raw_socket(libc::IPPROTO_IPIP, "a raw IPIP socket")?;
-        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            // SAFETY: value is a live c_int and the length matches it.
-            let rc = unsafe {
-                libc::setsockopt(
-                    rx.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &RCVBUF as *const libc::c_int as *const libc::c_void,
-                    mem::size_of::<libc::c_int>() as u32,
-                )
-            };
-            if rc == 0 {
-                break;
-            }
-        }
-        let tx = raw_socket(libc::IPPROTO_RAW, "a raw IPv4 socket")?;
+        let rx = raw::open(libc::IPPROTO_IPIP, "a raw IPIP socket")?;
+        raw::set_rcvbuf(rx.as_raw_fd(), RCVBUF);
+        let tx = raw::open(libc::IPPROTO_RAW, "a raw IPv4 socket")?;
         Ok(IpipSocket { rx, tx })
     }
 
@@ -107,23 +78,6 @@ impl IpipSocket {
             iov_base: b.as_ptr() as *mut _,
             iov_len: b.len(),
         });
-        // SAFETY: sockaddr_in is plain old data; all-zero is valid.
-        let mut dst: libc::sockaddr_in = unsafe { mem::zeroed() };
-        dst.sin_family = libc::AF_INET as u16;
-        dst.sin_addr.s_addr = u32::from(remote).to_be();
-        // SAFETY: msghdr is plain old data; all-zero is valid.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_name = (&mut dst as *mut libc::sockaddr_in).cast();
-        msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as u32;
-        msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = iov.len();
-        // SAFETY: msg points at live buffers of the stated sizes for the whole call; sendmsg
-        // only reads them.
-        let n = unsafe { libc::sendmsg(self.tx.as_raw_fd(), &msg, 0) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        raw::send_to(&self.tx, &iov, remote)
     }
 }

@@ -11,6 +11,7 @@ pub mod ipip;
 pub mod netdev;
 pub mod netns;
 pub mod port;
+pub mod raw;
 pub mod tunnel;
 pub mod worker;
 

@@ -74,6 +74,10 @@ impl Bridge {
             else {
                 return Decision::Drop(DropReason::IpHeaderBad);
             };
+            // A tunnel has no interface of its own: counted where the packet came in.
+            if let Some(v) = in_vlan {
+                self.counters.interface(v).fragmented.add(1);
+            }
             for f in fragments {
                 let outer = self.outer(tunnel, &f[super::L2..]);
                 self.router.generated.push_back(Generated::Ipip {
