@@ -203,16 +203,16 @@ impl Setup {
 
         for i in 0..HOSTS {
             let h = local_host(i);
-            let f = frame(EthernetAddress::BROADCAST, Ipv4Addr::BROADCAST, h, 68, 67);
-            let d = bridge.process(&state, ACCESS, &f.0, NOW);
+            let mut f = frame(EthernetAddress::BROADCAST, Ipv4Addr::BROADCAST, h, 68, 67);
+            let d = bridge.process(&state, ACCESS, &mut f.0, NOW);
             assert!(matches!(d, Decision::Forward(_)), "pre-learn local: {d:?}");
         }
         for i in 0..HOSTS {
             let h = remote_host(i);
             let f = frame(EthernetAddress::BROADCAST, Ipv4Addr::BROADCAST, h, 68, 67);
-            let p = vxlan_payload(&f);
+            let mut p = vxlan_payload(&f);
             let (port, inner) = bridge
-                .decap(&state, ENDPOINT, remote_vtep(i), &p.0, NOW)
+                .decap(&state, ENDPOINT, remote_vtep(i), &mut p.0, NOW)
                 .expect("pre-learn remote: decap");
             assert_eq!(port, VXLAN);
             let d = bridge.process(&state, port, inner, NOW);
@@ -283,13 +283,22 @@ fn encap(bridge: &mut Bridge, state: &ForwardingState, frame: &[u8], out_len: us
 /// What the worker's `forward` does with one frame received on `ingress`, minus the I/O:
 /// decide, then for each egress port build its view of the frame, check the MTU, and count it
 /// (a VXLAN port goes through [`encap`]). Returns the number of packets that would be sent.
+/// (The frame is mutable because `Bridge::process` rewrites routed frames in place; no router
+/// is configured here, so it never changes.)
 #[inline(always)]
-fn forward(bridge: &mut Bridge, state: &ForwardingState, ingress: PortId, frame: &[u8]) -> usize {
+fn forward(
+    bridge: &mut Bridge,
+    state: &ForwardingState,
+    ingress: PortId,
+    frame: &mut [u8],
+) -> usize {
     let egress = match bridge.process(state, ingress, frame, NOW) {
         Decision::Forward(egress) => egress,
         Decision::Drop(_) => return 0,
         Decision::Reply(..) => unreachable!("no neighbour suppression in these benches"),
+        Decision::Local | Decision::Tunnel(_) => unreachable!("no router in these benches"),
     };
+    let frame = &*frame;
     let mut sent = 0;
     for member in egress.ports() {
         let out = egress.frame_for(member, frame);
@@ -314,7 +323,12 @@ fn forward(bridge: &mut Bridge, state: &ForwardingState, ingress: PortId, frame:
 
 /// What the worker does with one packet read from the tunnel socket, minus the read.
 #[inline(always)]
-fn receive(bridge: &mut Bridge, state: &ForwardingState, src: Ipv4Addr, payload: &[u8]) -> usize {
+fn receive(
+    bridge: &mut Bridge,
+    state: &ForwardingState,
+    src: Ipv4Addr,
+    payload: &mut [u8],
+) -> usize {
     match bridge.decap(state, ENDPOINT, src, payload, NOW) {
         Ok((port, inner)) => forward(bridge, state, port, inner),
         Err(_) => 0,
@@ -335,10 +349,10 @@ fn decap(c: &mut Criterion) {
         payloads.push(vxlan_payload(&f));
     }
     // Each packet decapsulates, refreshes its remote, and goes to the access port alone.
-    for (&src, p) in from.iter().zip(&payloads) {
+    for (&src, p) in from.iter().zip(payloads.iter_mut()) {
         let Setup { state, bridge } = &mut setup;
         let (port, inner) = bridge
-            .decap(state, ENDPOINT, src, &p.0, NOW)
+            .decap(state, ENDPOINT, src, &mut p.0, NOW)
             .expect("decap");
         assert_eq!((port, inner.len()), (VXLAN, FRAME_LEN));
         match bridge.process(state, port, inner, NOW) {
@@ -357,7 +371,7 @@ fn decap(c: &mut Criterion) {
     group.bench_function(BenchmarkId::from_parameter(LABEL), |b| {
         let mut i = 0;
         b.iter(|| {
-            let n = receive(bridge, state, from[i], black_box(&payloads[i].0[..]));
+            let n = receive(bridge, state, from[i], black_box(&mut payloads[i].0[..]));
             i += 1;
             if i == payloads.len() {
                 i = 0;
@@ -393,7 +407,7 @@ fn encap_group(c: &mut Criterion) {
         // Local host s -> remote host d (or broadcast), in shuffled order.
         let srcs = shuffled(HOSTS, 0x2545_f491_4f6c_dd1d);
         let dsts = shuffled(HOSTS, 0x9e37_79b9_7f4a_7c15);
-        let frames: Vec<Frame> = srcs
+        let mut frames: Vec<Frame> = srcs
             .iter()
             .zip(&dsts)
             .map(|(&s, &d)| {
@@ -409,8 +423,8 @@ fn encap_group(c: &mut Criterion) {
         {
             let Setup { state, bridge } = &mut setup;
             let vx = state.vxlan_port(VXLAN).expect("the VXLAN port");
-            for (f, &d) in frames.iter().zip(&dsts) {
-                let Decision::Forward(e) = bridge.process(state, ACCESS, &f.0, NOW) else {
+            for (f, &d) in frames.iter_mut().zip(&dsts) {
+                let Decision::Forward(e) = bridge.process(state, ACCESS, &mut f.0, NOW) else {
                     panic!("dropped")
                 };
                 let ports: Vec<PortId> = e.ports().map(|m| m.port).collect();
@@ -422,7 +436,7 @@ fn encap_group(c: &mut Criterion) {
                     (k, r) => panic!("{k:?}: unexpected remotes {r:?}"),
                 }
                 let want = if kind == Kind::Flood { 4 } else { 1 };
-                assert_eq!(forward(bridge, state, ACCESS, &f.0), want);
+                assert_eq!(forward(bridge, state, ACCESS, &mut f.0), want);
             }
         }
         setup.check_steady();
@@ -431,7 +445,7 @@ fn encap_group(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(name, LABEL), |b| {
             let mut i = 0;
             b.iter(|| {
-                let n = forward(bridge, state, ACCESS, black_box(&frames[i].0[..]));
+                let n = forward(bridge, state, ACCESS, black_box(&mut frames[i].0[..]));
                 i += 1;
                 if i == frames.len() {
                     i = 0;

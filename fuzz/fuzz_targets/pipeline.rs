@@ -59,7 +59,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let ingress = PortId(u16::from(data[0] % 6));
-    let frame = &data[2..];
+    // The pipeline rewrites routed frames in place, so it takes them mutably.
+    let mut frame = data[2..].to_vec();
     SIM.with(|sim| {
         let (state, bridge, clock) = &mut *sim.borrow_mut();
         *clock += u64::from(data[1]) * 50;
@@ -67,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
         if data[1] == 0xff {
             bridge.age(state, now);
         }
-        match bridge.process(state, ingress, frame, now) {
+        match bridge.process(state, ingress, &mut frame, now) {
             Decision::Drop(reason) => assert!(!reason.as_str().is_empty()),
             Decision::Reply(egress, reply) => {
                 let back: Vec<_> = egress.ports().collect();
@@ -80,11 +81,12 @@ fuzz_target!(|data: &[u8]| {
                     assert_ne!(member.port, ingress, "never back out the ingress port");
                     let p = state.port(member.port).expect("egress to a real port");
                     assert!(p.mode.is_member(egress.vlan), "egress stays in the VLAN");
-                    let out = egress.frame_for(member, frame).to_vec();
+                    let out = egress.frame_for(member, &frame).to_vec();
                     assert!(EthernetFrame::new_checked(&out[..]).is_ok());
                     assert!(out.len() <= frame.len() + 4);
                 }
             }
+            Decision::Local | Decision::Tunnel(_) => panic!("no router interface in this switch"),
         }
         assert!(bridge.mac_table().len() <= state.mac_table_max);
         assert!(bridge.mac_table().port_count(PortId(0)) <= 4);

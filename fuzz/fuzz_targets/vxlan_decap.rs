@@ -70,16 +70,23 @@ fuzz_target!(|data: &[u8]| {
     }
     let src = Ipv4Addr::new(192, 168, 77 + (data[0] & 1), data[0] >> 1);
     let endpoint = if data[0] & 0x80 != 0 { TunnelEndpoint { port: 8472, ..LOCAL } } else { LOCAL };
-    let payload = &data[2..];
+    // Decap and the pipeline take the buffer mutably (routed frames are rewritten in place).
+    let mut payload = data[2..].to_vec();
     SIM.with(|sim| {
         let (state, bridge, clock) = &mut *sim.borrow_mut();
         *clock += u64::from(data[1]) * 50;
         let now = Timestamp::from_millis(*clock);
-        let Ok((port, inner)) = bridge.decap(state, endpoint, src, payload, now) else {
+        let Ok((port, inner)) = bridge.decap(state, endpoint, src, &mut payload, now) else {
             return;
         };
         assert!(state.vxlan_port(port).is_some(), "decap lands on a VNI port");
-        if let Decision::Forward(egress) = bridge.process(state, port, inner, now) {
+        let decision = bridge.process(state, port, inner, now);
+        assert!(
+            !matches!(decision, Decision::Local | Decision::Tunnel(_)),
+            "no router interface in this switch"
+        );
+        let inner = &*inner;
+        if let Decision::Forward(egress) = decision {
             for member in egress.ports() {
                 assert_ne!(member.port, port, "never flooded back into the overlay");
                 if state.vxlan_port(member.port).is_some() {

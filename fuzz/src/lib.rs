@@ -149,3 +149,5 @@ pub fn check_tcp(data: &[u8], pseudo: &PseudoHeader) {
     assert!(again.verify_checksum(pseudo));
     assert_eq!(TcpRepr::parse(&again).expect("emitted TCP parses"), repr);
 }
+
+pub mod router;

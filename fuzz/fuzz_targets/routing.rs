@@ -1,0 +1,69 @@
+//! The router fed arbitrary frames on the ports of a switch with router interfaces on three
+//! VLANs, routes of every kind (gateway, connected, IPIP, unreachable, default) and a small
+//! neighbour table (see `tapswitch_fuzz::router`). State (learned MACs, neighbours, queued
+//! packets) carries over from one input to the next, and the fake clock moves forward with
+//! the router's timer work in between, so resolutions time out, entries go stale and
+//! neighbours are evicted.
+//!
+//! Input: byte 0 picks the ingress port (one id past the last port is refused as unknown);
+//! byte 1 advances the clock (`Sim::advance`: a step with the top bit set also runs
+//! `Bridge::tick`); byte 2 holds fix-ups that get arbitrary bytes past the early checks:
+//! bit 0 sets the destination MAC to the router's MAC for the port (bit 5 to broadcast
+//! instead, for ARP requests and solicitations), bits 1-2 set the EtherType (IPv4, IPv6, ARP),
+//! bit 3 fixes the IP lengths and checksums (IPv4 header and ICMP, or IPv6 payload length and
+//! ICMPv6), bit 4 does the IPv6 part too and sets the hop limit to 255 (neighbour discovery).
+//! The rest is the frame.
+//!
+//! Every decision and every generated frame is checked (see `tapswitch_fuzz::router::check`);
+//! nothing may panic.
+#![no_main]
+
+use std::cell::RefCell;
+
+use libfuzzer_sys::fuzz_target;
+use tapswitch_dataplane::tables::PortId;
+use tapswitch_dataplane::wire::EthernetAddress;
+use tapswitch_fuzz::router::{check, fix_ipv4, fix_ipv6, router_mac_of_port, Sim, PORTS};
+
+thread_local! {
+    static SIM: RefCell<Sim> = RefCell::new(Sim::new());
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 3 {
+        return;
+    }
+    let port = u16::from(data[0]) % (PORTS + 1);
+    let flags = data[2];
+    let mut frame = data[3..].to_vec();
+    if frame.len() >= 14 {
+        if flags & 0x20 != 0 {
+            frame[..6].copy_from_slice(EthernetAddress::BROADCAST.as_bytes());
+        } else if flags & 1 != 0 {
+            frame[..6].copy_from_slice(router_mac_of_port(port).as_bytes());
+        }
+        let ethertype: Option<u16> = match (flags >> 1) & 3 {
+            1 => Some(0x0800),
+            2 => Some(0x86dd),
+            3 => Some(0x0806),
+            _ => None,
+        };
+        if let Some(t) = ethertype {
+            frame[12..14].copy_from_slice(&t.to_be_bytes());
+        }
+        if flags & 0x18 != 0 {
+            match u16::from_be_bytes([frame[12], frame[13]]) {
+                0x0800 if flags & 0x08 != 0 => fix_ipv4(&mut frame[14..]),
+                0x86dd => fix_ipv6(&mut frame[14..], flags & 0x10 != 0),
+                _ => {}
+            }
+        }
+    }
+    SIM.with(|sim| {
+        let sim = &mut *sim.borrow_mut();
+        let now = sim.advance(data[1]);
+        let Sim { state, bridge, .. } = sim;
+        let decision = bridge.process(state, PortId(port), &mut frame, now);
+        check(state, bridge, decision, Some(PortId(port)), &frame, now);
+    });
+});
