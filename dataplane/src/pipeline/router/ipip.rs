@@ -99,7 +99,7 @@ impl Bridge {
         })
     }
 
-    fn outer(&mut self, tunnel: Tunnel, inner: &[u8]) -> [u8; OUTER_LEN] {
+    pub(super) fn outer(&mut self, tunnel: Tunnel, inner: &[u8]) -> [u8; OUTER_LEN] {
         ipip::outer_header(
             tunnel.local.unwrap_or(Ipv4Addr::UNSPECIFIED),
             tunnel.remote,

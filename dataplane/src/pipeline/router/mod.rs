@@ -688,7 +688,7 @@ impl Bridge {
     }
 
     /// Routes a packet the router originated (`buf[L2..]`, IPv4 or IPv6).
-    fn send_ip(&mut self, state: &ForwardingState, mut buf: Vec<u8>, now: Timestamp) {
+    fn send_ip(&mut self, state: &ForwardingState, buf: Vec<u8>, now: Timestamp) {
         let packet = &buf[L2..];
         let (dst, ethertype) = match packet.first().map(|b| b >> 4) {
             Some(4) if packet.len() >= 20 => (
@@ -715,25 +715,34 @@ impl Bridge {
             NextHop::Connected { vlan } => (vlan, dst),
             NextHop::Gateway { vlan, via } => (vlan, via),
             NextHop::Ipip {
-                remote, local, ttl, ..
+                remote,
+                local,
+                ttl,
+                mtu,
             } if ethertype == EtherType::Ipv4 => {
-                let len = buf.len() - L2;
-                let tos = buf[L2 + 1];
-                let ident = self.next_ip_ident();
-                let outer = crate::wire::ipip::outer_header(
-                    local.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                let tunnel = ipip::Tunnel {
                     remote,
-                    len,
-                    tos,
-                    ident,
+                    local,
+                    mtu,
                     ttl,
-                );
-                self.router.generated.push_back(Generated::Ipip {
-                    remote,
-                    outer,
-                    bytes: buf,
-                    start: L2,
-                });
+                };
+                // What the router originates has DF clear: fragment it to the tunnel's MTU.
+                let packets = if buf.len() - L2 > usize::from(mtu) {
+                    let fragments = self.fragments(&buf[L2..], usize::from(mtu));
+                    self.router.recycle(buf);
+                    fragments.unwrap_or_default()
+                } else {
+                    vec![buf]
+                };
+                for b in packets {
+                    let outer = self.outer(tunnel, &b[L2..]);
+                    self.router.generated.push_back(Generated::Ipip {
+                        remote,
+                        outer,
+                        bytes: b,
+                        start: L2,
+                    });
+                }
                 return;
             }
             _ => {
@@ -745,10 +754,23 @@ impl Bridge {
             self.router.recycle(buf);
             return;
         };
-        buf[6..12].copy_from_slice(iface.mac.as_bytes());
-        buf[12..14].copy_from_slice(&u16::from(ethertype).to_be_bytes());
         let key = NeighKey { vlan, ip: next_hop };
-        let _ = self.send_frame(state, key, buf, now);
+        let packets = if buf.len() - L2 > usize::from(iface.mtu) {
+            // Larger than the egress MTU: IPv4 (DF clear) is fragmented, IPv6 dropped.
+            let fragments = match ethertype {
+                EtherType::Ipv4 => self.fragments(&buf[L2..], usize::from(iface.mtu)),
+                _ => None,
+            };
+            self.router.recycle(buf);
+            fragments.unwrap_or_default()
+        } else {
+            vec![buf]
+        };
+        for mut b in packets {
+            b[6..12].copy_from_slice(iface.mac.as_bytes());
+            b[12..14].copy_from_slice(&u16::from(ethertype).to_be_bytes());
+            let _ = self.send_frame(state, key, b, now);
+        }
     }
 }
 
