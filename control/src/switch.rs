@@ -417,6 +417,7 @@ impl Switch {
                 .collect(),
             tunnels: self.tunnels.clone(),
             ipip: self.ipip.clone(),
+            purge: Vec::new(),
         })
     }
 

@@ -17,4 +17,4 @@ pub mod worker;
 
 pub use port::{PortDevice, PortError, PortKind, TapSpec};
 pub use tunnel::TunnelSocket;
-pub use worker::{FdbRecord, Snapshot, WorkerCommand, WorkerHandle};
+pub use worker::{ConntrackDump, FdbRecord, Snapshot, WorkerCommand, WorkerHandle};

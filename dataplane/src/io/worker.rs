@@ -28,7 +28,7 @@ use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::offload::{complete_checksum, segment_tcp};
 use crate::pipeline::TunnelEndpoint;
 use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, Generated, WorkerCounters};
-use crate::tables::{FdbKey, NeighRecord, PortId, Timestamp};
+use crate::tables::{ConntrackStats, CtEntry, CtFilter, FdbKey, NeighRecord, PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
 use crate::wire::{EthernetAddress, VlanId};
@@ -54,6 +54,9 @@ pub struct Snapshot {
     pub tunnels: Vec<Arc<TunnelSocket>>,
     /// The host's IPIP sockets, while some route uses IPIP.
     pub ipip: Option<Arc<IpipSocket>>,
+    /// Tracked connections to forget when this snapshot is adopted (those of removed
+    /// backends, Services and port forwards), so none is translated to what is gone.
+    pub purge: Vec<CtFilter>,
 }
 
 impl Snapshot {
@@ -81,6 +84,16 @@ pub struct FdbRecord {
     pub remote: Option<std::net::Ipv4Addr>,
 }
 
+/// A worker's connection tracking table as it reports it.
+#[derive(Debug, Clone, Default)]
+pub struct ConntrackDump {
+    pub entries: Vec<CtEntry>,
+    /// The worker's clock when the dump was taken (entries' times are on it).
+    pub now: Timestamp,
+    pub stats: ConntrackStats,
+    pub max: usize,
+}
+
 /// Messages from control to a worker.
 pub enum WorkerCommand {
     /// Forward with this snapshot from the next batch on.
@@ -89,6 +102,13 @@ pub enum WorkerCommand {
     DumpFdb(Sender<Vec<FdbRecord>>),
     /// Report the router's neighbour table.
     DumpNeighbours(Sender<Vec<NeighRecord>>),
+    /// Report the connection tracking table.
+    DumpConntrack(Sender<ConntrackDump>),
+    /// Forget the tracked connections the filter picks; reply with how many.
+    FlushConntrack {
+        filter: CtFilter,
+        reply: Sender<usize>,
+    },
     /// Forget learned entries for `mac` (in `vlan`, or every VLAN); reply with how many.
     FlushFdb {
         vlan: Option<VlanId>,
@@ -190,6 +210,22 @@ impl WorkerHandle {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(WorkerCommand::DumpFdb(tx))?;
         rx.recv_timeout(Duration::from_secs(5))
+            .map_err(io::Error::other)
+    }
+
+    /// Asks the worker for its connection tracking table.
+    pub fn dump_conntrack(&self) -> io::Result<ConntrackDump> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(WorkerCommand::DumpConntrack(tx))?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(io::Error::other)
+    }
+
+    /// Asks the worker to forget the connections `filter` picks; returns how many.
+    pub fn flush_conntrack(&self, filter: CtFilter) -> io::Result<usize> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(WorkerCommand::FlushConntrack { filter, reply: tx })?;
+        rx.recv_timeout(Duration::from_secs(10))
             .map_err(io::Error::other)
     }
 
@@ -498,6 +534,23 @@ impl Worker {
                     self.bridge.remote_table_mut().retain(|k, _| !hit(k));
                     let _ = reply.send(n);
                 }
+                WorkerCommand::DumpConntrack(reply) => {
+                    let now = self.now();
+                    let ct = self.bridge.conntrack();
+                    let _ = reply.send(ConntrackDump {
+                        entries: ct.iter().filter(|e| !e.is_expired(now)).cloned().collect(),
+                        now,
+                        stats: ct.stats,
+                        max: ct.max_entries(),
+                    });
+                }
+                WorkerCommand::FlushConntrack { filter, reply } => {
+                    let n = self
+                        .bridge
+                        .conntrack_mut()
+                        .remove_where(|e| filter.matches(e));
+                    let _ = reply.send(n);
+                }
                 WorkerCommand::Stop => return false,
             }
         }
@@ -590,6 +643,11 @@ impl Worker {
             }
         }
         self.bridge.adopt(&snapshot.forwarding);
+        for filter in &snapshot.purge {
+            self.bridge
+                .conntrack_mut()
+                .remove_where(|e| filter.matches(e));
+        }
         self.adopted
             .store(snapshot.forwarding.generation, Ordering::Release);
         self.snapshot = snapshot;

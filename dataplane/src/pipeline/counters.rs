@@ -31,6 +31,24 @@ impl Counter {
     }
 }
 
+/// One counter per [`DropReason`] (indexed by [`DropReason::index`]).
+#[derive(Debug)]
+pub struct DropCounters([Counter; DropReason::COUNT]);
+
+impl Default for DropCounters {
+    fn default() -> Self {
+        DropCounters(std::array::from_fn(|_| Counter::default()))
+    }
+}
+
+impl std::ops::Deref for DropCounters {
+    type Target = [Counter; DropReason::COUNT];
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// Counters of one port on one worker.
 #[derive(Debug, Default)]
 pub struct PortCounters {
@@ -42,7 +60,7 @@ pub struct PortCounters {
     pub tx_errors: Counter,
     /// Frames not sent because they exceed this port's MTU.
     pub tx_oversized: Counter,
-    pub drops: [Counter; DropReason::COUNT],
+    pub drops: DropCounters,
 }
 
 impl PortCounters {
@@ -94,7 +112,7 @@ pub struct InterfaceCounters {
     /// IPv4 packets fragmented to fit this interface's MTU (counted once per packet).
     pub fragmented: Counter,
     /// Packets dropped on the way in through this interface, by reason.
-    pub drops: [Counter; DropReason::COUNT],
+    pub drops: DropCounters,
 }
 
 impl InterfaceCounters {
@@ -102,6 +120,24 @@ impl InterfaceCounters {
     pub fn drop(&self, reason: DropReason) {
         self.drops[reason.index()].add(1);
     }
+}
+
+/// Counters of connection tracking and NAT on one worker.
+#[derive(Debug, Default)]
+pub struct NatCounters {
+    /// Connections tracked (each first packet that made an entry).
+    pub connections: Counter,
+    /// Packets whose addresses or ports were rewritten.
+    pub translated: Counter,
+    /// ICMP errors about a translated connection, translated too.
+    pub icmp_translated: Counter,
+    /// Connections to a Service without backends answered with a TCP RST or ICMP port
+    /// unreachable.
+    pub rejected: Counter,
+    /// Segments refused by the TCP state machine or window check.
+    pub invalid: Counter,
+    /// New connections not tracked because the table was full.
+    pub insert_failed: Counter,
 }
 
 /// Everything one worker counts.
@@ -117,6 +153,7 @@ pub struct WorkerCounters {
     /// The IPIP socket: rx/tx of outer packets, drops of what it received, and `tx_oversized`
     /// / `tx_errors` for what the host refused to send.
     pub ipip: PortCounters,
+    pub nat: NatCounters,
 }
 
 impl Default for WorkerCounters {
@@ -129,6 +166,7 @@ impl Default for WorkerCounters {
             learn: LearnCounters::default(),
             tunnel: PortCounters::default(),
             ipip: PortCounters::default(),
+            nat: NatCounters::default(),
         }
     }
 }

@@ -65,10 +65,25 @@ pub enum DropReason {
     IpipMalformed,
     /// IPIP from an outer source that is not the host of any `ipip` route.
     IpipSourceNotAllowed,
+    /// A TCP segment of a tracked connection that its state or window does not allow (it is
+    /// never forwarded, translated or not), or a TCP segment other than a SYN that would open
+    /// a translated connection.
+    ConntrackInvalid,
+    /// A new connection not tracked: the table was full of live, replied connections.
+    ConntrackFull,
+    /// A new connection to a Service with no backend taking connections (a TCP RST or ICMP
+    /// port unreachable went back).
+    ServiceNoBackend,
+    /// No free source port (or ICMP identifier) left for a new translated connection.
+    NatNoPort,
+    /// A TCP, UDP or ICMP packet too short for its header, where NAT needs it.
+    NatMalformed,
+    /// A later fragment of a translated packet whose first fragment was not seen.
+    NatFragment,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 27;
+    pub const COUNT: usize = 33;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -98,6 +113,12 @@ impl DropReason {
         DropReason::L3Unsupported,
         DropReason::IpipMalformed,
         DropReason::IpipSourceNotAllowed,
+        DropReason::ConntrackInvalid,
+        DropReason::ConntrackFull,
+        DropReason::ServiceNoBackend,
+        DropReason::NatNoPort,
+        DropReason::NatMalformed,
+        DropReason::NatFragment,
     ];
 
     /// The name used in `stats` output.
@@ -130,6 +151,12 @@ impl DropReason {
             DropReason::L3Unsupported => "l3_unsupported",
             DropReason::IpipMalformed => "ipip_malformed",
             DropReason::IpipSourceNotAllowed => "ipip_source_not_allowed",
+            DropReason::ConntrackInvalid => "conntrack_invalid",
+            DropReason::ConntrackFull => "conntrack_full",
+            DropReason::ServiceNoBackend => "service_no_backend",
+            DropReason::NatNoPort => "nat_no_port",
+            DropReason::NatMalformed => "nat_malformed",
+            DropReason::NatFragment => "nat_fragment",
         }
     }
 

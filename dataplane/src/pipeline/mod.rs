@@ -25,7 +25,9 @@ pub mod suppress;
 pub mod tunnel;
 
 pub use bridge::{Bridge, Decision, Egress};
-pub use counters::{Counter, InterfaceCounters, LearnCounters, PortCounters, WorkerCounters};
+pub use counters::{
+    Counter, InterfaceCounters, LearnCounters, NatCounters, PortCounters, WorkerCounters,
+};
 pub use drop::DropReason;
 pub use router::{Generated, IpipEgress};
 pub use routing::{Interface, NextHop, Route, RoutingState};

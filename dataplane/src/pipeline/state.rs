@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 
 use super::RoutingState;
-use crate::tables::{FdbKey, PortId};
+use crate::tables::{FdbKey, NatRules, PortId};
 use crate::wire::{EthernetAddress, VlanId};
 
 /// A set of VLAN ids as a 4096-bit bitmap.
@@ -183,6 +183,8 @@ pub struct ForwardingState {
     /// Router interfaces, routes and IPIP peers; shared between publications that do not
     /// change them.
     pub routing: Arc<RoutingState>,
+    /// Source NAT rules, port forwards and Services.
+    pub nat: NatRules,
 }
 
 impl Default for ForwardingState {
@@ -199,6 +201,7 @@ impl Default for ForwardingState {
             static_remotes: HashMap::new(),
             neighbours: HashMap::new(),
             routing: Arc::new(RoutingState::default()),
+            nat: NatRules::default(),
         }
     }
 }

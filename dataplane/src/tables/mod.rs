@@ -3,16 +3,24 @@
 //! Nothing here knows about threads: the MAC table is owned by one worker; the static FDB is
 //! part of the immutable forwarding state that control publishes.
 
+pub mod conntrack;
 pub mod fib;
 pub mod mac;
 pub mod neigh;
+pub mod service;
+pub mod shard_map;
 pub mod vtep;
 
+pub use conntrack::{
+    Conntrack, ConntrackStats, Dir, Entry as CtEntry, Filter as CtFilter, FlowKey,
+};
 pub use fib::Fib;
 pub use mac::{FdbKey, LearnOutcome, MacEntry, MacTable};
 pub use neigh::{
     NeighKey, NeighLookup, NeighRecord, NeighState, NeighTick, NeighbourTable, Resolve,
 };
+pub use service::{Backend, Frontend, NatRules, Scheduler, Service, SnatRule, Target};
+pub use shard_map::ShardMap;
 pub use vtep::{RemoteEntry, RemoteLearn, RemoteTable};
 
 /// Index of a port in the forwarding state, stable for the port's lifetime.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::router::{self, IpipEgress, Router};
 use super::suppress::{self, ReplyFrame};
 use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
-use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
+use crate::tables::{Conntrack, FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
 use crate::wire::ethernet::HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame, VlanId, VlanTag, VlanTagRepr};
@@ -172,6 +172,15 @@ impl Bridge {
             }) && !state.static_remotes.contains_key(&key)
         });
         self.adopt_routing(state);
+    }
+
+    /// The worker's connection tracking table.
+    pub fn conntrack(&self) -> &Conntrack {
+        self.router.conntrack()
+    }
+
+    pub fn conntrack_mut(&mut self) -> &mut Conntrack {
+        self.router.conntrack_mut()
     }
 
     /// The router's state: the neighbour table.

@@ -25,6 +25,7 @@
 
 mod ipip;
 mod local;
+mod nat;
 #[cfg(test)]
 mod tests;
 
@@ -38,7 +39,7 @@ use super::fragment::fragment_ipv4;
 use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
 use super::routing::{NextHop, RoutingState};
 use super::{Bridge, Decision, DropReason, ForwardingState, VlanMember};
-use crate::tables::{NeighKey, NeighLookup, NeighbourTable, PortId, Resolve, Timestamp};
+use crate::tables::{Conntrack, NeighKey, NeighLookup, NeighbourTable, PortId, Resolve, Timestamp};
 use crate::wire::{EtherType, EthernetAddress, Ipv4Packet, VlanId};
 
 /// The pseudo ingress port of frames the router sends: floods from it reach every member.
@@ -75,6 +76,10 @@ pub struct Router {
     icmp_limit: IcmpRateLimit,
     scratch: Vec<u8>,
     released: Vec<Vec<u8>>,
+    /// Tracked connections (see [`nat`]).
+    conntrack: Conntrack,
+    /// What the schedulers of Services remember between connections.
+    balancer: nat::Balancer,
 }
 
 impl Router {
@@ -86,7 +91,17 @@ impl Router {
             icmp_limit: IcmpRateLimit::default(),
             scratch: Vec::new(),
             released: Vec::new(),
+            conntrack: Conntrack::new(crate::tables::conntrack::DEFAULT_MAX),
+            balancer: nat::Balancer::default(),
         }
+    }
+
+    pub fn conntrack(&self) -> &Conntrack {
+        &self.conntrack
+    }
+
+    pub fn conntrack_mut(&mut self) -> &mut Conntrack {
+        &mut self.conntrack
     }
 
     /// The resolved next hops.
@@ -111,7 +126,9 @@ impl Router {
     }
 
     /// Keeps only neighbours on VLANs that still have an interface.
-    fn adopt(&mut self, routing: &RoutingState) {
+    fn adopt(&mut self, state: &ForwardingState) {
+        let routing = &*state.routing;
+        self.conntrack.set_max_entries(state.nat.conntrack_max);
         self.neigh.set_max_entries(routing.neigh_max);
         self.neigh.retain(|k| routing.interface(k.vlan).is_some());
     }
@@ -533,7 +550,7 @@ impl Bridge {
 
     /// The router's share of a new state: neighbours of removed interfaces are forgotten.
     pub(super) fn adopt_routing(&mut self, state: &ForwardingState) {
-        self.router.adopt(&state.routing);
+        self.router.adopt(state);
     }
 
     /// Timer work for the neighbour table (about once a second): probes that are due, and
