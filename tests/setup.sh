@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs what the tests use that a fresh Debian machine may lack: iproute2 and procps
 # (namespaces), tcpdump and tshark (the VXLAN wire checks), ethtool (checksum offload on a
-# kernel VTEP's veth), and, for the end-to-end bench, iperf3 and ping. Does nothing when all
+# kernel VTEP's veth), and, for the end-to-end bench, iperf3 and ping; traceroute and tracepath (through NAT). Does nothing when all
 # are there. Needs root (apt-get).
 set -eu
 need=""
@@ -12,6 +12,8 @@ command -v tshark >/dev/null || need="$need tshark"
 command -v ethtool >/dev/null || need="$need ethtool"
 command -v iperf3 >/dev/null || need="$need iperf3"
 command -v ping >/dev/null || need="$need iputils-ping"
+command -v tracepath >/dev/null || need="$need iputils-tracepath"
+command -v traceroute >/dev/null || need="$need traceroute"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq

@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{
-    FdbConfig, InterfaceConfig, NeighConfig, PortConfig, RouteConfig, VxlanConfig,
+    BackendConfig, ConntrackFilter, DnatConfig, FdbConfig, InterfaceConfig, NeighConfig,
+    PortConfig, RouteConfig, ServiceConfig, SnatConfig, VxlanConfig,
 };
 use crate::switch::{Switch, SwitchError};
 
@@ -73,6 +74,46 @@ pub enum Request {
         prefix: String,
     },
     RouteShow,
+    SnatAdd {
+        snat: SnatConfig,
+    },
+    SnatDel {
+        source: String,
+        out_vlan: u16,
+    },
+    SnatList,
+    DnatAdd {
+        dnat: DnatConfig,
+    },
+    /// The port forward of (protocol, address, port); the protocol defaults to tcp.
+    DnatDel {
+        protocol: Option<String>,
+        address: String,
+        port: u32,
+    },
+    DnatList,
+    ServiceAdd {
+        service: ServiceConfig,
+    },
+    ServiceDel {
+        name: String,
+    },
+    ServiceList,
+    /// Replaces a Service's backends; an empty list leaves it rejecting connections.
+    ServiceSetBackends {
+        name: String,
+        #[serde(default)]
+        backends: Vec<BackendConfig>,
+    },
+    ConntrackShow {
+        #[serde(default)]
+        filter: ConntrackFilter,
+    },
+    /// Forgets the tracked connections the filter picks (all without one).
+    ConntrackFlush {
+        #[serde(default)]
+        filter: ConntrackFilter,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +169,28 @@ pub fn handle(switch: &mut Switch, config_file: Option<&Path>, req: Request) -> 
         Request::RouteAdd { route } => switch.add_route(route).map(|()| Response::ok(())),
         Request::RouteDel { prefix } => switch.del_route(&prefix).map(|()| Response::ok(())),
         Request::RouteShow => Ok(Response::ok(switch.show_routes())),
+        Request::SnatAdd { snat } => switch.add_snat(snat).map(|()| Response::ok(())),
+        Request::SnatDel { source, out_vlan } => switch
+            .del_snat(&source, out_vlan)
+            .map(|()| Response::ok(())),
+        Request::SnatList => Ok(Response::ok(switch.list_snat())),
+        Request::DnatAdd { dnat } => switch.add_dnat(dnat).map(|()| Response::ok(())),
+        Request::DnatDel {
+            protocol,
+            address,
+            port,
+        } => switch
+            .del_dnat(protocol.as_deref(), &address, port)
+            .map(|()| Response::ok(())),
+        Request::DnatList => switch.list_dnat().map(Response::ok),
+        Request::ServiceAdd { service } => switch.add_service(service).map(|()| Response::ok(())),
+        Request::ServiceDel { name } => switch.del_service(&name).map(|()| Response::ok(())),
+        Request::ServiceList => switch.list_services().map(Response::ok),
+        Request::ServiceSetBackends { name, backends } => switch
+            .set_service_backends(&name, backends)
+            .map(|()| Response::ok(())),
+        Request::ConntrackShow { filter } => switch.show_conntrack(&filter).map(Response::ok),
+        Request::ConntrackFlush { filter } => switch.flush_conntrack(&filter).map(Response::ok),
     };
     result.unwrap_or_else(Response::error)
 }
@@ -249,6 +312,75 @@ mod tests {
             r#"{"cmd":"port_add","port":{"name":"tap-c1","vlan":10}}"#
         );
         assert_eq!(parse_request(&text).unwrap(), req);
+    }
+
+    #[test]
+    fn nat_requests_round_trip_as_json() {
+        let reqs = [
+            Request::ServiceAdd {
+                service: ServiceConfig {
+                    name: "web".into(),
+                    vip: "10.96.0.10".into(),
+                    port: 80,
+                    backends: vec![
+                        "10.42.0.2:8080,weight=3".into(),
+                        BackendConfig::Table(crate::config::BackendTable {
+                            address: "10.42.0.3:8080".into(),
+                            weight: None,
+                            drain: true,
+                        }),
+                    ],
+                    node_port: Some(30080),
+                    ..ServiceConfig::default()
+                },
+            },
+            Request::ServiceSetBackends {
+                name: "web".into(),
+                backends: Vec::new(),
+            },
+            Request::DnatDel {
+                protocol: None,
+                address: "10.200.0.1".into(),
+                port: 8080,
+            },
+            Request::SnatDel {
+                source: "10.42.0.0/16".into(),
+                out_vlan: 100,
+            },
+            Request::ConntrackFlush {
+                filter: ConntrackFilter {
+                    service: Some("web".into()),
+                    ..ConntrackFilter::default()
+                },
+            },
+        ];
+        for req in reqs {
+            let text = serde_json::to_string(&req).unwrap();
+            assert_eq!(parse_request(&text).unwrap(), req, "{text}");
+        }
+        assert_eq!(
+            parse_request(r#"{"cmd":"conntrack_show"}"#).unwrap(),
+            Request::ConntrackShow {
+                filter: ConntrackFilter::default()
+            }
+        );
+        assert_eq!(
+            parse_request(r#"{"cmd":"service_set_backends","name":"web"}"#).unwrap(),
+            Request::ServiceSetBackends {
+                name: "web".into(),
+                backends: Vec::new()
+            }
+        );
+        let text = r#"{"cmd":"service_add","service":{"name":"a","vip":"10.96.0.1","port":80,"backends":["10.42.0.2:80",{"address":"10.42.0.3:80","weight":2}]}}"#;
+        let Request::ServiceAdd { service } = parse_request(text).unwrap() else {
+            panic!("not a service_add");
+        };
+        assert_eq!(service.backends.len(), 2);
+        assert!(parse_request(
+            r#"{"cmd":"service_add","service":{"name":"a","vip":"10.96.0.1","port":80,"backends":[{"address":"10.42.0.3:80","wieght":2}]}}"#
+        )
+        .unwrap_err()
+        .contains("wieght"));
     }
 
     #[test]

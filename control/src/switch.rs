@@ -27,7 +27,12 @@ use crate::config::{
     VxlanConfig, VxlanSpec,
 };
 
+mod nat;
 mod routing;
+pub use nat::{
+    BackendInfo, ConnectionInfo, ConntrackShow, ConntrackSummary, DnatInfo, NatStats, ServiceInfo,
+    SnatInfo, TupleInfo,
+};
 pub use routing::{InterfaceInfo, InterfaceStats, NeighInfo, RouteInfo};
 
 /// How long a publication may take before it is an error.
@@ -86,6 +91,18 @@ pub enum SwitchError {
     /// No route has that prefix.
     #[error("route {0}: no such route")]
     NoSuchRoute(String),
+    /// No Service has that name.
+    #[error("service {0}: no such service")]
+    NoSuchService(String),
+    /// A Service with that name exists.
+    #[error("service {0}: already exists")]
+    ServiceExists(String),
+    /// No port forward has that protocol, address and port.
+    #[error("dnat {0}: no such rule")]
+    NoSuchDnat(String),
+    /// No source NAT rule has that source and VLAN.
+    #[error("snat {0}: no such rule")]
+    NoSuchSnat(String),
     /// A worker thread could not be reached or did not adopt a new state.
     #[error("dataplane: {0}")]
     Worker(#[source] std::io::Error),
@@ -216,6 +233,8 @@ pub struct Stats {
     pub ipip: PortStats,
     /// The router interfaces.
     pub interfaces: Vec<NamedInterfaceStats>,
+    /// Connection tracking and NAT.
+    pub nat: NatStats,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -319,6 +338,9 @@ pub struct Switch {
     pub(crate) routing: Arc<RoutingState>,
     /// The IPIP sockets, while some route uses IPIP.
     ipip: Option<Arc<IpipSocket>>,
+    /// NAT rules and Services, kept compiled and indexed so that one change costs O(that
+    /// change) (see [`nat`]).
+    nat: nat::NatState,
 }
 
 impl Switch {
@@ -334,6 +356,7 @@ impl Switch {
             tunnels: Vec::new(),
             routing: Arc::new(RoutingState::default()),
             ipip: None,
+            nat: nat::NatState::default(),
         };
         let snapshot = switch.compile();
         let worker = WorkerHandle::spawn(0, snapshot).map_err(SwitchError::Worker)?;
@@ -388,8 +411,9 @@ impl Switch {
                     .insert((vx.endpoint, vx.vni), PortId(i as u16));
             }
         }
-        // The configuration was validated when it was accepted, so this cannot fail.
-        if let Ok(v) = self.config.validate() {
+        // The configuration was validated when it was accepted, so this cannot fail. The NAT
+        // sections are not looked at: they are kept compiled in `self.nat`.
+        if let Ok(v) = self.config.validate_without_nat() {
             for spec in &v.fdb {
                 let key = FdbKey::new(spec.vlan, spec.mac);
                 let port = match spec.target {
@@ -408,6 +432,8 @@ impl Switch {
             }
         }
         forwarding.routing = Arc::clone(&self.routing);
+        // O(1): a clone of the persistent frontend map.
+        forwarding.nat = self.nat.rules.clone();
         Arc::new(Snapshot {
             forwarding,
             devices: self
@@ -417,7 +443,7 @@ impl Switch {
                 .collect(),
             tunnels: self.tunnels.clone(),
             ipip: self.ipip.clone(),
-            purge: Vec::new(),
+            purge: self.nat.take_purge(),
         })
     }
 
@@ -488,7 +514,9 @@ impl Switch {
     /// remotes; other ports and VNIs are created or removed. If anything fails, nothing
     /// changes. Returns how many ports were (added, removed, kept).
     pub fn reload(&mut self, config: Config) -> Result<(usize, usize, usize), SwitchError> {
-        let validated = config.validate()?;
+        let validated = config.validate_without_nat()?;
+        // NAT: re-checked and rebuilt only when a NAT section or the interfaces changed.
+        let nat = self.nat_for(&config, &validated)?;
         let same_device = |a: &PortSpec, b: &PortSpec| {
             a.name == b.name
                 && a.netns == b.netns
@@ -608,6 +636,7 @@ impl Switch {
         let old_config = std::mem::replace(&mut self.config, config);
         let old_routing = std::mem::replace(&mut self.routing, routing);
         let old_ipip = std::mem::replace(&mut self.ipip, ipip);
+        let old_nat = nat.map(|n| std::mem::replace(&mut self.nat, n));
         if let Err(e) = self.publish() {
             // Put back what was there; new devices and sockets are dropped with the tables.
             self.ports = old_ports;
@@ -615,6 +644,9 @@ impl Switch {
             self.config = old_config;
             self.routing = old_routing;
             self.ipip = old_ipip;
+            if let Some(old) = old_nat {
+                self.nat = old;
+            }
             return Err(e);
         }
         // The workers no longer use removed devices: dropping them here deletes their TAPs.
@@ -957,6 +989,7 @@ impl Switch {
             vxlan,
             ipip: self.ipip_stats(),
             interfaces,
+            nat: self.nat_stats()?,
         })
     }
 

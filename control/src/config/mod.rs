@@ -1,8 +1,11 @@
 //! The configuration model: what `tapswitch run --config FILE` reads and what the API's
-//! `port add` and `fdb add` take (the same structs, so a key means the same everywhere).
+//! `port add`, `fdb add`, `service add` ... take (the same structs, so a key means the same
+//! everywhere).
 //!
 //! Parsing (serde) accepts only known keys; [`Config::validate`] then checks meaning and turns
 //! raw values into typed specs. Every error names the field: `port[1] (tap-c2).vlan: ...`.
+//! The NAT sections (`[[snat]]`, `[[dnat]]`, `[[service]]`, in [`nat`]) are checked by
+//! [`Config::validate_nat`], which `validate` includes.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -11,7 +14,12 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod nat;
 mod routing;
+pub use nat::{
+    BackendConfig, BackendSpec, BackendTable, ConntrackFilter, DnatConfig, DnatSpec, NatIndex,
+    ServiceConfig, ServiceSpec, SnatConfig, ValidatedNat,
+};
 pub use routing::{parse_cidr, Addresses, InterfaceConfig, InterfaceSpec, RouteConfig, RouteSpec};
 use tapswitch_dataplane::io::port::valid_ifname;
 use tapswitch_dataplane::pipeline::routing::{same_subnet_v4, same_subnet_v6};
@@ -69,6 +77,12 @@ pub struct Config {
     pub interfaces: Vec<InterfaceConfig>,
     #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    #[serde(default, rename = "snat", skip_serializing_if = "Vec::is_empty")]
+    pub snat: Vec<SnatConfig>,
+    #[serde(default, rename = "dnat", skip_serializing_if = "Vec::is_empty")]
+    pub dnat: Vec<DnatConfig>,
+    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceConfig>,
 }
 
 /// `[switch]`: switch-wide settings.
@@ -84,6 +98,13 @@ pub struct SwitchConfig {
     /// Bound on the router's neighbour table (resolved next hops).
     #[serde(default = "default_neigh_max")]
     pub neigh_table_max: usize,
+    /// Bound on each worker's connection tracking table.
+    #[serde(default = "default_conntrack_max")]
+    pub conntrack_max: usize,
+}
+
+fn default_conntrack_max() -> usize {
+    tapswitch_dataplane::tables::conntrack::DEFAULT_MAX
 }
 
 fn default_neigh_max() -> usize {
@@ -104,6 +125,7 @@ impl Default for SwitchConfig {
             mac_aging_secs: default_aging(),
             mac_table_max: default_table_max(),
             neigh_table_max: default_neigh_max(),
+            conntrack_max: default_conntrack_max(),
         }
     }
 }
@@ -578,6 +600,8 @@ pub struct Validated {
     pub neigh: Vec<NeighSpec>,
     pub interfaces: Vec<InterfaceSpec>,
     pub routes: Vec<RouteSpec>,
+    /// Empty (unchecked) from [`Config::validate_without_nat`].
+    pub nat: ValidatedNat,
 }
 
 impl Config {
@@ -601,6 +625,15 @@ impl Config {
 
     /// Checks the whole configuration.
     pub fn validate(&self) -> Result<Validated, ConfigError> {
+        let mut v = self.validate_without_nat()?;
+        v.nat = self.validate_nat(&v.interfaces)?;
+        Ok(v)
+    }
+
+    /// Checks everything but the NAT sections, leaving [`Validated::nat`] empty: for callers
+    /// that keep the NAT sections checked by other means (the switch keeps an index, so that
+    /// publishing a change does not re-check every Service).
+    pub fn validate_without_nat(&self) -> Result<Validated, ConfigError> {
         let s = &self.switch;
         if !(1..=1_000_000).contains(&s.mac_aging_secs) {
             return Err(ConfigError::new(
@@ -703,6 +736,7 @@ impl Config {
             neigh,
             interfaces,
             routes,
+            nat: ValidatedNat::default(),
         })
     }
 

@@ -17,6 +17,7 @@ pub mod counters;
 pub mod drop;
 pub mod fragment;
 pub mod icmp;
+pub mod nat;
 pub mod offload;
 pub mod router;
 pub mod routing;

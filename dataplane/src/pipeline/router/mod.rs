@@ -207,6 +207,18 @@ impl Bridge {
         if dst.is_loopback() || dst.is_unspecified() || dst.is_broadcast() || dst.is_multicast() {
             return Decision::Drop(DropReason::Martian);
         }
+        let mut dst = dst;
+        if state.nat.is_active() || !self.router.conntrack.is_empty() {
+            if let Err(reason) = self.nat_in(state, in_vlan, l3, total, frame, now) {
+                return Decision::Drop(reason);
+            }
+            dst = Ipv4Addr::from([
+                frame[l3 + 16],
+                frame[l3 + 17],
+                frame[l3 + 18],
+                frame[l3 + 19],
+            ]);
+        }
         if routing.local.contains_key(&IpAddr::V4(dst)) {
             return self.local_v4(state, in_vlan, l3, total, frame, now);
         }
@@ -556,6 +568,7 @@ impl Bridge {
     /// Timer work for the neighbour table (about once a second): probes that are due, and
     /// ICMP host unreachable for packets whose next hop never answered.
     pub fn tick(&mut self, state: &ForwardingState, now: Timestamp) {
+        self.nat_tick(now);
         let mut probes = Vec::new();
         let mut failed = Vec::new();
         self.router.neigh.tick(now, &mut probes, &mut failed);
@@ -663,6 +676,16 @@ impl Bridge {
         buf.truncate(L2 + n);
         if let Some(v) = in_vlan {
             self.counters.interface(v).icmp_errors.add(1);
+        }
+        // About a translated packet: the error goes to its sender as the sender knows it,
+        // from the router's address on the sender's side (as if no translation had happened).
+        if self.translate_icmp_error(&mut buf[L2..], 20, now) {
+            self.counters.nat.icmp_translated.add(1);
+            let mut ip = Ipv4Packet::new_unchecked(&mut buf[L2..]);
+            if let Some(IpAddr::V4(src)) = state.routing.source_for(IpAddr::V4(ip.dst_addr())) {
+                ip.set_src_addr(src);
+                ip.fill_checksum();
+            }
         }
         self.send_ip(state, buf, now);
     }
