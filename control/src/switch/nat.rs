@@ -635,13 +635,21 @@ impl Switch {
 
     /// `service list`, sorted by name, with each backend's tracked connections.
     pub fn list_services(&self) -> Result<Vec<ServiceInfo>, SwitchError> {
+        // The workers count connections per backend: ask for those numbers, not the entries.
+        let asked: Vec<(u32, SocketAddrV4)> = self
+            .nat
+            .services
+            .values()
+            .flat_map(|s| s.spec.backends.iter().map(|b| (s.compiled.id, b.addr)))
+            .collect();
         let mut counts: HashMap<(u32, SocketAddrV4), u64> = HashMap::new();
-        if !self.nat.services.is_empty() {
-            for dump in self.conntrack_dumps()? {
-                for e in &dump.entries {
-                    if let Some(b) = e.backend {
-                        *counts.entry(b).or_default() += 1;
-                    }
+        if !asked.is_empty() {
+            for w in &self.workers {
+                let summary = w
+                    .conntrack_summary(asked.clone())
+                    .map_err(SwitchError::Worker)?;
+                for (b, n) in asked.iter().zip(&summary.backend_connections) {
+                    *counts.entry(*b).or_default() += u64::from(*n);
                 }
             }
         }
@@ -800,7 +808,10 @@ impl Switch {
             s.insert_failed += c.insert_failed.get();
         }
         let mut summary = ConntrackSummary::default();
-        for dump in self.conntrack_dumps()? {
+        for w in &self.workers {
+            let dump = w
+                .conntrack_summary(Vec::new())
+                .map_err(SwitchError::Worker)?;
             add_dump_stats(&mut summary, &dump);
         }
         s.entries = summary.entries;
@@ -810,7 +821,7 @@ impl Switch {
 }
 
 fn add_dump_stats(summary: &mut ConntrackSummary, dump: &ConntrackDump) {
-    summary.entries += dump.entries.len() as u64;
+    summary.entries += dump.len as u64;
     summary.max += dump.max as u64;
     summary.inserted += dump.stats.inserted;
     summary.insert_failed += dump.stats.insert_failed;

@@ -92,6 +92,10 @@ pub struct ConntrackDump {
     pub now: Timestamp,
     pub stats: ConntrackStats,
     pub max: usize,
+    /// Entries tracked (also when `entries` was not asked for).
+    pub len: usize,
+    /// For [`WorkerCommand::ConntrackSummary`]: the connections of each backend asked about.
+    pub backend_connections: Vec<u32>,
 }
 
 /// Messages from control to a worker.
@@ -104,6 +108,12 @@ pub enum WorkerCommand {
     DumpNeighbours(Sender<Vec<NeighRecord>>),
     /// Report the connection tracking table.
     DumpConntrack(Sender<ConntrackDump>),
+    /// Report the connection tracking table's size and counters, and the connections of each
+    /// (Service id, backend) asked about, without copying the entries.
+    ConntrackSummary {
+        backends: Vec<(u32, std::net::SocketAddrV4)>,
+        reply: Sender<ConntrackDump>,
+    },
     /// Forget the tracked connections the filter picks; reply with how many.
     FlushConntrack {
         filter: CtFilter,
@@ -217,6 +227,18 @@ impl WorkerHandle {
     pub fn dump_conntrack(&self) -> io::Result<ConntrackDump> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(WorkerCommand::DumpConntrack(tx))?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(io::Error::other)
+    }
+
+    /// Asks the worker for its table's size and counters and the connections of `backends`,
+    /// without the entries.
+    pub fn conntrack_summary(
+        &self,
+        backends: Vec<(u32, std::net::SocketAddrV4)>,
+    ) -> io::Result<ConntrackDump> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(WorkerCommand::ConntrackSummary { backends, reply: tx })?;
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(io::Error::other)
     }
@@ -542,6 +564,22 @@ impl Worker {
                         now,
                         stats: ct.stats,
                         max: ct.max_entries(),
+                        len: ct.len(),
+                        backend_connections: Vec::new(),
+                    });
+                }
+                WorkerCommand::ConntrackSummary { backends, reply } => {
+                    let ct = self.bridge.conntrack();
+                    let _ = reply.send(ConntrackDump {
+                        entries: Vec::new(),
+                        now: self.now(),
+                        stats: ct.stats,
+                        max: ct.max_entries(),
+                        len: ct.len(),
+                        backend_connections: backends
+                            .iter()
+                            .map(|&(id, b)| ct.backend_connections(id, b))
+                            .collect(),
                     });
                 }
                 WorkerCommand::FlushConntrack { filter, reply } => {
