@@ -5,7 +5,8 @@
 # Shows masquerade (the outside sees only 10.200.0.1), the port forward 10.200.0.1:8080 ->
 # web1:80, the Service 10.96.0.10:80 spreading over both, its NodePort, a backend drained
 # and removed at runtime, and the conntrack table; removes everything on exit, Ctrl-C or
-# failure. Needs root, python3 and curl.
+# failure. Needs root, python3 and curl. (The client shares VLAN 10 with web1: its connections
+# to web1 through the Service are hairpinned, so web1 sees the router, 10.42.0.1.)
 # Usage: examples/nat-services.sh [path/to/tapswitch]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +52,7 @@ add_container "$outside" 100 10.200.0.254/24
 # Each web server answers with its name and the address it sees the client at.
 serve() { # ns name addr
   ip netns exec "$1" python3 -c '
-import http.server, sys
+import http.server, socketserver, sys
 name, addr = sys.argv[1], sys.argv[2]
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
@@ -59,7 +60,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
-http.server.ThreadingHTTPServer((addr, int(sys.argv[3])), H).serve_forever()
+class S(http.server.ThreadingHTTPServer):
+    server_bind = socketserver.TCPServer.server_bind  # no reverse DNS lookup of the address
+S((addr, int(sys.argv[3])), H).serve_forever()
 ' "$2" "$3" "$4" &
   pids+=($!)
 }
@@ -88,4 +91,4 @@ ts service list
 echo
 echo "== tapswitch conntrack show"; ts conntrack show | head -20
 echo
-echo "== tapswitch stats (nat)"; ts stats | grep -iA8 '^nat' || true
+echo "== tapswitch stats (the NAT line)"; ts stats | grep '^nat:' || true

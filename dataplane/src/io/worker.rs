@@ -238,7 +238,10 @@ impl WorkerHandle {
         backends: Vec<(u32, std::net::SocketAddrV4)>,
     ) -> io::Result<ConntrackDump> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        self.send(WorkerCommand::ConntrackSummary { backends, reply: tx })?;
+        self.send(WorkerCommand::ConntrackSummary {
+            backends,
+            reply: tx,
+        })?;
         rx.recv_timeout(Duration::from_secs(10))
             .map_err(io::Error::other)
     }

@@ -28,7 +28,9 @@ pub enum L4 {
     Tcp(Segment),
     Udp,
     /// An ICMP echo request or reply (`sport` of the key is the identifier).
-    Echo { request: bool },
+    Echo {
+        request: bool,
+    },
     /// An ICMP error quoting a packet.
     IcmpError,
     /// Any other protocol or ICMP type: tracked by addresses alone.
@@ -177,7 +179,13 @@ fn l4_checksum_at(proto: u8) -> Option<(usize, bool)> {
 ///
 /// `packet` must hold the IP header and, with `l4_present`, the first 8 bytes of the
 /// transport header ([`parse`] and [`quoted`] make sure); a shorter one is left alone.
-pub fn rewrite(packet: &mut [u8], l4_offset: usize, from: &FlowKey, to: &FlowKey, l4_present: bool) {
+pub fn rewrite(
+    packet: &mut [u8],
+    l4_offset: usize,
+    from: &FlowKey,
+    to: &FlowKey,
+    l4_present: bool,
+) {
     if packet.len() < 20 || (l4_present && packet.len() < l4_offset.saturating_add(8)) {
         return;
     }

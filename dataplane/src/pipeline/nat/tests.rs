@@ -42,7 +42,14 @@ impl Rng {
 
 /// An IPv4 packet: 20-byte header (TTL 64, DF clear) with a valid checksum, then `l4`.
 /// `frag` is the flags and fragment offset field.
-pub(crate) fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, ident: u16, frag: u16, l4: &[u8]) -> Vec<u8> {
+pub(crate) fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    ident: u16,
+    frag: u16,
+    l4: &[u8],
+) -> Vec<u8> {
     let mut p = vec![0u8; 20];
     p[0] = 0x45;
     put16(&mut p, 2, (20 + l4.len()) as u16);
@@ -109,7 +116,12 @@ pub(crate) fn tcp(
 }
 
 /// A UDP datagram in an IPv4 packet; without `with_checksum` its checksum is zero (none).
-pub(crate) fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], with_checksum: bool) -> Vec<u8> {
+pub(crate) fn udp(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+    with_checksum: bool,
+) -> Vec<u8> {
     let mut u = vec![0u8; 8];
     put16(&mut u, 0, src.port());
     put16(&mut u, 2, dst.port());
@@ -126,7 +138,14 @@ pub(crate) fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8], with_che
 }
 
 /// An ICMP echo request or reply in an IPv4 packet.
-pub(crate) fn echo(src: Ipv4Addr, dst: Ipv4Addr, request: bool, ident: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn echo(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    request: bool,
+    ident: u16,
+    seq: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut m = vec![0u8; 8];
     m[0] = if request { ECHO_REQUEST } else { ECHO_REPLY };
     put16(&mut m, 4, ident);
@@ -139,7 +158,14 @@ pub(crate) fn echo(src: Ipv4Addr, dst: Ipv4Addr, request: bool, ident: u16, seq:
 
 /// An ICMP error of `kind` and `code` from `src` to `dst` quoting `quote` (an IP packet or
 /// its beginning).
-pub(crate) fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, kind: u8, code: u8, rest: u32, quote: &[u8]) -> Vec<u8> {
+pub(crate) fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: u32,
+    quote: &[u8],
+) -> Vec<u8> {
     let mut m = vec![0u8; 8];
     m[0] = kind;
     m[1] = code;
@@ -168,10 +194,12 @@ pub(crate) fn checksum_error(p: &[u8]) -> Option<String> {
     let (src, dst, proto) = (addr(p, 12), addr(p, 16), p[9]);
     let l4 = &p[ihl..];
     let ok = match proto {
-        PROTO_TCP => checksum::combine(&[
-            checksum::pseudo_header_v4(&src, &dst, IpProtocol::Tcp, l4.len() as u32),
-            checksum::sum(l4),
-        ]) == 0xffff,
+        PROTO_TCP => {
+            checksum::combine(&[
+                checksum::pseudo_header_v4(&src, &dst, IpProtocol::Tcp, l4.len() as u32),
+                checksum::sum(l4),
+            ]) == 0xffff
+        }
         PROTO_UDP => {
             get16(l4, 6) == 0
                 || checksum::combine(&[
@@ -231,10 +259,22 @@ fn parse_reads_tcp_with_its_segment_fields() {
             wscale: Some(7),
         })
     );
-    let p = tcp(sa(A, 40000), sa(X, 443), ACK | FIN, 1001, 77, 500, &[], b"hello");
+    let p = tcp(
+        sa(A, 40000),
+        sa(X, 443),
+        ACK | FIN,
+        1001,
+        77,
+        500,
+        &[],
+        b"hello",
+    );
     match parse(&p).unwrap().l4 {
         L4::Tcp(s) => {
-            assert_eq!((s.flags, s.seq, s.ack, s.len, s.window), (ACK | FIN, 1001, 77, 5, 500));
+            assert_eq!(
+                (s.flags, s.seq, s.ack, s.len, s.window),
+                (ACK | FIN, 1001, 77, 5, 500)
+            );
             // Only a SYN's options are read.
             assert_eq!(s.wscale, None);
         }
@@ -295,7 +335,10 @@ fn parse_tells_first_and_later_fragments() {
 fn parse_refuses_truncated_transport_headers() {
     let t = tcp(sa(A, 1), sa(X, 2), ACK, 1, 1, 1, &[], b"");
     // Too short for a TCP header.
-    assert_eq!(parse(&ipv4(A, X, PROTO_TCP, 1, 0, &t[20..39])), Err(Malformed));
+    assert_eq!(
+        parse(&ipv4(A, X, PROTO_TCP, 1, 0, &t[20..39])),
+        Err(Malformed)
+    );
     // Data offset below 5 words, or beyond the segment.
     let mut bad = t[20..].to_vec();
     bad[12] = 4 << 4;
@@ -303,9 +346,15 @@ fn parse_refuses_truncated_transport_headers() {
     bad[12] = 6 << 4;
     assert_eq!(parse(&ipv4(A, X, PROTO_TCP, 1, 0, &bad)), Err(Malformed));
     assert_eq!(parse(&ipv4(A, X, PROTO_UDP, 1, 0, &[0; 7])), Err(Malformed));
-    assert_eq!(parse(&ipv4(A, X, PROTO_ICMP, 1, 0, &[8, 0, 0])), Err(Malformed));
+    assert_eq!(
+        parse(&ipv4(A, X, PROTO_ICMP, 1, 0, &[8, 0, 0])),
+        Err(Malformed)
+    );
     // A first fragment too short for the ports.
-    assert_eq!(parse(&ipv4(A, X, PROTO_UDP, 1, 0x2000, &[0; 4])), Err(Malformed));
+    assert_eq!(
+        parse(&ipv4(A, X, PROTO_UDP, 1, 0x2000, &[0; 4])),
+        Err(Malformed)
+    );
 }
 
 #[test]
@@ -334,10 +383,26 @@ fn packet_for(from: &FlowKey, len: usize, rng: &mut Rng) -> Vec<u8> {
     match from.proto {
         PROTO_TCP => {
             let flags = [SYN, ACK, ACK | FIN, ACK | 0x08][rng.below(4) as usize];
-            tcp(s, d, flags, rng.next() as u32, rng.next() as u32, rng.u16(), &[], &payload)
+            tcp(
+                s,
+                d,
+                flags,
+                rng.next() as u32,
+                rng.next() as u32,
+                rng.u16(),
+                &[],
+                &payload,
+            )
         }
         PROTO_UDP => udp(s, d, &payload, rng.below(4) != 0),
-        _ => echo(from.src, from.dst, rng.below(2) == 0, from.sport, rng.u16(), &payload),
+        _ => echo(
+            from.src,
+            from.dst,
+            rng.below(2) == 0,
+            from.sport,
+            rng.u16(),
+            &payload,
+        ),
     }
 }
 
@@ -399,7 +464,11 @@ fn rewrite_of_a_udp_checksum_that_comes_out_zero_sends_all_ones() {
     let original = udp(sa(A, 5000), sa(X, 53), b"abc", true);
     let mut seen = 0;
     for port in 0..=u16::MAX {
-        let to = FlowKey { sport: port, src: ROUTER, ..from };
+        let to = FlowKey {
+            sport: port,
+            src: ROUTER,
+            ..from
+        };
         let mut p = original.clone();
         rewrite(&mut p, 20, &from, &to, true);
         assert_checksums(&p);
@@ -419,7 +488,10 @@ fn rewrite_of_a_later_fragment_changes_addresses_only() {
     let whole = udp(sa(A, 5000), sa(X, 53), &[9; 64], true);
     let later = ipv4(A, X, PROTO_UDP, 9, 3, &whole[44..]);
     let from = parse(&later).unwrap().key;
-    let to = FlowKey { src: ROUTER, ..from };
+    let to = FlowKey {
+        src: ROUTER,
+        ..from
+    };
     let mut p = later.clone();
     rewrite(&mut p, 20, &from, &to, false);
     assert_checksums(&p);
@@ -432,10 +504,23 @@ fn rewrite_of_a_later_fragment_changes_addresses_only() {
     let first = ipv4(A, X, PROTO_UDP, 9, 0x2000, &whole[20..44]);
     let mut f1 = first.clone();
     let parsed = parse(&f1).unwrap();
-    let to = FlowKey { src: ROUTER, sport: 61000, ..parsed.key };
+    let to = FlowKey {
+        src: ROUTER,
+        sport: 61000,
+        ..parsed.key
+    };
     rewrite(&mut f1, 20, &parsed.key, &to, true);
     let mut f2 = later.clone();
-    rewrite(&mut f2, 20, &from, &FlowKey { src: ROUTER, ..from }, false);
+    rewrite(
+        &mut f2,
+        20,
+        &from,
+        &FlowKey {
+            src: ROUTER,
+            ..from
+        },
+        false,
+    );
     let mut l4 = f1[20..].to_vec();
     l4.extend_from_slice(&f2[20..]);
     let joined = ipv4(ROUTER, X, PROTO_UDP, 9, 0, &l4);
@@ -447,7 +532,10 @@ fn rewrite_of_a_later_fragment_changes_addresses_only() {
 fn rewrite_leaves_protocols_without_ports_alone() {
     let gre = ipv4(A, X, 47, 1, 0, &[1, 2, 3, 4, 5, 6, 7, 8]);
     let from = parse(&gre).unwrap().key;
-    let to = FlowKey { src: ROUTER, ..from };
+    let to = FlowKey {
+        src: ROUTER,
+        ..from
+    };
     let mut p = gre.clone();
     rewrite(&mut p, 20, &from, &to, true);
     assert_checksums(&p);
@@ -470,7 +558,16 @@ fn masqueraded(proto: u8) -> (FlowKey, FlowKey) {
 
 fn packet_of(k: &FlowKey, payload: &[u8]) -> Vec<u8> {
     match k.proto {
-        PROTO_TCP => tcp(sa(k.src, k.sport), sa(k.dst, k.dport), ACK, 5000, 6000, 1000, &[], payload),
+        PROTO_TCP => tcp(
+            sa(k.src, k.sport),
+            sa(k.dst, k.dport),
+            ACK,
+            5000,
+            6000,
+            1000,
+            &[],
+            payload,
+        ),
         PROTO_UDP => udp(sa(k.src, k.sport), sa(k.dst, k.dport), payload, true),
         _ => echo(k.src, k.dst, true, k.sport, 3, payload),
     }
@@ -577,10 +674,23 @@ fn translate_error_keeps_the_checksum_of_a_first_fragment_right() {
     let mut f1 = first.clone();
     translate_error(&mut f1, 20, &q, &inside);
     let mut f2 = later.clone();
-    rewrite(&mut f2, 20, &parse(&later).unwrap().key, &FlowKey { dst: A, ..parse(&later).unwrap().key }, false);
+    rewrite(
+        &mut f2,
+        20,
+        &parse(&later).unwrap().key,
+        &FlowKey {
+            dst: A,
+            ..parse(&later).unwrap().key
+        },
+        false,
+    );
     let mut joined = f1[20..].to_vec();
     joined.extend_from_slice(&f2[20..]);
-    assert_eq!(checksum::sum(&joined), 0xffff, "ICMP checksum of the reassembled error");
+    assert_eq!(
+        checksum::sum(&joined),
+        0xffff,
+        "ICMP checksum of the reassembled error"
+    );
 }
 
 #[test]
@@ -602,7 +712,10 @@ fn quoted_refuses_what_it_cannot_translate() {
     assert!(quoted(&nested, 20).is_none());
     // An echo is quoted with its identifier.
     let e = echo(A, X, true, 99, 1, b"");
-    assert_eq!(quoted(&icmp_error(HOP, A, 11, 0, 0, &e), 20).unwrap().key, key(A, 99, X, 0, PROTO_ICMP));
+    assert_eq!(
+        quoted(&icmp_error(HOP, A, 11, 0, 0, &e), 20).unwrap().key,
+        key(A, 99, X, 0, PROTO_ICMP)
+    );
 }
 
 fn seg_of(p: &[u8]) -> Segment {
@@ -619,7 +732,16 @@ fn tcp_reset_answers_by_rfc_793() {
     let mut out = [0u8; 64];
 
     // A SYN (no ACK): RST|ACK, seq 0, ack = seq + 1.
-    let syn = tcp(sa(A, 40000), sa(vip, 80), SYN, 0xffff_fff0, 0, 1000, &[], b"");
+    let syn = tcp(
+        sa(A, 40000),
+        sa(vip, 80),
+        SYN,
+        0xffff_fff0,
+        0,
+        1000,
+        &[],
+        b"",
+    );
     let n = tcp_reset(&mut out, &k, &seg_of(&syn), 7).unwrap();
     let r = &out[..n];
     assert_eq!(n, 40);
@@ -627,11 +749,23 @@ fn tcp_reset_answers_by_rfc_793() {
     let rk = parse(r).unwrap();
     assert_eq!(rk.key, k.reversed());
     let s = seg_of(r);
-    assert_eq!((s.flags, s.seq, s.ack, s.len), (RST | ACK, 0, 0xffff_fff1, 0));
+    assert_eq!(
+        (s.flags, s.seq, s.ack, s.len),
+        (RST | ACK, 0, 0xffff_fff1, 0)
+    );
     assert_eq!(get16(r, 4), 7);
 
     // A SYN with data, wrapping: the data counts too.
-    let syn = tcp(sa(A, 40000), sa(vip, 80), SYN, u32::MAX, 0, 1000, &[], b"abc");
+    let syn = tcp(
+        sa(A, 40000),
+        sa(vip, 80),
+        SYN,
+        u32::MAX,
+        0,
+        1000,
+        &[],
+        b"abc",
+    );
     let n = tcp_reset(&mut out, &k, &seg_of(&syn), 7).unwrap();
     assert_eq!(seg_of(&out[..n]).ack, 3);
 
@@ -641,7 +775,16 @@ fn tcp_reset_answers_by_rfc_793() {
     assert_eq!(seg_of(&out[..n]).ack, 103);
 
     // A segment with ACK: RST with seq = its ack, no ACK flag.
-    let data = tcp(sa(A, 40000), sa(vip, 80), ACK | 0x08, 100, 5555, 1000, &[], b"data");
+    let data = tcp(
+        sa(A, 40000),
+        sa(vip, 80),
+        ACK | 0x08,
+        100,
+        5555,
+        1000,
+        &[],
+        b"data",
+    );
     let n = tcp_reset(&mut out, &k, &seg_of(&data), 7).unwrap();
     assert_checksums(&out[..n]);
     let s = seg_of(&out[..n]);

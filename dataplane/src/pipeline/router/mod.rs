@@ -607,7 +607,10 @@ impl Bridge {
         match packet.first().map(|b| b >> 4) {
             Some(4) if packet.len() >= 20 => {
                 let src = Ipv4Addr::from([packet[12], packet[13], packet[14], packet[15]]);
-                if state.routing.local.contains_key(&IpAddr::V4(src)) {
+                // The router's own packets get no error, unless masquerade put its address
+                // there: then the error is translated back to the sender.
+                if state.routing.local.contains_key(&IpAddr::V4(src)) && !self.is_translated(packet)
+                {
                     return;
                 }
                 self.send_icmpv4_error(state, None, packet, Icmpv4Error::HostUnreachable, now);

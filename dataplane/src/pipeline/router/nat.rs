@@ -43,14 +43,24 @@ const FRAGMENTS_MAX: usize = 4096;
 const AFFINITY_MAX: usize = 1 << 20;
 /// Translated source ports are drawn from here (as Linux's masquerade does).
 const PORT_MIN: u32 = 1024;
+/// The first run of consecutive ports [`allocate_port`] tries, and the shortest; each run
+/// after the first is half as long: at most 128 + 64 + 32 + 16 = 240 lookups.
+const PORT_RUN: u32 = 128;
+const PORT_RUN_MIN: u32 = 16;
 /// Slots the once-a-second sweep looks at, at least.
 const SWEEP_MIN: usize = 4096;
+
+/// A fragmented packet: (source, destination, protocol, identification) as it arrived.
+type FragmentKey = (Ipv4Addr, Ipv4Addr, u8, u16);
+/// How its first fragment was translated: new (source, destination), and until when that
+/// holds.
+type FragmentTranslation = (Ipv4Addr, Ipv4Addr, Timestamp);
 
 /// What Service schedulers and fragment translation remember between packets.
 pub struct Balancer {
     round_robin: HashMap<u32, u64>,
     affinity: HashMap<(u32, Ipv4Addr), (SocketAddrV4, Timestamp)>,
-    fragments: HashMap<(Ipv4Addr, Ipv4Addr, u8, u16), (Ipv4Addr, Ipv4Addr, Timestamp)>,
+    fragments: HashMap<FragmentKey, FragmentTranslation>,
     rng: u64,
 }
 
@@ -99,8 +109,9 @@ impl Balancer {
         }
         let counter = {
             let c = self.round_robin.entry(svc.id).or_insert(0);
+            let turn = *c;
             *c = c.wrapping_add(1);
-            *c - 1
+            turn
         };
         let random = self.random();
         let client = mix(u64::from(u32::from(key.src)));
@@ -164,25 +175,35 @@ fn masquerade_addr(routing: &RoutingState, vlan: VlanId, next_hop: IpAddr) -> Op
 }
 
 /// Draws a free value for the translated source port (or ICMP identifier) of `reply` (the
-/// reply tuple: the port is its destination port, the identifier its `sport`), starting at
-/// random and walking the range.
-fn allocate_port(ct: &Conntrack, reply: &mut FlowKey, random: u64) -> bool {
+/// reply tuple: the port is its destination port, the identifier its `sport`): a run of
+/// consecutive values from a random start, then shorter runs from new random starts (as
+/// Linux's `nf_nat_l4proto_unique_tuple`). The search is bounded so that a nearly exhausted
+/// range costs a failed connection, not a stalled worker.
+pub(super) fn allocate_port(
+    ct: &Conntrack,
+    reply: &mut FlowKey,
+    mut random: impl FnMut() -> u64,
+) -> bool {
     let (min, span) = if reply.proto == PROTO_ICMP {
         (0u32, 65536u32)
     } else {
         (PORT_MIN, 65536 - PORT_MIN)
     };
-    let start = (random % u64::from(span)) as u32;
-    for i in 0..span {
-        let port = (min + (start + i) % span) as u16;
-        if reply.proto == PROTO_ICMP {
-            reply.sport = port;
-        } else {
-            reply.dport = port;
+    let mut run = PORT_RUN;
+    while run >= PORT_RUN_MIN {
+        let start = (random() % u64::from(span)) as u32;
+        for i in 0..run.min(span) {
+            let port = (min + (start + i) % span) as u16;
+            if reply.proto == PROTO_ICMP {
+                reply.sport = port;
+            } else {
+                reply.dport = port;
+            }
+            if !ct.contains(reply) {
+                return true;
+            }
         }
-        if !ct.contains(reply) {
-            return true;
-        }
+        run /= 2;
     }
     false
 }
@@ -212,7 +233,15 @@ impl Bridge {
             _ => {}
         }
         let ct = &mut self.router.conntrack;
-        if let Some((slot, dir)) = ct.lookup(&p.key, now) {
+        let found = ct.lookup(&p.key, now).filter(|&(slot, dir)| {
+            // An echo request where the entry expects replies (or the other way round) is
+            // another ping that happens to use a mapped identifier, such as a ping of the
+            // router's own address: translated, it would reach the inside host.
+            let other_ping =
+                matches!(p.l4, L4::Echo { request } if request != (dir == Dir::Original));
+            !(other_ping && ct.entry(slot).translated(dir) != p.key)
+        });
+        if let Some((slot, dir)) = found {
             let e = ct.entry_mut(slot);
             if let (L4::Tcp(seg), ProtoState::Tcp(track)) = (p.l4, &mut e.proto) {
                 if track.update(dir, &seg).is_err() {
@@ -246,6 +275,11 @@ impl Bridge {
         p: Parsed,
         now: Timestamp,
     ) -> Result<(), DropReason> {
+        if !state.nat.is_active() {
+            // No rule (the last one just went; tracked connections still drain): nothing
+            // would be translated, so nothing is tracked and the table empties.
+            return Ok(());
+        }
         let key = p.key;
         let routing = &*state.routing;
         let dst_local = routing.local.contains_key(&IpAddr::V4(key.dst));
@@ -295,7 +329,9 @@ impl Bridge {
                 if nat & NAT_DNAT != 0 && Some(out_vlan) == in_vlan {
                     // Hairpin: the answer must come back through the router.
                     snat_to = masquerade_addr(routing, out_vlan, hop);
-                } else if let Some(rule) = state.nat.snat.iter().find(|r| r.matches(key.src, out_vlan)) {
+                } else if let Some(rule) =
+                    state.nat.snat.iter().find(|r| r.matches(key.src, out_vlan))
+                {
                     snat_to = rule.to.or_else(|| masquerade_addr(routing, out_vlan, hop));
                 }
             }
@@ -330,8 +366,8 @@ impl Bridge {
         let ct = &mut self.router.conntrack;
         if nat & NAT_SNAT != 0 || ct.contains(&reply) {
             if matches!(p.l4, L4::Tcp(_) | L4::Udp | L4::Echo { .. }) {
-                let random = self.router.balancer.random();
-                if !allocate_port(&self.router.conntrack, &mut reply, random) {
+                let balancer = &mut self.router.balancer;
+                if !allocate_port(&self.router.conntrack, &mut reply, || balancer.random()) {
                     return Err(DropReason::NatNoPort);
                 }
             } else if ct.contains(&reply) {
@@ -432,6 +468,14 @@ impl Bridge {
         true
     }
 
+    /// Whether an IPv4 packet the router forwarded was translated (its reply tuple is
+    /// tracked).
+    pub(super) fn is_translated(&self, packet: &[u8]) -> bool {
+        !self.router.conntrack.is_empty()
+            && packet_nat::parse(packet)
+                .is_ok_and(|p| self.router.conntrack.contains(&p.key.reversed()))
+    }
+
     /// Remembers how the first fragment of a packet was translated, for its later fragments.
     fn remember_fragment(&mut self, packet: &[u8], from: &FlowKey, to: &FlowKey, now: Timestamp) {
         let ident = u16::from_be_bytes([packet[4], packet[5]]);
@@ -453,7 +497,8 @@ impl Bridge {
     }
 
     /// A fragment after the first: translated as its first fragment was; dropped if that is
-    /// not known and source NAT would apply to it.
+    /// not known and a source NAT rule would apply to it (its first fragment was lost,
+    /// reordered, or is too old): it must not leave with the inside address.
     fn nat_fragment(
         &mut self,
         state: &ForwardingState,
@@ -471,14 +516,16 @@ impl Bridge {
                 return Ok(());
             }
         }
-        let would_snat = state.nat.snat.iter().any(|r| {
-            let mask = if r.source_len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(r.source_len.min(32)))
-            };
-            u32::from(p.key.src) & mask == u32::from(r.source) & mask
-        });
+        // As `nat_new` decides: a rule for the source and the VLAN the fragment leaves by.
+        let routing = &*state.routing;
+        let would_snat = !routing.local.contains_key(&IpAddr::V4(p.key.dst))
+            && egress_of(routing, p.key.dst).is_some_and(|(out_vlan, _)| {
+                state
+                    .nat
+                    .snat
+                    .iter()
+                    .any(|r| r.matches(p.key.src, out_vlan))
+            });
         if would_snat {
             return Err(DropReason::NatFragment);
         }

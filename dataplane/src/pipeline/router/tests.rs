@@ -1,6 +1,8 @@
 //! Router simulations: frames in, frames out (decisions plus everything the router generated),
 //! on a fake clock.
 
+mod nat;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 

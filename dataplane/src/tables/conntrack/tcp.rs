@@ -106,6 +106,9 @@ const TABLE: [[[Next; 10]; 6]; 2] = [
     ],
 ];
 
+/// The least window an acknowledgement is checked against (Linux's `MAXACKWINCONST`).
+const MAX_ACK_WINDOW_MIN: u32 = 66000;
+
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
@@ -242,27 +245,43 @@ impl TcpTrack {
 
     /// Checks a segment in direction `dir` and moves the state; an invalid segment changes
     /// nothing.
+    ///
+    /// A segment the state table ignores (a SYN-ACK retransmitted into an established
+    /// connection, an ACK from the server's side before its SYN-ACK) is let through without
+    /// a window check and without changing anything, as Linux does: such a segment, perhaps
+    /// injected, must not become what later segments are checked against.
     pub fn update(&mut self, dir: Dir, seg: &Segment) -> Result<TcpState, TcpInvalid> {
-        let next = TABLE[dir as usize][seg.flag_index()][self.state.index()];
-        let next = match next {
+        let next = match TABLE[dir as usize][seg.flag_index()][self.state.index()] {
             Next::Invalid => return Err(TcpInvalid::State),
-            Next::Ignore => None,
-            Next::To(s) => Some(s),
+            Next::Ignore => return Ok(self.state),
+            Next::To(s) => s,
         };
         // A new SYN on a closed connection starts it again.
         if dir == Dir::Original
             && seg.is_initial_syn()
             && matches!(self.state, TcpState::TimeWait | TcpState::Close)
         {
-            *self = TcpTrack::new(seg).expect("an initial SYN");
+            if let Some(t) = TcpTrack::new(seg) {
+                *self = t;
+            }
             return Ok(self.state);
         }
-        if !self.in_window(dir, seg) {
+        // Before the server answered, a RST counts only if it acknowledges the SYN (RFC 793
+        // 3.4: the client would not accept another): a blind one does not close the entry.
+        if self.state == TcpState::SynSent
+            && dir == Dir::Reply
+            && seg.flags & RST != 0
+            && (seg.flags & ACK == 0 || seg.ack != self.sides[Dir::Original as usize].end)
+        {
             return Err(TcpInvalid::Window);
         }
-        if let Some(s) = next {
-            self.state = s;
+        // The window check updates the sides as it goes: on refusal they are put back.
+        let saved = *self;
+        if !self.in_window(dir, seg) {
+            *self = saved;
+            return Err(TcpInvalid::Window);
         }
+        self.state = next;
         Ok(self.state)
     }
 
@@ -304,7 +323,9 @@ impl TcpTrack {
         }
         let s = self.sides[si];
         let r = self.sides[ri];
-        let maxackwin = if s.maxwin == 0 { 66000 } else { s.maxwin };
+        // How far back an acknowledgement may lie: the sender's largest window, but at least
+        // 66000 bytes (Linux's MAXACKWINDOW), for delayed ACKs of small-window senders.
+        let maxackwin = s.maxwin.max(MAX_ACK_WINDOW_MIN);
         let ok = !after(seq, s.maxend)
             && after(end, s.end.wrapping_sub(r.maxwin).wrapping_sub(1))
             && (r.maxwin == 0 || !after(ack, r.end))
@@ -475,6 +496,104 @@ mod tests {
         // The server's window is 64000 unscaled: 100 kB ahead is out of window.
         assert_eq!(
             t.update(Dir::Original, &seg(ACK, 1001 + 100_000, 5001, 100)),
+            Err(TcpInvalid::Window)
+        );
+    }
+
+    #[test]
+    fn an_ignored_segment_changes_nothing() {
+        // A stray ACK from the server's side before its SYN-ACK (a blind injection, a late
+        // segment of an older connection) is let through as Linux does, but must not become
+        // what the real SYN-ACK is checked against.
+        let mut t = TcpTrack::new(&seg(SYN, 1000, 0, 0)).unwrap();
+        let before = t;
+        assert_eq!(
+            t.update(Dir::Reply, &seg(ACK, 3_000_000_000, 12345, 0)),
+            Ok(TcpState::SynSent)
+        );
+        assert_eq!(t, before);
+        assert_eq!(
+            t.update(Dir::Reply, &seg(SYN | ACK, 5000, 1001, 0)),
+            Ok(TcpState::SynRecv)
+        );
+        assert_eq!(
+            t.update(Dir::Original, &seg(ACK, 1001, 5001, 0)),
+            Ok(TcpState::Established)
+        );
+        // A retransmitted SYN-ACK once established: ignored, the state stays.
+        let before = t;
+        assert_eq!(
+            t.update(Dir::Reply, &seg(SYN | ACK, 5000, 1001, 0)),
+            Ok(TcpState::Established)
+        );
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn a_blind_rst_does_not_close_a_connection_being_opened() {
+        let mut t = TcpTrack::new(&seg(SYN, 1000, 0, 0)).unwrap();
+        assert_eq!(
+            t.update(Dir::Reply, &seg(RST, 77, 0, 0)),
+            Err(TcpInvalid::Window)
+        );
+        assert_eq!(
+            t.update(Dir::Reply, &seg(RST | ACK, 0, 4242, 0)),
+            Err(TcpInvalid::Window)
+        );
+        assert_eq!(t.state, TcpState::SynSent);
+        // The server's own answer to the SYN acknowledges it.
+        assert_eq!(
+            t.update(Dir::Reply, &seg(RST | ACK, 0, 1001, 0)),
+            Ok(TcpState::Close)
+        );
+    }
+
+    #[test]
+    fn a_refused_first_segment_leaves_the_direction_unset() {
+        let mut t = TcpTrack::new(&seg(SYN, 1000, 0, 0)).unwrap();
+        let before = t;
+        // A SYN-ACK acknowledging something never sent.
+        assert_eq!(
+            t.update(Dir::Reply, &seg(SYN | ACK, 5000, 99_999, 0)),
+            Err(TcpInvalid::Window)
+        );
+        assert_eq!(t, before);
+        assert_eq!(
+            t.update(Dir::Reply, &seg(SYN | ACK, 5000, 1001, 0)),
+            Ok(TcpState::SynRecv)
+        );
+    }
+
+    #[test]
+    fn late_acks_are_accepted_within_the_minimum_ack_window() {
+        // A client with a small window (no scaling) downloading: an ACK delayed behind
+        // newer ones lies more than its window back, yet within 66000 bytes (Linux's
+        // MAXACKWINCONST): it is in window.
+        let small = |flags, seq, ack, len| Segment {
+            window: 1000,
+            wscale: None,
+            ..seg(flags, seq, ack, len)
+        };
+        let mut t = TcpTrack::new(&small(SYN, 1000, 0, 0)).unwrap();
+        t.update(Dir::Reply, &seg(SYN | ACK, 5000, 1001, 0))
+            .unwrap();
+        t.update(Dir::Original, &small(ACK, 1001, 5001, 0)).unwrap();
+        let mut at = 5001u32;
+        for _ in 0..5 {
+            t.update(Dir::Reply, &seg(ACK, at, 1001, 1000)).unwrap();
+            at += 1000;
+            t.update(Dir::Original, &small(ACK, 1001, at, 0)).unwrap();
+        }
+        assert_eq!(
+            t.update(Dir::Original, &small(ACK, 1001, 5001, 0)),
+            Ok(TcpState::Established)
+        );
+        // But not one from 100 kB back.
+        assert_eq!(
+            t.update(
+                Dir::Original,
+                &small(ACK, 1001, at.wrapping_sub(100_000), 0)
+            ),
             Err(TcpInvalid::Window)
         );
     }

@@ -4,7 +4,9 @@
 use std::net::SocketAddrV4;
 
 use super::*;
-use crate::pipeline::nat::tests::{assert_checksums, echo, icmp_error, ipv4, set_df, set_ttl, tcp, udp};
+use crate::pipeline::nat::tests::{
+    assert_checksums, echo, icmp_error, ipv4, set_df, set_ttl, tcp, udp,
+};
 use crate::pipeline::nat::{parse, L4};
 use crate::tables::conntrack::tcp::{ACK, FIN, RST, SYN};
 use crate::tables::conntrack::{ProtoState, TcpState};
@@ -132,6 +134,14 @@ fn nothing(out: &Out, reason: DropReason) {
     assert!(out.data().is_empty(), "{:?}", out.data());
 }
 
+/// Source and destination of an IPv4 packet.
+fn addrs(p: &[u8]) -> (Ipv4Addr, Ipv4Addr) {
+    (
+        Ipv4Addr::from([p[12], p[13], p[14], p[15]]),
+        Ipv4Addr::from([p[16], p[17], p[18], p[19]]),
+    )
+}
+
 fn key_of(p: &[u8]) -> FlowKey {
     parse(p).unwrap().key
 }
@@ -177,7 +187,10 @@ fn masquerades_a_tcp_connection_from_handshake_to_time_wait() {
     masquerade(&mut sim);
     let a = sa(A_IP, 40000);
     let x = sa(X, 443);
-    let p = only(&from_a(&mut sim, &tcp(a, x, SYN, 1000, 0, 64240, OPTS, b"")), 2);
+    let p = only(
+        &from_a(&mut sim, &tcp(a, x, SYN, 1000, 0, 64240, OPTS, b"")),
+        2,
+    );
     let out_key = key_of(&p);
     assert_eq!((out_key.src, out_key.dst, out_key.dport), (UP, X, 443));
     assert!(out_key.sport >= 1024, "{}", out_key.sport);
@@ -186,28 +199,61 @@ fn masquerades_a_tcp_connection_from_handshake_to_time_wait() {
     assert_eq!(tcp_state(&sim), TcpState::SynSent);
     let m = sa(UP, out_key.sport);
 
-    let p = only(&from_outside(&mut sim, &tcp(x, m, SYN | ACK, 9000, 1001, 65535, OPTS, b"")), 0);
+    let p = only(
+        &from_outside(
+            &mut sim,
+            &tcp(x, m, SYN | ACK, 9000, 1001, 65535, OPTS, b""),
+        ),
+        0,
+    );
     assert_eq!(key_of(&p), k(x, a, PROTO_TCP));
     assert_eq!(tcp_state(&sim), TcpState::SynRecv);
-    let p = only(&from_a(&mut sim, &tcp(a, x, ACK, 1001, 9001, 502, &[], b"")), 2);
+    let p = only(
+        &from_a(&mut sim, &tcp(a, x, ACK, 1001, 9001, 502, &[], b"")),
+        2,
+    );
     assert_eq!(key_of(&p), k(m, x, PROTO_TCP));
     assert_eq!(tcp_state(&sim), TcpState::Established);
 
     // Data both ways, untouched.
-    let p = only(&from_a(&mut sim, &tcp(a, x, ACK | PSH, 1001, 9001, 502, &[], b"GET /")), 2);
+    let p = only(
+        &from_a(
+            &mut sim,
+            &tcp(a, x, ACK | PSH, 1001, 9001, 502, &[], b"GET /"),
+        ),
+        2,
+    );
     assert_eq!(tcp_of(&p), (ACK | PSH, 1001, 9001, b"GET /".to_vec()));
-    let p = only(&from_outside(&mut sim, &tcp(x, m, ACK | PSH, 9001, 1006, 509, &[], b"200 OK")), 0);
+    let p = only(
+        &from_outside(
+            &mut sim,
+            &tcp(x, m, ACK | PSH, 9001, 1006, 509, &[], b"200 OK"),
+        ),
+        0,
+    );
     assert_eq!(key_of(&p), k(x, a, PROTO_TCP));
     assert_eq!(tcp_of(&p), (ACK | PSH, 9001, 1006, b"200 OK".to_vec()));
 
     // A closes, then X.
-    only(&from_a(&mut sim, &tcp(a, x, FIN | ACK, 1006, 9007, 502, &[], b"")), 2);
+    only(
+        &from_a(&mut sim, &tcp(a, x, FIN | ACK, 1006, 9007, 502, &[], b"")),
+        2,
+    );
     assert_eq!(tcp_state(&sim), TcpState::FinWait);
-    only(&from_outside(&mut sim, &tcp(x, m, ACK, 9007, 1007, 509, &[], b"")), 0);
+    only(
+        &from_outside(&mut sim, &tcp(x, m, ACK, 9007, 1007, 509, &[], b"")),
+        0,
+    );
     assert_eq!(tcp_state(&sim), TcpState::CloseWait);
-    only(&from_outside(&mut sim, &tcp(x, m, FIN | ACK, 9007, 1007, 509, &[], b"")), 0);
+    only(
+        &from_outside(&mut sim, &tcp(x, m, FIN | ACK, 9007, 1007, 509, &[], b"")),
+        0,
+    );
     assert_eq!(tcp_state(&sim), TcpState::LastAck);
-    only(&from_a(&mut sim, &tcp(a, x, ACK, 1007, 9008, 502, &[], b"")), 2);
+    only(
+        &from_a(&mut sim, &tcp(a, x, ACK, 1007, 9008, 502, &[], b"")),
+        2,
+    );
     assert_eq!(tcp_state(&sim), TcpState::TimeWait);
 
     let e = sim.bridge.conntrack().iter().next().unwrap().clone();
@@ -243,11 +289,26 @@ fn masquerades_udp_and_icmp_echo() {
     assert_eq!(&p[26..28], [0, 0]);
 
     // Ping: the identifier is the port.
-    let p = only(&from_a(&mut sim, &echo(A_IP, X, true, 0x1234, 1, b"abcdefgh")), 2);
+    let p = only(
+        &from_a(&mut sim, &echo(A_IP, X, true, 0x1234, 1, b"abcdefgh")),
+        2,
+    );
     let e = key_of(&p);
     assert_eq!((e.src, e.dst, e.proto), (UP, X, PROTO_ICMP));
-    let p = only(&from_outside(&mut sim, &echo(X, UP, false, e.sport, 1, b"abcdefgh")), 0);
-    assert_eq!(key_of(&p), FlowKey { src: X, dst: A_IP, sport: 0x1234, dport: 0, proto: PROTO_ICMP });
+    let p = only(
+        &from_outside(&mut sim, &echo(X, UP, false, e.sport, 1, b"abcdefgh")),
+        0,
+    );
+    assert_eq!(
+        key_of(&p),
+        FlowKey {
+            src: X,
+            dst: A_IP,
+            sport: 0x1234,
+            dport: 0,
+            proto: PROTO_ICMP
+        }
+    );
     assert_eq!(p[20], 0, "echo reply");
     assert_eq!(sim.bridge.conntrack().len(), 2);
     assert!(sim.bridge.conntrack().iter().all(|e| e.replied));
@@ -264,9 +325,15 @@ fn two_hosts_with_one_source_port_get_two_mappings() {
     assert_eq!((ka.src, kb.src), (UP, UP));
     assert_ne!(ka.sport, kb.sport);
     // Each answer finds its host.
-    let p = only(&from_outside(&mut sim, &udp(x, sa(UP, kb.sport), b"to b", true)), 1);
+    let p = only(
+        &from_outside(&mut sim, &udp(x, sa(UP, kb.sport), b"to b", true)),
+        1,
+    );
     assert_eq!(key_of(&p), k(x, sa(B_IP, 5000), PROTO_UDP));
-    let p = only(&from_outside(&mut sim, &udp(x, sa(UP, ka.sport), b"to a", true)), 0);
+    let p = only(
+        &from_outside(&mut sim, &udp(x, sa(UP, ka.sport), b"to a", true)),
+        0,
+    );
     assert_eq!(key_of(&p), k(x, sa(A_IP, 5000), PROTO_UDP));
 }
 
@@ -293,20 +360,36 @@ fn port_forward_from_outside_to_a() {
     let mut sim = nat_sim();
     masquerade(&mut sim);
     sim.state.nat.frontends.insert(
-        Frontend { proto: PROTO_TCP, addr: UP, port: 8080 },
+        Frontend {
+            proto: PROTO_TCP,
+            addr: UP,
+            port: 8080,
+        },
         Target::Dnat(sa(A_IP, 80)),
     );
     let (x, fwd, a) = (sa(X, 50000), sa(UP, 8080), sa(A_IP, 80));
-    let p = only(&from_outside(&mut sim, &tcp(x, fwd, SYN, 1, 0, 1000, OPTS, b"")), 0);
+    let p = only(
+        &from_outside(&mut sim, &tcp(x, fwd, SYN, 1, 0, 1000, OPTS, b"")),
+        0,
+    );
     assert_eq!(key_of(&p), k(x, a, PROTO_TCP), "destination only");
     // A's answer leaves from the forwarded address, not masqueraded anew.
-    let p = only(&from_a(&mut sim, &tcp(a, x, SYN | ACK, 500, 2, 1000, OPTS, b"")), 2);
+    let p = only(
+        &from_a(&mut sim, &tcp(a, x, SYN | ACK, 500, 2, 1000, OPTS, b"")),
+        2,
+    );
     assert_eq!(key_of(&p), k(fwd, x, PROTO_TCP));
-    only(&from_outside(&mut sim, &tcp(x, fwd, ACK, 2, 501, 1000, &[], b"")), 0);
+    only(
+        &from_outside(&mut sim, &tcp(x, fwd, ACK, 2, 501, 1000, &[], b"")),
+        0,
+    );
     assert_eq!(tcp_state(&sim), TcpState::Established);
     // Mid-stream without an entry: never forwarded untranslated.
     nothing(
-        &from_outside(&mut sim, &tcp(sa(X, 50001), fwd, ACK, 2, 501, 1000, &[], b"")),
+        &from_outside(
+            &mut sim,
+            &tcp(sa(X, 50001), fwd, ACK, 2, 501, 1000, &[], b""),
+        ),
         DropReason::ConntrackInvalid,
     );
 }
@@ -315,7 +398,16 @@ fn port_forward_from_outside_to_a() {
 fn spread(sim: &mut Sim, client: Ipv4Addr, dst: SocketAddrV4, n: u16) -> (u32, u32) {
     let (mut to_a, mut to_b) = (0, 0);
     for i in 0..n {
-        let p = tcp(sa(client, 20000 + i), dst, SYN, u32::from(i), 0, 1000, OPTS, b"");
+        let p = tcp(
+            sa(client, 20000 + i),
+            dst,
+            SYN,
+            u32::from(i),
+            0,
+            1000,
+            OPTS,
+            b"",
+        );
         let out = from_outside(sim, &p);
         let data = out.data();
         assert_eq!(data.len(), 1, "{out:?}");
@@ -345,53 +437,101 @@ fn two_backends() -> [(SocketAddrV4, u16); 2] {
 #[test]
 fn services_spread_new_connections_by_their_scheduler() {
     let vip = sa(VIP, 80);
-    for scheduler in [Scheduler::Maglev, Scheduler::Random, Scheduler::RoundRobin, Scheduler::LeastConn] {
+    for scheduler in [
+        Scheduler::Maglev,
+        Scheduler::Random,
+        Scheduler::RoundRobin,
+        Scheduler::LeastConn,
+    ] {
         let mut sim = nat_sim();
-        install(&mut sim, &service(1, PROTO_TCP, None, &two_backends(), scheduler, None));
+        install(
+            &mut sim,
+            &service(1, PROTO_TCP, None, &two_backends(), scheduler, None),
+        );
         let (a, b) = spread(&mut sim, X, vip, 400);
         match scheduler {
-            Scheduler::RoundRobin | Scheduler::LeastConn => assert_eq!((a, b), (200, 200), "{scheduler:?}"),
+            Scheduler::RoundRobin | Scheduler::LeastConn => {
+                assert_eq!((a, b), (200, 200), "{scheduler:?}")
+            }
             _ => assert!((140..=260).contains(&a), "{scheduler:?}: {a} / {b}"),
         }
-        assert_eq!(sim.bridge.conntrack().backend_connections(1, sa(A_IP, 8080)), a);
-        assert_eq!(sim.bridge.conntrack().backend_connections(1, sa(B_IP, 8080)), b);
+        assert_eq!(
+            sim.bridge
+                .conntrack()
+                .backend_connections(1, sa(A_IP, 8080)),
+            a
+        );
+        assert_eq!(
+            sim.bridge
+                .conntrack()
+                .backend_connections(1, sa(B_IP, 8080)),
+            b
+        );
     }
     // Weights: 3 to 1.
     let mut sim = nat_sim();
     let weighted = [(sa(A_IP, 8080), 3), (sa(B_IP, 8080), 1)];
-    install(&mut sim, &service(1, PROTO_TCP, None, &weighted, Scheduler::RoundRobin, None));
+    install(
+        &mut sim,
+        &service(1, PROTO_TCP, None, &weighted, Scheduler::RoundRobin, None),
+    );
     assert_eq!(spread(&mut sim, X, vip, 400), (300, 100));
 }
 
 #[test]
 fn source_hash_and_affinity_keep_a_client_on_one_backend() {
     let vip = sa(VIP, 80);
-    for (scheduler, affinity) in [(Scheduler::SourceHash, None), (Scheduler::Random, Some(10_800_000))] {
+    for (scheduler, affinity) in [
+        (Scheduler::SourceHash, None),
+        (Scheduler::Random, Some(10_800_000)),
+    ] {
         let mut sim = nat_sim();
-        install(&mut sim, &service(1, PROTO_TCP, None, &two_backends(), scheduler, affinity));
+        install(
+            &mut sim,
+            &service(1, PROTO_TCP, None, &two_backends(), scheduler, affinity),
+        );
         let mut clients = (0, 0);
         for c in 1..=40 {
             let (a, b) = spread(&mut sim, Ipv4Addr::new(198, 51, 100, c), vip, 10);
-            assert!(a == 0 || b == 0, "{scheduler:?}: client {c} split {a} / {b}");
+            assert!(
+                a == 0 || b == 0,
+                "{scheduler:?}: client {c} split {a} / {b}"
+            );
             if a > 0 {
                 clients.0 += 1
             } else {
                 clients.1 += 1
             }
         }
-        assert!(clients.0 >= 5 && clients.1 >= 5, "{scheduler:?}: {clients:?}");
+        assert!(
+            clients.0 >= 5 && clients.1 >= 5,
+            "{scheduler:?}: {clients:?}"
+        );
     }
 }
 
 #[test]
 fn node_port_on_the_uplink_address() {
     let mut sim = nat_sim();
-    let svc = service(3, PROTO_TCP, Some(30080), &[(sa(B_IP, 8080), 1)], Scheduler::Maglev, None);
+    let svc = service(
+        3,
+        PROTO_TCP,
+        Some(30080),
+        &[(sa(B_IP, 8080), 1)],
+        Scheduler::Maglev,
+        None,
+    );
     install(&mut sim, &svc);
     let (x, np, b) = (sa(X, 45000), sa(UP, 30080), sa(B_IP, 8080));
-    let p = only(&from_outside(&mut sim, &tcp(x, np, SYN, 7, 0, 1000, OPTS, b"")), 1);
+    let p = only(
+        &from_outside(&mut sim, &tcp(x, np, SYN, 7, 0, 1000, OPTS, b"")),
+        1,
+    );
     assert_eq!(key_of(&p), k(x, b, PROTO_TCP));
-    let p = only(&from_b(&mut sim, &tcp(b, x, SYN | ACK, 70, 8, 1000, OPTS, b"")), 2);
+    let p = only(
+        &from_b(&mut sim, &tcp(b, x, SYN | ACK, 70, 8, 1000, OPTS, b"")),
+        2,
+    );
     assert_eq!(key_of(&p), k(np, x, PROTO_TCP));
     // Another port of the router's address is no NodePort.
     let out = from_outside(&mut sim, &tcp(x, sa(UP, 30081), SYN, 7, 0, 1000, OPTS, b""));
@@ -402,17 +542,39 @@ fn node_port_on_the_uplink_address() {
 fn hairpin_to_a_service_backed_by_the_client_itself() {
     let mut sim = nat_sim();
     masquerade(&mut sim);
-    install(&mut sim, &service(1, PROTO_TCP, None, &[(sa(A_IP, 8080), 1)], Scheduler::Maglev, None));
+    install(
+        &mut sim,
+        &service(
+            1,
+            PROTO_TCP,
+            None,
+            &[(sa(A_IP, 8080), 1)],
+            Scheduler::Maglev,
+            None,
+        ),
+    );
     let (a, vip, backend) = (sa(A_IP, 40000), sa(VIP, 80), sa(A_IP, 8080));
     // A's SYN comes back to A, from the router's address on VLAN 10.
-    let p = only(&from_a(&mut sim, &tcp(a, vip, SYN, 100, 0, 1000, OPTS, b"")), 0);
+    let p = only(
+        &from_a(&mut sim, &tcp(a, vip, SYN, 100, 0, 1000, OPTS, b"")),
+        0,
+    );
     let hk = key_of(&p);
     assert_eq!((hk.src, hk.dst, hk.dport), (GW10, A_IP, 8080));
     let via = sa(GW10, hk.sport);
     // A answers the router; the answer reaches A from the VIP.
-    let p = only(&from_a(&mut sim, &tcp(backend, via, SYN | ACK, 900, 101, 1000, OPTS, b"")), 0);
+    let p = only(
+        &from_a(
+            &mut sim,
+            &tcp(backend, via, SYN | ACK, 900, 101, 1000, OPTS, b""),
+        ),
+        0,
+    );
     assert_eq!(key_of(&p), k(vip, a, PROTO_TCP));
-    let p = only(&from_a(&mut sim, &tcp(a, vip, ACK, 101, 901, 1000, &[], b"")), 0);
+    let p = only(
+        &from_a(&mut sim, &tcp(a, vip, ACK, 101, 901, 1000, &[], b"")),
+        0,
+    );
     assert_eq!(key_of(&p), k(via, backend, PROTO_TCP));
     assert_eq!(tcp_state(&sim), TcpState::Established);
 }
@@ -421,12 +583,25 @@ fn hairpin_to_a_service_backed_by_the_client_itself() {
 fn hairpin_to_a_backend_on_the_same_vlan() {
     let mut sim = nat_sim();
     add_host_c(&mut sim);
-    install(&mut sim, &service(1, PROTO_UDP, None, &[(sa(C_IP, 5353), 1)], Scheduler::Maglev, None));
+    install(
+        &mut sim,
+        &service(
+            1,
+            PROTO_UDP,
+            None,
+            &[(sa(C_IP, 5353), 1)],
+            Scheduler::Maglev,
+            None,
+        ),
+    );
     let (a, vip, backend) = (sa(A_IP, 7000), sa(VIP, 53), sa(C_IP, 5353));
     let p = only(&from_a(&mut sim, &udp(a, vip, b"q", true)), 3);
     let hk = key_of(&p);
     assert_eq!((hk.src, hk.dst, hk.dport), (GW10, C_IP, 5353));
-    let p = only(&from_c(&mut sim, &udp(backend, sa(GW10, hk.sport), b"r", true)), 0);
+    let p = only(
+        &from_c(&mut sim, &udp(backend, sa(GW10, hk.sport), b"r", true)),
+        0,
+    );
     assert_eq!(key_of(&p), k(vip, a, PROTO_UDP));
     assert_eq!(&p[28..], b"r");
 }
@@ -434,8 +609,21 @@ fn hairpin_to_a_backend_on_the_same_vlan() {
 #[test]
 fn a_service_without_backends_rejects() {
     let mut sim = nat_sim();
-    install(&mut sim, &service(1, PROTO_TCP, None, &[], Scheduler::Maglev, None));
-    install(&mut sim, &service(2, PROTO_UDP, None, &[(sa(B_IP, 53), 0)], Scheduler::Maglev, None));
+    install(
+        &mut sim,
+        &service(1, PROTO_TCP, None, &[], Scheduler::Maglev, None),
+    );
+    install(
+        &mut sim,
+        &service(
+            2,
+            PROTO_UDP,
+            None,
+            &[(sa(B_IP, 53), 0)],
+            Scheduler::Maglev,
+            None,
+        ),
+    );
     let (a, vip) = (sa(A_IP, 40000), sa(VIP, 80));
     let out = from_a(&mut sim, &tcp(a, vip, SYN, 777, 0, 1000, OPTS, b""));
     assert_eq!(out.drop, Some(DropReason::ServiceNoBackend));
@@ -448,12 +636,15 @@ fn a_service_without_backends_rejects() {
     let out = from_a(&mut sim, &query);
     assert_eq!(out.drop, Some(DropReason::ServiceNoBackend));
     let icmp = only(&out, 0);
-    assert_eq!((icmp[12..16], icmp[16..20]), (VIP.octets(), A_IP.octets()));
+    assert_eq!(addrs(&icmp), (VIP, A_IP));
     assert_eq!(icmp[20..22], [3, 3], "port unreachable");
     assert_eq!(&icmp[28..], &query[..]);
 
     // Mid-stream: dropped silently.
-    nothing(&from_a(&mut sim, &tcp(a, vip, ACK, 778, 1, 1000, &[], b"")), DropReason::ConntrackInvalid);
+    nothing(
+        &from_a(&mut sim, &tcp(a, vip, ACK, 778, 1, 1000, &[], b"")),
+        DropReason::ConntrackInvalid,
+    );
     assert_eq!(nat(&sim).rejected.get(), 2);
     assert_eq!(sim.iface_drops(10, DropReason::ServiceNoBackend), 2);
     assert!(sim.bridge.conntrack().is_empty());
@@ -463,9 +654,15 @@ fn a_service_without_backends_rejects() {
 /// address.
 fn established(sim: &mut Sim) -> SocketAddrV4 {
     let (a, x) = (sa(A_IP, 40000), sa(X, 443));
-    let m = key_of(&only(&from_a(sim, &tcp(a, x, SYN, 1000, 0, 64240, OPTS, b"")), 2));
+    let m = key_of(&only(
+        &from_a(sim, &tcp(a, x, SYN, 1000, 0, 64240, OPTS, b"")),
+        2,
+    ));
     let m = sa(UP, m.sport);
-    only(&from_outside(sim, &tcp(x, m, SYN | ACK, 9000, 1001, 65535, OPTS, b"")), 0);
+    only(
+        &from_outside(sim, &tcp(x, m, SYN | ACK, 9000, 1001, 65535, OPTS, b"")),
+        0,
+    );
     only(&from_a(sim, &tcp(a, x, ACK, 1001, 9001, 502, &[], b"")), 2);
     m
 }
@@ -477,7 +674,16 @@ fn out_of_window_segments_are_dropped_not_forwarded() {
     let m = established(&mut sim);
     let (a, x) = (sa(A_IP, 40000), sa(X, 443));
     // Far beyond the window X allowed.
-    let far = tcp(a, x, ACK, 1001u32.wrapping_add(200_000_000), 9001, 502, &[], b"x");
+    let far = tcp(
+        a,
+        x,
+        ACK,
+        1001u32.wrapping_add(200_000_000),
+        9001,
+        502,
+        &[],
+        b"x",
+    );
     nothing(&from_a(&mut sim, &far), DropReason::ConntrackInvalid);
     // A blind RST from outside, far from the sequence.
     let rst = tcp(x, m, RST, 9001u32.wrapping_add(300_000_000), 0, 0, &[], b"");
@@ -487,7 +693,10 @@ fn out_of_window_segments_are_dropped_not_forwarded() {
     assert_eq!(sim.iface_drops(10, DropReason::ConntrackInvalid), 1);
     assert_eq!(sim.iface_drops(100, DropReason::ConntrackInvalid), 1);
     // In-window traffic still flows.
-    only(&from_a(&mut sim, &tcp(a, x, ACK | PSH, 1001, 9001, 502, &[], b"ok")), 2);
+    only(
+        &from_a(&mut sim, &tcp(a, x, ACK | PSH, 1001, 9001, 502, &[], b"ok")),
+        2,
+    );
 }
 
 #[test]
@@ -498,7 +707,16 @@ fn mid_stream_tcp_without_an_entry_is_not_masqueraded() {
     nothing(&from_a(&mut sim, &ack), DropReason::ConntrackInvalid);
     assert!(sim.bridge.conntrack().is_empty());
     // Between inside VLANs there is nothing to translate: it is routed.
-    let ack = tcp(sa(A_IP, 40000), sa(B_IP, 443), ACK, 1, 1, 1000, &[], b"late");
+    let ack = tcp(
+        sa(A_IP, 40000),
+        sa(B_IP, 443),
+        ACK,
+        1,
+        1,
+        1000,
+        &[],
+        b"late",
+    );
     only(&from_a(&mut sim, &ack), 1);
 }
 
@@ -513,10 +731,10 @@ fn time_exceeded_through_masquerade_quotes_what_a_sent() {
     let err = only(&out, 0);
     assert_eq!(err[16..20], A_IP.octets());
     assert_eq!(err[20], 11, "time exceeded");
-    // From an address of the router (see the report: the uplink's, where Linux would use
-    // the ingress interface's).
+    // From the router's address on A's side, as if nothing had been translated.
     let from = Ipv4Addr::from([err[12], err[13], err[14], err[15]]);
-    assert!(from == GW10 || from == UP, "{from}");
+    assert_eq!(from, GW10);
+    assert_checksums(&err);
     assert_eq!(&err[28..], &probe[..], "the quoted packet as A sent it");
     assert_eq!(nat(&sim).icmp_translated.get(), 1);
 }
@@ -531,7 +749,7 @@ fn frag_needed_from_outside_reaches_the_masqueraded_sender() {
     // A hop with a smaller MTU beyond the gateway answers, quoting what it got.
     let error = icmp_error(HOP, UP, 3, 4, 1280, &sent[..548]);
     let p = only(&from_outside(&mut sim, &error), 0);
-    assert_eq!((p[12..16], p[16..20]), (HOP.octets(), A_IP.octets()));
+    assert_eq!(addrs(&p), (HOP, A_IP));
     assert_eq!(p[20..22], [3, 4]);
     assert_eq!(u16::from_be_bytes([p[26], p[27]]), 1280, "the MTU");
     let mut expect = big[..548].to_vec();
@@ -547,12 +765,20 @@ fn udp_entries_expire_after_30_s_unreplied_and_120_s_replied() {
     let x = sa(X, 53);
     only(&from_a(&mut sim, &udp(sa(A_IP, 1111), x, b"1", true)), 2);
     let p = only(&from_a(&mut sim, &udp(sa(A_IP, 2222), x, b"2", true)), 2);
-    only(&from_outside(&mut sim, &udp(x, sa(UP, key_of(&p).sport), b"r", true)), 0);
+    only(
+        &from_outside(&mut sim, &udp(x, sa(UP, key_of(&p).sport), b"r", true)),
+        0,
+    );
     assert_eq!(sim.bridge.conntrack().len(), 2);
     sim.tick(29);
     assert_eq!(sim.bridge.conntrack().len(), 2);
     sim.tick(2);
-    let left: Vec<_> = sim.bridge.conntrack().iter().map(|e| e.orig.sport).collect();
+    let left: Vec<_> = sim
+        .bridge
+        .conntrack()
+        .iter()
+        .map(|e| e.orig.sport)
+        .collect();
     assert_eq!(left, [2222]);
     sim.tick(88);
     assert_eq!(sim.bridge.conntrack().len(), 1);
@@ -573,7 +799,10 @@ fn a_full_table_refuses_new_connections() {
     let x = sa(X, 53);
     for port in [1000, 1001] {
         let p = only(&from_a(&mut sim, &udp(sa(A_IP, port), x, b"q", true)), 2);
-        only(&from_outside(&mut sim, &udp(x, sa(UP, key_of(&p).sport), b"r", true)), 0);
+        only(
+            &from_outside(&mut sim, &udp(x, sa(UP, key_of(&p).sport), b"r", true)),
+            0,
+        );
     }
     let out = from_a(&mut sim, &udp(sa(A_IP, 1002), x, b"q", true));
     nothing(&out, DropReason::ConntrackFull);
@@ -585,7 +814,14 @@ fn a_full_table_refuses_new_connections() {
 #[test]
 fn purging_a_backend_forgets_only_its_connections() {
     let mut sim = nat_sim();
-    let svc = service(9, PROTO_TCP, None, &two_backends(), Scheduler::RoundRobin, None);
+    let svc = service(
+        9,
+        PROTO_TCP,
+        None,
+        &two_backends(),
+        Scheduler::RoundRobin,
+        None,
+    );
     install(&mut sim, &svc);
     let (to_a, to_b) = spread(&mut sim, X, sa(VIP, 80), 10);
     assert_eq!((to_a, to_b), (5, 5));
@@ -594,16 +830,33 @@ fn purging_a_backend_forgets_only_its_connections() {
         backend: Some(sa(A_IP, 8080)),
         ..CtFilter::default()
     };
-    assert_eq!(sim.bridge.conntrack_mut().remove_where(|e| filter.matches(e)), 5);
+    assert_eq!(
+        sim.bridge
+            .conntrack_mut()
+            .remove_where(|e| filter.matches(e)),
+        5
+    );
     assert_eq!(sim.bridge.conntrack().len(), 5);
-    assert!(sim.bridge.conntrack().iter().all(|e| e.backend == Some((9, sa(B_IP, 8080)))));
-    assert_eq!(sim.bridge.conntrack().backend_connections(9, sa(A_IP, 8080)), 0);
+    assert!(sim
+        .bridge
+        .conntrack()
+        .iter()
+        .all(|e| e.backend == Some((9, sa(B_IP, 8080)))));
+    assert_eq!(
+        sim.bridge
+            .conntrack()
+            .backend_connections(9, sa(A_IP, 8080)),
+        0
+    );
 }
 
 #[test]
 fn a_drained_backend_keeps_its_connection_but_gets_no_new_ones() {
     let mut sim = nat_sim();
-    install(&mut sim, &service(4, PROTO_TCP, None, &two_backends(), Scheduler::Maglev, None));
+    install(
+        &mut sim,
+        &service(4, PROTO_TCP, None, &two_backends(), Scheduler::Maglev, None),
+    );
     let (x, vip) = (sa(X, 33333), sa(VIP, 80));
     let out = from_outside(&mut sim, &tcp(x, vip, SYN, 1, 0, 1000, OPTS, b""));
     let data = out.data();
@@ -617,11 +870,21 @@ fn a_drained_backend_keeps_its_connection_but_gets_no_new_ones() {
         .iter()
         .map(|&(a, w)| (a, if a == backend { 0 } else { w }))
         .collect();
-    install(&mut sim, &service(4, PROTO_TCP, None, &drained, Scheduler::Maglev, None));
+    install(
+        &mut sim,
+        &service(4, PROTO_TCP, None, &drained, Scheduler::Maglev, None),
+    );
     let reply = tcp(backend, x, SYN | ACK, 50, 2, 1000, OPTS, b"");
-    let p = if port == 0 { from_a(&mut sim, &reply) } else { from_b(&mut sim, &reply) };
+    let p = if port == 0 {
+        from_a(&mut sim, &reply)
+    } else {
+        from_b(&mut sim, &reply)
+    };
     assert_eq!(key_of(&only(&p, 2)), k(vip, x, PROTO_TCP));
-    let p = only(&from_outside(&mut sim, &tcp(x, vip, ACK, 2, 51, 1000, &[], b"")), port);
+    let p = only(
+        &from_outside(&mut sim, &tcp(x, vip, ACK, 2, 51, 1000, &[], b"")),
+        port,
+    );
     assert_eq!(key_of(&p), k(x, backend, PROTO_TCP));
     // Every new connection goes to the other one.
     let (a, b) = spread(&mut sim, Ipv4Addr::new(192, 0, 2, 1), vip, 50);
@@ -659,7 +922,7 @@ fn reassemble(frags: &[Vec<u8>]) -> Vec<u8> {
     let src = Ipv4Addr::from([first[12], first[13], first[14], first[15]]);
     let dst = Ipv4Addr::from([first[16], first[17], first[18], first[19]]);
     for f in frags {
-        assert_eq!((f[12..16], f[16..20]), (src.octets(), dst.octets()));
+        assert_eq!(addrs(f), (src, dst));
         assert_checksums(f);
     }
     let whole = ipv4(src, dst, first[9], 1, 0, &data);
@@ -724,13 +987,180 @@ fn without_rules_new_connections_are_not_tracked_but_old_ones_live_on() {
     sim.state.nat = crate::tables::NatRules::default();
     // The old mapping still translates both ways.
     only(&from_outside(&mut sim, &udp(x, m, b"r", true)), 0);
-    assert_eq!(key_of(&only(&from_a(&mut sim, &udp(sa(A_IP, 1000), x, b"q", true)), 2)), k(m, x, PROTO_UDP));
+    assert_eq!(
+        key_of(&only(
+            &from_a(&mut sim, &udp(sa(A_IP, 1000), x, b"q", true)),
+            2
+        )),
+        k(m, x, PROTO_UDP)
+    );
     // New ones are routed as they are, and not tracked: the table drains.
     let p = only(&from_a(&mut sim, &udp(sa(A_IP, 1001), x, b"q", true)), 2);
     assert_eq!(key_of(&p).src, A_IP);
-    let p = only(&from_a(&mut sim, &tcp(sa(A_IP, 1002), sa(X, 80), SYN, 1, 0, 1000, OPTS, b"")), 2);
+    let p = only(
+        &from_a(
+            &mut sim,
+            &tcp(sa(A_IP, 1002), sa(X, 80), SYN, 1, 0, 1000, OPTS, b""),
+        ),
+        2,
+    );
     assert_eq!(key_of(&p).src, A_IP);
     assert_eq!(sim.bridge.conntrack().len(), 1);
     sim.tick(121);
     assert!(sim.bridge.conntrack().is_empty());
+}
+
+#[test]
+fn port_allocation_is_bounded_and_finds_free_ports() {
+    use super::super::nat::allocate_port;
+    use crate::pipeline::nat::tests::Rng;
+    use crate::tables::{Conntrack, CtEntry};
+
+    let now = Timestamp::from_secs(1);
+    let mut ct = Conntrack::new(1 << 20);
+    let reply_to = |port: u16| FlowKey {
+        src: X,
+        dst: UP,
+        sport: 53,
+        dport: port,
+        proto: PROTO_UDP,
+    };
+    let mut rng = Rng::new(3);
+    // Nine tenths of the range taken, at random.
+    let mut taken = 0;
+    for port in 1024..=u16::MAX {
+        if rng.below(10) != 0 {
+            let r = reply_to(port);
+            let orig = FlowKey {
+                src: A_IP,
+                dst: X,
+                sport: port,
+                dport: 53,
+                proto: PROTO_UDP,
+            };
+            ct.insert(CtEntry::new(orig, r, ProtoState::Udp, now), now)
+                .unwrap();
+            taken += 1;
+        }
+    }
+    assert!(taken > 55_000);
+    for _ in 0..100 {
+        let mut r = reply_to(0);
+        assert!(allocate_port(&ct, &mut r, || rng.next()));
+        assert!(r.dport >= 1024 && !ct.contains(&r));
+    }
+    // All taken: it gives up after a few rounds, not after walking the range.
+    for port in 1024..=u16::MAX {
+        let r = reply_to(port);
+        if !ct.contains(&r) {
+            let orig = FlowKey {
+                src: B_IP,
+                dst: X,
+                sport: port,
+                dport: 53,
+                proto: PROTO_UDP,
+            };
+            ct.insert(CtEntry::new(orig, r, ProtoState::Udp, now), now)
+                .unwrap();
+        }
+    }
+    let mut rounds = 0;
+    let mut r = reply_to(0);
+    assert!(!allocate_port(&ct, &mut r, || {
+        rounds += 1;
+        rng.next()
+    }));
+    assert_eq!(rounds, 4);
+}
+
+#[test]
+fn a_ping_of_the_router_is_not_taken_for_an_echo_reply() {
+    let mut sim = nat_sim();
+    masquerade(&mut sim);
+    let p = only(
+        &from_a(&mut sim, &echo(A_IP, X, true, 0x1234, 1, b"abcd")),
+        2,
+    );
+    let id = key_of(&p).sport;
+    // X pings the router's uplink address with the identifier A's ping got: the router
+    // answers it itself.
+    let p = only(
+        &from_outside(&mut sim, &echo(X, UP, true, id, 9, b"xyz")),
+        2,
+    );
+    assert_eq!(addrs(&p), (UP, X));
+    assert_eq!(p[20], 0, "echo reply");
+    // A's reply still finds A.
+    let p = only(
+        &from_outside(&mut sim, &echo(X, UP, false, id, 1, b"abcd")),
+        0,
+    );
+    assert_eq!(key_of(&p).sport, 0x1234);
+    assert_eq!(sim.bridge.conntrack().len(), 1);
+}
+
+#[test]
+fn blind_segments_do_not_break_a_connection_being_opened() {
+    let mut sim = nat_sim();
+    masquerade(&mut sim);
+    let (a, x) = (sa(A_IP, 40000), sa(X, 443));
+    let m = key_of(&only(
+        &from_a(&mut sim, &tcp(a, x, SYN, 1000, 0, 64240, OPTS, b"")),
+        2,
+    ));
+    let m = sa(UP, m.sport);
+    // A RST that does not acknowledge A's SYN: dropped, the entry stays open.
+    nothing(
+        &from_outside(&mut sim, &tcp(x, m, RST, 123_456, 0, 0, &[], b"")),
+        DropReason::ConntrackInvalid,
+    );
+    // A stray ACK is ignored by the state machine (let through, as Linux does) and spoils
+    // nothing.
+    only(
+        &from_outside(&mut sim, &tcp(x, m, ACK, 3_000_000_000, 77, 100, &[], b"")),
+        0,
+    );
+    assert_eq!(tcp_state(&sim), TcpState::SynSent);
+    only(
+        &from_outside(
+            &mut sim,
+            &tcp(x, m, SYN | ACK, 9000, 1001, 65535, OPTS, b""),
+        ),
+        0,
+    );
+    only(
+        &from_a(&mut sim, &tcp(a, x, ACK, 1001, 9001, 502, &[], b"")),
+        2,
+    );
+    assert_eq!(tcp_state(&sim), TcpState::Established);
+}
+
+#[test]
+fn host_unreachable_about_a_masqueraded_packet_reaches_its_sender() {
+    let mut sim = nat_sim();
+    masquerade(&mut sim);
+    // 10.200.0.77 is on the uplink's subnet and never answers ARP.
+    let silent = Ipv4Addr::new(10, 200, 0, 77);
+    let probe = udp(sa(A_IP, 4000), sa(silent, 53), b"q", true);
+    let out = from_a(&mut sim, &probe);
+    assert!(out.data().is_empty(), "queued behind ARP: {out:?}");
+    let mut errors = Vec::new();
+    for _ in 0..6 {
+        let out = sim.tick(1);
+        errors.extend(out.data());
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (port, frame) = &errors[0];
+    assert_eq!(*port, 0, "to A");
+    let err = ip(frame);
+    assert_eq!(addrs(&err), (GW10, A_IP));
+    assert_eq!(err[20..22], [3, 1], "host unreachable");
+    let mut expect = probe.clone();
+    set_ttl(&mut expect, 63);
+    assert_eq!(
+        &err[28..],
+        &expect[..],
+        "the quoted packet as A sent it, one hop on"
+    );
+    assert_checksums(&err);
 }
