@@ -2,8 +2,9 @@
 //! through masquerade (which has no route back to them, so only translated traffic can
 //! work), the outside reaches a container through a port forward and a NodePort, containers
 //! reach Services whose backends are other containers (load spread, affinity, hairpin,
-//! no backends, backend removal and drain while traffic flows), traceroute and path MTU
-//! discovery across the NAT, and 1000 parallel short TCP connections through masquerade.
+//! no backends, backend removal and drain while traffic flows; a backend on another host
+//! routed host-gw), traceroute and path MTU discovery across the NAT, and 1000 parallel
+//! short TCP connections through masquerade.
 //!
 //! Layout of every test: tapswitch routes VLAN 10 (10.42.0.0/24: containers a = .2 and
 //! c = .3), VLAN 20 (10.42.1.0/24: container b = .2) and the uplink VLAN 100 (10.200.0.0/24,
@@ -900,4 +901,133 @@ fn run_in(ns: &Netns, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+// ---------------------------------------------------------------------------------------
+// A Service with a backend on another host (host-gw routing between two tapswitch hosts)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_service_balances_over_backends_on_two_hosts() {
+    if !have_root() {
+        return;
+    }
+    // Two "hosts" (namespaces, each running its own tapswitch) joined by a veth underlay on
+    // VLAN 100; pod subnets 10.42.0.0/24 on host A, 10.42.1.0/24 on host B, routed host-gw.
+    let ha = container("nha", false);
+    let hb = container("nhb", false);
+    let (a_if, b_if) = (unique("nula"), unique("nulb"));
+    ha.ip(&[
+        "link",
+        "add",
+        &a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b_if,
+        "netns",
+        hb.name(),
+    ])
+    .expect("underlay veth");
+    ha.ip(&["link", "set", &a_if, "up"]).unwrap();
+    hb.ip(&["link", "set", &b_if, "up"]).unwrap();
+    let client = container("ncl", false);
+    let local = container("nlo", false);
+    let remote = container("nre", false);
+    let host = |underlay: &str, me: &str, peer: &str, pods: &str, peer_pods: &str, extra: &str| {
+        format!(
+            r#"
+[[port]]
+name = "{underlay}"
+attach = true
+vlan = 100
+
+[[interface]]
+vlan = 100
+address = "{me}/24"
+
+[[interface]]
+vlan = 10
+address = "{pods}"
+
+[[route]]
+prefix = "{peer_pods}"
+via = "{peer}"
+{extra}
+"#
+        )
+    };
+    let service = r#"
+[[service]]
+name = "web"
+vip = "10.96.0.10"
+port = 80
+backends = ["10.42.0.3:8080", "10.42.1.2:8080"]
+scheduler = "round-robin"
+"#;
+    let sa = Switch::start_in(
+        &ha,
+        Some(&host(
+            &a_if,
+            "192.168.205.2",
+            "192.168.205.3",
+            "10.42.0.1/24",
+            "10.42.1.0/24",
+            service,
+        )),
+    );
+    let sb = Switch::start_in(
+        &hb,
+        Some(&host(
+            &b_if,
+            "192.168.205.3",
+            "192.168.205.2",
+            "10.42.1.1/24",
+            "10.42.0.0/24",
+            "",
+        )),
+    );
+    let _pc = attach(
+        &sa,
+        &client,
+        10,
+        "02:00:00:2a:00:02",
+        "10.42.0.2/24",
+        Some("10.42.0.1"),
+    );
+    let _pl = attach(
+        &sa,
+        &local,
+        10,
+        "02:00:00:2a:00:03",
+        "10.42.0.3/24",
+        Some("10.42.0.1"),
+    );
+    let _pr = attach(
+        &sb,
+        &remote,
+        10,
+        "02:00:00:2a:01:02",
+        "10.42.1.2/24",
+        Some("10.42.1.1"),
+    );
+    let _l = Server::who(&local, "local", "10.42.0.3:8080");
+    let _r = Server::who(&remote, "remote", "10.42.1.2:8080");
+
+    let seen = spread(&client, "10.96.0.10:80", 20);
+    eprintln!("two hosts: {seen:?}");
+    assert_eq!(seen.get("local"), Some(&10), "{seen:?}");
+    assert_eq!(seen.get("remote"), Some(&10), "{seen:?}");
+    // The remote backend sees the client itself; its answer comes back through host A, where
+    // the connection is tracked, and is translated back to the VIP.
+    for _ in 0..4 {
+        let answer = ask_ok(&client, "10.96.0.10:80", "across hosts");
+        assert!(
+            answer == "remote 10.42.0.2" || answer == "local 10.42.0.1",
+            "{answer}"
+        );
+    }
+    drop(sb);
+    drop(sa);
 }
