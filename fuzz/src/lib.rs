@@ -150,4 +150,5 @@ pub fn check_tcp(data: &[u8], pseudo: &PseudoHeader) {
     assert_eq!(TcpRepr::parse(&again).expect("emitted TCP parses"), repr);
 }
 
+pub mod nat;
 pub mod router;

@@ -34,7 +34,9 @@ use super::super::{Bridge, DropReason, ForwardingState};
 use super::{Icmpv4Error, L2};
 use crate::tables::conntrack::{InsertError, ProtoState, NAT_DNAT, NAT_SNAT};
 use crate::tables::service::{mix, PROTO_ICMP, PROTO_TCP};
-use crate::tables::{Backend, Conntrack, CtEntry, Dir, FlowKey, Service, Target, Timestamp};
+use crate::tables::{
+    Backend, Conntrack, CtEntry, Dir, FlowKey, Scheduler, Service, Target, Timestamp,
+};
 use crate::wire::VlanId;
 
 /// How long the translation of a first fragment is kept for the fragments after it.
@@ -107,13 +109,20 @@ impl Balancer {
                 }
             }
         }
-        let counter = {
+        // Only round robin keeps a position, only random draws: the others touch no state.
+        let counter = if svc.scheduler == Scheduler::RoundRobin {
             let c = self.round_robin.entry(svc.id).or_insert(0);
             let turn = *c;
             *c = c.wrapping_add(1);
             turn
+        } else {
+            0
         };
-        let random = self.random();
+        let random = if svc.scheduler == Scheduler::Random {
+            self.random()
+        } else {
+            0
+        };
         let client = mix(u64::from(u32::from(key.src)));
         let chosen = svc.choose(key.hash64(), client, counter, random, |backends| {
             least_connections(ct, svc.id, backends)
