@@ -117,6 +117,10 @@ pub struct PortAddArgs {
     /// Bound on MACs learned on this port.
     #[arg(long)]
     pub max_macs: Option<u32>,
+    /// Finish checksums and TCP segmentation in software for this port instead of handing
+    /// 64 KiB super-frames to its device.
+    #[arg(long)]
+    pub no_offload: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -524,6 +528,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 trunk: a.trunk,
                 native_vlan: a.native_vlan,
                 max_macs: a.max_macs,
+                offload: a.no_offload.then_some(false),
             };
             api::call(socket, &Request::PortAdd { port })?;
             Ok(())

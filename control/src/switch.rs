@@ -164,6 +164,7 @@ fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
         mtu: Some(v.mtu),
         mode: PortMode::Access(v.vlan),
         max_macs: u32::MAX,
+        offload: false,
     }
 }
 
@@ -288,6 +289,8 @@ pub struct PortInfo {
     pub native_vlan: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_macs: Option<u32>,
+    /// Super-frames and partial checksums are handed to the device.
+    pub offload: bool,
 }
 
 /// One line of `vxlan list`.
@@ -523,6 +526,7 @@ impl Switch {
                 && a.attach == b.attach
                 && a.mac == b.mac
                 && a.mtu == b.mtu
+                && a.offload == b.offload
         };
         // Devices and sockets first: a failure here leaves the switch as it was.
         let mut created = Vec::new();
@@ -817,6 +821,7 @@ impl Switch {
                     trunk,
                     native_vlan: native,
                     max_macs: (p.spec.max_macs != u32::MAX).then_some(p.spec.max_macs),
+                    offload: p.backend.device().is_some_and(|d| d.takes_offloads()),
                 }
             })
             .collect()
@@ -1011,13 +1016,14 @@ impl Drop for Switch {
 
 fn open_device(spec: &PortSpec) -> Result<Arc<PortDevice>, SwitchError> {
     let device = if spec.attach {
-        PortDevice::attach(&spec.name, spec.netns.as_deref(), spec.mtu)
+        PortDevice::attach_with(&spec.name, spec.netns.as_deref(), spec.mtu, spec.offload)
     } else {
         PortDevice::create_tap(&TapSpec {
             name: spec.name.clone(),
             netns: spec.netns.clone(),
             mac: spec.mac,
             mtu: spec.mtu,
+            offload: spec.offload,
         })
     };
     device.map(Arc::new).map_err(|source| SwitchError::Port {

@@ -158,6 +158,10 @@ pub struct PortConfig {
     /// Bound on MACs learned on this port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_macs: Option<u32>,
+    /// `false`: frames to this port are finished in software (checksums, TCP segmentation)
+    /// and a TAP is opened without the virtio-net header. Default `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<bool>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -359,6 +363,9 @@ pub struct PortSpec {
     pub mtu: Option<u32>,
     pub mode: PortMode,
     pub max_macs: u32,
+    /// Frames with offloads left to do (64 KiB TCP super-frames, partial checksums) may be
+    /// handed to this port's device.
+    pub offload: bool,
 }
 
 /// A validated static FDB entry.
@@ -474,6 +481,7 @@ impl PortConfig {
             mtu: self.mtu,
             mode,
             max_macs: self.max_macs.unwrap_or(u32::MAX),
+            offload: self.offload.unwrap_or(true),
         })
     }
 }

@@ -31,6 +31,11 @@ pub const MAX_FRAME: usize = 65_536 + 4;
 pub const HEADROOM: usize = 4;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const IFF_VNET_HDR: i16 = 0x4000;
+const TUN_F_CSUM: u32 = 0x01;
+const TUN_F_TSO4: u32 = 0x02;
+const TUN_F_TSO6: u32 = 0x04;
 const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_VNET_HDR: libc::c_int = 15;
@@ -84,6 +89,9 @@ pub struct TapSpec {
     pub netns: Option<String>,
     pub mac: Option<EthernetAddress>,
     pub mtu: Option<u32>,
+    /// Open with the virtio-net header and checksum / TCP segmentation offloads, so the
+    /// kernel hands over and takes 64 KiB super-frames with their checksums left to do.
+    pub offload: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +119,11 @@ pub struct PortDevice {
     /// MAC of the device (the workload's side of a TAP; the attached interface's).
     mac: EthernetAddress,
     mtu: u32,
+    /// Every read and write carries a virtio-net header (a TAP with offloads, a packet
+    /// socket).
+    vnet: bool,
+    /// Frames with a checksum or a segmentation still to do may be written to it.
+    offload: bool,
 }
 
 fn os<'a>(what: &'static str, name: &'a str) -> impl FnOnce(io::Error) -> PortError + 'a {
@@ -150,9 +163,27 @@ impl PortDevice {
             .map_err(os("opening /dev/net/tun for", name))?;
         let fd = OwnedFd::from(file);
         let mut req = IfReq::new(name).map_err(os("naming", name))?;
-        let flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
+        let mut flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
+        if spec.offload {
+            flags |= IFF_VNET_HDR;
+        }
         req.data[..2].copy_from_slice(&flags.to_ne_bytes());
         netdev::ioctl(&fd, TUNSETIFF, &mut req).map_err(os("creating TAP device", name))?;
+        if spec.offload {
+            // What the kernel may leave to us: checksums and TCP segmentation (the header is
+            // the 10-byte `virtio_net_hdr`, the default size).
+            // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is a TAP descriptor.
+            let rc = unsafe {
+                libc::ioctl(
+                    fd.as_raw_fd(),
+                    TUNSETOFFLOAD,
+                    (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) as libc::c_ulong,
+                )
+            };
+            if rc < 0 {
+                return Err(os("enabling offloads on", name)(io::Error::last_os_error()));
+            }
+        }
         if let Some(mac) = spec.mac {
             netdev::set_mac(name, mac).map_err(os("setting the MAC of", name))?;
         }
@@ -167,6 +198,8 @@ impl PortDevice {
             netns: spec.netns.clone(),
             mac: netdev::mac(name).map_err(os("reading the MAC of", name))?,
             mtu: netdev::mtu(name).map_err(os("reading the MTU of", name))?,
+            vnet: spec.offload,
+            offload: spec.offload,
         })
     }
 
@@ -176,6 +209,17 @@ impl PortDevice {
         name: &str,
         netns: Option<&str>,
         mtu: Option<u32>,
+    ) -> Result<PortDevice, PortError> {
+        Self::attach_with(name, netns, mtu, true)
+    }
+
+    /// [`attach`](Self::attach), saying whether frames with offloads still to do may be
+    /// written to the interface (the kernel finishes them) or must be finished first.
+    pub fn attach_with(
+        name: &str,
+        netns: Option<&str>,
+        mtu: Option<u32>,
+        offload: bool,
     ) -> Result<PortDevice, PortError> {
         if !valid_ifname(name) {
             return Err(PortError::BadName(name.to_string()));
@@ -187,7 +231,7 @@ impl PortDevice {
                     netns: netns.map(str::to_string),
                 }));
             };
-            Ok(Self::open_packet(name, netns, ifindex, mtu))
+            Ok(Self::open_packet(name, netns, ifindex, mtu, offload))
         })
         .map_err(os("entering network namespace for", name))?
     }
@@ -197,6 +241,7 @@ impl PortDevice {
         netns: Option<&str>,
         ifindex: u32,
         mtu: Option<u32>,
+        offload: bool,
     ) -> Result<PortDevice, PortError> {
         netdev::set_up(name).map_err(os("bringing up", name))?;
         // Protocol 0 until bound, so no frame of another interface slips in before bind.
@@ -265,6 +310,8 @@ impl PortDevice {
             netns: netns.map(str::to_string),
             mac: netdev::mac(name).map_err(os("reading the MAC of", name))?,
             mtu: netdev::mtu(name).map_err(os("reading the MTU of", name))?,
+            vnet: true,
+            offload,
         })
     }
 
@@ -288,6 +335,11 @@ impl PortDevice {
         self.mtu
     }
 
+    /// Whether frames with a checksum or segmentation still to do may be written to it.
+    pub fn takes_offloads(&self) -> bool {
+        self.offload
+    }
+
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -297,6 +349,31 @@ impl PortDevice {
     /// `buf` must be at least [`HEADROOM`] + [`MAX_FRAME`] long.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
         match self.kind {
+            PortKind::Tap if self.vnet => {
+                let room = &mut buf[HEADROOM..];
+                let mut vnet = [0u8; VNET_HDR_LEN];
+                let iov = [
+                    libc::iovec {
+                        iov_base: vnet.as_mut_ptr().cast(),
+                        iov_len: vnet.len(),
+                    },
+                    libc::iovec {
+                        iov_base: room.as_mut_ptr().cast(),
+                        iov_len: room.len(),
+                    },
+                ];
+                // SAFETY: both iovecs point at live buffers of their lengths.
+                let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+                if n < 0 {
+                    return would_block(io::Error::last_os_error());
+                }
+                Ok(Some(RxFrame {
+                    start: HEADROOM,
+                    len: (n as usize).saturating_sub(VNET_HDR_LEN),
+                    truncated: false,
+                    offload: Offload::from_vnet_hdr(&vnet),
+                }))
+            }
             PortKind::Tap => {
                 let room = &mut buf[HEADROOM..];
                 // SAFETY: room is valid for writes of room.len() bytes.
@@ -400,15 +477,16 @@ impl PortDevice {
         Ok(Received::Frame(frame))
     }
 
-    /// Writes one frame, given in pieces.
+    /// Writes one finished frame, given in pieces.
     pub fn send(&self, frame: &EgressFrame<'_>) -> io::Result<()> {
-        // A packet socket with PACKET_VNET_HDR takes a header first: all zero, nothing to do.
-        let vnet = [0u8; VNET_HDR_LEN];
-        let prefix = if self.kind == PortKind::Packet {
-            &vnet[..]
-        } else {
-            &[]
-        };
+        self.send_with(frame, &[0u8; VNET_HDR_LEN])
+    }
+
+    /// Writes one frame with the virtio-net header `vnet` (checksum and segmentation left to
+    /// the kernel); only for a device that [takes offloads](Self::takes_offloads) unless the
+    /// header is all zero.
+    pub fn send_with(&self, frame: &EgressFrame<'_>, vnet: &[u8; VNET_HDR_LEN]) -> io::Result<()> {
+        let prefix: &[u8] = if self.vnet { &vnet[..] } else { &[] };
         let iov = frame_iovecs(prefix, frame);
         // SAFETY: every iovec points at a live buffer of its length; writev only reads them.
         let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };

@@ -25,9 +25,9 @@ use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
 use crate::pipeline::bridge::Egress;
 use crate::pipeline::bridge::EgressFrame;
-use crate::pipeline::offload::{complete_checksum, segment_tcp};
-use crate::pipeline::TunnelEndpoint;
+use crate::pipeline::offload::{complete_checksum, segment_tcp, Offload};
 use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, Generated, WorkerCounters};
+use crate::pipeline::{TunnelEndpoint, VlanMember};
 use crate::tables::{ConntrackStats, CtEntry, CtFilter, FdbKey, NeighRecord, PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
@@ -486,6 +486,18 @@ impl Worker {
                 Some(DropReason::Oversized)
             } else if offload.gso_unsupported {
                 Some(DropReason::BadOffload)
+            } else if offload.is_pending()
+                && forward_offloaded(
+                    &mut self.bridge,
+                    &snapshot,
+                    port,
+                    frame,
+                    &offload,
+                    &mut self.scratch,
+                    now,
+                )
+            {
+                None
             } else if let Some(mss) = offload.gso_size {
                 let bridge = &mut self.bridge;
                 segment_tcp(frame, mss, &mut self.scratch, |seg| {
@@ -790,32 +802,122 @@ fn send_egress(
     now: Timestamp,
 ) {
     for member in egress.ports() {
-        let out_frame = egress.frame_for(member, frame);
-        let c = bridge.counters().port(member.port);
-        let mtu = snapshot
-            .forwarding
-            .port(member.port)
-            .map_or(u16::MAX, |p| p.mtu);
-        let max_len = mtu as usize + ETHERNET_HEADER_LEN + if member.tagged { TAG_LEN } else { 0 };
-        if out_frame.len() > max_len {
-            c.tx_oversized.add(1);
-            continue;
+        send_member(bridge, snapshot, egress, member, frame, None, now);
+    }
+}
+
+/// Sends `frame` out of one member of its egress set: a finished frame, or (`pending`) one
+/// with its checksum or segmentation left to the egress device, with the virtio-net header
+/// moved for the VLAN tag the egress adds or removes.
+fn send_member(
+    bridge: &mut Bridge,
+    snapshot: &Snapshot,
+    egress: &Egress<'_>,
+    member: VlanMember,
+    frame: &[u8],
+    pending: Option<&Offload>,
+    now: Timestamp,
+) {
+    let out_frame = egress.frame_for(member, frame);
+    let c = bridge.counters().port(member.port);
+    let mtu = snapshot
+        .forwarding
+        .port(member.port)
+        .map_or(u16::MAX, |p| p.mtu);
+    let tag = if member.tagged { TAG_LEN } else { 0 };
+    let max_len = mtu as usize + ETHERNET_HEADER_LEN + tag;
+    // Where the EtherType moves to: a tag inserted or removed shifts the L3 header.
+    let delta = (ETHERNET_HEADER_LEN - 2 + tag) as isize - egress.inner_offset as isize;
+    let wire_len = match pending {
+        Some(o) => (o.wire_len(frame) as isize + delta) as usize,
+        None => out_frame.len(),
+    };
+    if wire_len > max_len {
+        c.tx_oversized.add(1);
+        return;
+    }
+    if pending.is_none() && snapshot.forwarding.vxlan_port(member.port).is_some() {
+        encap(bridge, snapshot, member.port, frame, &out_frame, now);
+        return;
+    }
+    let Some(out) = snapshot.device(member.port) else {
+        return;
+    };
+    let sent = match pending {
+        Some(o) => out.send_with(&out_frame, &o.header_moved(delta)),
+        None => out.send(&out_frame),
+    };
+    match sent {
+        Ok(()) => {
+            c.tx_packets.add(1);
+            c.tx_bytes.add(out_frame.len() as u64);
         }
-        if snapshot.forwarding.vxlan_port(member.port).is_some() {
-            encap(bridge, snapshot, member.port, frame, &out_frame, now);
-            continue;
-        }
-        let Some(out) = snapshot.device(member.port) else {
-            continue;
-        };
-        match out.send(&out_frame) {
-            Ok(()) => {
-                c.tx_packets.add(1);
-                c.tx_bytes.add(out_frame.len() as u64);
-            }
-            Err(_) => c.tx_errors.add(1),
+        Err(_) => c.tx_errors.add(1),
+    }
+}
+
+/// Whether frames with offloads left to do may go out of `port` as they are.
+fn takes_offloads(snapshot: &Snapshot, port: PortId) -> bool {
+    snapshot.forwarding.vxlan_port(port).is_none()
+        && snapshot.device(port).is_some_and(|d| d.takes_offloads())
+}
+
+/// Switches a frame whose checksum or TCP segmentation is still to do (`offload`) without
+/// doing it, where that is possible: it is switched whole, members whose device takes
+/// offloads get it as it is (one write for up to 64 KiB), the others (VXLAN, ports with
+/// offloads off) get the finished frames, cut here in software. Returns false, having done
+/// nothing, when the frame is for the router: then the caller finishes the offloads first.
+fn forward_offloaded(
+    bridge: &mut Bridge,
+    snapshot: &Snapshot,
+    port: PortId,
+    frame: &mut [u8],
+    offload: &Offload,
+    scratch: &mut Vec<u8>,
+    now: Timestamp,
+) -> bool {
+    let wire_len = offload.wire_len(frame);
+    let Some(decision) = bridge.process_offloaded(&snapshot.forwarding, port, frame, wire_len, now)
+    else {
+        return false;
+    };
+    let Decision::Forward(egress) = decision else {
+        return true;
+    };
+    let mut finish = false;
+    for member in egress.ports() {
+        if takes_offloads(snapshot, member.port) {
+            send_member(bridge, snapshot, &egress, member, frame, Some(offload), now);
+        } else {
+            finish = true;
         }
     }
+    if !finish {
+        return true;
+    }
+    let mut emit = |done: &mut [u8]| {
+        for member in egress.ports() {
+            if !takes_offloads(snapshot, member.port) {
+                send_member(bridge, snapshot, &egress, member, done, None, now);
+            }
+        }
+    };
+    let result = match (offload.gso_size, offload.csum) {
+        (Some(mss), _) => segment_tcp(frame, mss, scratch, emit),
+        (None, Some((start, offset))) => {
+            scratch.clear();
+            scratch.extend_from_slice(frame);
+            complete_checksum(scratch, start, offset).map(|()| emit(scratch))
+        }
+        (None, None) => {
+            emit(frame);
+            Ok(())
+        }
+    };
+    if let Err(reason) = result {
+        bridge.counters().port(port).drop(reason);
+    }
+    true
 }
 
 /// Sends a frame out of a VXLAN port: to the remote its destination is known behind, or to

@@ -28,6 +28,8 @@ pub struct Offload {
     pub gso_size: Option<u16>,
     /// A GSO type this switch does not segment (UDP fragmentation offload, ...).
     pub gso_unsupported: bool,
+    /// The header as it came, for passing the frame on with its offloads still to do.
+    pub header: [u8; VNET_HDR_LEN],
 }
 
 impl Offload {
@@ -42,7 +44,41 @@ impl Offload {
             csum: (flags & F_NEEDS_CSUM != 0).then_some((csum_start, csum_offset)),
             gso_size: matches!(gso_type, GSO_TCPV4 | GSO_TCPV6).then_some(gso_size),
             gso_unsupported: !matches!(gso_type, GSO_NONE | GSO_TCPV4 | GSO_TCPV6),
+            header: *h,
         }
+    }
+
+    /// Whether anything is left to do (a checksum or a segmentation).
+    pub fn is_pending(&self) -> bool {
+        self.csum.is_some() || self.gso_size.is_some()
+    }
+
+    /// The length of the first (largest) frame the sender's segmentation will make: the
+    /// headers up to the TCP payload plus one segment; the frame's own length without GSO.
+    pub fn wire_len(&self, frame: &[u8]) -> usize {
+        match (self.gso_size, self.csum) {
+            (Some(mss), Some((start, _))) => {
+                let thl = frame
+                    .get(usize::from(start) + 12)
+                    .map_or(20, |b| usize::from(b >> 4) * 4);
+                (usize::from(start) + thl + usize::from(mss)).min(frame.len())
+            }
+            _ => frame.len(),
+        }
+    }
+
+    /// The header to send the frame with after `delta` bytes were inserted (a VLAN tag, +4)
+    /// or removed (-4) in front of its L3 header: checksum start and header length move.
+    pub fn header_moved(&self, delta: isize) -> [u8; VNET_HDR_LEN] {
+        let mut h = self.header;
+        for at in [2, 6] {
+            let v = u16::from_le_bytes([h[at], h[at + 1]]);
+            if v != 0 {
+                let moved = (v as isize + delta).clamp(0, u16::MAX as isize) as u16;
+                h[at..at + 2].copy_from_slice(&moved.to_le_bytes());
+            }
+        }
+        h
     }
 
     /// Moves checksum offsets after `n` bytes were inserted before them (a VLAN tag put back).
@@ -50,6 +86,7 @@ impl Offload {
         if let Some((start, _)) = &mut self.csum {
             *start += n;
         }
+        self.header = self.header_moved(n as isize);
     }
 }
 

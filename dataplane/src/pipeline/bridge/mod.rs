@@ -230,14 +230,16 @@ impl Bridge {
         let port_counters = counters.port(ingress);
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
-        let (vlan, inner_offset) = match Self::decide(macs, counters, state, ingress, frame, now) {
-            Ok(Step::Done(decision)) => return decision,
-            Ok(Step::Route { vlan, inner_offset }) => (vlan, inner_offset),
-            Err(reason) => {
-                port_counters.drop(reason);
-                return Decision::Drop(reason);
-            }
-        };
+        let wire_len = frame.len();
+        let (vlan, inner_offset) =
+            match Self::decide(macs, counters, state, ingress, frame, wire_len, now) {
+                Ok(Step::Done(decision)) => return decision,
+                Ok(Step::Route { vlan, inner_offset }) => (vlan, inner_offset),
+                Err(reason) => {
+                    port_counters.drop(reason);
+                    return Decision::Drop(reason);
+                }
+            };
         let decision = self.route_in(state, vlan, inner_offset, frame, now);
         if let Decision::Drop(reason) = decision {
             self.counters.port(ingress).drop(reason);
@@ -245,13 +247,44 @@ impl Bridge {
         decision
     }
 
+    /// [`process`](Self::process) for a frame with offloads still to do (a TCP super-frame, a
+    /// partial checksum), switched whole: `wire_len` is the largest frame its segmentation
+    /// will make, which the ingress MTU is checked against. `None`, with nothing counted, when
+    /// the frame is for the router (or suppression): the caller finishes the offloads and
+    /// passes each resulting frame to `process`, as the L3 stage reads and rewrites headers
+    /// and payload sizes.
+    pub fn process_offloaded<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        ingress: PortId,
+        frame: &[u8],
+        wire_len: usize,
+        now: Timestamp,
+    ) -> Option<Decision<'s>> {
+        let Bridge { macs, counters, .. } = self;
+        let decision = match Self::decide(macs, counters, state, ingress, frame, wire_len, now) {
+            Ok(Step::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
+            Ok(_) => return None,
+            Err(reason) => Decision::Drop(reason),
+        };
+        let port_counters = counters.port(ingress);
+        port_counters.rx_packets.add(1);
+        port_counters.rx_bytes.add(frame.len() as u64);
+        if let Decision::Drop(reason) = decision {
+            port_counters.drop(reason);
+        }
+        Some(decision)
+    }
+
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn decide<'s>(
         macs: &mut MacTable,
         counters: &WorkerCounters,
         state: &'s ForwardingState,
         ingress: PortId,
         frame: &[u8],
+        wire_len: usize,
         now: Timestamp,
     ) -> Result<Step<'s>, DropReason> {
         let port = state.port(ingress).ok_or(DropReason::UnknownPort)?;
@@ -277,7 +310,7 @@ impl Bridge {
         };
         let tagged = inner_offset != HEADER_LEN - 2;
         let max_len = port.mtu as usize + HEADER_LEN + if tagged { TAG_LEN } else { 0 };
-        if frame.len() > max_len {
+        if wire_len > max_len {
             return Err(DropReason::Oversized);
         }
         let vlan = match (&port.mode, tag_vid) {
