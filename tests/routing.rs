@@ -627,8 +627,9 @@ fn two_vlans_route_through_the_gateway() {
     assert!(if_stat(sw, 20, "rx_bytes") >= TCP_BYTES);
     assert!(if_stat(sw, 10, "tx_bytes") >= TCP_BYTES);
     for vlan in [10, 20] {
-        assert!(if_stat(sw, vlan, "rx_packets") > 1000);
-        assert!(if_stat(sw, vlan, "tx_packets") > 1000);
+        // 4 MiB each way: at least 64 frames even when they cross as 64 KiB super-frames.
+        assert!(if_stat(sw, vlan, "rx_packets") > 64);
+        assert!(if_stat(sw, vlan, "tx_packets") > 64);
         assert!(
             if_stat(sw, vlan, "neigh_probes") >= 1,
             "the router resolved its neighbours itself"

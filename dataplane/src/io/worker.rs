@@ -877,11 +877,14 @@ fn forward_offloaded(
     now: Timestamp,
 ) -> bool {
     let wire_len = offload.wire_len(frame);
-    let Some(decision) = bridge.process_offloaded(&snapshot.forwarding, port, frame, wire_len, now)
+    let Some(decision) =
+        bridge.process_offloaded(&snapshot.forwarding, port, frame, offload, wire_len, now)
     else {
         return false;
     };
     let Decision::Forward(egress) = decision else {
+        // The router cut what it could not send whole into generated frames.
+        send_decision(bridge, snapshot, decision, frame, now);
         return true;
     };
     let mut finish = false;
@@ -893,6 +896,7 @@ fn forward_offloaded(
         }
     }
     if !finish {
+        send_generated(bridge, snapshot, now);
         return true;
     }
     let mut emit = |done: &mut [u8]| {
@@ -917,6 +921,7 @@ fn forward_offloaded(
     if let Err(reason) = result {
         bridge.counters().port(port).drop(reason);
     }
+    send_generated(bridge, snapshot, now);
     true
 }
 

@@ -186,7 +186,56 @@ pub fn rewrite(
     to: &FlowKey,
     l4_present: bool,
 ) {
+    rewrite_with(packet, l4_offset, from, to, l4_present, false);
+}
+
+/// [`rewrite`] for a packet whose transport checksum is still to be computed by whoever sends
+/// it on (a partial checksum from an offloading sender: the field holds the sum of the pseudo
+/// header alone, not complemented). Only the addresses change that sum; ports are in the
+/// data the final computation covers.
+pub fn rewrite_partial(packet: &mut [u8], l4_offset: usize, from: &FlowKey, to: &FlowKey) {
+    rewrite_with(packet, l4_offset, from, to, true, true);
+}
+
+fn rewrite_with(
+    packet: &mut [u8],
+    l4_offset: usize,
+    from: &FlowKey,
+    to: &FlowKey,
+    l4_present: bool,
+    partial: bool,
+) {
     if packet.len() < 20 || (l4_present && packet.len() < l4_offset.saturating_add(8)) {
+        return;
+    }
+    if partial {
+        let mut ip_sum = get16(packet, 10);
+        let at = l4_checksum_at(from.proto)
+            .filter(|&(at, pseudo)| pseudo && packet.len() >= l4_offset + at + 2)
+            .map(|(at, _)| l4_offset + at);
+        // The uncomplemented pseudo-header sum P: P' = P - old + new = !update(!P, old, new).
+        let mut l4_sum = at.map(|at| get16(packet, at));
+        for (range, old, new) in [(12..16, from.src, to.src), (16..20, from.dst, to.dst)] {
+            if old != new {
+                let (o, n) = (u32::from(old), u32::from(new));
+                ip_sum = checksum::update32(ip_sum, o, n);
+                l4_sum = l4_sum.map(|p| !checksum::update32(!p, o, n));
+                packet[range].copy_from_slice(&new.octets());
+            }
+        }
+        put16(packet, 10, ip_sum);
+        if let (Some(at), Some(p)) = (at, l4_sum) {
+            put16(packet, at, p);
+        }
+        let l4 = l4_offset;
+        match from.proto {
+            PROTO_TCP | PROTO_UDP => {
+                put16(packet, l4, to.sport);
+                put16(packet, l4 + 2, to.dport);
+            }
+            PROTO_ICMP => put16(packet, l4 + 4, to.sport),
+            _ => {}
+        }
         return;
     }
     let mut ip_sum = get16(packet, 10);

@@ -3,6 +3,7 @@
 //! A [`Bridge`] belongs to one worker thread: it owns that worker's learned [`MacTable`] and
 //! writes that worker's [`WorkerCounters`].
 
+use crate::pipeline::offload::Offload;
 use std::sync::Arc;
 
 use super::router::{self, IpipEgress, Router};
@@ -123,6 +124,9 @@ pub struct Bridge {
     ident: u16,
     /// The L3 stage's own state: neighbours, frames to send.
     pub(super) router: Router,
+    /// The offloads still to do on the frame being routed (a TCP super-frame, a partial
+    /// checksum), while [`process_offloaded`](Self::process_offloaded) has one in the router.
+    pub(super) offload: Option<Offload>,
 }
 
 impl Bridge {
@@ -133,6 +137,7 @@ impl Bridge {
             counters,
             ident: 0,
             router: Router::new(&state.routing),
+            offload: None,
         }
     }
 
@@ -247,23 +252,40 @@ impl Bridge {
         decision
     }
 
-    /// [`process`](Self::process) for a frame with offloads still to do (a TCP super-frame, a
-    /// partial checksum), switched whole: `wire_len` is the largest frame its segmentation
-    /// will make, which the ingress MTU is checked against. `None`, with nothing counted, when
-    /// the frame is for the router (or suppression): the caller finishes the offloads and
-    /// passes each resulting frame to `process`, as the L3 stage reads and rewrites headers
-    /// and payload sizes.
+    /// [`process`](Self::process) for a frame with offloads still to do (`offload`: a TCP
+    /// super-frame, a partial checksum), without doing them: `wire_len` is the largest frame
+    /// its segmentation will make, which the ingress MTU is checked against. A switched frame
+    /// is decided whole. An IPv4 frame for the router is routed whole too: the NAT stage
+    /// updates a partial checksum as such, and where it cannot leave whole (an IPIP route, a
+    /// next hop still resolving, fragmentation) the router cuts it and sends the pieces as
+    /// generated frames. `None`, with nothing counted, for anything else for the router
+    /// (IPv6, ARP, suppression): the caller finishes the offloads and passes each resulting
+    /// frame to `process`.
     pub fn process_offloaded<'s>(
         &mut self,
         state: &'s ForwardingState,
         ingress: PortId,
-        frame: &[u8],
+        frame: &mut [u8],
+        offload: &Offload,
         wire_len: usize,
         now: Timestamp,
     ) -> Option<Decision<'s>> {
         let Bridge { macs, counters, .. } = self;
         let decision = match Self::decide(macs, counters, state, ingress, frame, wire_len, now) {
             Ok(Step::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
+            Ok(Step::Route { vlan, inner_offset })
+                if frame.get(inner_offset..inner_offset + 2) == Some(&[0x08, 0x00]) =>
+            {
+                counters.port(ingress).rx_packets.add(1);
+                counters.port(ingress).rx_bytes.add(frame.len() as u64);
+                self.offload = Some(*offload);
+                let decision = self.route_in(state, vlan, inner_offset, frame, now);
+                self.offload = None;
+                if let Decision::Drop(reason) = decision {
+                    self.counters.port(ingress).drop(reason);
+                }
+                return Some(decision);
+            }
             Ok(_) => return None,
             Err(reason) => Decision::Drop(reason),
         };

@@ -37,6 +37,7 @@ pub use ipip::IpipEgress;
 use super::bridge::{Egress, Targets};
 use super::fragment::fragment_ipv4;
 use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
+use super::offload::{complete_checksum, segment_tcp};
 use super::routing::{NextHop, RoutingState};
 use super::{Bridge, Decision, DropReason, ForwardingState, VlanMember};
 use crate::tables::{Conntrack, NeighKey, NeighLookup, NeighbourTable, PortId, Resolve, Timestamp};
@@ -269,6 +270,24 @@ impl Bridge {
                     mtu,
                     ttl,
                 };
+                if self.offload.is_some() {
+                    // A raw socket takes no super-frame: each segment is encapsulated.
+                    for mut piece in self.finish_offloads(&frame[..l3 + total]) {
+                        let len = piece.len() - l3;
+                        match self.ipip_out(state, in_vlan, off, len, &mut piece, tunnel, now) {
+                            Decision::Tunnel(t) => {
+                                self.router.generated.push_back(Generated::Ipip {
+                                    remote: t.remote,
+                                    outer: t.outer,
+                                    bytes: piece,
+                                    start: t.start,
+                                })
+                            }
+                            _ => self.router.recycle(piece),
+                        }
+                    }
+                    return Decision::Local;
+                }
                 return self.ipip_out(state, in_vlan, off, total, frame, tunnel, now);
             }
             NextHop::Unreachable => {
@@ -300,7 +319,11 @@ impl Bridge {
             return Decision::Drop(DropReason::NoRoute);
         };
         let mtu = usize::from(iface.mtu);
-        if total > mtu {
+        // A super-frame leaves as segments: they must fit, not the whole.
+        let wire_total = self.offload.map_or(total, |o| {
+            o.wire_len(&frame[..l3 + total]).saturating_sub(l3)
+        });
+        if wire_total > mtu {
             if frame[l3 + 6] & 0x40 != 0 {
                 self.icmpv4_error(
                     state,
@@ -314,6 +337,17 @@ impl Bridge {
                 return Decision::Drop(DropReason::FragNeeded);
             }
             Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
+            if self.offload.is_some() {
+                let mut result = Decision::Local;
+                for piece in self.finish_offloads(&frame[..l3 + total]) {
+                    let d = self.fragment_out(state, out_vlan, next_hop, &piece[l3..], now);
+                    if let Decision::Drop(r) = d {
+                        result = Decision::Drop(r);
+                    }
+                    self.router.recycle(piece);
+                }
+                return result;
+            }
             return self.fragment_out(state, out_vlan, next_hop, &frame[l3..l3 + total], now);
         }
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
@@ -359,6 +393,22 @@ impl Bridge {
             NeighLookup::Pending { probe } => {
                 if probe {
                     self.probe(state, key, None);
+                }
+                if self.offload.is_some() {
+                    // Queued frames leave as they are: finish them first.
+                    let mut result = Decision::Local;
+                    for piece in self.finish_offloads(&frame[..end]) {
+                        let mut buf = self.router.buffer();
+                        buf.extend_from_slice(&piece[..6]);
+                        buf.extend_from_slice(iface.mac.as_bytes());
+                        buf.extend_from_slice(&piece[off..]);
+                        self.router.recycle(piece);
+                        if let Err(b) = self.router.neigh.enqueue(&key, buf) {
+                            self.router.recycle(b);
+                            result = Decision::Drop(DropReason::NeighbourQueueFull);
+                        }
+                    }
+                    return result;
                 }
                 let mut buf = self.router.buffer();
                 buf.extend_from_slice(&frame[..6]);
@@ -478,6 +528,48 @@ impl Bridge {
             }
         }
         result
+    }
+
+    /// Finishes the offloads still to do on the frame being routed (`frame`, from its
+    /// Ethernet header to the end of its IP packet): a super-frame cut into segments, a
+    /// partial checksum completed. Returns the frames, each in a pool buffer with the layout
+    /// of `frame`; none if the offload metadata does not fit the frame. Nothing is pending
+    /// afterwards.
+    fn finish_offloads(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
+        let Some(o) = self.offload.take() else {
+            let mut b = self.router.buffer();
+            b.extend_from_slice(frame);
+            return vec![b];
+        };
+        let mut scratch = std::mem::take(&mut self.router.scratch);
+        let mut out = Vec::new();
+        let pool = &mut self.router.pool;
+        let mut take = |bytes: &[u8]| {
+            let mut b = pool.pop().unwrap_or_default();
+            b.clear();
+            b.extend_from_slice(bytes);
+            b
+        };
+        let result = match (o.gso_size, o.csum) {
+            (Some(mss), _) => segment_tcp(frame, mss, &mut scratch, |seg| out.push(take(seg))),
+            (None, Some((start, offset))) => {
+                let mut b = take(frame);
+                let r = complete_checksum(&mut b, start, offset);
+                out.push(b);
+                r
+            }
+            (None, None) => {
+                out.push(take(frame));
+                Ok(())
+            }
+        };
+        self.router.scratch = scratch;
+        if result.is_err() {
+            for b in out.drain(..) {
+                self.router.recycle(b);
+            }
+        }
+        out
     }
 
     /// The fragments of `packet` for `mtu`, each in a buffer with room for the Ethernet

@@ -261,7 +261,7 @@ impl Bridge {
             e.seen(dir, total, now);
             let to = e.translated(dir);
             if to != p.key {
-                packet_nat::rewrite(packet, p.l4_offset, &p.key, &to, true);
+                self.rewrite(packet, p.l4_offset, &p.key, &to);
                 self.counters.nat.translated.add(1);
                 if p.first_fragment {
                     self.remember_fragment(packet, &p.key, &to, now);
@@ -404,7 +404,7 @@ impl Bridge {
         let to = e.translated(Dir::Original);
         if to != key {
             let packet = &mut frame[l3..l3 + total];
-            packet_nat::rewrite(packet, p.l4_offset, &key, &to, true);
+            self.rewrite(packet, p.l4_offset, &key, &to);
             self.counters.nat.translated.add(1);
             if p.first_fragment {
                 self.remember_fragment(packet, &key, &to, now);
@@ -475,6 +475,16 @@ impl Bridge {
         }
         packet_nat::translate_error(packet, l4_offset, &q, &to.reversed());
         true
+    }
+
+    /// Rewrites a packet from tuple `from` to `to`; a partial transport checksum (the frame
+    /// being routed has its checksum left to offload) is updated as such.
+    fn rewrite(&self, packet: &mut [u8], l4_offset: usize, from: &FlowKey, to: &FlowKey) {
+        if self.offload.is_some_and(|o| o.csum.is_some()) {
+            packet_nat::rewrite_partial(packet, l4_offset, from, to);
+        } else {
+            packet_nat::rewrite(packet, l4_offset, from, to, true);
+        }
     }
 
     /// Whether an IPv4 packet the router forwarded was translated (its reply tuple is
