@@ -8,6 +8,7 @@ use crate::pipeline::nat::tests::{
     assert_checksums, echo, icmp_error, ipv4, set_df, set_ttl, tcp, udp,
 };
 use crate::pipeline::nat::{parse, L4};
+use crate::pipeline::offload::Offload;
 use crate::tables::conntrack::tcp::{ACK, FIN, RST, SYN};
 use crate::tables::conntrack::{ProtoState, TcpState};
 use crate::tables::service::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -1163,4 +1164,119 @@ fn host_unreachable_about_a_masqueraded_packet_reaches_its_sender() {
         "the quoted packet as A sent it, one hop on"
     );
     assert_checksums(&err);
+}
+
+/// A TCP super-frame of 3000 payload bytes from A (mss 1000) with its checksum left to
+/// offload, as a TAP with offloads hands it over: the TCP field holds the pseudo-header sum.
+fn super_frame(a: SocketAddrV4, x: SocketAddrV4, seq: u32, ack: u32) -> (Vec<u8>, Offload) {
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let mut p = tcp(a, x, ACK, seq, ack, 502, &[], &payload);
+    let l4 = 20;
+    let pseudo = crate::wire::checksum::pseudo_header_v4(
+        a.ip(),
+        x.ip(),
+        crate::wire::IpProtocol::Tcp,
+        (p.len() - l4) as u32,
+    );
+    p[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
+    let frame = to_router(R10, A, &p);
+    let (start, mss) = (14u16 + 20, 1000u16);
+    let mut h = [0u8; crate::pipeline::offload::VNET_HDR_LEN];
+    h[0] = 1; // NEEDS_CSUM
+    h[1] = 1; // GSO_TCPV4
+    h[2..4].copy_from_slice(&(start + 20).to_le_bytes());
+    h[4..6].copy_from_slice(&mss.to_le_bytes());
+    h[6..8].copy_from_slice(&start.to_le_bytes());
+    h[8..10].copy_from_slice(&16u16.to_le_bytes());
+    (frame, Offload::from_vnet_hdr(&h))
+}
+
+#[test]
+fn a_super_frame_is_masqueraded_whole_with_its_partial_checksum() {
+    let mut sim = nat_sim();
+    masquerade(&mut sim);
+    let a = sa(A_IP, 40000);
+    let x = sa(X, 443);
+    let p = only(
+        &from_a(&mut sim, &tcp(a, x, SYN, 1000, 0, 64240, OPTS, b"")),
+        2,
+    );
+    let m = sa(UP, key_of(&p).sport);
+    only(
+        &from_outside(
+            &mut sim,
+            &tcp(x, m, SYN | ACK, 9000, 1001, 65535, OPTS, b""),
+        ),
+        0,
+    );
+    // The server's window, scaled by 2^7: room for the super-frame.
+    only(
+        &from_outside(&mut sim, &tcp(x, m, ACK, 9001, 1001, 65535, &[], b"")),
+        0,
+    );
+    let (mut frame, offload) = super_frame(a, x, 1001, 9001);
+    let wire = offload.wire_len(&frame);
+    assert_eq!(wire, 14 + 20 + 20 + 1000);
+    let d = sim
+        .bridge
+        .process_offloaded(&sim.state, PortId(0), &mut frame, &offload, wire, sim.now)
+        .expect("routed whole");
+    let Decision::Forward(e) = d else {
+        panic!("{d:?}");
+    };
+    let ports: Vec<u16> = e.ports().map(|m| m.port.0).collect();
+    assert_eq!(ports, vec![2], "out of the uplink, whole");
+    // What the uplink's kernel does with it: complete the checksum, then cut.
+    let (start, off) = offload.csum.unwrap();
+    crate::pipeline::offload::complete_checksum(&mut frame, start, off).unwrap();
+    let whole = ip(&frame);
+    assert_checksums(&whole);
+    assert_eq!(key_of(&whole), k(m, x, PROTO_TCP));
+    assert_eq!(whole[8], 63, "TTL");
+    let mut n = 0;
+    let mut scratch = Vec::new();
+    crate::pipeline::offload::segment_tcp(&frame, 1000, &mut scratch, |seg| {
+        assert_checksums(&ip(seg));
+        n += 1;
+    })
+    .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(nat(&sim).invalid.get(), 0);
+}
+
+#[test]
+fn a_super_frame_to_a_next_hop_still_resolving_is_queued_as_segments() {
+    let mut sim = Sim::new(1500);
+    sim.resolve_hosts();
+    // B's address on VLAN 20 is known; 10.42.1.9 is not: the router asks and queues.
+    let a = sa(A_IP, 40000);
+    let unknown = sa(Ipv4Addr::new(10, 42, 1, 9), 80);
+    let (mut frame, offload) = super_frame(a, unknown, 1, 1);
+    let wire = offload.wire_len(&frame);
+    let d = sim
+        .bridge
+        .process_offloaded(&sim.state, PortId(0), &mut frame, &offload, wire, sim.now)
+        .expect("routed");
+    assert!(matches!(d, Decision::Local), "{d:?}");
+    let mut out = Out::default();
+    sim.drain(&mut out);
+    assert!(
+        out.frames.iter().all(|(_, f)| is_probe(f)),
+        "only the ARP request"
+    );
+    // The answer releases the three segments, each finished.
+    let reply = arp(
+        ArpOperation::Reply,
+        mac(9),
+        *unknown.ip(),
+        Ipv4Addr::new(10, 42, 1, 1),
+    );
+    let out = sim.send(1, &reply);
+    let segs = out.data();
+    assert_eq!(segs.len(), 3, "{segs:?}");
+    for (port, f) in segs {
+        assert_eq!(port, 1);
+        assert!(f.len() <= 1514);
+        assert_checksums(&ip(&f));
+    }
 }
