@@ -10,6 +10,13 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Run { .. } | cli::Command::Demo) {
+        // A listing piped into `head` ends quietly when the reader goes, as `ip` does.
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // The demo prints its own story; the daemon's log is for `run`.
     let level = if matches!(args.command, cli::Command::Demo) {
         "warn"
