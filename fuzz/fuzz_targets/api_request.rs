@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use tapswitch_control::api::{parse_request, Request};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(line) = std::str::from_utf8(data) else { return };
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
     match parse_request(line) {
         Ok(Request::PortAdd { port }) => {
             let _ = port.validate("port");

@@ -6,8 +6,12 @@ use libfuzzer_sys::fuzz_target;
 use tapswitch_control::Config;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(config) = Config::from_toml(text) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = Config::from_toml(text) else {
+        return;
+    };
     match config.validate() {
         Ok(_) => {
             let again = Config::from_toml(&config.to_toml()).expect("round trip parses");

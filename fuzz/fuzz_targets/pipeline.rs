@@ -19,7 +19,12 @@ fn vlan(v: u16) -> VlanId {
 }
 
 fn port(name: &str, mode: PortMode, max_macs: u32) -> Option<PortState> {
-    Some(PortState { name: name.into(), mode, mtu: 1500, max_macs })
+    Some(PortState {
+        name: name.into(),
+        mode,
+        mtu: 1500,
+        max_macs,
+    })
 }
 
 fn state() -> ForwardingState {
@@ -28,21 +33,36 @@ fn state() -> ForwardingState {
         port("b", PortMode::Access(vlan(10)), u32::MAX),
         port(
             "t",
-            PortMode::Trunk { allowed: [vlan(10), vlan(20)].into_iter().collect::<VlanSet>(), native: None },
+            PortMode::Trunk {
+                allowed: [vlan(10), vlan(20)].into_iter().collect::<VlanSet>(),
+                native: None,
+            },
             u32::MAX,
         ),
         port(
             "n",
-            PortMode::Trunk { allowed: [vlan(20)].into_iter().collect::<VlanSet>(), native: Some(vlan(1)) },
+            PortMode::Trunk {
+                allowed: [vlan(20)].into_iter().collect::<VlanSet>(),
+                native: Some(vlan(1)),
+            },
             u32::MAX,
         ),
         None,
     ]);
     s.mac_table_max = 64;
     s.mac_aging_ms = 5_000;
-    s.neighbours.insert((vlan(1), "10.0.0.9".parse().expect("ip")), EthernetAddress([2, 0, 0, 0, 0, 0x99]));
-    s.neighbours.insert((vlan(1), "fd00::9".parse().expect("ip")), EthernetAddress([2, 0, 0, 0, 0, 0x99]));
-    s.static_fdb.insert(FdbKey::new(vlan(10), EthernetAddress([2, 0, 0, 0, 0, 9])), PortId(2));
+    s.neighbours.insert(
+        (vlan(1), "10.0.0.9".parse().expect("ip")),
+        EthernetAddress([2, 0, 0, 0, 0, 0x99]),
+    );
+    s.neighbours.insert(
+        (vlan(1), "fd00::9".parse().expect("ip")),
+        EthernetAddress([2, 0, 0, 0, 0, 0x99]),
+    );
+    s.static_fdb.insert(
+        FdbKey::new(vlan(10), EthernetAddress([2, 0, 0, 0, 0, 9])),
+        PortId(2),
+    );
     s
 }
 
@@ -73,7 +93,10 @@ fuzz_target!(|data: &[u8]| {
             Decision::Reply(egress, reply) => {
                 let back: Vec<_> = egress.ports().collect();
                 assert_eq!(back.len(), 1);
-                assert_eq!(back[0].port, ingress, "a suppression reply goes back where asked");
+                assert_eq!(
+                    back[0].port, ingress,
+                    "a suppression reply goes back where asked"
+                );
                 assert!(EthernetFrame::new_checked(reply.as_bytes()).is_ok());
             }
             Decision::Forward(egress) => {

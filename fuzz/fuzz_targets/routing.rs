@@ -11,8 +11,10 @@
 //! bit 0 sets the destination MAC to the router's MAC for the port (bit 5 to broadcast
 //! instead, for ARP requests and solicitations), bits 1-2 set the EtherType (IPv4, IPv6, ARP),
 //! bit 3 fixes the IP lengths and checksums (IPv4 header and ICMP, or IPv6 payload length and
-//! ICMPv6), bit 4 does the IPv6 part too and sets the hop limit to 255 (neighbour discovery).
-//! The rest is the frame.
+//! ICMPv6), bit 4 does the IPv6 part too and sets the hop limit to 255 (neighbour discovery);
+//! bit 6 takes the first 10 bytes of the rest as a virtio-net header, as a port with offloads
+//! would read one, and hands the frame to `Bridge::process_offloaded` (super-frames and
+//! partial checksums switched and routed whole, or cut by the router). The rest is the frame.
 //!
 //! Every decision and every generated frame is checked (see `tapswitch_fuzz::router::check`);
 //! nothing may panic.
@@ -21,6 +23,7 @@
 use std::cell::RefCell;
 
 use libfuzzer_sys::fuzz_target;
+use tapswitch_dataplane::pipeline::offload::{Offload, VNET_HDR_LEN};
 use tapswitch_dataplane::tables::PortId;
 use tapswitch_dataplane::wire::EthernetAddress;
 use tapswitch_fuzz::router::{check, fix_ipv4, fix_ipv6, router_mac_of_port, Sim, PORTS};
@@ -35,7 +38,15 @@ fuzz_target!(|data: &[u8]| {
     }
     let port = u16::from(data[0]) % (PORTS + 1);
     let flags = data[2];
-    let mut frame = data[3..].to_vec();
+    let mut rest = &data[3..];
+    let mut offload = None;
+    if flags & 0x40 != 0 && rest.len() >= VNET_HDR_LEN {
+        let mut h = [0u8; VNET_HDR_LEN];
+        h.copy_from_slice(&rest[..VNET_HDR_LEN]);
+        offload = Some(Offload::from_vnet_hdr(&h));
+        rest = &rest[VNET_HDR_LEN..];
+    }
+    let mut frame = rest.to_vec();
     if frame.len() >= 14 {
         if flags & 0x20 != 0 {
             frame[..6].copy_from_slice(EthernetAddress::BROADCAST.as_bytes());
@@ -63,6 +74,15 @@ fuzz_target!(|data: &[u8]| {
         let sim = &mut *sim.borrow_mut();
         let now = sim.advance(data[1]);
         let Sim { state, bridge, .. } = sim;
+        if let Some(o) = offload.filter(|o| o.is_pending() && !o.gso_unsupported) {
+            let wire = o.wire_len(&frame);
+            if let Some(d) =
+                bridge.process_offloaded(state, PortId(port), &mut frame, &o, wire, now)
+            {
+                check(state, bridge, d, Some(PortId(port)), &frame, now);
+                return;
+            }
+        }
         let decision = bridge.process(state, PortId(port), &mut frame, now);
         check(state, bridge, decision, Some(PortId(port)), &frame, now);
     });

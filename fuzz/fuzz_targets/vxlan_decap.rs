@@ -10,13 +10,16 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint,
-    VxlanPort, WorkerCounters,
+    Bridge, Decision, ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint, VxlanPort,
+    WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId, Timestamp};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
-const LOCAL: TunnelEndpoint = TunnelEndpoint { local: Ipv4Addr::new(192, 168, 77, 1), port: 4789 };
+const LOCAL: TunnelEndpoint = TunnelEndpoint {
+    local: Ipv4Addr::new(192, 168, 77, 1),
+    port: 4789,
+};
 
 fn vlan(v: u16) -> VlanId {
     VlanId::new(v).expect("valid vlan")
@@ -24,7 +27,12 @@ fn vlan(v: u16) -> VlanId {
 
 fn state() -> ForwardingState {
     let port = |name: &str, v: u16| {
-        Some(PortState { name: name.into(), mode: PortMode::Access(vlan(v)), mtu: 1450, max_macs: 8 })
+        Some(PortState {
+            name: name.into(),
+            mode: PortMode::Access(vlan(v)),
+            mtu: 1450,
+            max_macs: 8,
+        })
     };
     let mut s = ForwardingState::with_ports(vec![
         port("c1", 10),
@@ -37,7 +45,10 @@ fn state() -> ForwardingState {
     let vx = |vni, learning, allow: Vec<Ipv4Prefix>| VxlanPort {
         vni,
         endpoint: LOCAL,
-        remotes: vec![Ipv4Addr::new(192, 168, 77, 2), Ipv4Addr::new(192, 168, 77, 3)],
+        remotes: vec![
+            Ipv4Addr::new(192, 168, 77, 2),
+            Ipv4Addr::new(192, 168, 77, 3),
+        ],
         learning,
         allow,
         ttl: 64,
@@ -46,7 +57,14 @@ fn state() -> ForwardingState {
         None,
         Some(vx(42, true, vec![])),
         None,
-        Some(vx(43, false, vec![Ipv4Prefix { addr: Ipv4Addr::new(192, 168, 77, 0), len: 24 }])),
+        Some(vx(
+            43,
+            false,
+            vec![Ipv4Prefix {
+                addr: Ipv4Addr::new(192, 168, 77, 0),
+                len: 24,
+            }],
+        )),
     ];
     s.vni_ports.insert((LOCAL, 42), PortId(1));
     s.vni_ports.insert((LOCAL, 43), PortId(3));
@@ -69,7 +87,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let src = Ipv4Addr::new(192, 168, 77 + (data[0] & 1), data[0] >> 1);
-    let endpoint = if data[0] & 0x80 != 0 { TunnelEndpoint { port: 8472, ..LOCAL } } else { LOCAL };
+    let endpoint = if data[0] & 0x80 != 0 {
+        TunnelEndpoint {
+            port: 8472,
+            ..LOCAL
+        }
+    } else {
+        LOCAL
+    };
     // Decap and the pipeline take the buffer mutably (routed frames are rewritten in place).
     let mut payload = data[2..].to_vec();
     SIM.with(|sim| {
@@ -79,7 +104,10 @@ fuzz_target!(|data: &[u8]| {
         let Ok((port, inner)) = bridge.decap(state, endpoint, src, &mut payload, now) else {
             return;
         };
-        assert!(state.vxlan_port(port).is_some(), "decap lands on a VNI port");
+        assert!(
+            state.vxlan_port(port).is_some(),
+            "decap lands on a VNI port"
+        );
         let decision = bridge.process(state, port, inner, now);
         assert!(
             !matches!(decision, Decision::Local | Decision::Tunnel(_)),
