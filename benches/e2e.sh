@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# End-to-end bench: tapswitch against the Linux kernel bridge, between two network namespaces,
-# and tapswitch's VXLAN overlay against the kernel's vxlan device + bridge, between two
-# containers on two "hosts".
+# End-to-end bench: tapswitch against the Linux kernel bridge and against a plain veth pair (no
+# switch at all: the ceiling), between two network namespaces; tapswitch's VXLAN overlay against
+# the kernel's vxlan device + bridge, between two containers on two "hosts"; and tapswitch's
+# router with masquerade against a kernel router namespace with an nftables masquerade rule.
 #
-#   sudo benches/e2e.sh [--duration SECS] [--quick] [--no-overlay] [--json FILE]
+#   sudo benches/e2e.sh [--duration SECS] [--quick] [--no-overlay] [--no-nat] [--json FILE]
 #
-# In one run it measures, for each of the four setups below:
-#   1. TCP throughput (iperf3, one stream, Gbit/s at the receiver),
+# In one run it measures, for each of the setups below:
+#   1. TCP throughput (iperf3, Gbit/s at the receiver), one stream and four (-P 4); for tapswitch
+#      also the CPU time of its daemon(s) per GB moved (utime + stime from /proc/PID/stat before
+#      and after the run, over the bytes iperf3 sent in that run),
 #   2. 64-byte-frame UDP packets per second (iperf3 -u -l 18 -b 0: 18 B payload + 8 UDP + 20 IPv4
 #      + 14 Ethernet + 4 FCS = 64 B on the wire), received packets per second and loss % as the
 #      receiver counted them,
@@ -19,8 +22,10 @@
 #   bridge:    namespaces tsb<PID>ka and tsb<PID>kb, each with a veth (tsb<PID>va, tsb<PID>vb)
 #              whose peer (tsb<PID>pa, tsb<PID>pb) is enslaved to bridge tsb<PID>br, which lives
 #              in its own namespace tsb<PID>kbr.
-# Both use 10.111.0.1/24 (side A, the client) and 10.111.0.2/24 (side B, the server), each pair in
-# its own namespaces.
+#   veth:      namespaces tsb<PID>da and tsb<PID>db joined by one veth pair (tsb<PID>dva,
+#              tsb<PID>dvb): no switch at all.
+# All three use 10.111.0.1/24 (side A, the client) and 10.111.0.2/24 (side B, the server), each
+# pair in its own namespaces.
 #
 # Overlay setups (container 1 on host 1 -> container 2 on host 2, VNI 42 extending VLAN 10; each
 # "host" is a namespace, the two hosts of a setup joined by an underlay veth, 192.168.200.1/24 and
@@ -36,16 +41,32 @@
 #              tsb<PID>xp1/xp2 (container end tsb<PID>xe1/xe2) in bridge tsb<PID>xb1/xb2.
 # --no-overlay skips both (e.g. on a kernel without the vxlan module).
 #
-# Metrics are run interleaved (tapswitch, bridge, overlay tapswitch, overlay kernel, for each
-# metric) so slow drift of a noisy machine hits all alike. Nothing is pinned to a CPU.
+# NAT setups (a container, 10.42.0.2/24 with default gateway 10.42.0.1, reaches an "outside"
+# namespace, 10.200.0.254/24, through a router that masquerades it behind 10.200.0.1/24; the
+# outside has no route back to 10.42.0.0/16, so only translated traffic gets an answer):
+#   NAT tapswitch: namespaces tsb<PID>nc (container) and tsb<PID>no (outside), each with a TAP
+#              port (tsb<PID>nct on VLAN 10, tsb<PID>not on VLAN 100) of a third daemon in the
+#              root namespace, configured with `interface add 10 --address 10.42.0.1/24`,
+#              `interface add 100 --address 10.200.0.1/24` and
+#              `snat add --source 10.42.0.0/16 --out-vlan 100`.
+#   NAT kernel: namespaces tsb<PID>mc (container), tsb<PID>mr (router) and tsb<PID>mo (outside);
+#              veths tsb<PID>mce/mrc (container - router) and tsb<PID>mru/moe (router uplink -
+#              outside); in the router net.ipv4.ip_forward=1 and the nftables rule
+#              `table ip nat, chain post (nat, postrouting, priority 100): oifname UPLINK masquerade`.
+# --no-nat skips both (e.g. without nftables).
+#
+# Metrics are run interleaved (every setup for one metric, then the next metric) so slow drift of
+# a noisy machine hits all alike. Nothing is pinned to a CPU.
 #
 # Everything the script creates (namespaces, links, processes, temp files) is removed on success,
-# on failure and on Ctrl-C/SIGTERM; only PIDs the script started are ever signalled.
+# on failure and on Ctrl-C/SIGTERM; only PIDs the script started are ever signalled. The only
+# sysctl it sets is ip_forward inside the kernel NAT router's own namespace.
 #
 # Environment: TAPSWITCH=/path/to/tapswitch to use that binary; otherwise target/release/tapswitch
 # (built with `cargo build --release --bin tapswitch` if missing).
 # Requires: root, iproute2 (ip, ss, bridge), iperf3, ping from iputils-ping, awk, timeout
-# (coreutils); for the overlay, the kernel's vxlan and bridge support.
+# (coreutils), getconf (libc-bin); for the overlay, the kernel's vxlan and bridge support; for
+# NAT, nft (nftables), sysctl (procps) and the kernel's nf_tables NAT support.
 
 # cleanup and the helpers it calls run from a trap, which shellcheck cannot see.
 # shellcheck disable=SC2317
@@ -53,11 +74,12 @@ set -u -o pipefail
 
 usage() {
     cat <<EOF
-usage: $0 [--duration SECS] [--quick] [--no-overlay] [--json FILE]
+usage: $0 [--duration SECS] [--quick] [--no-overlay] [--no-nat] [--json FILE]
 
   --duration SECS  length of each iperf3 run (default 10; ping sends 100 per second of it)
   --quick          short runs for a CI smoke test (2 s each) unless --duration is given
   --no-overlay     skip the VXLAN overlay setups (tapswitch and kernel vxlan, two hosts)
+  --no-nat         skip the NAT setups (tapswitch masquerade and a kernel router with nftables)
   --json FILE      also write the results as JSON to FILE
   -h, --help       this text
 
@@ -79,6 +101,7 @@ warn() { echo "e2e: warning: $*" >&2; }
 DURATION=""
 QUICK=0
 OVERLAY=1
+NAT=1
 JSON_OUT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -97,6 +120,10 @@ while [[ $# -gt 0 ]]; do
         ;;
     --no-overlay)
         OVERLAY=0
+        shift
+        ;;
+    --no-nat)
+        NAT=0
         shift
         ;;
     --json)
@@ -136,8 +163,9 @@ fi
 # Preflight: everything is checked before anything is created.
 # ---------------------------------------------------------------------------------------------
 [[ $(id -u) -eq 0 ]] || die "must run as root (it creates network namespaces, TAP, veth and bridge devices); try: sudo $0"
-TOOLS=(ip ss iperf3 ping awk sort timeout mktemp)
+TOOLS=(ip ss iperf3 ping awk sort timeout mktemp getconf)
 [[ $OVERLAY == 1 ]] && TOOLS+=(bridge)
+[[ $NAT == 1 ]] && TOOLS+=(nft sysctl)
 for tool in "${TOOLS[@]}"; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         case "$tool" in
@@ -145,6 +173,9 @@ for tool in "${TOOLS[@]}"; do
         ping) die "ping not found; install it: apt-get install iputils-ping" ;;
         ip | ss | bridge) die "$tool not found; install it: apt-get install iproute2" ;;
         awk) die "awk not found; install it: apt-get install mawk (or gawk)" ;;
+        getconf) die "getconf not found (reads CLK_TCK for the CPU figures); install it: apt-get install libc-bin" ;;
+        nft) die "nft not found (the kernel NAT setup's masquerade rule); install it: apt-get install nftables (or run with --no-nat)" ;;
+        sysctl) die "sysctl not found (ip_forward in the kernel NAT router); install it: apt-get install procps (or run with --no-nat)" ;;
         *) die "$tool not found; install it: apt-get install coreutils" ;;
         esac
     fi
@@ -152,6 +183,8 @@ done
 ping -V 2>&1 | grep -qi iputils ||
     die "ping is not iputils ping (needs -i 0.01 and per-reply times); install it: apt-get install iputils-ping"
 [[ -c /dev/net/tun ]] || die "/dev/net/tun is missing: the tun module is needed for tapswitch's TAP ports"
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null)
+[[ $CLK_TCK =~ ^[0-9]+$ && $CLK_TCK -gt 0 ]] || die "getconf CLK_TCK gave '$CLK_TCK', not a tick rate"
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 if [[ -n ${TAPSWITCH:-} ]]; then
@@ -180,6 +213,7 @@ PFX=tsb$P # every name below is $PFX followed by a letter, so "tsb12" never matc
 NS_TA=${PFX}ta NS_TB=${PFX}tb TAP_A=${PFX}tapa TAP_B=${PFX}tapb
 NS_KA=${PFX}ka NS_KB=${PFX}kb NS_KBR=${PFX}kbr BR=${PFX}br
 VETH_A=${PFX}va VETH_B=${PFX}vb PEER_A=${PFX}pa PEER_B=${PFX}pb
+NS_DA=${PFX}da NS_DB=${PFX}db DV_A=${PFX}dva DV_B=${PFX}dvb
 IP_A=10.111.0.1 IP_B=10.111.0.2 PREFIX=24 IPERF_PORT=5201
 # Overlay: tapswitch (o...) and kernel vxlan + bridge (x...); index 1 and 2 are host 1 and 2.
 NS_OH1=${PFX}oh1 NS_OH2=${PFX}oh2 NS_OC1=${PFX}oc1 NS_OC2=${PFX}oc2
@@ -189,12 +223,20 @@ UL_X1=${PFX}xu1 UL_X2=${PFX}xu2 VX_X1=${PFX}xv1 VX_X2=${PFX}xv2 BR_X1=${PFX}xb1 
 HP_X1=${PFX}xp1 HP_X2=${PFX}xp2 CE_X1=${PFX}xe1 CE_X2=${PFX}xe2
 UL_IP1=192.168.200.1 UL_IP2=192.168.200.2 UL_PREFIX=24
 OVL_IP1=10.112.0.1 OVL_IP2=10.112.0.2 OVL_VNI=42 OVL_VLAN=10 OVL_MTU=1450 VXLAN_PORT=4789
+# NAT: tapswitch (n...: container, outside) and a kernel router (m...: container, router, outside).
+NS_NC=${PFX}nc NS_NO=${PFX}no TAP_NC=${PFX}nct TAP_NO=${PFX}not
+NS_MC=${PFX}mc NS_MR=${PFX}mr NS_MO=${PFX}mo
+VE_MC=${PFX}mce VE_MRC=${PFX}mrc VE_MRU=${PFX}mru VE_MO=${PFX}moe
+NAT_IN_VLAN=10 NAT_OUT_VLAN=100 NAT_SOURCE=10.42.0.0/16
+NAT_GW=10.42.0.1 NAT_CLIENT_IP=10.42.0.2 NAT_UPLINK_IP=10.200.0.1 NAT_OUTSIDE_IP=10.200.0.254
 
 NETNS_MADE=() # namespaces this script created, in creation order
 PIDS=()       # long-running background processes this script started (iperf3 servers)
 CUR_PID=""    # the client (timeout -> iperf3 or ping) running now, if any
 DAEMON_PIDS=()  # tapswitch daemons this script started
 DAEMON_SOCKS=() # their control sockets
+LAST_DAEMON_PID="" # the one start_daemon started last
+declare -A DAEMONS_OF=() # setup -> PIDs of the tapswitch daemons on its path (for CPU time)
 TMP=""
 CLEANED=0
 
@@ -283,6 +325,7 @@ trap cleanup EXIT INT TERM
 TMP=$(mktemp -d "/tmp/${PFX}e2e.XXXXXX") || die "mktemp failed"
 SOCK=$TMP/tapswitch.sock
 OSOCK1=$TMP/tapswitch-oh1.sock OSOCK2=$TMP/tapswitch-oh2.sock
+NSOCK=$TMP/tapswitch-nat.sock
 
 mk_ns() {
     ip netns add "$1" || die "ip netns add $1 failed"
@@ -319,6 +362,7 @@ start_daemon() { # socket log [netns]
     fi
     pid=$!
     DAEMON_PIDS+=("$pid")
+    LAST_DAEMON_PID=$pid
     DAEMON_SOCKS+=("$sock")
     for ((i = 0; i < 100; i++)); do
         alive "$pid" || die "tapswitch run${ns:+ in $ns} exited: $(tail -n 5 "$log")"
@@ -335,12 +379,26 @@ setup_tapswitch() {
     mk_ns "$NS_TA"
     mk_ns "$NS_TB"
     start_daemon "$SOCK" "$TMP/tapswitch.log"
+    DAEMONS_OF[ts]=$LAST_DAEMON_PID
     "$TAPSWITCH" --socket "$SOCK" port add "$TAP_A" --netns "$NS_TA" || die "port add $TAP_A failed"
     "$TAPSWITCH" --socket "$SOCK" port add "$TAP_B" --netns "$NS_TB" || die "port add $TAP_B failed"
     ip -n "$NS_TA" addr add "$IP_A/$PREFIX" dev "$TAP_A" || die "address on $TAP_A failed"
     ip -n "$NS_TB" addr add "$IP_B/$PREFIX" dev "$TAP_B" || die "address on $TAP_B failed"
     ip -n "$NS_TA" link set "$TAP_A" up || die "$TAP_A up failed"
     ip -n "$NS_TB" link set "$TAP_B" up || die "$TAP_B up failed"
+}
+
+# The ceiling: one veth pair between the two namespaces, nothing in between.
+setup_veth() {
+    note "veth: namespaces $NS_DA $NS_DB joined by one veth pair"
+    mk_ns "$NS_DA"
+    mk_ns "$NS_DB"
+    ip -n "$NS_DA" link add "$DV_A" type veth peer name "$DV_B" netns "$NS_DB" ||
+        die "veth $DV_A/$DV_B failed"
+    ip -n "$NS_DA" addr add "$IP_A/$PREFIX" dev "$DV_A" || die "address on $DV_A failed"
+    ip -n "$NS_DB" addr add "$IP_B/$PREFIX" dev "$DV_B" || die "address on $DV_B failed"
+    ip -n "$NS_DA" link set "$DV_A" up || die "$DV_A up failed"
+    ip -n "$NS_DB" link set "$DV_B" up || die "$DV_B up failed"
 }
 
 setup_bridge() {
@@ -391,6 +449,7 @@ setup_overlay_tapswitch() {
             host=$NS_OH2 cont=$NS_OC2 sock=$OSOCK2 tap=$TAP_O2 local_ip=$UL_IP2 remote_ip=$UL_IP1 ip=$OVL_IP2
         fi
         start_daemon "$sock" "$TMP/tapswitch-oh$i.log" "$host"
+        DAEMONS_OF[ots]+="${DAEMONS_OF[ots]:+ }$LAST_DAEMON_PID"
         "$TAPSWITCH" --socket "$sock" port add "$tap" --netns "$cont" --vlan "$OVL_VLAN" --mtu "$OVL_MTU" ||
             die "host $i: port add $tap failed"
         "$TAPSWITCH" --socket "$sock" vxlan add "$OVL_VNI" --vlan "$OVL_VLAN" --local "$local_ip" \
@@ -433,21 +492,80 @@ setup_overlay_kernel() {
     done
 }
 
+# A container on VLAN 10 behind tapswitch's router, masqueraded out of the VLAN 100 uplink to
+# the outside namespace, which knows no route back to 10.42.0.0/16.
+setup_nat_tapswitch() {
+    note "NAT tapswitch: container $NS_NC, outside $NS_NO, daemon with two router interfaces and masquerade"
+    mk_ns "$NS_NC"
+    mk_ns "$NS_NO"
+    start_daemon "$NSOCK" "$TMP/tapswitch-nat.log"
+    DAEMONS_OF[nts]=$LAST_DAEMON_PID
+    local ts=("$TAPSWITCH" --socket "$NSOCK")
+    "${ts[@]}" interface add "$NAT_IN_VLAN" --address "$NAT_GW/24" ||
+        die "interface add $NAT_IN_VLAN failed"
+    "${ts[@]}" interface add "$NAT_OUT_VLAN" --address "$NAT_UPLINK_IP/24" ||
+        die "interface add $NAT_OUT_VLAN failed"
+    "${ts[@]}" snat add --source "$NAT_SOURCE" --out-vlan "$NAT_OUT_VLAN" || die "snat add failed"
+    "${ts[@]}" port add "$TAP_NC" --netns "$NS_NC" --vlan "$NAT_IN_VLAN" || die "port add $TAP_NC failed"
+    "${ts[@]}" port add "$TAP_NO" --netns "$NS_NO" --vlan "$NAT_OUT_VLAN" || die "port add $TAP_NO failed"
+    ip -n "$NS_NC" addr add "$NAT_CLIENT_IP/24" dev "$TAP_NC" || die "address on $TAP_NC failed"
+    ip -n "$NS_NC" link set "$TAP_NC" up || die "$TAP_NC up failed"
+    ip -n "$NS_NC" route add default via "$NAT_GW" || die "default route in $NS_NC failed"
+    ip -n "$NS_NO" addr add "$NAT_OUTSIDE_IP/24" dev "$TAP_NO" || die "address on $TAP_NO failed"
+    ip -n "$NS_NO" link set "$TAP_NO" up || die "$TAP_NO up failed"
+}
+
+# The same with the kernel: a router namespace with two veths, forwarding on, and an nftables
+# masquerade rule on the uplink.
+setup_nat_kernel() {
+    note "NAT kernel: container $NS_MC, router $NS_MR (ip_forward, nftables masquerade), outside $NS_MO"
+    mk_ns "$NS_MC"
+    mk_ns "$NS_MR"
+    mk_ns "$NS_MO"
+    ip -n "$NS_MR" link add "$VE_MRC" type veth peer name "$VE_MC" netns "$NS_MC" ||
+        die "veth $VE_MRC/$VE_MC failed"
+    ip -n "$NS_MR" link add "$VE_MRU" type veth peer name "$VE_MO" netns "$NS_MO" ||
+        die "veth $VE_MRU/$VE_MO failed"
+    ip -n "$NS_MR" addr add "$NAT_GW/24" dev "$VE_MRC" || die "address on $VE_MRC failed"
+    ip -n "$NS_MR" addr add "$NAT_UPLINK_IP/24" dev "$VE_MRU" || die "address on $VE_MRU failed"
+    ip -n "$NS_MR" link set "$VE_MRC" up || die "$VE_MRC up failed"
+    ip -n "$NS_MR" link set "$VE_MRU" up || die "$VE_MRU up failed"
+    ip netns exec "$NS_MR" sysctl -qw net.ipv4.ip_forward=1 >/dev/null ||
+        die "net.ipv4.ip_forward=1 in $NS_MR failed"
+    { ip netns exec "$NS_MR" nft add table ip nat &&
+        ip netns exec "$NS_MR" nft add chain ip nat post '{ type nat hook postrouting priority 100; }' &&
+        ip netns exec "$NS_MR" nft add rule ip nat post oifname "$VE_MRU" masquerade; } ||
+        die "nftables masquerade rule in $NS_MR failed (does the kernel have nf_tables and nft_masq? or run with --no-nat)"
+    ip -n "$NS_MC" addr add "$NAT_CLIENT_IP/24" dev "$VE_MC" || die "address on $VE_MC failed"
+    ip -n "$NS_MC" link set "$VE_MC" up || die "$VE_MC up failed"
+    ip -n "$NS_MC" route add default via "$NAT_GW" || die "default route in $NS_MC failed"
+    ip -n "$NS_MO" addr add "$NAT_OUTSIDE_IP/24" dev "$VE_MO" || die "address on $VE_MO failed"
+    ip -n "$NS_MO" link set "$VE_MO" up || die "$VE_MO up failed"
+}
+
 # Setup name -> client namespace, server namespace, addresses; devices whose drop counters we
-# read. ts/br: the two-namespace setups; ots/okv: the overlay (tapswitch, kernel vxlan).
-SETUPS=(ts br)
+# read. ts/br/ve: the two-namespace setups (tapswitch, bridge, plain veth); ots/okv: the overlay
+# (tapswitch, kernel vxlan); nts/nkv: NAT (tapswitch, kernel router with nftables).
+SETUPS=(ts br ve)
 [[ $OVERLAY == 1 ]] && SETUPS+=(ots okv)
-declare -A CLIENT_NS=([ts]=$NS_TA [br]=$NS_KA [ots]=$NS_OC1 [okv]=$NS_XC1)
-declare -A SERVER_NS=([ts]=$NS_TB [br]=$NS_KB [ots]=$NS_OC2 [okv]=$NS_XC2)
-declare -A CLIENT_IP=([ts]=$IP_A [br]=$IP_A [ots]=$OVL_IP1 [okv]=$OVL_IP1)
-declare -A SERVER_IP=([ts]=$IP_B [br]=$IP_B [ots]=$OVL_IP2 [okv]=$OVL_IP2)
+[[ $NAT == 1 ]] && SETUPS+=(nts nkv)
+declare -A CLIENT_NS=([ts]=$NS_TA [br]=$NS_KA [ve]=$NS_DA [ots]=$NS_OC1 [okv]=$NS_XC1 [nts]=$NS_NC [nkv]=$NS_MC)
+declare -A SERVER_NS=([ts]=$NS_TB [br]=$NS_KB [ve]=$NS_DB [ots]=$NS_OC2 [okv]=$NS_XC2 [nts]=$NS_NO [nkv]=$NS_MO)
+declare -A CLIENT_IP=([ts]=$IP_A [br]=$IP_A [ve]=$IP_A [ots]=$OVL_IP1 [okv]=$OVL_IP1
+    [nts]=$NAT_CLIENT_IP [nkv]=$NAT_CLIENT_IP)
+declare -A SERVER_IP=([ts]=$IP_B [br]=$IP_B [ve]=$IP_B [ots]=$OVL_IP2 [okv]=$OVL_IP2
+    [nts]=$NAT_OUTSIDE_IP [nkv]=$NAT_OUTSIDE_IP)
 # The receiving host of an overlay: where the underlay UDP socket is.
 declare -A SERVER_HOST_NS=([ots]=$NS_OH2 [okv]=$NS_XH2)
-declare -A LABEL=([ts]=tapswitch [br]=bridge [ots]="overlay tapswitch" [okv]="overlay kernel")
+declare -A LABEL=([ts]=tapswitch [br]=bridge [ve]=veth [ots]="overlay tapswitch" [okv]="overlay kernel"
+    [nts]="NAT tapswitch" [nkv]="NAT kernel")
 # "netns:device" pairs on the path A -> B.
 declare -A PATH_DEVS=(
     [ts]="$NS_TA:$TAP_A $NS_TB:$TAP_B"
     [br]="$NS_KA:$VETH_A $NS_KBR:$PEER_A $NS_KBR:$PEER_B $NS_KB:$VETH_B"
+    [ve]="$NS_DA:$DV_A $NS_DB:$DV_B"
+    [nts]="$NS_NC:$TAP_NC $NS_NO:$TAP_NO"
+    [nkv]="$NS_MC:$VE_MC $NS_MR:$VE_MRC $NS_MR:$VE_MRU $NS_MO:$VE_MO"
     [ots]="$NS_OC1:$TAP_O1 $NS_OH1:$UL_O1 $NS_OH2:$UL_O2 $NS_OC2:$TAP_O2"
     [okv]="$NS_XC1:$CE_X1 $NS_XH1:$HP_X1 $NS_XH1:$VX_X1 $NS_XH1:$UL_X1 $NS_XH2:$UL_X2 $NS_XH2:$VX_X2 $NS_XH2:$HP_X2 $NS_XC2:$CE_X2"
 )
@@ -519,11 +637,14 @@ udp_rcvbuf_errors() { # netns
 }
 
 # tapswitch -j stats (one line of JSON) of the daemon at socket $1 -> "rx_packets tx_packets
-# tx_errors drops vx_rx vx_tx vx_tx_errors vx_tx_oversized vx_drops": the first three summed
-# over the ports (only port $2 if given), drops summed over every port's drop reasons, and the
-# VXLAN tunnel counters ("vxlan" object; zeros without VNIs). Walks the tokens with a depth
-# counter: {"ports":[{...}]} puts ports at depth 3 and their drop reasons ({"drops":{...}}) at
-# depth 4; {"vxlan":{...}} puts the tunnel counters at depth 2 and its drop reasons at depth 3.
+# tx_errors drops vx_rx vx_tx vx_tx_errors vx_tx_oversized vx_drops nat_translated nat_refused":
+# the first three summed over the ports (only port $2 if given), drops summed over every port's
+# and every router interface's drop reasons, the VXLAN tunnel counters ("vxlan" object; zeros
+# without VNIs), and of "nat" the packets translated and the connections refused (invalid +
+# insert_failed + rejected; zeros without NAT rules). Walks the tokens with a depth counter:
+# {"ports":[{...}]} puts ports at depth 3 and their drop reasons ({"drops":{...}}) at depth 4,
+# and "interfaces" likewise; {"vxlan":{...}} puts the tunnel counters at depth 2 and its drop
+# reasons at depth 3; {"nat":{...}} its counters at depth 2.
 ts_counters() { # socket [port]
     "$TAPSWITCH" --socket "$1" -j stats 2>/dev/null | awk -v want="${2:-}" '
         {
@@ -554,6 +675,11 @@ ts_counters() { # socket [port]
                     if (depth == 3 && k == "rx_packets") prx = v
                     if (depth == 3 && k == "tx_packets") ptx = v
                     if (depth == 3 && k == "tx_errors") pte = v
+                } else if (sect == "interfaces") {
+                    if (depth == 4 && v ~ /^[0-9]+$/) drops += v
+                } else if (sect == "nat") {
+                    if (depth == 2 && k == "translated") ntr = v
+                    if (depth == 2 && (k == "invalid" || k == "insert_failed" || k == "rejected")) nref += v
                 } else if (sect == "vxlan") {
                     if (depth == 3 && v ~ /^[0-9]+$/) vdrops += v
                     if (depth == 2 && k == "rx_packets") vrx = v
@@ -563,7 +689,7 @@ ts_counters() { # socket [port]
                 }
             }
         }
-        END { printf "%d %d %d %d %d %d %d %d %d\n", rx, tx, txe, drops, vrx, vtx, vte, vto, vdrops }'
+        END { printf "%d %d %d %d %d %d %d %d %d %d %d\n", rx, tx, txe, drops, vrx, vtx, vte, vto, vdrops, ntr, nref }'
 }
 
 # One statistics counter of a device: netns device name (e.g. tx_packets).
@@ -604,13 +730,58 @@ iperf_client() { # setup outfile args...
     return 1
 }
 
-measure_tcp() { # setup
-    local s=$1 out=$TMP/tcp-$1.json bps
-    note "${LABEL[$s]}: TCP, ${DURATION} s (+${TCP_OMIT} s omitted)"
-    iperf_client "$s" "$out" -t "$DURATION" -O "$TCP_OMIT" || return 0
+# Clock ticks (utime + stime, all threads) the processes $@ have used so far; fails if one of
+# them is gone. /proc/PID/stat: fields after "(comm) " start at state, so utime and stime are
+# the 12th and 13th of them.
+cpu_ticks() { # pid...
+    local pid stat rest total=0
+    local -a f
+    for pid in "$@"; do
+        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+        rest=${stat##*) }
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# Bytes the iperf3 sender wrote over the whole run, the omitted seconds included (the sum of
+# every interval's "sum"; the intervals come before the top-level "end" object), so that they
+# match the window of a CPU reading taken around the run.
+iperf_run_bytes() { # file
+    awk '
+        { line = $0; gsub(/^[ \t]+|[ \t,]+$/, "", line) }
+        line ~ /^"end":[ \t]*\{$/ { exit }
+        !insum && line ~ /^"sum":[ \t]*\{$/ { insum = 1; next }
+        insum && line ~ /^\}/ { insum = 0; next }
+        insum && index(line, "\"bytes\":") == 1 { v = substr(line, 9); gsub(/[ \t]/, "", v); total += v; n++ }
+        END { if (n > 0) printf "%.0f\n", total }
+    ' "$1"
+}
+
+measure_tcp() { # setup streams
+    local s=$1 streams=$2 out=$TMP/tcp$2-$1.json bps k c0 c1 bytes
+    local -a par=() pids
+    k=tcp
+    if [[ $streams -gt 1 ]]; then
+        k=tcp$streams
+        par=(-P "$streams")
+    fi
+    note "${LABEL[$s]}: TCP, $streams stream(s), ${DURATION} s (+${TCP_OMIT} s omitted)"
+    read -r -a pids <<<"${DAEMONS_OF[$s]:-}"
+    [[ ${#pids[@]} -gt 0 ]] && c0=$(cpu_ticks "${pids[@]}")
+    iperf_client "$s" "$out" -t "$DURATION" -O "$TCP_OMIT" "${par[@]}" || return 0
+    [[ ${#pids[@]} -gt 0 ]] && c1=$(cpu_ticks "${pids[@]}")
     bps=$(iperf_field "$out" sum_received bits_per_second)
-    R[$s.tcp_gbps]=$(awk -v b="$bps" 'BEGIN { if (b != "") printf "%.3f", b / 1e9 }')
-    R[$s.tcp_retransmits]=$(iperf_field "$out" sum_sent retransmits)
+    R[$s.${k}_gbps]=$(awk -v b="$bps" 'BEGIN { if (b != "") printf "%.3f", b / 1e9 }')
+    R[$s.${k}_retransmits]=$(iperf_field "$out" sum_sent retransmits)
+    if [[ ${#pids[@]} -gt 0 && -n ${c0:-} && -n ${c1:-} ]]; then
+        bytes=$(iperf_run_bytes "$out")
+        R[$s.${k}_bytes]=$bytes
+        R[$s.${k}_cpu_s]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
+        R[$s.${k}_cpu_s_per_gb]=$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" -v b="$bytes" \
+            'BEGIN { if (b > 0) printf "%.3f", t / hz / (b / 1e9) }')
+    fi
 }
 
 measure_udp() { # setup
@@ -632,6 +803,8 @@ measure_udp() { # setup
         a0=$(dev_stat "$NS_XH1" "$VX_X1" tx_packets)
         b0=$(dev_stat "$NS_XH2" "$HP_X2" tx_packets)
         ;;
+    nts) a0=$(ts_counters "$NSOCK" "$TAP_NO") ;;
+    nkv) a0=$(dev_stat "$NS_MR" "$VE_MRU" tx_packets) ;;
     esac
     iperf_client "$s" "$out" -u -l 18 -b 0 -t "$DURATION" || return 0
     d1=$(dev_drops "${devs[@]}")
@@ -694,6 +867,21 @@ measure_udp() { # setup
         R[okv.udp_encap_kpps]=$(kpps $((a1 - a0)) "$DURATION")
         R[okv.udp_delivered_kpps]=$(kpps $((b1 - b0)) "$DURATION")
         ;;
+    nts)
+        a1=$(ts_counters "$NSOCK" "$TAP_NO")
+        local -a n0 n1
+        read -r -a n0 <<<"$a0"
+        read -r -a n1 <<<"$a1"
+        # Fields as in ts_counters; tx is the uplink port's (to the outside namespace).
+        R[nts.udp_switch_drops]=$((n1[3] - n0[3]))
+        R[nts.udp_nat_translated]=$((n1[9] - n0[9]))
+        R[nts.udp_nat_refused]=$((n1[10] - n0[10]))
+        R[nts.udp_fwd_kpps]=$(kpps $((n1[1] - n0[1])) "$DURATION")
+        ;;
+    nkv)
+        a1=$(dev_stat "$NS_MR" "$VE_MRU" tx_packets)
+        R[nkv.udp_fwd_kpps]=$(kpps $((a1 - a0)) "$DURATION")
+        ;;
     esac
 }
 
@@ -730,41 +918,104 @@ measure_ping() { # setup
 # Run
 # ---------------------------------------------------------------------------------------------
 START_DATE=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+START_SECS=$SECONDS
 NPROC=$(nproc)
 KERNEL=$(uname -r)
 IPERF_VERSION=$(iperf3 --version 2>/dev/null | awk 'NR == 1 { print $2 }')
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+# --no-optional-locks: only look, never refresh the index of a tree others may be working in.
+if [[ $REV != unknown && -n $(git -C "$ROOT" --no-optional-locks status --porcelain --untracked-files=no 2>/dev/null) ]]; then
+    REV="$REV (working tree modified)"
+fi
 
 setup_tapswitch
 setup_bridge
+setup_veth
 if [[ $OVERLAY == 1 ]]; then
     setup_overlay_tapswitch
     setup_overlay_kernel
+fi
+if [[ $NAT == 1 ]]; then
+    setup_nat_tapswitch
+    setup_nat_kernel
 fi
 for s in "${SETUPS[@]}"; do
     check_path "$s"
     start_server "$s"
 done
 
-for s in "${SETUPS[@]}"; do measure_tcp "$s"; done
+for s in "${SETUPS[@]}"; do measure_tcp "$s" 1; done
+for s in "${SETUPS[@]}"; do measure_tcp "$s" 4; done
 for s in "${SETUPS[@]}"; do measure_udp "$s"; done
 for s in "${SETUPS[@]}"; do measure_ping "$s"; done
+ELAPSED=$((SECONDS - START_SECS))
 
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-# metric key | label | better
+# metric key | label | better | scope: "all" setups, or "ts" for tapswitch setups only (the
+# CPU figures; the kernel's work is spread over softirqs and the senders' system time).
 ROWS=(
-    "tcp_gbps|TCP throughput [Gbit/s]|higher"
-    "udp_rx_kpps|UDP 64B frames received [kpps]|higher"
-    "udp_loss_pct|UDP 64B loss at receiver [%]|lower"
-    "ping_avg_us|ping RTT avg [us]|lower"
-    "ping_p50_us|ping RTT p50 [us]|lower"
-    "ping_p99_us|ping RTT p99 [us]|lower"
+    "tcp_gbps|TCP 1 stream [Gbit/s]|higher|all"
+    "tcp_cpu_s_per_gb|  tapswitch CPU [s/GB] (a)|lower|ts"
+    "tcp4_gbps|TCP 4 streams [Gbit/s]|higher|all"
+    "tcp4_cpu_s_per_gb|  tapswitch CPU [s/GB] (a)|lower|ts"
+    "udp_rx_kpps|UDP 64B frames received [kpps]|higher|all"
+    "udp_loss_pct|UDP 64B loss at receiver [%]|lower|all"
+    "ping_avg_us|ping RTT avg [us]|lower|all"
+    "ping_p50_us|ping RTT p50 [us]|lower|all"
+    "ping_p99_us|ping RTT p99 [us]|lower|all"
 )
 
 ratio() { # a b -> a/b or "" when undefined
     awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "" && b + 0 != 0) printf "%.2f", a / b }'
+}
+
+# Prints the metric table: setups (space-separated keys) with their column headers, then the
+# ratios ("a/b" pairs of setup keys) with theirs.
+print_table() { # "setups" "headers" "ratios" "ratio headers"
+    local -a ss hs rs rh
+    read -r -a ss <<<"$1"
+    read -r -a hs <<<"$2"
+    read -r -a rs <<<"$3"
+    read -r -a rh <<<"$4"
+    local row key label better scope s r v h
+    printf '%-32s' "metric"
+    for h in "${hs[@]}"; do printf ' %11s' "$h"; done
+    for h in "${rh[@]}"; do printf ' %11s' "$h"; done
+    printf '  %s\n' "better"
+    for row in "${ROWS[@]}"; do
+        IFS='|' read -r key label better scope <<<"$row"
+        printf '%-32s' "$label"
+        for s in "${ss[@]}"; do
+            v=${R[$s.$key]:-n/a}
+            [[ $scope == ts && -z ${DAEMONS_OF[$s]:-} ]] && v=-
+            printf ' %11s' "$v"
+        done
+        for r in "${rs[@]}"; do
+            v=$(ratio "${R[${r%/*}.$key]:-}" "${R[${r#*/}.$key]:-}")
+            [[ $scope == ts ]] && v=-
+            printf ' %11s' "${v:-n/a}"
+        done
+        printf '  %s\n' "$better"
+    done
+}
+
+detail() { # label value...
+    local v
+    printf '  %-30s' "$1"
+    shift
+    for v in "$@"; do printf ' %11s' "${v:-n/a}"; done
+    printf '\n'
+}
+
+gb() { # bytes -> GB (10^9), or "?"
+    awk -v b="$1" 'BEGIN { if (b != "") printf "%.2f", b / 1e9; else printf "?" }'
+}
+
+# "CPU s / GB" of setup $1 for TCP key $2 (tcp or tcp4), as "1.23/4.56".
+cpu_detail() {
+    echo "${R[$1.$2_cpu_s]:-?}/$(gb "${R[$1.$2_bytes]:-}")"
 }
 
 mode="full"
@@ -772,31 +1023,29 @@ mode="full"
 echo
 echo "tapswitch e2e bench: $START_DATE, nproc $NPROC, kernel $KERNEL, iperf3 $IPERF_VERSION"
 echo "tree rev $REV, binary $TAPSWITCH built $BIN_DATE"
-echo "mode $mode: iperf3 ${DURATION} s per run, ping $PING_COUNT x 10 ms; namespace A -> namespace B"
-printf '%-32s %12s %12s %12s  %s\n' "metric" "tapswitch" "bridge" "ts/bridge" "better"
-for row in "${ROWS[@]}"; do
-    IFS='|' read -r key label better <<<"$row"
-    a=${R[ts.$key]:-} b=${R[br.$key]:-}
-    r=$(ratio "$a" "$b")
-    printf '%-32s %12s %12s %12s  %s\n' "$label" "${a:-n/a}" "${b:-n/a}" "${r:-n/a}" "$better"
-done
-echo "ratio = tapswitch / bridge: above 1 is better for throughput and pps; for loss and RTT (lower"
-echo "is better) above 1 means tapswitch is worse."
-detail() { # label ts-value br-value
-    printf '  %-30s %12s %12s\n' "$1" "${2:-n/a}" "${3:-n/a}"
-}
-printf '%-32s %12s %12s\n' "detail" "tapswitch" "bridge"
-detail "UDP packets sent" "${R[ts.udp_sent_packets]:-}" "${R[br.udp_sent_packets]:-}"
-detail "UDP packets received" "${R[ts.udp_rx_packets]:-}" "${R[br.udp_rx_packets]:-}"
-detail "  lost: device queues (1)" "${R[ts.udp_link_drops]:-}" "${R[br.udp_link_drops]:-}"
-detail "  lost: receiver socket (2)" "${R[ts.udp_rcvbuf_drops]:-}" "${R[br.udp_rcvbuf_drops]:-}"
-detail "UDP via the switch [kpps] (3)" "${R[ts.udp_switch_fwd_kpps]:-}" "-"
-detail "TCP retransmits" "${R[ts.tcp_retransmits]:-}" "${R[br.tcp_retransmits]:-}"
-detail "ping replies (of $PING_COUNT)" "${R[ts.ping_received]:-}" "${R[br.ping_received]:-}"
+echo "mode $mode: iperf3 ${DURATION} s per run, ping $PING_COUNT x 10 ms; measuring took ${ELAPSED} s"
+echo
+echo "namespace A -> namespace B"
+print_table "ts br ve" "tapswitch bridge veth" "ts/br ts/ve br/ve" "ts/bridge ts/veth bridge/veth"
+echo "veth = one veth pair between A and B, no switch: the ceiling. ratio = first / second: above 1"
+echo "is better for throughput and pps; for CPU, loss and RTT (lower is better) above 1 is worse."
+echo "(a) user + system CPU time of the tapswitch daemon(s) during the TCP run, per GB (10^9 bytes)"
+echo "    iperf3 sent in it (the omitted first second included on both sides)."
+printf '%-32s %11s %11s %11s\n' "detail" "tapswitch" "bridge" "veth"
+detail "UDP packets sent" "${R[ts.udp_sent_packets]:-}" "${R[br.udp_sent_packets]:-}" "${R[ve.udp_sent_packets]:-}"
+detail "UDP packets received" "${R[ts.udp_rx_packets]:-}" "${R[br.udp_rx_packets]:-}" "${R[ve.udp_rx_packets]:-}"
+detail "  lost: device queues (1)" "${R[ts.udp_link_drops]:-}" "${R[br.udp_link_drops]:-}" "${R[ve.udp_link_drops]:-}"
+detail "  lost: receiver socket (2)" "${R[ts.udp_rcvbuf_drops]:-}" "${R[br.udp_rcvbuf_drops]:-}" "${R[ve.udp_rcvbuf_drops]:-}"
+detail "UDP via the switch [kpps] (3)" "${R[ts.udp_switch_fwd_kpps]:-}" "-" "-"
+detail "TCP retransmits, 1 stream" "${R[ts.tcp_retransmits]:-}" "${R[br.tcp_retransmits]:-}" "${R[ve.tcp_retransmits]:-}"
+detail "TCP retransmits, 4 streams" "${R[ts.tcp4_retransmits]:-}" "${R[br.tcp4_retransmits]:-}" "${R[ve.tcp4_retransmits]:-}"
+detail "CPU s / GB sent, 1 stream (a)" "$(cpu_detail ts tcp)" "-" "-"
+detail "CPU s / GB sent, 4 streams (a)" "$(cpu_detail ts tcp4)" "-" "-"
+detail "ping replies (of $PING_COUNT)" "${R[ts.ping_received]:-}" "${R[br.ping_received]:-}" "${R[ve.ping_received]:-}"
 detail "ping RTT min / max [us]" "${R[ts.ping_min_us]:-?}/${R[ts.ping_max_us]:-?}" \
-    "${R[br.ping_min_us]:-?}/${R[br.ping_max_us]:-?}"
+    "${R[br.ping_min_us]:-?}/${R[br.ping_max_us]:-?}" "${R[ve.ping_min_us]:-?}/${R[ve.ping_max_us]:-?}"
 echo "(1) rx+tx dropped on the path's links (tapswitch: the TAPs, mostly sender -> switch queue"
-echo "    full; bridge: the veths). (2) UdpRcvbufErrors in B: receiver socket buffer full."
+echo "    full; bridge, veth: the veths). (2) UdpRcvbufErrors in B: receiver socket buffer full."
 echo "(3) tapswitch tx counter / duration: what the switch forwarded, whether or not the receiving"
 echo "    iperf3 kept up. Switch counters over the UDP run: rx ${R[ts.udp_switch_rx]:-?}," \
     "tx ${R[ts.udp_switch_tx]:-?}, tx_errors ${R[ts.udp_switch_tx_errors]:-?}, drops ${R[ts.udp_switch_drops]:-?}."
@@ -804,17 +1053,10 @@ echo "    iperf3 kept up. Switch counters over the UDP run: rx ${R[ts.udp_switch
 if [[ $OVERLAY == 1 ]]; then
     echo
     echo "overlay: container 1 on host 1 -> container 2 on host 2, VNI $OVL_VNI over an underlay veth, MTU $OVL_MTU"
-    printf '%-32s %12s %12s %12s  %s\n' "metric" "tapswitch" "kernel" "ts/kernel" "better"
-    for row in "${ROWS[@]}"; do
-        IFS='|' read -r key label better <<<"$row"
-        a=${R[ots.$key]:-} b=${R[okv.$key]:-}
-        r=$(ratio "$a" "$b")
-        printf '%-32s %12s %12s %12s  %s\n' "$label" "${a:-n/a}" "${b:-n/a}" "${r:-n/a}" "$better"
-    done
-    echo "kernel = the kernel's vxlan device and bridge on each host. ratio = tapswitch / kernel: above 1"
-    echo "is better for throughput and pps; for loss and RTT (lower is better) above 1 means tapswitch"
-    echo "is worse."
-    printf '%-32s %12s %12s\n' "detail" "tapswitch" "kernel"
+    print_table "ots okv" "tapswitch kernel" "ots/okv" "ts/kernel"
+    echo "kernel = the kernel's vxlan device and bridge on each host. ratio = tapswitch / kernel, read"
+    echo "as above. (a) as above, both hosts' daemons together."
+    printf '%-32s %11s %11s\n' "detail" "tapswitch" "kernel"
     detail "UDP packets sent" "${R[ots.udp_sent_packets]:-}" "${R[okv.udp_sent_packets]:-}"
     detail "UDP packets received" "${R[ots.udp_rx_packets]:-}" "${R[okv.udp_rx_packets]:-}"
     detail "  lost: device queues (1)" "${R[ots.udp_link_drops]:-}" "${R[okv.udp_link_drops]:-}"
@@ -822,7 +1064,10 @@ if [[ $OVERLAY == 1 ]]; then
     detail "  lost: receiver socket (2)" "${R[ots.udp_rcvbuf_drops]:-}" "${R[okv.udp_rcvbuf_drops]:-}"
     detail "UDP encapsulated [kpps] (5)" "${R[ots.udp_encap_kpps]:-}" "${R[okv.udp_encap_kpps]:-}"
     detail "UDP delivered to C2 [kpps] (5)" "${R[ots.udp_delivered_kpps]:-}" "${R[okv.udp_delivered_kpps]:-}"
-    detail "TCP retransmits" "${R[ots.tcp_retransmits]:-}" "${R[okv.tcp_retransmits]:-}"
+    detail "TCP retransmits, 1 stream" "${R[ots.tcp_retransmits]:-}" "${R[okv.tcp_retransmits]:-}"
+    detail "TCP retransmits, 4 streams" "${R[ots.tcp4_retransmits]:-}" "${R[okv.tcp4_retransmits]:-}"
+    detail "CPU s / GB sent, 1 stream (a)" "$(cpu_detail ots tcp)" "-"
+    detail "CPU s / GB sent, 4 streams (a)" "$(cpu_detail ots tcp4)" "-"
     detail "ping replies (of $PING_COUNT)" "${R[ots.ping_received]:-}" "${R[okv.ping_received]:-}"
     detail "ping RTT min / max [us]" "${R[ots.ping_min_us]:-?}/${R[ots.ping_max_us]:-?}" \
         "${R[okv.ping_min_us]:-?}/${R[okv.ping_max_us]:-?}"
@@ -839,68 +1084,104 @@ if [[ $OVERLAY == 1 ]]; then
         "(tx_errors ${R[ots.udp_h2_tap_tx_errors]:-?}); drops on both hosts ${R[ots.udp_switch_drops]:-?}."
 fi
 
+if [[ $NAT == 1 ]]; then
+    echo
+    echo "NAT: container $NAT_CLIENT_IP -> outside $NAT_OUTSIDE_IP, masqueraded behind $NAT_UPLINK_IP" \
+        "(the outside has no route back)"
+    print_table "nts nkv" "tapswitch kernel" "nts/nkv" "ts/kernel"
+    echo "tapswitch = router interfaces on VLAN $NAT_IN_VLAN and $NAT_OUT_VLAN, snat $NAT_SOURCE out of VLAN $NAT_OUT_VLAN;"
+    echo "kernel = a router namespace with two veths, ip_forward and an nftables masquerade rule."
+    echo "ratio = tapswitch / kernel, read as above. (a) as above."
+    printf '%-32s %11s %11s\n' "detail" "tapswitch" "kernel"
+    detail "UDP packets sent" "${R[nts.udp_sent_packets]:-}" "${R[nkv.udp_sent_packets]:-}"
+    detail "UDP packets received" "${R[nts.udp_rx_packets]:-}" "${R[nkv.udp_rx_packets]:-}"
+    detail "  lost: device queues (1)" "${R[nts.udp_link_drops]:-}" "${R[nkv.udp_link_drops]:-}"
+    detail "  lost: receiver socket (2)" "${R[nts.udp_rcvbuf_drops]:-}" "${R[nkv.udp_rcvbuf_drops]:-}"
+    detail "UDP out of the uplink [kpps] (6)" "${R[nts.udp_fwd_kpps]:-}" "${R[nkv.udp_fwd_kpps]:-}"
+    detail "TCP retransmits, 1 stream" "${R[nts.tcp_retransmits]:-}" "${R[nkv.tcp_retransmits]:-}"
+    detail "TCP retransmits, 4 streams" "${R[nts.tcp4_retransmits]:-}" "${R[nkv.tcp4_retransmits]:-}"
+    detail "CPU s / GB sent, 1 stream (a)" "$(cpu_detail nts tcp)" "-"
+    detail "CPU s / GB sent, 4 streams (a)" "$(cpu_detail nts tcp4)" "-"
+    detail "ping replies (of $PING_COUNT)" "${R[nts.ping_received]:-}" "${R[nkv.ping_received]:-}"
+    detail "ping RTT min / max [us]" "${R[nts.ping_min_us]:-?}/${R[nts.ping_max_us]:-?}" \
+        "${R[nkv.ping_min_us]:-?}/${R[nkv.ping_max_us]:-?}"
+    echo "(1) as above, on the NAT path's links (tapswitch: the two TAPs; kernel: both veth pairs)."
+    echo "(2) as above, in the outside namespace. (6) per second of the run: packets the router sent"
+    echo "    to the outside (tapswitch: the uplink TAP port's tx; kernel: the router's uplink veth's"
+    echo "    tx). tapswitch over the UDP run: NAT translated ${R[nts.udp_nat_translated]:-?}," \
+        "refused ${R[nts.udp_nat_refused]:-?}; drops ${R[nts.udp_switch_drops]:-?} (ports and router interfaces)."
+fi
+
 if [[ -n $JSON_OUT ]]; then
     jnum() { # value -> JSON number or null
         if [[ $1 =~ ^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$ ]]; then echo "$1"; else echo null; fi
     }
-    KEYS=(tcp_gbps tcp_retransmits udp_rx_kpps udp_loss_pct udp_sent_packets udp_rx_packets
-        udp_link_drops udp_rcvbuf_drops ping_avg_us ping_p50_us ping_p99_us ping_min_us
-        ping_max_us ping_received ping_loss_pct)
+    # A JSON object of setup $2's figures for the keys given, its closing brace indented by $1.
+    jobj() { # indent setup key...
+        local ind=$1 s=$2 k sep=""
+        shift 2
+        printf '{'
+        for k in "$@"; do
+            printf '%s\n%s  "%s": %s' "$sep" "$ind" "$k" "$(jnum "${R[$s.$k]:-}")"
+            sep=","
+        done
+        printf '\n%s}' "$ind"
+    }
+    # The ratios a / b of the table's rows that every setup has.
+    jratios() { # indent a b
+        local ind=$1 a=$2 b=$3 row key label better scope sep=""
+        printf '{'
+        for row in "${ROWS[@]}"; do
+            IFS='|' read -r key label better scope <<<"$row"
+            [[ $scope == all ]] || continue
+            printf '%s\n%s  "%s": %s' "$sep" "$ind" "$key" "$(jnum "$(ratio "${R[$a.$key]:-}" "${R[$b.$key]:-}")")"
+            sep=","
+        done
+        printf '\n%s}' "$ind"
+    }
+    KEYS=(tcp_gbps tcp_retransmits tcp4_gbps tcp4_retransmits udp_rx_kpps udp_loss_pct
+        udp_sent_packets udp_rx_packets udp_link_drops udp_rcvbuf_drops ping_avg_us ping_p50_us
+        ping_p99_us ping_min_us ping_max_us ping_received ping_loss_pct)
+    # tapswitch setups only: daemon CPU seconds, bytes sent over the same window, and their ratio.
+    CPU_KEYS=(tcp_cpu_s tcp_bytes tcp_cpu_s_per_gb tcp4_cpu_s tcp4_bytes tcp4_cpu_s_per_gb)
     {
         printf '{\n'
         printf '  "date": "%s",\n  "nproc": %s,\n  "kernel": "%s",\n' "$START_DATE" "$NPROC" "$KERNEL"
         printf '  "iperf3": "%s",\n  "rev": "%s",\n  "binary_built": "%s",\n  "mode": "%s",\n' \
             "$IPERF_VERSION" "$REV" "$BIN_DATE" "$mode"
-        printf '  "duration_s": %s,\n  "ping_count": %s,\n' "$DURATION" "$PING_COUNT"
-        for s in ts br; do
-            printf '  "%s": {\n' "${LABEL[$s]}"
-            extra=()
-            [[ $s == ts ]] && extra=(udp_switch_rx udp_switch_tx udp_switch_tx_errors udp_switch_drops udp_switch_fwd_kpps)
-            all=("${KEYS[@]}" "${extra[@]}")
-            for ((i = 0; i < ${#all[@]}; i++)); do
-                sep=","
-                [[ $i -eq $((${#all[@]} - 1)) ]] && sep=""
-                printf '    "%s": %s%s\n' "${all[i]}" "$(jnum "${R[$s.${all[i]}]:-}")" "$sep"
-            done
-            printf '  },\n'
-        done
-        printf '  "ratio_tapswitch_over_bridge": {\n'
-        for ((i = 0; i < ${#ROWS[@]}; i++)); do
-            IFS='|' read -r key label better <<<"${ROWS[i]}"
-            sep=","
-            [[ $i -eq $((${#ROWS[@]} - 1)) ]] && sep=""
-            printf '    "%s": %s%s\n' "$key" "$(jnum "$(ratio "${R[ts.$key]:-}" "${R[br.$key]:-}")")" "$sep"
-        done
-        printf '  },\n'
+        printf '  "duration_s": %s,\n  "ping_count": %s,\n  "clock_ticks_per_s": %s,\n' \
+            "$DURATION" "$PING_COUNT" "$CLK_TCK"
+        printf '  "measuring_s": %s,\n' "$ELAPSED"
+        printf '  "tapswitch": %s,\n' "$(jobj '  ' ts "${KEYS[@]}" "${CPU_KEYS[@]}" \
+            udp_switch_rx udp_switch_tx udp_switch_tx_errors udp_switch_drops udp_switch_fwd_kpps)"
+        printf '  "bridge": %s,\n' "$(jobj '  ' br "${KEYS[@]}")"
+        printf '  "veth": %s,\n' "$(jobj '  ' ve "${KEYS[@]}")"
+        printf '  "ratio_tapswitch_over_bridge": %s,\n' "$(jratios '  ' ts br)"
+        printf '  "ratio_tapswitch_over_veth": %s,\n' "$(jratios '  ' ts ve)"
+        printf '  "ratio_bridge_over_veth": %s,\n' "$(jratios '  ' br ve)"
         if [[ $OVERLAY == 1 ]]; then
             printf '  "overlay": {\n'
-            for s in ots okv; do
-                [[ $s == ots ]] && name=tapswitch || name=kernel
-                printf '    "%s": {\n' "$name"
-                extra=(udp_underlay_rcvbuf_drops udp_encap_kpps udp_delivered_kpps)
-                [[ $s == ots ]] && extra+=(udp_h1_tap_rx udp_h1_tunnel_tx udp_h1_tunnel_tx_errors
-                    udp_h1_tunnel_tx_oversized udp_h2_tunnel_rx udp_h2_tap_tx udp_h2_tap_tx_errors
-                    udp_switch_drops)
-                all=("${KEYS[@]}" "${extra[@]}")
-                for ((i = 0; i < ${#all[@]}; i++)); do
-                    sep=","
-                    [[ $i -eq $((${#all[@]} - 1)) ]] && sep=""
-                    printf '      "%s": %s%s\n' "${all[i]}" "$(jnum "${R[$s.${all[i]}]:-}")" "$sep"
-                done
-                printf '    },\n'
-            done
-            printf '    "ratio_tapswitch_over_kernel": {\n'
-            for ((i = 0; i < ${#ROWS[@]}; i++)); do
-                IFS='|' read -r key label better <<<"${ROWS[i]}"
-                sep=","
-                [[ $i -eq $((${#ROWS[@]} - 1)) ]] && sep=""
-                printf '      "%s": %s%s\n' "$key" "$(jnum "$(ratio "${R[ots.$key]:-}" "${R[okv.$key]:-}")")" "$sep"
-            done
-            printf '    }\n  },\n'
+            printf '    "tapswitch": %s,\n' "$(jobj '    ' ots "${KEYS[@]}" "${CPU_KEYS[@]}" \
+                udp_underlay_rcvbuf_drops udp_encap_kpps udp_delivered_kpps udp_h1_tap_rx \
+                udp_h1_tunnel_tx udp_h1_tunnel_tx_errors udp_h1_tunnel_tx_oversized udp_h2_tunnel_rx \
+                udp_h2_tap_tx udp_h2_tap_tx_errors udp_switch_drops)"
+            printf '    "kernel": %s,\n' "$(jobj '    ' okv "${KEYS[@]}" \
+                udp_underlay_rcvbuf_drops udp_encap_kpps udp_delivered_kpps)"
+            printf '    "ratio_tapswitch_over_kernel": %s\n  },\n' "$(jratios '    ' ots okv)"
         else
             printf '  "overlay": null,\n'
         fi
-        printf '  "lower_is_better": ["udp_loss_pct", "ping_avg_us", "ping_p50_us", "ping_p99_us"]\n'
+        if [[ $NAT == 1 ]]; then
+            printf '  "nat": {\n'
+            printf '    "tapswitch": %s,\n' "$(jobj '    ' nts "${KEYS[@]}" "${CPU_KEYS[@]}" \
+                udp_fwd_kpps udp_nat_translated udp_nat_refused udp_switch_drops)"
+            printf '    "kernel": %s,\n' "$(jobj '    ' nkv "${KEYS[@]}" udp_fwd_kpps)"
+            printf '    "ratio_tapswitch_over_kernel": %s\n  },\n' "$(jratios '    ' nts nkv)"
+        else
+            printf '  "nat": null,\n'
+        fi
+        printf '  "lower_is_better": ["udp_loss_pct", "ping_avg_us", "ping_p50_us", "ping_p99_us",'
+        printf ' "tcp_cpu_s_per_gb", "tcp4_cpu_s_per_gb"]\n'
         printf '}\n'
     } >"$JSON_OUT" || die "could not write $JSON_OUT"
     note "results written to $JSON_OUT"

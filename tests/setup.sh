@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs what the tests use that a fresh Debian machine may lack: iproute2 and procps
 # (namespaces), tcpdump and tshark (the VXLAN wire checks), ethtool (checksum offload on a
-# kernel VTEP's veth), and, for the end-to-end bench, iperf3 and ping; traceroute and tracepath (through NAT). Does nothing when all
-# are there. Needs root (apt-get).
+# kernel VTEP's veth), and, for the end-to-end bench, iperf3, ping and nft (nftables: the kernel
+# NAT baseline); traceroute and tracepath (through NAT). Does nothing when all are there. Needs
+# root (apt-get).
 set -eu
 need=""
 command -v ip >/dev/null || need="$need iproute2"
@@ -14,6 +15,7 @@ command -v iperf3 >/dev/null || need="$need iperf3"
 command -v ping >/dev/null || need="$need iputils-ping"
 command -v tracepath >/dev/null || need="$need iputils-tracepath"
 command -v traceroute >/dev/null || need="$need traceroute"
+command -v nft >/dev/null || need="$need nftables"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq
