@@ -293,7 +293,18 @@ remotes = ["{B_UL}"]
     );
 
     // Bulk TCP, every byte checked, and UDP.
+    let before = sw_b.port_stats(&pb1);
     tcp(&b1, "10.42.0.2", &a1, TEN_MIB, "VNI 42 a1 -> b1");
+    // Host B joined the decapsulated segments (GRO): b1's TAP took frames larger than the
+    // MTU, with their segmentation left to its kernel.
+    let after = sw_b.port_stats(&pb1);
+    let delta = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    let per_frame = delta("tx_bytes") / delta("tx_packets").max(1);
+    eprintln!("towards b1: {per_frame} bytes per frame");
+    assert!(
+        per_frame > 1514,
+        "coalesced frames towards b1: {per_frame} bytes on average"
+    );
     let echoed = probe::udp_echo(&b2, "10.42.0.4".parse().unwrap(), &a2, 200, 1200).unwrap();
     assert!(echoed >= 195, "VNI 43 UDP: {echoed}/200 echoed");
 

@@ -25,6 +25,7 @@ use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
 use crate::pipeline::bridge::Egress;
 use crate::pipeline::bridge::EgressFrame;
+use crate::pipeline::gro::{Coalescer, Push};
 use crate::pipeline::offload::{complete_checksum, segment_tcp, Offload};
 use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, Generated, WorkerCounters};
 use crate::pipeline::{TunnelEndpoint, VlanMember};
@@ -159,6 +160,7 @@ impl WorkerHandle {
             ready: Vec::new(),
             is_ready: vec![false; PortId::MAX_PORTS],
             scratch: Vec::with_capacity(MAX_FRAME),
+            gro: Coalescer::new(),
             adopted: Arc::clone(&adopted),
             epoch: Instant::now(),
         };
@@ -313,6 +315,8 @@ struct Worker {
     is_ready: Vec<bool>,
     /// Reused for segments of super-frames.
     scratch: Vec<u8>,
+    /// Joins TCP segments decapsulated from one batch of tunnel packets.
+    gro: Coalescer,
     adopted: Arc<AtomicU64>,
     epoch: Instant,
 }
@@ -427,15 +431,48 @@ impl Worker {
                     self.bridge
                         .decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
                 {
-                    forward(&mut self.bridge, &snapshot, port, inner, now);
+                    // Consecutive segments of one TCP flow are joined (GRO); anything else
+                    // goes on alone, after what was joined before it.
+                    if self.gro.push(port.0, inner) == Push::Alone {
+                        self.flush_gro(&snapshot, now);
+                        if self.gro.push(port.0, inner) == Push::Alone {
+                            forward(&mut self.bridge, &snapshot, port, inner, now);
+                        }
+                    }
                 }
             }
+            self.flush_gro(&snapshot, now);
             if drained {
                 self.ready_tunnels.swap_remove(i);
             } else {
                 i += 1;
             }
         }
+    }
+
+    /// Sends on what the receive coalescer joined: a super-frame with its offloads left to
+    /// the egress (or finished here where the egress cannot take them), or a lone segment.
+    fn flush_gro(&mut self, snapshot: &Snapshot, now: Timestamp) {
+        let Worker {
+            gro,
+            bridge,
+            scratch,
+            ..
+        } = self;
+        gro.take(|tag, frame, offload| {
+            let port = PortId(tag);
+            match offload {
+                None => forward(bridge, snapshot, port, frame, now),
+                Some(o) => {
+                    if !forward_offloaded(bridge, snapshot, port, frame, &o, scratch, now) {
+                        let mss = o.gso_size.unwrap_or(u16::MAX);
+                        let _ = segment_tcp(frame, mss, scratch, |seg| {
+                            forward(bridge, snapshot, port, seg, now)
+                        });
+                    }
+                }
+            }
+        });
     }
 
     /// Reads up to [`BATCH`] packets from the IPIP socket and routes their inner packets.

@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod counters;
 pub mod drop;
 pub mod fragment;
+pub mod gro;
 pub mod icmp;
 pub mod nat;
 pub mod offload;
