@@ -162,6 +162,10 @@ pub fn parse(packet: &[u8]) -> Result<Parsed, Malformed> {
     })
 }
 
+fn is_echo(icmp_type: u8) -> bool {
+    matches!(icmp_type, ECHO_REQUEST | ECHO_REPLY)
+}
+
 /// Where a transport protocol keeps its checksum, and whether the pseudo header (so the
 /// addresses) is part of it.
 fn l4_checksum_at(proto: u8) -> Option<(usize, bool)> {
@@ -233,7 +237,7 @@ fn rewrite_with(
                 put16(packet, l4, to.sport);
                 put16(packet, l4 + 2, to.dport);
             }
-            PROTO_ICMP => put16(packet, l4 + 4, to.sport),
+            PROTO_ICMP if is_echo(packet[l4]) => put16(packet, l4 + 4, to.sport),
             _ => {}
         }
         return;
@@ -285,7 +289,9 @@ fn rewrite_with(
                 put16(packet, l4 + 2, to.dport);
             }
         }
-        PROTO_ICMP if from.sport != to.sport => {
+        // Only an echo has an identifier; other ICMP is tracked by addresses alone (its key has
+        // no identifier, yet may share an echo connection's addresses).
+        PROTO_ICMP if from.sport != to.sport && is_echo(packet[l4]) => {
             l4_sum = l4_sum.map(|s| checksum::update16(s, from.sport, to.sport));
             put16(packet, l4 + 4, to.sport);
         }

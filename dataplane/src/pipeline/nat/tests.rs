@@ -543,6 +543,30 @@ fn rewrite_leaves_protocols_without_ports_alone() {
     assert_eq!(p[20..], gre[20..]);
 }
 
+#[test]
+fn rewrite_touches_no_identifier_of_icmp_other_than_echo() {
+    // An ICMP type without an identifier, translated by an echo connection's entry (same
+    // addresses, identifier 0 in the key): found by the `nat` fuzz target.
+    let mut icmp = vec![0xff, 0xfe, 0, 0, 0xe4, 0x86, 0x40, 0x00, 9, 9, 9, 9];
+    let c = checksum::checksum(&icmp);
+    put16(&mut icmp, 2, c);
+    let packet = ipv4(A, X, PROTO_ICMP, 1, 0, &icmp);
+    let from = parse(&packet).unwrap().key;
+    assert_eq!(from.sport, 0);
+    let to = FlowKey {
+        src: ROUTER,
+        sport: 4321,
+        ..from
+    };
+    let mut p = packet.clone();
+    rewrite(&mut p, 20, &from, &to, true);
+    assert_checksums(&p);
+    assert_eq!(p[20..], packet[20..], "the ICMP message is left as it was");
+    let mut p = packet.clone();
+    rewrite_partial(&mut p, 20, &from, &to);
+    assert_eq!(p[20..], packet[20..]);
+}
+
 /// A masqueraded connection: `inside` as A sent it, `outside` as it left the router.
 fn masqueraded(proto: u8) -> (FlowKey, FlowKey) {
     let inside = match proto {
