@@ -159,8 +159,12 @@ fn least_connections(ct: &Conntrack, service: u32, backends: &[Backend]) -> Opti
     best.map(|(i, _, _)| i)
 }
 
-/// The VLAN a packet to `dst` leaves through, and its next hop there.
+/// The VLAN a packet to `dst` leaves through, and its next hop there: where source NAT is
+/// decided. `None` for the router's own addresses and for routes that leave no VLAN.
 fn egress_of(routing: &RoutingState, dst: Ipv4Addr) -> Option<(VlanId, IpAddr)> {
+    if routing.local.contains_key(&IpAddr::V4(dst)) {
+        return None;
+    }
     match routing.lookup(IpAddr::V4(dst))?.next_hop {
         NextHop::Connected { vlan } => Some((vlan, IpAddr::V4(dst))),
         NextHop::Gateway { vlan, via } => Some((vlan, via)),
@@ -333,16 +337,13 @@ impl Bridge {
             }
         }
         let mut snat_to = None;
-        if !routing.local.contains_key(&IpAddr::V4(to.dst)) {
-            if let Some((out_vlan, hop)) = egress_of(routing, to.dst) {
-                if nat & NAT_DNAT != 0 && Some(out_vlan) == in_vlan {
-                    // Hairpin: the answer must come back through the router.
-                    snat_to = masquerade_addr(routing, out_vlan, hop);
-                } else if let Some(rule) =
-                    state.nat.snat.iter().find(|r| r.matches(key.src, out_vlan))
-                {
-                    snat_to = rule.to.or_else(|| masquerade_addr(routing, out_vlan, hop));
-                }
+        if let Some((out_vlan, hop)) = egress_of(routing, to.dst) {
+            if nat & NAT_DNAT != 0 && Some(out_vlan) == in_vlan {
+                // Hairpin: the answer must come back through the router.
+                snat_to = masquerade_addr(routing, out_vlan, hop);
+            } else if let Some(rule) = state.nat.snat.iter().find(|r| r.matches(key.src, out_vlan))
+            {
+                snat_to = rule.to.or_else(|| masquerade_addr(routing, out_vlan, hop));
             }
         }
         if !opens {
@@ -536,15 +537,13 @@ impl Bridge {
             }
         }
         // As `nat_new` decides: a rule for the source and the VLAN the fragment leaves by.
-        let routing = &*state.routing;
-        let would_snat = !routing.local.contains_key(&IpAddr::V4(p.key.dst))
-            && egress_of(routing, p.key.dst).is_some_and(|(out_vlan, _)| {
-                state
-                    .nat
-                    .snat
-                    .iter()
-                    .any(|r| r.matches(p.key.src, out_vlan))
-            });
+        let would_snat = egress_of(&state.routing, p.key.dst).is_some_and(|(out_vlan, _)| {
+            state
+                .nat
+                .snat
+                .iter()
+                .any(|r| r.matches(p.key.src, out_vlan))
+        });
         if would_snat {
             return Err(DropReason::NatFragment);
         }
