@@ -596,16 +596,16 @@ impl Worker {
                 }
                 WorkerCommand::DumpNeighbours(reply) => {
                     let now = self.now();
-                    let records = self.bridge.router().neighbours().records(now).collect();
+                    let records = self.bridge.shared().neighbours().records(now).collect();
                     let _ = reply.send(records);
                 }
                 WorkerCommand::FlushFdb { vlan, mac, reply } => {
                     let hit = |k: FdbKey| {
                         vlan.is_none_or(|v| v == k.vlan()) && mac.is_none_or(|m| m == k.mac())
                     };
-                    let n = self.bridge.mac_table_mut().retain(|k, _| !hit(k));
+                    let n = self.bridge.shared().macs().retain(|k, _| !hit(k));
                     // Where the MAC was learned behind a VTEP, forget that too.
-                    self.bridge.remote_table_mut().retain(|k, _| !hit(k));
+                    self.bridge.shared().remotes().retain(|k, _| !hit(k));
                     let _ = reply.send(n);
                 }
                 WorkerCommand::DumpConntrack(reply) => {
@@ -635,10 +635,7 @@ impl Worker {
                     });
                 }
                 WorkerCommand::FlushConntrack { filter, reply } => {
-                    let n = self
-                        .bridge
-                        .conntrack_mut()
-                        .remove_where(|e| filter.matches(e));
+                    let n = self.bridge.conntrack().remove_where(|e| filter.matches(e));
                     let _ = reply.send(n);
                 }
                 WorkerCommand::Stop => return false,
@@ -734,9 +731,7 @@ impl Worker {
         }
         self.bridge.adopt(&snapshot.forwarding);
         for filter in &snapshot.purge {
-            self.bridge
-                .conntrack_mut()
-                .remove_where(|e| filter.matches(e));
+            self.bridge.conntrack().remove_where(|e| filter.matches(e));
         }
         self.adopted
             .store(snapshot.forwarding.generation, Ordering::Release);

@@ -22,6 +22,7 @@ pub mod nat;
 pub mod offload;
 pub mod router;
 pub mod routing;
+pub mod shared;
 pub mod state;
 pub mod suppress;
 pub mod tunnel;
@@ -33,6 +34,7 @@ pub use counters::{
 pub use drop::DropReason;
 pub use router::{Generated, IpipEgress};
 pub use routing::{Interface, NextHop, Route, RoutingState};
+pub use shared::SharedTables;
 pub use state::{
     ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint, VlanMember, VlanSet,
     VxlanPort,

@@ -75,7 +75,7 @@ impl Bridge {
             let key = FdbKey::new(vlan, inner_src);
             if vx.learning && inner_src.is_unicast() && !state.static_remotes.contains_key(&key) {
                 let learn = &self.counters.learn;
-                match self.remotes.learn(key, src, now) {
+                match self.shared.remotes().learn(key, src, now) {
                     RemoteLearn::Learned => learn.remote_learned.add(1),
                     RemoteLearn::Moved => learn.remote_moved.add(1),
                     RemoteLearn::TableFull => learn.remote_table_full.add(1),
@@ -125,7 +125,8 @@ impl Bridge {
             if let Some(ip) = state.static_remotes.get(&key) {
                 return Remotes::One(*ip);
             }
-            if let Some(ip) = self.remotes.lookup(key, now, state.mac_aging_ms) {
+            let learned = self.shared.remotes().lookup(key, now, state.mac_aging_ms);
+            if let Some(ip) = learned {
                 return Remotes::One(ip);
             }
         }

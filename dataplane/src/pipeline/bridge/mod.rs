@@ -1,18 +1,20 @@
 //! The L2 stage: VLAN classification, learning, lookup, and the egress set.
 //!
-//! A [`Bridge`] belongs to one worker thread: it owns that worker's learned [`MacTable`] and
-//! writes that worker's [`WorkerCounters`].
+//! A [`Bridge`] belongs to one worker thread: it writes that worker's [`WorkerCounters`] and
+//! learns into, and looks up in, the switch's [`SharedTables`].
 
 use crate::pipeline::offload::Offload;
 use std::sync::Arc;
 
 use super::router::{self, IpipEgress, Router};
+use super::shared::{ConntrackGuard, SharedTables};
 use super::suppress::{self, ReplyFrame};
 use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
-use crate::tables::{Conntrack, FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
+use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
 use crate::wire::ethernet::HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
 use crate::wire::{EtherType, EthernetAddress, EthernetFrame, VlanId, VlanTag, VlanTagRepr};
+use std::sync::MutexGuard;
 
 /// Where a frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,9 +118,8 @@ impl<'s> Egress<'s> {
 
 /// One worker's L2 switch.
 pub struct Bridge {
-    macs: MacTable,
-    /// Learned remote VTEPs of the VXLAN ports (see [`super::tunnel`]).
-    pub(super) remotes: RemoteTable,
+    /// Learned MACs and remote VTEPs, neighbours, conntrack: one set for all workers.
+    pub(super) shared: Arc<SharedTables>,
     pub(super) counters: Arc<WorkerCounters>,
     /// IPv4 identification of the next outer header this worker builds.
     ident: u16,
@@ -130,13 +131,23 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// A bridge with tables of its own (one worker).
     pub fn new(state: &ForwardingState, counters: Arc<WorkerCounters>) -> Bridge {
+        let shared = SharedTables::new(
+            state.mac_table_max,
+            state.routing.neigh_max,
+            state.nat.conntrack_max,
+        );
+        Bridge::with_shared(counters, Arc::new(shared))
+    }
+
+    /// A bridge of one of several workers that share `shared`.
+    pub fn with_shared(counters: Arc<WorkerCounters>, shared: Arc<SharedTables>) -> Bridge {
         Bridge {
-            macs: MacTable::new(state.mac_table_max),
-            remotes: RemoteTable::new(state.mac_table_max),
+            shared,
             counters,
             ident: 0,
-            router: Router::new(&state.routing),
+            router: Router::new(),
             offload: None,
         }
     }
@@ -145,12 +156,14 @@ impl Bridge {
         &self.counters
     }
 
-    pub fn mac_table(&self) -> &MacTable {
-        &self.macs
+    /// The tables this bridge shares with the other workers.
+    pub fn shared(&self) -> &Arc<SharedTables> {
+        &self.shared
     }
 
-    pub fn mac_table_mut(&mut self) -> &mut MacTable {
-        &mut self.macs
+    /// The learned MAC table (locked while the guard lives).
+    pub fn mac_table(&self) -> MutexGuard<'_, MacTable> {
+        self.shared.macs()
     }
 
     /// Brings learned state in line with a newly published state: entries on ports that are
@@ -158,17 +171,20 @@ impl Bridge {
     /// entry are removed, and the table bound follows `mac_table_max`. Everything else learned
     /// is kept.
     pub fn adopt(&mut self, state: &ForwardingState) {
-        self.macs.set_max_entries(state.mac_table_max);
-        self.macs.retain(|key, entry| {
+        let mut macs = self.shared.macs();
+        macs.set_max_entries(state.mac_table_max);
+        macs.retain(|key, entry| {
             state
                 .port(entry.port)
                 .is_some_and(|p| p.mode.is_member(key.vlan()))
                 && !state.static_fdb.contains_key(&key)
         });
+        drop(macs);
         // Remote entries stay while some VXLAN port still extends their VLAN and no static
         // entry shadows them.
-        self.remotes.set_max_entries(state.mac_table_max);
-        self.remotes.retain(|key, _| {
+        let mut remotes = self.shared.remotes();
+        remotes.set_max_entries(state.mac_table_max);
+        remotes.retain(|key, _| {
             state.vxlan.iter().enumerate().any(|(i, vx)| {
                 vx.is_some()
                     && state
@@ -176,16 +192,13 @@ impl Bridge {
                         .is_some_and(|p| p.mode.is_member(key.vlan()))
             }) && !state.static_remotes.contains_key(&key)
         });
+        drop(remotes);
         self.adopt_routing(state);
     }
 
-    /// The worker's connection tracking table.
-    pub fn conntrack(&self) -> &Conntrack {
-        self.router.conntrack()
-    }
-
-    pub fn conntrack_mut(&mut self) -> &mut Conntrack {
-        self.router.conntrack_mut()
+    /// The connection tracking table (locked while the guard lives).
+    pub fn conntrack(&self) -> ConntrackGuard<'_> {
+        self.shared.conntrack()
     }
 
     /// The router's state: the neighbour table.
@@ -199,7 +212,8 @@ impl Bridge {
 
     /// Removes learned entries idle for the state's aging time; returns how many.
     pub fn age(&mut self, state: &ForwardingState, now: Timestamp) -> usize {
-        let n = self.macs.age(now, state.mac_aging_ms) + self.remotes.age(now, state.mac_aging_ms);
+        let n = self.shared.macs().age(now, state.mac_aging_ms)
+            + self.shared.remotes().age(now, state.mac_aging_ms);
         self.counters.learn.aged.add(n as u64);
         n
     }
@@ -210,13 +224,9 @@ impl Bridge {
         self.ident
     }
 
-    /// The learned remote VTEP table.
-    pub fn remote_table(&self) -> &RemoteTable {
-        &self.remotes
-    }
-
-    pub fn remote_table_mut(&mut self) -> &mut RemoteTable {
-        &mut self.remotes
+    /// The learned remote VTEP table (locked while the guard lives).
+    pub fn remote_table(&self) -> MutexGuard<'_, RemoteTable> {
+        self.shared.remotes()
     }
 
     /// Classifies, learns from and decides the fate of one frame received on `ingress`. The
@@ -229,15 +239,17 @@ impl Bridge {
         frame: &mut [u8],
         now: Timestamp,
     ) -> Decision<'s> {
-        // Split borrows: the table is mutated while the counters are read, with no refcount
+        // Split borrows: the tables are used while the counters are read, with no refcount
         // traffic per frame.
-        let Bridge { macs, counters, .. } = self;
+        let Bridge {
+            shared, counters, ..
+        } = self;
         let port_counters = counters.port(ingress);
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
         let wire_len = frame.len();
         let (vlan, inner_offset) =
-            match Self::decide(macs, counters, state, ingress, frame, wire_len, now) {
+            match Self::decide(shared, counters, state, ingress, frame, wire_len, now) {
                 Ok(Step::Done(decision)) => return decision,
                 Ok(Step::Route { vlan, inner_offset }) => (vlan, inner_offset),
                 Err(reason) => {
@@ -270,8 +282,10 @@ impl Bridge {
         wire_len: usize,
         now: Timestamp,
     ) -> Option<Decision<'s>> {
-        let Bridge { macs, counters, .. } = self;
-        let decision = match Self::decide(macs, counters, state, ingress, frame, wire_len, now) {
+        let Bridge {
+            shared, counters, ..
+        } = self;
+        let decision = match Self::decide(shared, counters, state, ingress, frame, wire_len, now) {
             Ok(Step::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
             Ok(Step::Route { vlan, inner_offset })
                 if frame.get(inner_offset..inner_offset + 2) == Some(&[0x08, 0x00]) =>
@@ -301,7 +315,7 @@ impl Bridge {
     #[inline]
     #[allow(clippy::too_many_arguments)]
     fn decide<'s>(
-        macs: &mut MacTable,
+        shared: &SharedTables,
         counters: &WorkerCounters,
         state: &'s ForwardingState,
         ingress: PortId,
@@ -358,6 +372,8 @@ impl Bridge {
             return Err(DropReason::BadSourceMac);
         }
         let src_key = FdbKey::new(vlan, src);
+        // Held until the destination is looked up: one lock per frame.
+        let mut macs = shared.macs();
         if !state.static_fdb.contains_key(&src_key) {
             let learn = &counters.learn;
             match macs.learn(src_key, ingress, now, port.max_macs) {
@@ -402,7 +418,7 @@ impl Bridge {
             }
             flood
         } else {
-            match Self::lookup(macs, state, vlan, dst, now) {
+            match Self::lookup(&macs, state, vlan, dst, now) {
                 Some(out) if out == ingress => return Err(DropReason::SamePort),
                 Some(out) => match state.port(out) {
                     Some(p) if p.mode.is_member(vlan) => Targets::One(VlanMember {
@@ -430,7 +446,7 @@ impl Bridge {
         dst: EthernetAddress,
         now: Timestamp,
     ) -> Option<PortId> {
-        Self::lookup(&self.macs, state, vlan, dst, now)
+        Self::lookup(&self.shared.macs(), state, vlan, dst, now)
     }
 
     #[inline]

@@ -93,9 +93,13 @@ impl Bridge {
             };
             let mut released = std::mem::take(&mut self.router.released);
             if arp.operation == ArpOperation::Reply {
-                self.router.neigh.confirm(key, mac, now, &mut released);
+                self.shared
+                    .neighbours()
+                    .confirm(key, mac, now, &mut released);
             } else {
-                self.router.neigh.observe(key, mac, now, &mut released);
+                self.shared
+                    .neighbours()
+                    .observe(key, mac, now, &mut released);
             }
             self.router.released = released;
             self.release(vlan, mac);
@@ -300,7 +304,9 @@ impl Bridge {
                             ip: IpAddr::V6(src),
                         };
                         let mut released = std::mem::take(&mut self.router.released);
-                        self.router.neigh.observe(key, mac, now, &mut released);
+                        self.shared
+                            .neighbours()
+                            .observe(key, mac, now, &mut released);
                         self.router.released = released;
                         self.release(vlan, mac);
                     }
@@ -341,9 +347,13 @@ impl Bridge {
                     };
                     let mut released = std::mem::take(&mut self.router.released);
                     if solicited_flag {
-                        self.router.neigh.confirm(key, mac, now, &mut released);
+                        self.shared
+                            .neighbours()
+                            .confirm(key, mac, now, &mut released);
                     } else {
-                        self.router.neigh.observe(key, mac, now, &mut released);
+                        self.shared
+                            .neighbours()
+                            .observe(key, mac, now, &mut released);
                     }
                     self.router.released = released;
                     self.release(vlan, mac);

@@ -33,6 +33,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr};
 
 pub use ipip::IpipEgress;
+pub(crate) use nat::Balancer;
 
 use super::bridge::{Egress, Targets};
 use super::fragment::fragment_ipv4;
@@ -40,7 +41,7 @@ use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
 use super::offload::{complete_checksum, segment_tcp};
 use super::routing::{NextHop, RoutingState};
 use super::{Bridge, Decision, DropReason, ForwardingState, VlanMember};
-use crate::tables::{Conntrack, NeighKey, NeighLookup, NeighbourTable, PortId, Resolve, Timestamp};
+use crate::tables::{NeighKey, NeighLookup, PortId, Resolve, Timestamp};
 use crate::wire::{EtherType, EthernetAddress, Ipv4Packet, VlanId};
 
 /// The pseudo ingress port of frames the router sends: floods from it reach every member.
@@ -71,47 +72,22 @@ pub enum Generated {
 
 /// One worker's router: its neighbour table and what it has to send.
 pub struct Router {
-    neigh: NeighbourTable<Vec<u8>>,
     generated: VecDeque<Generated>,
     pool: Vec<Vec<u8>>,
     icmp_limit: IcmpRateLimit,
     scratch: Vec<u8>,
     released: Vec<Vec<u8>>,
-    /// Tracked connections (see [`nat`]).
-    conntrack: Conntrack,
-    /// What the schedulers of Services remember between connections.
-    balancer: nat::Balancer,
 }
 
 impl Router {
-    pub fn new(routing: &RoutingState) -> Router {
+    pub fn new() -> Router {
         Router {
-            neigh: NeighbourTable::<Vec<u8>>::new(routing.neigh_max),
             generated: VecDeque::new(),
             pool: Vec::new(),
             icmp_limit: IcmpRateLimit::default(),
             scratch: Vec::new(),
             released: Vec::new(),
-            conntrack: Conntrack::new(crate::tables::conntrack::DEFAULT_MAX),
-            balancer: nat::Balancer::default(),
         }
-    }
-
-    pub fn conntrack(&self) -> &Conntrack {
-        &self.conntrack
-    }
-
-    pub fn conntrack_mut(&mut self) -> &mut Conntrack {
-        &mut self.conntrack
-    }
-
-    /// The resolved next hops.
-    pub fn neighbours(&self) -> &NeighbourTable<Vec<u8>> {
-        &self.neigh
-    }
-
-    pub fn neighbours_mut(&mut self) -> &mut NeighbourTable<Vec<u8>> {
-        &mut self.neigh
     }
 
     fn buffer(&mut self) -> Vec<u8> {
@@ -125,13 +101,11 @@ impl Router {
             self.pool.push(b);
         }
     }
+}
 
-    /// Keeps only neighbours on VLANs that still have an interface.
-    fn adopt(&mut self, state: &ForwardingState) {
-        let routing = &*state.routing;
-        self.conntrack.set_max_entries(state.nat.conntrack_max);
-        self.neigh.set_max_entries(routing.neigh_max);
-        self.neigh.retain(|k| routing.interface(k.vlan).is_some());
+impl Default for Router {
+    fn default() -> Self {
+        Router::new()
     }
 }
 
@@ -209,7 +183,7 @@ impl Bridge {
             return Decision::Drop(DropReason::Martian);
         }
         let mut dst = dst;
-        if state.nat.is_active() || !self.router.conntrack.is_empty() {
+        if state.nat.is_active() || self.shared.tracks_any() {
             if let Err(reason) = self.nat_in(state, in_vlan, l3, total, frame, now) {
                 return Decision::Drop(reason);
             }
@@ -374,7 +348,8 @@ impl Bridge {
             vlan: out_vlan,
             ip: next_hop,
         };
-        match self.router.neigh.lookup(key, now) {
+        let found = self.shared.neighbours().lookup(key, now);
+        match found {
             NeighLookup::Known { mac, probe } => {
                 if probe {
                     self.probe(state, key, Some(mac));
@@ -403,7 +378,8 @@ impl Bridge {
                         buf.extend_from_slice(iface.mac.as_bytes());
                         buf.extend_from_slice(&piece[off..]);
                         self.router.recycle(piece);
-                        if let Err(b) = self.router.neigh.enqueue(&key, buf) {
+                        let queued = self.shared.neighbours().enqueue(&key, buf);
+                        if let Err(b) = queued {
                             self.router.recycle(b);
                             result = Decision::Drop(DropReason::NeighbourQueueFull);
                         }
@@ -414,7 +390,8 @@ impl Bridge {
                 buf.extend_from_slice(&frame[..6]);
                 buf.extend_from_slice(iface.mac.as_bytes());
                 buf.extend_from_slice(&frame[off..end]);
-                match self.router.neigh.enqueue(&key, buf) {
+                let queued = self.shared.neighbours().enqueue(&key, buf);
+                match queued {
                     Ok(()) => Decision::Local,
                     Err(b) => {
                         self.router.recycle(b);
@@ -459,7 +436,8 @@ impl Bridge {
         now: Timestamp,
     ) -> Result<(), DropReason> {
         let len = buf.len();
-        match self.router.neigh.resolve(key, buf, now) {
+        let resolved = self.shared.neighbours().resolve(key, buf, now);
+        match resolved {
             Resolve::Known { mac, probe, packet } => {
                 buf = packet;
                 if probe {
@@ -654,7 +632,14 @@ impl Bridge {
 
     /// The router's share of a new state: neighbours of removed interfaces are forgotten.
     pub(super) fn adopt_routing(&mut self, state: &ForwardingState) {
-        self.router.adopt(state);
+        let routing = &*state.routing;
+        let mut neigh = self.shared.neighbours();
+        neigh.set_max_entries(routing.neigh_max);
+        neigh.retain(|k| routing.interface(k.vlan).is_some());
+        drop(neigh);
+        self.shared
+            .conntrack()
+            .set_max_entries(state.nat.conntrack_max);
     }
 
     /// Timer work for the neighbour table (about once a second): probes that are due, and
@@ -663,7 +648,7 @@ impl Bridge {
         self.nat_tick(now);
         let mut probes = Vec::new();
         let mut failed = Vec::new();
-        self.router.neigh.tick(now, &mut probes, &mut failed);
+        self.shared.neighbours().tick(now, &mut probes, &mut failed);
         for (key, mac) in probes {
             self.probe(state, key, mac);
         }

@@ -16,8 +16,9 @@
 //!   came in on after DNAT (hairpin) is masqueraded behind the interface's address, else the
 //!   first `[[snat]]` rule for its source and egress VLAN applies. A translated source gets a
 //!   port (or ICMP identifier) drawn at random and checked free in the same step as the entry
-//!   is inserted: one worker owns the table, so no two connections can get one mapping and no
-//!   parallel query from one socket can lose its entry.
+//!   is inserted, under the table's lock (the table is shared by all workers, see
+//!   [`SharedTables`](super::super::SharedTables)), so no two connections can get one mapping
+//!   and no parallel query from one socket can lose its entry, whichever workers read them.
 //! - An ICMP error quoting a tracked packet is translated: the quoted header back to what its
 //!   sender sent, the outer destination to that sender. The router's own errors about a
 //!   translated packet go through the same translation.
@@ -25,6 +26,7 @@
 //!   a few seconds by (source, destination, protocol, identification).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 
@@ -245,7 +247,10 @@ impl Bridge {
             }
             _ => {}
         }
-        let ct = &mut self.router.conntrack;
+        // The lock is held from the lookup to the insert of a new entry: no other worker can
+        // create the same connection in between.
+        let shared = Arc::clone(&self.shared);
+        let mut ct = shared.conntrack();
         let found = ct.lookup(&p.key, now).filter(|&(slot, dir)| {
             // An echo request where the entry expects replies (or the other way round) is
             // another ping that happens to use a mapped identifier, such as a ping of the
@@ -264,6 +269,7 @@ impl Bridge {
             }
             e.seen(dir, total, now);
             let to = e.translated(dir);
+            drop(ct);
             if to != p.key {
                 self.rewrite(packet, p.l4_offset, &p.key, &to);
                 self.counters.nat.translated.add(1);
@@ -273,7 +279,13 @@ impl Bridge {
             }
             return Ok(());
         }
-        self.nat_new(state, in_vlan, l3, total, frame, p, now)
+        let result = self.nat_new(state, &mut ct, in_vlan, l3, total, frame, p, now);
+        // Answered without the lock: the answer is routed, and routing may look at conntrack.
+        drop(ct);
+        if result == Err(DropReason::ServiceNoBackend) {
+            self.reject(state, &p.key, &p, &frame[l3..l3 + total], now);
+        }
+        result
     }
 
     /// The first packet of a connection.
@@ -281,6 +293,7 @@ impl Bridge {
     fn nat_new(
         &mut self,
         state: &ForwardingState,
+        ct: &mut Conntrack,
         in_vlan: Option<VlanId>,
         l3: usize,
         total: usize,
@@ -314,9 +327,7 @@ impl Bridge {
                 }
                 Some(Target::Service(svc)) => {
                     let chosen = if opens {
-                        self.router
-                            .balancer
-                            .pick(&self.router.conntrack, svc, &key, now)
+                        self.shared.balancer().pick(ct, svc, &key, now)
                     } else {
                         None
                     };
@@ -325,7 +336,6 @@ impl Bridge {
                             self.counters.nat.invalid.add(1);
                             return Err(DropReason::ConntrackInvalid);
                         }
-                        self.reject(state, &key, &p, &frame[l3..l3 + total], now);
                         return Err(DropReason::ServiceNoBackend);
                     };
                     to.dst = *b.ip();
@@ -373,11 +383,10 @@ impl Bridge {
             _ => ProtoState::Other,
         };
         let mut reply = to.reversed();
-        let ct = &mut self.router.conntrack;
         if nat & NAT_SNAT != 0 || ct.contains(&reply) {
             if matches!(p.l4, L4::Tcp(_) | L4::Udp | L4::Echo { .. }) {
-                let balancer = &mut self.router.balancer;
-                if !allocate_port(&self.router.conntrack, &mut reply, || balancer.random()) {
+                let mut balancer = self.shared.balancer();
+                if !allocate_port(ct, &mut reply, || balancer.random()) {
                     return Err(DropReason::NatNoPort);
                 }
             } else if ct.contains(&reply) {
@@ -391,7 +400,7 @@ impl Bridge {
         let mut entry = CtEntry::new(key, reply, proto, now);
         entry.nat = nat;
         entry.backend = backend;
-        let slot = match self.router.conntrack.insert(entry, now) {
+        let slot = match ct.insert(entry, now) {
             Ok(slot) => slot,
             Err(InsertError::Full) => {
                 self.counters.nat.insert_failed.add(1);
@@ -400,7 +409,7 @@ impl Bridge {
             Err(InsertError::Clash) => return Err(DropReason::NatNoPort),
         };
         self.counters.nat.connections.add(1);
-        let e = self.router.conntrack.entry_mut(slot);
+        let e = ct.entry_mut(slot);
         e.seen(Dir::Original, total, now);
         let to = e.translated(Dir::Original);
         if to != key {
@@ -460,17 +469,19 @@ impl Bridge {
         l4_offset: usize,
         now: Timestamp,
     ) -> bool {
-        if self.router.conntrack.is_empty() {
+        if !self.shared.tracks_any() {
             return false;
         }
         let Some(q) = packet_nat::quoted(packet, l4_offset) else {
             return false;
         };
         let look = q.key.reversed();
-        let Some((slot, dir)) = self.router.conntrack.lookup(&look, now) else {
+        let mut ct = self.shared.conntrack();
+        let Some((slot, dir)) = ct.lookup(&look, now) else {
             return false;
         };
-        let to = self.router.conntrack.entry(slot).translated(dir);
+        let to = ct.entry(slot).translated(dir);
+        drop(ct);
         if to == look {
             return false;
         }
@@ -491,15 +502,16 @@ impl Bridge {
     /// Whether an IPv4 packet the router forwarded was translated (its reply tuple is
     /// tracked).
     pub(super) fn is_translated(&self, packet: &[u8]) -> bool {
-        !self.router.conntrack.is_empty()
+        self.shared.tracks_any()
             && packet_nat::parse(packet)
-                .is_ok_and(|p| self.router.conntrack.contains(&p.key.reversed()))
+                .is_ok_and(|p| self.shared.conntrack().contains(&p.key.reversed()))
     }
 
     /// Remembers how the first fragment of a packet was translated, for its later fragments.
     fn remember_fragment(&mut self, packet: &[u8], from: &FlowKey, to: &FlowKey, now: Timestamp) {
         let ident = u16::from_be_bytes([packet[4], packet[5]]);
-        let frags = &mut self.router.balancer.fragments;
+        let mut balancer = self.shared.balancer();
+        let frags = &mut balancer.fragments;
         if frags.len() >= FRAGMENTS_MAX {
             frags.retain(|_, (_, _, e)| *e > now);
             if frags.len() >= FRAGMENTS_MAX {
@@ -528,7 +540,8 @@ impl Bridge {
     ) -> Result<(), DropReason> {
         let ident = u16::from_be_bytes([packet[4], packet[5]]);
         let k = (p.key.src, p.key.dst, p.key.proto, ident);
-        if let Some(&(src, dst, expires)) = self.router.balancer.fragments.get(&k) {
+        let known = self.shared.balancer().fragments.get(&k).copied();
+        if let Some((src, dst, expires)) = known {
             if expires > now {
                 let to = FlowKey { src, dst, ..p.key };
                 packet_nat::rewrite(packet, p.l4_offset, &p.key, &to, false);
@@ -553,12 +566,13 @@ impl Bridge {
     /// Timer work (about once a second): a slice of the conntrack table swept for expired
     /// entries, expired affinities and fragment translations forgotten.
     pub(super) fn nat_tick(&mut self, now: Timestamp) {
-        let ct = &mut self.router.conntrack;
+        let mut ct = self.shared.conntrack();
         if !ct.is_empty() {
             let budget = (ct.len() / 30).max(SWEEP_MIN);
             ct.tick(now, budget);
         }
-        let b = &mut self.router.balancer;
+        drop(ct);
+        let mut b = self.shared.balancer();
         if !b.affinity.is_empty() {
             b.affinity.retain(|_, (_, e)| *e > now);
         }

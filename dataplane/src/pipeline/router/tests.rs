@@ -340,7 +340,7 @@ fn answers_arp_for_its_address_and_learns_the_asker() {
     };
     let rec = sim
         .bridge
-        .router()
+        .shared()
         .neighbours()
         .record(&key, sim.now)
         .unwrap();
