@@ -473,7 +473,7 @@ impl Setup {
         assert!(matches!(d, Decision::Local), "gateway ARP reply: {d:?}");
         assert_eq!(drain(&mut bridge), 0);
         assert_eq!(
-            bridge.router().neighbours().len(),
+            bridge.shared().neighbours().len(),
             CONTAINERS + PODS + 1,
             "every host is a neighbour"
         );
@@ -723,7 +723,7 @@ fn new_flows(services: usize, spread: usize) -> (Vec<Frame>, Vec<usize>) {
 
 /// Removes the connections made by `nat/new` (those balanced to a Service).
 fn forget_service_flows(bridge: &mut Bridge) {
-    bridge.conntrack_mut().remove_where(|e| e.backend.is_some());
+    bridge.conntrack().remove_where(|e| e.backend.is_some());
 }
 
 /// `nat/new/*`: first datagrams to `spread` of the `services` Services. One pass first,

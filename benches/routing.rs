@@ -395,7 +395,7 @@ impl Setup {
         assert_eq!(bridge.mac_table().len(), CONTAINERS + GATEWAYS);
         assert_eq!(c.learn.learned.get(), (CONTAINERS + GATEWAYS) as u64);
         assert_eq!(c.learn.moved.get() + c.learn.table_full.get(), 0);
-        let neigh = bridge.router().neighbours();
+        let neigh = bridge.shared().neighbours();
         assert_eq!(neigh.len(), CONTAINERS + GATEWAYS);
         let hosts = (0..CONTAINERS)
             .map(|i| (vlan(10), container(i)))

@@ -774,6 +774,21 @@ pub fn print_stats(data: &Value) {
             }
         );
     }
+    let workers = data["workers"].as_array().map_or(&[][..], |w| &w[..]);
+    if workers.len() > 1 {
+        let each: Vec<String> = workers
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}: rx {} tx {}",
+                    s(w, "worker"),
+                    s(w, "rx_packets"),
+                    s(w, "tx_packets")
+                )
+            })
+            .collect();
+        println!("workers: {}", each.join(", "));
+    }
     let v = &data["vxlan"];
     if v["rx_packets"].as_u64().unwrap_or(0) + v["tx_packets"].as_u64().unwrap_or(0) > 0 {
         let drops: Vec<String> = v["drops"]

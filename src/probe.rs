@@ -377,6 +377,113 @@ pub fn udp_echo(
     Ok(ok)
 }
 
+/// The outcome of [`udp_order`], for each direction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpOrder {
+    pub sent: u64,
+    /// Datagrams that reached the server.
+    pub received: u64,
+    /// Datagrams that reached the server after one of their flow with a higher number.
+    pub reordered: u64,
+    /// Echoes that came back to the client.
+    pub echoed: u64,
+    /// Echoes that came back after an echo of their flow with a higher number.
+    pub echoes_reordered: u64,
+}
+
+/// Sends `count` numbered datagrams on each of `flows` UDP flows (one socket, so one source
+/// port, per flow), interleaved and as fast as the sockets take them, from `client` to a
+/// server on `server_ip` in `server`, which echoes each back. Counts, per direction, what
+/// arrived and what arrived out of order within its flow. Losses are counted, not errors.
+pub fn udp_order(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    flows: u16,
+    count: u32,
+) -> io::Result<UdpOrder> {
+    fn record(last: &mut [Option<u32>], buf: &[u8], got: &mut u64, late: &mut u64, side: &str) {
+        if buf.len() < 6 {
+            return;
+        }
+        let flow = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
+        let seq = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]);
+        let Some(l) = last.get_mut(flow) else {
+            return;
+        };
+        *got += 1;
+        match *l {
+            Some(prev) if seq <= prev => {
+                if std::env::var_os("UDP_ORDER_DEBUG").is_some() {
+                    eprintln!("{side} flow {flow}: {seq} after {prev}");
+                }
+                *late += 1
+            }
+            _ => *l = Some(seq),
+        }
+    }
+    let srv = server.run(|| UdpSocket::bind((server_ip, 0)))?;
+    let srv_addr = srv.local_addr()?;
+    srv.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let echo = std::thread::spawn(move || {
+        let mut last = vec![None; usize::from(flows)];
+        let (mut got, mut late) = (0, 0);
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = srv.recv_from(&mut buf) {
+            record(&mut last, &buf[..n], &mut got, &mut late, "server");
+            let _ = srv.send_to(&buf[..n], from);
+        }
+        (got, late)
+    });
+    let socks = (0..flows)
+        .map(|_| {
+            let s = client.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut out = UdpOrder::default();
+    let mut last = vec![None; usize::from(flows)];
+    let mut buf = [0u8; 64];
+    let mut back = [0u8; 2048];
+    let mut drain = |out: &mut UdpOrder, last: &mut Vec<Option<u32>>| {
+        for s in &socks {
+            while let Ok(n) = s.recv(&mut back) {
+                record(
+                    last,
+                    &back[..n],
+                    &mut out.echoed,
+                    &mut out.echoes_reordered,
+                    "client",
+                );
+            }
+        }
+    };
+    for seq in 0..count {
+        for (flow, s) in socks.iter().enumerate() {
+            buf[..2].copy_from_slice(&(flow as u16).to_be_bytes());
+            buf[2..6].copy_from_slice(&seq.to_be_bytes());
+            match s.send_to(&buf, srv_addr) {
+                Ok(_) => out.sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        drain(&mut out, &mut last);
+    }
+    let end = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < end {
+        drain(&mut out, &mut last);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (got, late) = echo
+        .join()
+        .map_err(|_| io::Error::other("echo thread panicked"))?;
+    out.received = got;
+    out.reordered = late;
+    Ok(out)
+}
+
 /// A raw view of one interface inside a namespace: send any frame out of it, see every frame
 /// that arrives on it (VLAN tags included). Built on the dataplane's own AF_PACKET port.
 pub struct RawPort {
@@ -404,7 +511,7 @@ impl RawPort {
             tag: None,
             rest,
         };
-        self.device.send(&frame)
+        self.device.send(0, &frame)
     }
 
     /// Every frame that arrives within `wait`.
@@ -412,7 +519,7 @@ impl RawPort {
         let deadline = Instant::now() + wait;
         let mut frames = Vec::new();
         while Instant::now() < deadline {
-            match self.device.recv(&mut self.buf)? {
+            match self.device.recv(0, &mut self.buf)? {
                 Some(rx) => frames.push(self.buf[rx.start..rx.start + rx.len].to_vec()),
                 None => std::thread::sleep(Duration::from_millis(2)),
             }

@@ -7,7 +7,7 @@
 //! returns once every worker forwards with the new snapshot.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use serde::Serialize;
@@ -17,7 +17,7 @@ use tapswitch_dataplane::io::{
 };
 use tapswitch_dataplane::pipeline::{
     DropReason, ForwardingState, NextHop, PortCounters, PortMode, PortState, Route, RoutingState,
-    VxlanPort,
+    SharedTables, VxlanPort,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
@@ -236,6 +236,19 @@ pub struct Stats {
     pub interfaces: Vec<NamedInterfaceStats>,
     /// Connection tracking and NAT.
     pub nat: NatStats,
+    /// What each worker thread forwarded: frames read from ports and tunnels, frames written.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker's share of the traffic (`stats`): how evenly the kernel spreads flows over
+/// the queues.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WorkerStats {
+    pub worker: usize,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -362,8 +375,19 @@ impl Switch {
             nat: nat::NatState::default(),
         };
         let snapshot = switch.compile();
-        let worker = WorkerHandle::spawn(0, snapshot).map_err(SwitchError::Worker)?;
-        switch.workers.push(worker);
+        // One set of learned tables for all workers, with one clock (see SharedTables).
+        let shared = Arc::new(SharedTables::new(
+            config.switch.mac_table_max,
+            config.switch.neigh_table_max,
+            config.switch.conntrack_max,
+        ));
+        let epoch = Instant::now();
+        for index in 0..config.switch.workers() {
+            let worker =
+                WorkerHandle::spawn(index, Arc::clone(&snapshot), Arc::clone(&shared), epoch)
+                    .map_err(SwitchError::Worker)?;
+            switch.workers.push(worker);
+        }
         switch.reload(config)?;
         Ok(switch)
     }
@@ -459,6 +483,12 @@ impl Switch {
         Ok(())
     }
 
+    /// The worker through which the tables all workers share are read and flushed (learned
+    /// MACs, neighbours, conntrack).
+    pub(crate) fn tables(&self) -> &WorkerHandle {
+        &self.workers[0]
+    }
+
     fn port_id(&self, name: &str) -> Option<PortId> {
         self.ports
             .iter()
@@ -518,6 +548,22 @@ impl Switch {
     /// changes. Returns how many ports were (added, removed, kept).
     pub fn reload(&mut self, config: Config) -> Result<(usize, usize, usize), SwitchError> {
         let validated = config.validate_without_nat()?;
+        if config
+            .switch
+            .workers
+            .is_some_and(|n| n != self.workers.len())
+        {
+            return Err(ConfigError::new(
+                "switch.workers",
+                format!(
+                    "{} workers run; their number cannot change while tapswitch runs \
+                     (restart it)",
+                    self.workers.len()
+                ),
+            )
+            .into());
+        }
+        let queues = self.workers.len();
         // NAT: re-checked and rebuilt only when a NAT section or the interfaces changed.
         let nat = self.nat_for(&config, &validated)?;
         let same_device = |a: &PortSpec, b: &PortSpec| {
@@ -537,7 +583,7 @@ impl Switch {
                 .flatten()
                 .any(|p| matches!(p.backend, Backend::Device(_)) && same_device(&p.spec, spec));
             if !kept {
-                created.push((spec.clone(), Backend::Device(open_device(spec)?)));
+                created.push((spec.clone(), Backend::Device(open_device(spec, queues)?)));
             }
         }
         let mut tunnels = Vec::new();
@@ -551,7 +597,7 @@ impl Switch {
             match self.tunnels.iter().find(|t| t.endpoint() == v.endpoint) {
                 Some(t) => tunnels.push(Arc::clone(t)),
                 None => tunnels
-                    .push(Arc::new(TunnelSocket::open(v.endpoint).map_err(
+                    .push(Arc::new(TunnelSocket::open(v.endpoint, queues).map_err(
                         |source| SwitchError::Tunnel { vni: v.vni, source },
                     )?)),
             }
@@ -755,7 +801,7 @@ impl Switch {
             }
             None => return Err(SwitchError::TooManyPorts(spec.name)),
         };
-        let backend = Backend::Device(open_device(&spec)?);
+        let backend = Backend::Device(open_device(&spec, self.workers.len())?);
         let baseline = self.counters_of(PortId(slot as u16));
         self.ports[slot] = Some(Port {
             spec,
@@ -867,10 +913,10 @@ impl Switch {
                 return Err(e);
             }
         }
-        let mut learned_removed = 0;
-        for w in &self.workers {
-            learned_removed += w.flush_fdb(vlan, Some(mac)).map_err(SwitchError::Worker)?;
-        }
+        let learned_removed = self
+            .tables()
+            .flush_fdb(vlan, Some(mac))
+            .map_err(SwitchError::Worker)?;
         let total = static_removed + learned_removed;
         if total == 0 {
             let what = match vlan {
@@ -913,25 +959,23 @@ impl Switch {
         statics.sort_by_key(|e| (e.vlan, e.mac.clone()));
         out.extend(statics);
         let mut learned: HashMap<(u16, EthernetAddress), FdbInfo> = HashMap::new();
-        for w in &self.workers {
-            for r in w.dump_fdb().map_err(SwitchError::Worker)? {
-                let vni = self
-                    .ports
-                    .get(r.port.index())
-                    .and_then(Option::as_ref)
-                    .and_then(|p| p.backend.vxlan())
-                    .map(|v| v.vni);
-                let info = FdbInfo {
-                    mac: r.mac.to_string(),
-                    port: self.port_name(r.port),
-                    vlan: r.vlan.get(),
-                    kind: "learned",
-                    age_secs: Some(r.age_ms / 1000),
-                    vni,
-                    remote: r.remote.map(|ip| ip.to_string()),
-                };
-                learned.insert((r.vlan.get(), r.mac), info);
-            }
+        for r in self.tables().dump_fdb().map_err(SwitchError::Worker)? {
+            let vni = self
+                .ports
+                .get(r.port.index())
+                .and_then(Option::as_ref)
+                .and_then(|p| p.backend.vxlan())
+                .map(|v| v.vni);
+            let info = FdbInfo {
+                mac: r.mac.to_string(),
+                port: self.port_name(r.port),
+                vlan: r.vlan.get(),
+                kind: "learned",
+                age_secs: Some(r.age_ms / 1000),
+                vni,
+                remote: r.remote.map(|ip| ip.to_string()),
+            };
+            learned.insert((r.vlan.get(), r.mac), info);
         }
         let mut learned: Vec<_> = learned.into_iter().collect();
         learned.sort_by_key(|(k, _)| *k);
@@ -974,8 +1018,8 @@ impl Switch {
             fdb.remote_moved += l.remote_moved.get();
             fdb.remote_table_full += l.remote_table_full.get();
             fdb.neigh_suppressed += l.neigh_suppressed.get();
-            fdb.learned_entries += w.dump_fdb().map_err(SwitchError::Worker)?.len() as u64;
         }
+        fdb.learned_entries = self.tables().dump_fdb().map_err(SwitchError::Worker)?.len() as u64;
         let mut vxlan = PortStats::default();
         for w in &self.workers {
             vxlan.add(&w.counters().tunnel);
@@ -988,6 +1032,26 @@ impl Switch {
                 stats: i.stats,
             })
             .collect();
+        let workers = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(worker, w)| {
+                let mut s = PortStats::default();
+                for id in 0..self.ports.len() {
+                    s.add(w.counters().port(PortId(id as u16)));
+                }
+                s.add(&w.counters().tunnel);
+                s.add(&w.counters().ipip);
+                WorkerStats {
+                    worker,
+                    rx_packets: s.rx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_packets: s.tx_packets,
+                    tx_bytes: s.tx_bytes,
+                }
+            })
+            .collect();
         Ok(Stats {
             ports,
             fdb,
@@ -995,6 +1059,7 @@ impl Switch {
             ipip: self.ipip_stats(),
             interfaces,
             nat: self.nat_stats()?,
+            workers,
         })
     }
 
@@ -1014,9 +1079,16 @@ impl Drop for Switch {
     }
 }
 
-fn open_device(spec: &PortSpec) -> Result<Arc<PortDevice>, SwitchError> {
+/// Opens a port's device with one queue per worker.
+fn open_device(spec: &PortSpec, queues: usize) -> Result<Arc<PortDevice>, SwitchError> {
     let device = if spec.attach {
-        PortDevice::attach_with(&spec.name, spec.netns.as_deref(), spec.mtu, spec.offload)
+        PortDevice::attach_with(
+            &spec.name,
+            spec.netns.as_deref(),
+            spec.mtu,
+            spec.offload,
+            queues,
+        )
     } else {
         PortDevice::create_tap(&TapSpec {
             name: spec.name.clone(),
@@ -1024,6 +1096,7 @@ fn open_device(spec: &PortSpec) -> Result<Arc<PortDevice>, SwitchError> {
             mac: spec.mac,
             mtu: spec.mtu,
             offload: spec.offload,
+            queues,
         })
     };
     device.map(Arc::new).map_err(|source| SwitchError::Port {

@@ -272,7 +272,7 @@ pub fn check(
     }
     drain(state, bridge, now);
     assert!(bridge.mac_table().len() <= state.mac_table_max);
-    assert!(bridge.router().neighbours().len() <= NEIGH_MAX);
+    assert!(bridge.shared().neighbours().len() <= NEIGH_MAX);
 }
 
 /// Takes every generated frame, checks it and recycles it, as the worker sends them.

@@ -98,9 +98,28 @@ pub struct SwitchConfig {
     /// Bound on the router's neighbour table (resolved next hops).
     #[serde(default = "default_neigh_max")]
     pub neigh_table_max: usize,
-    /// Bound on each worker's connection tracking table.
+    /// Bound on the connection tracking table (one for the switch, shared by its workers).
     #[serde(default = "default_conntrack_max")]
     pub conntrack_max: usize,
+    /// Worker threads forwarding in parallel; each TAP port has one queue per worker.
+    /// Unset: the number of CPUs ([`SwitchConfig::workers`]). Fixed while tapswitch runs: a
+    /// reload may leave it out or repeat it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+/// Most worker threads a switch runs.
+pub const WORKERS_MAX: usize = 64;
+
+impl SwitchConfig {
+    /// The number of workers to run: as configured, else one per CPU this process may run on.
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, WORKERS_MAX)
+        })
+    }
 }
 
 fn default_conntrack_max() -> usize {
@@ -126,6 +145,7 @@ impl Default for SwitchConfig {
             mac_table_max: default_table_max(),
             neigh_table_max: default_neigh_max(),
             conntrack_max: default_conntrack_max(),
+            workers: None,
         }
     }
 }
@@ -649,6 +669,12 @@ impl Config {
                 format!("{} is out of range (1..=1000000)", s.mac_aging_secs),
             ));
         }
+        if let Some(n) = s.workers.filter(|n| !(1..=WORKERS_MAX).contains(n)) {
+            return Err(ConfigError::new(
+                "switch.workers",
+                format!("{n} is out of range (1..={WORKERS_MAX})"),
+            ));
+        }
         if !(1..=16_777_216).contains(&s.mac_table_max) {
             return Err(ConfigError::new(
                 "switch.mac_table_max",
@@ -937,6 +963,8 @@ mod tests {
             ("[[port]]\nname = \"a\"\nattach = true\nmac = \"02:00:00:00:00:01\"", "not allowed with attach"),
             ("[switch]\nmac_table_max = 0", "switch.mac_table_max: 0 is out of range"),
             ("[switch]\nmac_aging_secs = 0", "switch.mac_aging_secs"),
+            ("[switch]\nworkers = 0", "switch.workers"),
+            ("[switch]\nworkers = 65", "switch.workers"),
             ("[[fdb]]\nmac = \"02:00:00:00:00:01\"\nport = \"nope\"", "fdb[0].port: port nope: no such port"),
             (
                 "[[port]]\nname = \"a\"\nvlan = 10\n[[fdb]]\nmac = \"02:00:00:00:00:01\"\nport = \"a\"\nvlan = 20",

@@ -644,13 +644,12 @@ impl Switch {
             .collect();
         let mut counts: HashMap<(u32, SocketAddrV4), u64> = HashMap::new();
         if !asked.is_empty() {
-            for w in &self.workers {
-                let summary = w
-                    .conntrack_summary(asked.clone())
-                    .map_err(SwitchError::Worker)?;
-                for (b, n) in asked.iter().zip(&summary.backend_connections) {
-                    *counts.entry(*b).or_default() += u64::from(*n);
-                }
+            let summary = self
+                .tables()
+                .conntrack_summary(asked.clone())
+                .map_err(SwitchError::Worker)?;
+            for (b, n) in asked.iter().zip(&summary.backend_connections) {
+                *counts.entry(*b).or_default() += u64::from(*n);
             }
         }
         let mut out: Vec<ServiceInfo> = self
@@ -691,10 +690,10 @@ impl Switch {
     }
 
     fn conntrack_dumps(&self) -> Result<Vec<ConntrackDump>, SwitchError> {
-        self.workers
-            .iter()
-            .map(|w| w.dump_conntrack().map_err(SwitchError::Worker))
-            .collect()
+        Ok(vec![self
+            .tables()
+            .dump_conntrack()
+            .map_err(SwitchError::Worker)?])
     }
 
     /// The dataplane filter of `conntrack show` / `flush` options.
@@ -788,11 +787,9 @@ impl Switch {
     /// without filters); returns how many.
     pub fn flush_conntrack(&self, filter: &ConntrackFilter) -> Result<usize, SwitchError> {
         let filter = self.ct_filter(filter)?;
-        let mut n = 0;
-        for w in &self.workers {
-            n += w.flush_conntrack(filter).map_err(SwitchError::Worker)?;
-        }
-        Ok(n)
+        self.tables()
+            .flush_conntrack(filter)
+            .map_err(SwitchError::Worker)
     }
 
     /// The NAT counters of `stats`, with the tables' size.
@@ -808,12 +805,11 @@ impl Switch {
             s.insert_failed += c.insert_failed.get();
         }
         let mut summary = ConntrackSummary::default();
-        for w in &self.workers {
-            let dump = w
-                .conntrack_summary(Vec::new())
-                .map_err(SwitchError::Worker)?;
-            add_dump_stats(&mut summary, &dump);
-        }
+        let dump = self
+            .tables()
+            .conntrack_summary(Vec::new())
+            .map_err(SwitchError::Worker)?;
+        add_dump_stats(&mut summary, &dump);
         s.entries = summary.entries;
         s.max = summary.max;
         Ok(s)

@@ -264,10 +264,12 @@ impl Switch {
             })
             .collect();
         let mut resolved = BTreeMap::new();
-        for w in &self.workers {
-            for r in w.dump_neighbours().map_err(SwitchError::Worker)? {
-                resolved.entry((r.key.vlan, r.key.ip)).or_insert(r);
-            }
+        for r in self
+            .tables()
+            .dump_neighbours()
+            .map_err(SwitchError::Worker)?
+        {
+            resolved.entry((r.key.vlan, r.key.ip)).or_insert(r);
         }
         out.extend(resolved.into_values().map(|r| NeighInfo {
             ip: r.key.ip.to_string(),

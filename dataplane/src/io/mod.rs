@@ -4,6 +4,7 @@
 //! - [`netdev`]: interface ioctls (index, MAC, MTU, flags).
 //! - [`port`]: a port's device: a TAP that tapswitch creates and owns, or an existing
 //!   interface attached over AF_PACKET.
+//! - [`steering`]: the eBPF program that picks a multiqueue TAP's queue by flow hash.
 //! - [`worker`]: a worker thread: a mio poll loop over its ports that runs the pipeline and
 //!   adopts published snapshots between batches.
 
@@ -12,6 +13,7 @@ pub mod netdev;
 pub mod netns;
 pub mod port;
 pub mod raw;
+pub mod steering;
 pub mod tunnel;
 pub mod worker;
 

@@ -1,7 +1,7 @@
 //! A port's device: where its frames are read from and written to.
 //!
 //! - [`PortKind::Tap`]: a TAP device that tapswitch creates (optionally inside a named network
-//!   namespace) and owns: closing the descriptor deletes the device, so a port's device lives
+//!   namespace) and owns: closing its descriptors deletes the device, so a port's device lives
 //!   exactly as long as its [`PortDevice`].
 //! - [`PortKind::Packet`]: an existing interface (a veth end, an uplink NIC) attached over an
 //!   AF_PACKET socket. tapswitch puts it up and promiscuous and takes every frame it receives;
@@ -10,8 +10,30 @@
 //!   frame, so checksums and TCP segmentation that the sender left to offload are known (see
 //!   [`Offload`]) and finished in software before the frame goes anywhere.
 //!
-//! Devices are created by the control thread and then only read and written by the worker that
-//! owns the port; both operations are non-blocking.
+//! # Queues
+//!
+//! A device has one or more queues, each its own descriptor, so that several worker threads
+//! can read and write one device without sharing a descriptor's receive queue:
+//!
+//! - a TAP with `queues` > 1 is created with `IFF_MULTI_QUEUE`: `/dev/net/tun` is opened once
+//!   per queue. The queue a frame is read from is picked by tapswitch's steering program
+//!   ([`steering`](super::steering)): a symmetric hash of the frame's addresses and ports, so a
+//!   flow is always read by one worker, and both directions of a switched flow by the same.
+//! - an attached interface with `queues` > 1 gets one packet socket per queue, joined into one
+//!   `PACKET_FANOUT_HASH` group: the kernel hands each received frame to one socket of the
+//!   group, chosen by the symmetric flow hash, so both directions of a flow reach one socket.
+//!
+//! Worker `i` reads and writes queue `i` ([`recv`](PortDevice::recv), [`send`](PortDevice::send)
+//! take the queue index modulo [`queues`](PortDevice::queues), so any worker index is valid on
+//! any device). A device with one queue (every device made with `queues` 0 or 1) is shared by
+//! all workers: each of them may write to it (writes of whole frames to one descriptor from
+//! several threads are safe), and its frames are read by whichever worker reads that one
+//! descriptor. Frames of one flow stay on one queue, except that IPv4 fragments are hashed by
+//! addresses alone, so the fragments of a datagram may be read on another queue than the
+//! flow's unfragmented packets.
+//!
+//! Devices are created by the control thread and then only read and written by workers; both
+//! operations are non-blocking.
 
 use std::fs::OpenOptions;
 use std::io;
@@ -21,6 +43,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use super::netdev::{self, IfReq};
 use super::netns;
+use super::steering;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
 use crate::wire::EthernetAddress;
@@ -33,12 +56,18 @@ pub const HEADROOM: usize = 4;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_VNET_HDR: i16 = 0x4000;
+const IFF_MULTI_QUEUE: i16 = 0x0100;
 const TUN_F_CSUM: u32 = 0x01;
 const TUN_F_TSO4: u32 = 0x02;
 const TUN_F_TSO6: u32 = 0x04;
 const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_FANOUT_HASH: u32 = 0;
+/// The kernel picks an unused fanout group id (Linux 4.3 and later); only with id 0, only for
+/// the socket that creates the group.
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000;
 const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
 
@@ -92,6 +121,9 @@ pub struct TapSpec {
     /// Open with the virtio-net header and checksum / TCP segmentation offloads, so the
     /// kernel hands over and takes 64 KiB super-frames with their checksums left to do.
     pub offload: bool,
+    /// Queues (descriptors) of the device; 0 or 1 is one queue. More than one creates the TAP
+    /// with `IFF_MULTI_QUEUE` (at most 256 queues).
+    pub queues: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +145,8 @@ impl PortKind {
 #[derive(Debug)]
 pub struct PortDevice {
     kind: PortKind,
-    fd: OwnedFd,
+    /// One descriptor per queue, queue 0 first; never empty.
+    queues: Vec<OwnedFd>,
     name: String,
     netns: Option<String>,
     /// MAC of the device (the workload's side of a TAP; the attached interface's).
@@ -155,33 +188,55 @@ impl PortDevice {
 
     fn open_tap(spec: &TapSpec) -> Result<PortDevice, PortError> {
         let name = spec.name.as_str();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open("/dev/net/tun")
-            .map_err(os("opening /dev/net/tun for", name))?;
-        let fd = OwnedFd::from(file);
-        let mut req = IfReq::new(name).map_err(os("naming", name))?;
+        let count = spec.queues.max(1);
         let mut flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
         if spec.offload {
             flags |= IFF_VNET_HDR;
         }
-        req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-        netdev::ioctl(&fd, TUNSETIFF, &mut req).map_err(os("creating TAP device", name))?;
-        if spec.offload {
-            // What the kernel may leave to us: checksums and TCP segmentation (the header is
-            // the 10-byte `virtio_net_hdr`, the default size).
-            // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is a TAP descriptor.
-            let rc = unsafe {
-                libc::ioctl(
-                    fd.as_raw_fd(),
-                    TUNSETOFFLOAD,
-                    (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) as libc::c_ulong,
-                )
+        if count > 1 {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        let mut queues = Vec::with_capacity(count);
+        for queue in 0..count {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open("/dev/net/tun")
+                .map_err(os("opening /dev/net/tun for", name))?;
+            let fd = OwnedFd::from(file);
+            let mut req = IfReq::new(name).map_err(os("naming", name))?;
+            req.data[..2].copy_from_slice(&flags.to_ne_bytes());
+            // The first TUNSETIFF creates the device; with IFF_MULTI_QUEUE each later one (same
+            // name, same flags) attaches another queue to it.
+            let what = if queue == 0 {
+                "creating TAP device"
+            } else {
+                "adding a queue to TAP device"
             };
-            if rc < 0 {
-                return Err(os("enabling offloads on", name)(io::Error::last_os_error()));
+            netdev::ioctl(&fd, TUNSETIFF, &mut req).map_err(os(what, name))?;
+            if spec.offload {
+                // What the kernel may leave to us: checksums and TCP segmentation (the header
+                // is the 10-byte `virtio_net_hdr`, the default size).
+                // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is a TAP descriptor.
+                let rc = unsafe {
+                    libc::ioctl(
+                        fd.as_raw_fd(),
+                        TUNSETOFFLOAD,
+                        (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) as libc::c_ulong,
+                    )
+                };
+                if rc < 0 {
+                    return Err(os("enabling offloads on", name)(io::Error::last_os_error()));
+                }
+            }
+            queues.push(fd);
+        }
+        if count > 1 {
+            // A flow always on one queue (see `steering`); without the program the TAP's own
+            // steering still works, with flows moving between workers at times.
+            if let Err(e) = steering::load().and_then(|p| steering::attach(&queues[0], &p)) {
+                log::warn!("{name}: queue steering by flow hash unavailable: {e}");
             }
         }
         if let Some(mac) = spec.mac {
@@ -193,7 +248,7 @@ impl PortDevice {
         netdev::set_up(name).map_err(os("bringing up", name))?;
         Ok(PortDevice {
             kind: PortKind::Tap,
-            fd,
+            queues,
             name: name.to_string(),
             netns: spec.netns.clone(),
             mac: netdev::mac(name).map_err(os("reading the MAC of", name))?,
@@ -210,16 +265,20 @@ impl PortDevice {
         netns: Option<&str>,
         mtu: Option<u32>,
     ) -> Result<PortDevice, PortError> {
-        Self::attach_with(name, netns, mtu, true)
+        Self::attach_with(name, netns, mtu, true, 1)
     }
 
     /// [`attach`](Self::attach), saying whether frames with offloads still to do may be
-    /// written to the interface (the kernel finishes them) or must be finished first.
+    /// written to the interface (the kernel finishes them) or must be finished first, with
+    /// `queues` packet sockets (0 or 1: one). More than one are joined into one
+    /// `PACKET_FANOUT_HASH` group: the kernel gives each received frame to one of them, chosen
+    /// by its symmetric flow hash, so both directions of a flow reach the same socket.
     pub fn attach_with(
         name: &str,
         netns: Option<&str>,
         mtu: Option<u32>,
         offload: bool,
+        queues: usize,
     ) -> Result<PortDevice, PortError> {
         if !valid_ifname(name) {
             return Err(PortError::BadName(name.to_string()));
@@ -231,7 +290,9 @@ impl PortDevice {
                     netns: netns.map(str::to_string),
                 }));
             };
-            Ok(Self::open_packet(name, netns, ifindex, mtu, offload))
+            Ok(Self::open_packet(
+                name, netns, ifindex, mtu, offload, queues,
+            ))
         })
         .map_err(os("entering network namespace for", name))?
     }
@@ -242,70 +303,49 @@ impl PortDevice {
         ifindex: u32,
         mtu: Option<u32>,
         offload: bool,
+        queues: usize,
     ) -> Result<PortDevice, PortError> {
         netdev::set_up(name).map_err(os("bringing up", name))?;
-        // Protocol 0 until bound, so no frame of another interface slips in before bind.
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if raw < 0 {
-            return Err(os("opening a packet socket for", name)(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        setsockopt_int(&fd, PACKET_AUXDATA, 1).map_err(os("enabling auxdata on", name))?;
-        setsockopt_int(&fd, PACKET_VNET_HDR, 1).map_err(os("enabling offload headers on", name))?;
-        // Frames the host itself sends on the interface are not ours to switch. Older kernels
-        // lack the option; then such frames are filtered by packet type on receive.
-        let _ = setsockopt_int(&fd, PACKET_IGNORE_OUTGOING, 1);
-        // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is a valid sockaddr_ll and the length matches it.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(os("binding a packet socket to", name)(
-                io::Error::last_os_error(),
-            ));
-        }
-        // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
-        let mut mreq: libc::packet_mreq = unsafe { mem::zeroed() };
-        mreq.mr_ifindex = ifindex as i32;
-        mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
-        // SAFETY: mreq is a valid packet_mreq and the length matches it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_ADD_MEMBERSHIP,
-                &mreq as *const libc::packet_mreq as *const libc::c_void,
-                mem::size_of::<libc::packet_mreq>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(os("making promiscuous", name)(io::Error::last_os_error()));
+        let count = queues.max(1);
+        let mut sockets = Vec::with_capacity(count);
+        if count == 1 {
+            sockets.push(packet_socket(name, ifindex, false)?);
+        } else {
+            // A socket bound but not yet in the group gets every frame, a copy of what the
+            // group hands out: until all have joined, each drops everything (a filter), so no
+            // frame is read twice.
+            let mut group = None;
+            for _ in 0..count {
+                let fd = packet_socket(name, ifindex, true)?;
+                group =
+                    Some(join_fanout(&fd, group).map_err(os("joining the fanout group of", name))?);
+                sockets.push(fd);
+            }
+            let zero: libc::c_int = 0;
+            for fd in &sockets {
+                // SAFETY: SO_DETACH_FILTER ignores its value; a live c_int is passed anyway.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_DETACH_FILTER,
+                        &zero as *const libc::c_int as *const libc::c_void,
+                        mem::size_of::<libc::c_int>() as u32,
+                    )
+                };
+                if rc < 0 {
+                    return Err(os("removing the setup filter of", name)(
+                        io::Error::last_os_error(),
+                    ));
+                }
+            }
         }
         if let Some(mtu) = mtu {
             netdev::set_mtu(name, mtu).map_err(os("setting the MTU of", name))?;
         }
         Ok(PortDevice {
             kind: PortKind::Packet,
-            fd,
+            queues: sockets,
             name: name.to_string(),
             netns: netns.map(str::to_string),
             mac: netdev::mac(name).map_err(os("reading the MAC of", name))?,
@@ -340,14 +380,27 @@ impl PortDevice {
         self.offload
     }
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// How many queues (descriptors) the device has; at least 1.
+    pub fn queues(&self) -> usize {
+        self.queues.len()
     }
 
-    /// Reads one frame into `buf[HEADROOM..]` (a TAP) or with auxdata (a packet socket) and
-    /// returns the frame's range in `buf`. `Ok(None)` means nothing more to read now.
+    /// The descriptor of queue `queue` (to poll it), or `None` when `queue >= queues()`.
+    pub fn queue_fd(&self, queue: usize) -> Option<RawFd> {
+        self.queues.get(queue).map(AsRawFd::as_raw_fd)
+    }
+
+    /// The descriptor of queue `queue` modulo the number of queues.
+    fn fd(&self, queue: usize) -> RawFd {
+        self.queues[queue % self.queues.len()].as_raw_fd()
+    }
+
+    /// Reads one frame from queue `queue` (modulo [`queues`](Self::queues)) into
+    /// `buf[HEADROOM..]` (a TAP) or with auxdata (a packet socket) and returns the frame's
+    /// range in `buf`. `Ok(None)` means nothing more to read now on that queue.
     /// `buf` must be at least [`HEADROOM`] + [`MAX_FRAME`] long.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+    pub fn recv(&self, queue: usize, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+        let fd = self.fd(queue);
         match self.kind {
             PortKind::Tap if self.vnet => {
                 let room = &mut buf[HEADROOM..];
@@ -363,7 +416,7 @@ impl PortDevice {
                     },
                 ];
                 // SAFETY: both iovecs point at live buffers of their lengths.
-                let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+                let n = unsafe { libc::readv(fd, iov.as_ptr(), 2) };
                 if n < 0 {
                     return would_block(io::Error::last_os_error());
                 }
@@ -377,9 +430,7 @@ impl PortDevice {
             PortKind::Tap => {
                 let room = &mut buf[HEADROOM..];
                 // SAFETY: room is valid for writes of room.len() bytes.
-                let n = unsafe {
-                    libc::read(self.fd.as_raw_fd(), room.as_mut_ptr().cast(), room.len())
-                };
+                let n = unsafe { libc::read(fd, room.as_mut_ptr().cast(), room.len()) };
                 if n < 0 {
                     return would_block(io::Error::last_os_error());
                 }
@@ -390,112 +441,240 @@ impl PortDevice {
                     offload: Offload::default(),
                 }))
             }
-            PortKind::Packet => self.recv_packet(buf),
+            PortKind::Packet => recv_packet(fd, buf),
         }
     }
 
-    fn recv_packet(&self, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
-        loop {
-            match self.recv_packet_once(buf)? {
-                Received::Frame(f) => return Ok(Some(f)),
-                Received::Nothing => return Ok(None),
-                Received::Outgoing => continue,
-            }
-        }
-    }
-
-    fn recv_packet_once(&self, buf: &mut [u8]) -> io::Result<Received> {
-        let room = &mut buf[HEADROOM..];
-        let mut vnet = [0u8; VNET_HDR_LEN];
-        let mut iov = [
-            libc::iovec {
-                iov_base: vnet.as_mut_ptr().cast(),
-                iov_len: vnet.len(),
-            },
-            libc::iovec {
-                iov_base: room.as_mut_ptr().cast(),
-                iov_len: room.len(),
-            },
-        ];
-        let mut cmsg_buf = [0u64; 16];
-        // SAFETY: sockaddr_ll and msghdr are plain old data; all-zero is valid.
-        let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
-        // SAFETY: as above.
-        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-        msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
-        msg.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as u32;
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len();
-        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-        msg.msg_controllen = mem::size_of_val(&cmsg_buf);
-        // SAFETY: msg points at live buffers of the stated sizes for the whole call.
-        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
-        if n < 0 {
-            return Ok(would_block(io::Error::last_os_error())?.unwrap_or(Received::Nothing));
-        }
-        if from.sll_pkttype == libc::PACKET_OUTGOING {
-            return Ok(Received::Outgoing);
-        }
-        let len = (n as usize).saturating_sub(VNET_HDR_LEN);
-        let truncated = len > room.len();
-        let len = len.min(room.len());
-        let offload = Offload::from_vnet_hdr(&vnet);
-        let mut frame = RxFrame {
-            start: HEADROOM,
-            len,
-            truncated,
-            offload,
-        };
-        // SAFETY: msg's control buffer was filled by recvmsg; the CMSG macros walk it within
-        // msg_controllen.
-        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-        while !cmsg.is_null() {
-            // SAFETY: cmsg is non-null and within the control buffer.
-            let hdr = unsafe { &*cmsg };
-            if hdr.cmsg_level == libc::SOL_PACKET && hdr.cmsg_type == PACKET_AUXDATA {
-                // SAFETY: a PACKET_AUXDATA message carries a tpacket_auxdata.
-                let aux: libc::tpacket_auxdata =
-                    unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
-                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 && len >= 12 {
-                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                        aux.tp_vlan_tpid
-                    } else {
-                        0x8100
-                    };
-                    // Move the MAC addresses into the headroom and put the tag after them.
-                    buf.copy_within(HEADROOM..HEADROOM + 12, 0);
-                    buf[12..14].copy_from_slice(&tpid.to_be_bytes());
-                    buf[14..16].copy_from_slice(&aux.tp_vlan_tci.to_be_bytes());
-                    frame.start = 0;
-                    frame.len = len + 4;
-                    frame.offload.shift(4);
-                }
-            }
-            // SAFETY: as for CMSG_FIRSTHDR.
-            cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
-        }
-        Ok(Received::Frame(frame))
-    }
-
-    /// Writes one finished frame, given in pieces.
-    pub fn send(&self, frame: &EgressFrame<'_>) -> io::Result<()> {
-        self.send_with(frame, &[0u8; VNET_HDR_LEN])
+    /// Writes one finished frame, given in pieces, to queue `queue` (modulo
+    /// [`queues`](Self::queues)).
+    pub fn send(&self, queue: usize, frame: &EgressFrame<'_>) -> io::Result<()> {
+        self.send_with(queue, frame, &[0u8; VNET_HDR_LEN])
     }
 
     /// Writes one frame with the virtio-net header `vnet` (checksum and segmentation left to
-    /// the kernel); only for a device that [takes offloads](Self::takes_offloads) unless the
-    /// header is all zero.
-    pub fn send_with(&self, frame: &EgressFrame<'_>, vnet: &[u8; VNET_HDR_LEN]) -> io::Result<()> {
+    /// the kernel) to queue `queue` (modulo [`queues`](Self::queues)); only for a device that
+    /// [takes offloads](Self::takes_offloads) unless the header is all zero.
+    pub fn send_with(
+        &self,
+        queue: usize,
+        frame: &EgressFrame<'_>,
+        vnet: &[u8; VNET_HDR_LEN],
+    ) -> io::Result<()> {
         let prefix: &[u8] = if self.vnet { &vnet[..] } else { &[] };
         let iov = frame_iovecs(prefix, frame);
         // SAFETY: every iovec points at a live buffer of its length; writev only reads them.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32) };
+        let n = unsafe { libc::writev(self.fd(queue), iov.as_ptr(), iov.len() as i32) };
         if n < 0 {
             Err(io::Error::last_os_error())
         } else {
             Ok(())
         }
     }
+}
+
+fn recv_packet(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+    loop {
+        match recv_packet_once(fd, buf)? {
+            Received::Frame(f) => return Ok(Some(f)),
+            Received::Nothing => return Ok(None),
+            Received::Outgoing => continue,
+        }
+    }
+}
+
+fn recv_packet_once(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
+    let room = &mut buf[HEADROOM..];
+    let mut vnet = [0u8; VNET_HDR_LEN];
+    let mut iov = [
+        libc::iovec {
+            iov_base: vnet.as_mut_ptr().cast(),
+            iov_len: vnet.len(),
+        },
+        libc::iovec {
+            iov_base: room.as_mut_ptr().cast(),
+            iov_len: room.len(),
+        },
+    ];
+    let mut cmsg_buf = [0u64; 16];
+    // SAFETY: sockaddr_ll and msghdr are plain old data; all-zero is valid.
+    let mut from: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    // SAFETY: as above.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut from as *mut libc::sockaddr_ll).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_ll>() as u32;
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len();
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&cmsg_buf);
+    // SAFETY: msg points at live buffers of the stated sizes for the whole call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_TRUNC) };
+    if n < 0 {
+        return Ok(would_block(io::Error::last_os_error())?.unwrap_or(Received::Nothing));
+    }
+    if from.sll_pkttype == libc::PACKET_OUTGOING {
+        return Ok(Received::Outgoing);
+    }
+    let len = (n as usize).saturating_sub(VNET_HDR_LEN);
+    let truncated = len > room.len();
+    let len = len.min(room.len());
+    let offload = Offload::from_vnet_hdr(&vnet);
+    let mut frame = RxFrame {
+        start: HEADROOM,
+        len,
+        truncated,
+        offload,
+    };
+    // SAFETY: msg's control buffer was filled by recvmsg; the CMSG macros walk it within
+    // msg_controllen.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: cmsg is non-null and within the control buffer.
+        let hdr = unsafe { &*cmsg };
+        if hdr.cmsg_level == libc::SOL_PACKET && hdr.cmsg_type == PACKET_AUXDATA {
+            // SAFETY: a PACKET_AUXDATA message carries a tpacket_auxdata.
+            let aux: libc::tpacket_auxdata =
+                unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast()) };
+            if aux.tp_status & TP_STATUS_VLAN_VALID != 0 && len >= 12 {
+                let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                    aux.tp_vlan_tpid
+                } else {
+                    0x8100
+                };
+                // Move the MAC addresses into the headroom and put the tag after them.
+                buf.copy_within(HEADROOM..HEADROOM + 12, 0);
+                buf[12..14].copy_from_slice(&tpid.to_be_bytes());
+                buf[14..16].copy_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                frame.start = 0;
+                frame.len = len + 4;
+                frame.offload.shift(4);
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok(Received::Frame(frame))
+}
+
+/// Opens a packet socket on interface `ifindex` as a port reads it: auxdata, virtio-net
+/// headers, no outgoing frames, bound to the interface, promiscuous. With `drop_all` it first
+/// gets a filter that drops every frame (for joining a fanout group without duplicates).
+fn packet_socket(name: &str, ifindex: u32, drop_all: bool) -> Result<OwnedFd, PortError> {
+    // Protocol 0 until bound, so no frame of another interface slips in before bind.
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(os("opening a packet socket for", name)(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: raw is a fresh, valid descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if drop_all {
+        // `ret #0`: accept nothing.
+        let mut drop = [libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        }];
+        let prog = libc::sock_fprog {
+            len: 1,
+            filter: drop.as_mut_ptr(),
+        };
+        // SAFETY: prog points at a live one-instruction program; the kernel copies it.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_FILTER,
+                &prog as *const libc::sock_fprog as *const libc::c_void,
+                mem::size_of::<libc::sock_fprog>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(os("filtering a packet socket for", name)(
+                io::Error::last_os_error(),
+            ));
+        }
+    }
+    setsockopt_int(&fd, PACKET_AUXDATA, 1).map_err(os("enabling auxdata on", name))?;
+    setsockopt_int(&fd, PACKET_VNET_HDR, 1).map_err(os("enabling offload headers on", name))?;
+    // Frames the host itself sends on the interface are not ours to switch. Older kernels
+    // lack the option; then such frames are filtered by packet type on receive.
+    let _ = setsockopt_int(&fd, PACKET_IGNORE_OUTGOING, 1);
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll and the length matches it.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
+            mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(os("binding a packet socket to", name)(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+    let mut mreq: libc::packet_mreq = unsafe { mem::zeroed() };
+    mreq.mr_ifindex = ifindex as i32;
+    mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
+    // SAFETY: mreq is a valid packet_mreq and the length matches it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &mreq as *const libc::packet_mreq as *const libc::c_void,
+            mem::size_of::<libc::packet_mreq>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(os("making promiscuous", name)(io::Error::last_os_error()));
+    }
+    Ok(fd)
+}
+
+/// Joins the bound packet socket `fd` to the `PACKET_FANOUT_HASH` group `group`, or, with
+/// `None`, creates a group under an id the kernel picks (unused in the network namespace, so
+/// it cannot collide with the group of another process on any interface) and returns its id.
+fn join_fanout(fd: &OwnedFd, group: Option<u16>) -> io::Result<u16> {
+    let value = match group {
+        Some(id) => u32::from(id) | (PACKET_FANOUT_HASH << 16),
+        None => (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_UNIQUEID) << 16,
+    };
+    setsockopt_int(fd, PACKET_FANOUT, value as libc::c_int)?;
+    if let Some(id) = group {
+        return Ok(id);
+    }
+    // The option reads back as id | type << 16 | flags << 24.
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value is a live c_int and len its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            PACKET_FANOUT,
+            &mut value as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value as u32 as u16)
 }
 
 /// The iovecs of `prefix` followed by the pieces of `frame`, for `writev`/`sendmsg`. They point

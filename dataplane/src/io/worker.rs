@@ -1,9 +1,14 @@
 //! A worker thread: one mio poll loop over its ports.
 //!
-//! The worker owns its [`Bridge`] (learned MAC table and counters) and its receive buffer. It
-//! takes commands from the control thread over a bounded channel, woken by a mio [`Waker`], and
-//! handles them only between batches, so every frame is processed against one whole
-//! [`Snapshot`]. Per frame it does no locking and no allocation: read, `Bridge::process`,
+//! A switch runs one or more workers. Worker `i` reads and writes queue `i` of every device
+//! (a device with fewer queues is read by the first workers only; the IPIP socket by the
+//! first), so the kernel spreads flows over workers and a flow stays on one. The worker owns
+//! its [`Bridge`] (counters, router buffers) and its receive buffer; the learned tables are
+//! the switch's [`SharedTables`], and the first worker keeps their time (aging, expiry,
+//! probes) and applies a snapshot's changes to them. It takes commands from the control thread
+//! over a bounded channel, woken by a mio [`Waker`], and handles them only between batches, so
+//! every frame is processed against one whole [`Snapshot`]. Per frame it does no allocation:
+//! read, `Bridge::process` (one short lock of the MAC table; the router's tables when routed),
 //! `writev` to each egress device.
 //!
 //! Readiness is edge-triggered, so a port stays on the `ready` list until a read says
@@ -27,7 +32,9 @@ use crate::pipeline::bridge::Egress;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::gro::{Coalescer, Push};
 use crate::pipeline::offload::{complete_checksum, segment_tcp, Offload};
-use crate::pipeline::{Bridge, Decision, DropReason, ForwardingState, Generated, WorkerCounters};
+use crate::pipeline::{
+    Bridge, Decision, DropReason, ForwardingState, Generated, SharedTables, WorkerCounters,
+};
 use crate::pipeline::{TunnelEndpoint, VlanMember};
 use crate::tables::{ConntrackStats, CtEntry, CtFilter, FdbKey, NeighRecord, PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
@@ -140,17 +147,26 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Starts worker number `index` forwarding with `snapshot`.
-    pub fn spawn(index: usize, snapshot: Arc<Snapshot>) -> io::Result<WorkerHandle> {
+    /// Starts worker number `index` forwarding with `snapshot`: it reads queue `index` of
+    /// each device (and of each tunnel endpoint), and learns into and looks up in `shared`,
+    /// with times counted from `epoch` (the same for every worker of a switch, as the tables
+    /// they share keep times).
+    pub fn spawn(
+        index: usize,
+        snapshot: Arc<Snapshot>,
+        shared: Arc<SharedTables>,
+        epoch: Instant,
+    ) -> io::Result<WorkerHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(COMMAND_QUEUE);
         let counters = Arc::new(WorkerCounters::default());
         let adopted = Arc::new(AtomicU64::new(0));
         let mut worker = Worker {
+            index,
             poll,
             commands: rx,
-            bridge: Bridge::new(&snapshot.forwarding, Arc::clone(&counters)),
+            bridge: Bridge::with_shared(Arc::clone(&counters), shared),
             snapshot: Arc::new(Snapshot::default()),
             registered: Vec::new(),
             registered_tunnels: Vec::new(),
@@ -162,7 +178,7 @@ impl WorkerHandle {
             scratch: Vec::with_capacity(MAX_FRAME),
             gro: Coalescer::new(),
             adopted: Arc::clone(&adopted),
-            epoch: Instant::now(),
+            epoch,
         };
         worker.adopt(snapshot)?;
         let thread = std::thread::Builder::new()
@@ -296,6 +312,8 @@ impl Drop for WorkerHandle {
 }
 
 struct Worker {
+    /// Which worker of the switch this is: the queue it reads and writes on every device.
+    index: usize,
     poll: Poll,
     commands: Receiver<WorkerCommand>,
     bridge: Bridge,
@@ -365,11 +383,15 @@ impl Worker {
                 self.service_ipip(&mut buf);
             }
             if Instant::now() >= next_aging {
-                let now = self.now();
-                let snapshot = Arc::clone(&self.snapshot);
-                self.bridge.age(&snapshot.forwarding, now);
-                self.bridge.tick(&snapshot.forwarding, now);
-                send_generated(&mut self.bridge, &snapshot, now);
+                // The first worker keeps the shared tables' time: aging, expiry, neighbour
+                // probes.
+                if self.index == 0 {
+                    let now = self.now();
+                    let snapshot = Arc::clone(&self.snapshot);
+                    self.bridge.age(&snapshot.forwarding, now);
+                    self.bridge.tick(&snapshot.forwarding, now);
+                    send_generated(&mut self.bridge, &snapshot, self.index, now);
+                }
                 next_aging = Instant::now() + AGING_TICK;
             }
         }
@@ -405,6 +427,7 @@ impl Worker {
     /// them.
     fn service_tunnels(&mut self, buf: &mut [u8]) {
         let now = self.now();
+        let queue = self.index;
         let snapshot = Arc::clone(&self.snapshot);
         let mut i = 0;
         while i < self.ready_tunnels.len() {
@@ -414,7 +437,7 @@ impl Worker {
             };
             let mut drained = false;
             for _ in 0..BATCH {
-                let (n, src) = match socket.recv(buf) {
+                let (n, src) = match socket.recv(self.index, buf) {
                     Ok(Some(r)) => r,
                     Ok(None) => {
                         drained = true;
@@ -436,7 +459,7 @@ impl Worker {
                     if self.gro.push(port.0, inner) == Push::Alone {
                         self.flush_gro(&snapshot, now);
                         if self.gro.push(port.0, inner) == Push::Alone {
-                            forward(&mut self.bridge, &snapshot, port, inner, now);
+                            forward(&mut self.bridge, &snapshot, queue, port, inner, now);
                         }
                     }
                 }
@@ -453,6 +476,7 @@ impl Worker {
     /// Sends on what the receive coalescer joined: a super-frame with its offloads left to
     /// the egress (or finished here where the egress cannot take them), or a lone segment.
     fn flush_gro(&mut self, snapshot: &Snapshot, now: Timestamp) {
+        let queue = self.index;
         let Worker {
             gro,
             bridge,
@@ -462,12 +486,12 @@ impl Worker {
         gro.take(|tag, frame, offload| {
             let port = PortId(tag);
             match offload {
-                None => forward(bridge, snapshot, port, frame, now),
+                None => forward(bridge, snapshot, queue, port, frame, now),
                 Some(o) => {
-                    if !forward_offloaded(bridge, snapshot, port, frame, &o, scratch, now) {
+                    if !forward_offloaded(bridge, snapshot, queue, port, frame, &o, scratch, now) {
                         let mss = o.gso_size.unwrap_or(u16::MAX);
                         let _ = segment_tcp(frame, mss, scratch, |seg| {
-                            forward(bridge, snapshot, port, seg, now)
+                            forward(bridge, snapshot, queue, port, seg, now)
                         });
                     }
                 }
@@ -478,6 +502,7 @@ impl Worker {
     /// Reads up to [`BATCH`] packets from the IPIP socket and routes their inner packets.
     fn service_ipip(&mut self, buf: &mut [u8]) {
         let now = self.now();
+        let queue = self.index;
         let snapshot = Arc::clone(&self.snapshot);
         let Some(socket) = self.registered_ipip.clone() else {
             self.ipip_ready = false;
@@ -498,18 +523,26 @@ impl Worker {
             };
             let packet = &mut buf[..n];
             let (start, decision) = self.bridge.ipip_in(&snapshot.forwarding, src, packet, now);
-            send_decision(&mut self.bridge, &snapshot, decision, &packet[start..], now);
+            send_decision(
+                &mut self.bridge,
+                &snapshot,
+                queue,
+                decision,
+                &packet[start..],
+                now,
+            );
         }
     }
 
     /// Returns true when the port has nothing more to read (or is gone).
     fn service_port(&mut self, port: PortId, buf: &mut [u8], now: Timestamp) -> bool {
         let snapshot = Arc::clone(&self.snapshot);
+        let queue = self.index;
         let Some(device) = snapshot.device(port) else {
             return true;
         };
         for _ in 0..BATCH {
-            let rx = match device.recv(buf) {
+            let rx = match device.recv(self.index, buf) {
                 Ok(Some(rx)) => rx,
                 Ok(None) => return true,
                 Err(e) => {
@@ -527,6 +560,7 @@ impl Worker {
                 && forward_offloaded(
                     &mut self.bridge,
                     &snapshot,
+                    queue,
                     port,
                     frame,
                     &offload,
@@ -538,16 +572,16 @@ impl Worker {
             } else if let Some(mss) = offload.gso_size {
                 let bridge = &mut self.bridge;
                 segment_tcp(frame, mss, &mut self.scratch, |seg| {
-                    forward(bridge, &snapshot, port, seg, now)
+                    forward(bridge, &snapshot, queue, port, seg, now)
                 })
                 .err()
             } else if let Some((start, offset)) = offload.csum {
                 complete_checksum(frame, start, offset).err().or_else(|| {
-                    forward(&mut self.bridge, &snapshot, port, frame, now);
+                    forward(&mut self.bridge, &snapshot, queue, port, frame, now);
                     None
                 })
             } else {
-                forward(&mut self.bridge, &snapshot, port, frame, now);
+                forward(&mut self.bridge, &snapshot, queue, port, frame, now);
                 None
             };
             if let Some(reason) = bad {
@@ -572,7 +606,7 @@ impl Worker {
                 WorkerCommand::DumpFdb(reply) => {
                     let now = self.now();
                     let aging = self.snapshot.forwarding.mac_aging_ms;
-                    let records = self
+                    let mut records: Vec<FdbRecord> = self
                         .bridge
                         .mac_table()
                         .iter()
@@ -582,16 +616,23 @@ impl Worker {
                             mac: k.mac(),
                             port: e.port,
                             age_ms: now.millis_since(e.last_seen),
-                            remote: self.snapshot.forwarding.vxlan_port(e.port).and_then(|_| {
-                                self.snapshot
-                                    .forwarding
-                                    .static_remotes
-                                    .get(&k)
-                                    .copied()
-                                    .or_else(|| self.bridge.remote_table().lookup(k, now, aging))
-                            }),
+                            remote: None,
                         })
                         .collect();
+                    // One table locked at a time: the remote VTEPs after the MACs.
+                    let forwarding = &self.snapshot.forwarding;
+                    let remotes = self.bridge.remote_table();
+                    for r in &mut records {
+                        if forwarding.vxlan_port(r.port).is_some() {
+                            let k = FdbKey::new(r.vlan, r.mac);
+                            r.remote = forwarding
+                                .static_remotes
+                                .get(&k)
+                                .copied()
+                                .or_else(|| remotes.lookup(k, now, aging));
+                        }
+                    }
+                    drop(remotes);
                     let _ = reply.send(records);
                 }
                 WorkerCommand::DumpNeighbours(reply) => {
@@ -661,15 +702,19 @@ impl Worker {
             if same {
                 continue;
             }
-            if let Some(old) = self.registered[i].take() {
-                let _ = self
-                    .poll
-                    .registry()
-                    .deregister(&mut SourceFd(&old.raw_fd()));
+            if let Some(fd) = self.registered[i]
+                .take()
+                .and_then(|old| old.queue_fd(self.index))
+            {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
             }
             if let Some(new) = new {
+                // A device with fewer queues than workers is read by the first ones only.
+                let Some(fd) = new.queue_fd(self.index) else {
+                    continue;
+                };
                 match self.poll.registry().register(
-                    &mut SourceFd(&new.raw_fd()),
+                    &mut SourceFd(&fd),
                     Token(i),
                     Interest::READABLE,
                 ) {
@@ -685,7 +730,9 @@ impl Worker {
         // Tunnel sockets: keep those still published, drop the others, add new ones; a
         // socket's token is its index, so all are registered afresh.
         for old in std::mem::take(&mut self.registered_tunnels) {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&old.rx_fd()));
+            if let Some(fd) = old.rx_fd(self.index) {
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
             if snapshot.tunnels.iter().any(|t| Arc::ptr_eq(t, &old)) {
                 self.registered_tunnels.push(old);
             }
@@ -696,8 +743,11 @@ impl Worker {
             }
         }
         for (i, t) in self.registered_tunnels.iter().enumerate() {
+            let Some(fd) = t.rx_fd(self.index) else {
+                continue;
+            };
             if let Err(e) = self.poll.registry().register(
-                &mut SourceFd(&t.rx_fd()),
+                &mut SourceFd(&fd),
                 Token(TUNNEL_TOKEN_BASE + i),
                 Interest::READABLE,
             ) {
@@ -715,7 +765,8 @@ impl Worker {
             if let Some(old) = self.registered_ipip.take() {
                 let _ = self.poll.registry().deregister(&mut SourceFd(&old.rx_fd()));
             }
-            if let Some(new) = &snapshot.ipip {
+            // Every raw IPIP socket gets a copy of every packet: one worker reads.
+            if let Some(new) = snapshot.ipip.as_ref().filter(|_| self.index == 0) {
                 match self.poll.registry().register(
                     &mut SourceFd(&new.rx_fd()),
                     IPIP,
@@ -729,9 +780,13 @@ impl Worker {
                 }
             }
         }
-        self.bridge.adopt(&snapshot.forwarding);
-        for filter in &snapshot.purge {
-            self.bridge.conntrack().remove_where(|e| filter.matches(e));
+        // The shared tables follow the new state once, by the first worker (control publishes
+        // to it first and waits).
+        if self.index == 0 {
+            self.bridge.adopt(&snapshot.forwarding);
+            for filter in &snapshot.purge {
+                self.bridge.conntrack().remove_where(|e| filter.matches(e));
+            }
         }
         self.adopted
             .store(snapshot.forwarding.generation, Ordering::Release);
@@ -745,26 +800,28 @@ impl Worker {
 fn forward(
     bridge: &mut Bridge,
     snapshot: &Snapshot,
+    queue: usize,
     port: PortId,
     frame: &mut [u8],
     now: Timestamp,
 ) {
     let decision = bridge.process(&snapshot.forwarding, port, frame, now);
-    send_decision(bridge, snapshot, decision, frame, now);
+    send_decision(bridge, snapshot, queue, decision, frame, now);
 }
 
 /// Sends `frame` as `decision` says, then the router's generated frames.
 fn send_decision(
     bridge: &mut Bridge,
     snapshot: &Snapshot,
+    queue: usize,
     decision: Decision<'_>,
     frame: &[u8],
     now: Timestamp,
 ) {
     match decision {
-        Decision::Forward(egress) => send_egress(bridge, snapshot, &egress, frame, now),
+        Decision::Forward(egress) => send_egress(bridge, snapshot, queue, &egress, frame, now),
         Decision::Reply(egress, built) => {
-            send_egress(bridge, snapshot, &egress, built.as_bytes(), now)
+            send_egress(bridge, snapshot, queue, &egress, built.as_bytes(), now)
         }
         Decision::Tunnel(t) => {
             let inner = &frame[t.start..t.start + t.len];
@@ -772,17 +829,17 @@ fn send_decision(
         }
         Decision::Local | Decision::Drop(_) => {}
     }
-    send_generated(bridge, snapshot, now);
+    send_generated(bridge, snapshot, queue, now);
 }
 
 /// Sends every frame the router has generated (replies, ICMP errors, probes, packets released
 /// by a resolved neighbour).
-fn send_generated(bridge: &mut Bridge, snapshot: &Snapshot, now: Timestamp) {
+fn send_generated(bridge: &mut Bridge, snapshot: &Snapshot, queue: usize, now: Timestamp) {
     while let Some(generated) = bridge.take_generated() {
         match &generated {
             Generated::Frame { vlan, bytes } => {
                 let egress = bridge.router_egress(&snapshot.forwarding, *vlan, bytes, now);
-                send_egress(bridge, snapshot, &egress, bytes, now);
+                send_egress(bridge, snapshot, queue, &egress, bytes, now);
             }
             Generated::Ipip {
                 remote,
@@ -829,21 +886,24 @@ fn send_ipip(
 fn send_egress(
     bridge: &mut Bridge,
     snapshot: &Snapshot,
+    queue: usize,
     egress: &Egress<'_>,
     frame: &[u8],
     now: Timestamp,
 ) {
     for member in egress.ports() {
-        send_member(bridge, snapshot, egress, member, frame, None, now);
+        send_member(bridge, snapshot, queue, egress, member, frame, None, now);
     }
 }
 
 /// Sends `frame` out of one member of its egress set: a finished frame, or (`pending`) one
 /// with its checksum or segmentation left to the egress device, with the virtio-net header
 /// moved for the VLAN tag the egress adds or removes.
+#[allow(clippy::too_many_arguments)]
 fn send_member(
     bridge: &mut Bridge,
     snapshot: &Snapshot,
+    queue: usize,
     egress: &Egress<'_>,
     member: VlanMember,
     frame: &[u8],
@@ -876,8 +936,8 @@ fn send_member(
         return;
     };
     let sent = match pending {
-        Some(o) => out.send_with(&out_frame, &o.header_moved(delta)),
-        None => out.send(&out_frame),
+        Some(o) => out.send_with(queue, &out_frame, &o.header_moved(delta)),
+        None => out.send(queue, &out_frame),
     };
     match sent {
         Ok(()) => {
@@ -899,9 +959,11 @@ fn takes_offloads(snapshot: &Snapshot, port: PortId) -> bool {
 /// offloads get it as it is (one write for up to 64 KiB), the others (VXLAN, ports with
 /// offloads off) get the finished frames, cut here in software. Returns false, having done
 /// nothing, when the frame is for the router: then the caller finishes the offloads first.
+#[allow(clippy::too_many_arguments)]
 fn forward_offloaded(
     bridge: &mut Bridge,
     snapshot: &Snapshot,
+    queue: usize,
     port: PortId,
     frame: &mut [u8],
     offload: &Offload,
@@ -916,25 +978,34 @@ fn forward_offloaded(
     };
     let Decision::Forward(egress) = decision else {
         // The router cut what it could not send whole into generated frames.
-        send_decision(bridge, snapshot, decision, frame, now);
+        send_decision(bridge, snapshot, queue, decision, frame, now);
         return true;
     };
     let mut finish = false;
     for member in egress.ports() {
         if takes_offloads(snapshot, member.port) {
-            send_member(bridge, snapshot, &egress, member, frame, Some(offload), now);
+            send_member(
+                bridge,
+                snapshot,
+                queue,
+                &egress,
+                member,
+                frame,
+                Some(offload),
+                now,
+            );
         } else {
             finish = true;
         }
     }
     if !finish {
-        send_generated(bridge, snapshot, now);
+        send_generated(bridge, snapshot, queue, now);
         return true;
     }
     let mut emit = |done: &mut [u8]| {
         for member in egress.ports() {
             if !takes_offloads(snapshot, member.port) {
-                send_member(bridge, snapshot, &egress, member, done, None, now);
+                send_member(bridge, snapshot, queue, &egress, member, done, None, now);
             }
         }
     };
@@ -953,7 +1024,7 @@ fn forward_offloaded(
     if let Err(reason) = result {
         bridge.counters().port(port).drop(reason);
     }
-    send_generated(bridge, snapshot, now);
+    send_generated(bridge, snapshot, queue, now);
     true
 }
 
