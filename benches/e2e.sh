@@ -74,12 +74,13 @@ set -u -o pipefail
 
 usage() {
     cat <<EOF
-usage: $0 [--duration SECS] [--quick] [--no-overlay] [--no-nat] [--json FILE]
+usage: $0 [--duration SECS] [--quick] [--no-overlay] [--no-nat] [--workers N] [--json FILE]
 
   --duration SECS  length of each iperf3 run (default 10; ping sends 100 per second of it)
   --quick          short runs for a CI smoke test (2 s each) unless --duration is given
   --no-overlay     skip the VXLAN overlay setups (tapswitch and kernel vxlan, two hosts)
   --no-nat         skip the NAT setups (tapswitch masquerade and a kernel router with nftables)
+  --workers N      tapswitch worker threads ([switch] workers; default: one per CPU)
   --json FILE      also write the results as JSON to FILE
   -h, --help       this text
 
@@ -103,8 +104,14 @@ QUICK=0
 OVERLAY=1
 NAT=1
 JSON_OUT=""
+WORKERS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
+    --workers)
+        [[ $# -ge 2 ]] || die "--workers needs a value"
+        WORKERS=$2
+        shift 2
+        ;;
     --duration)
         [[ $# -ge 2 ]] || die "--duration needs a value"
         DURATION=$2
@@ -354,11 +361,16 @@ run_logged() {
 # VTEP sockets live there), and waits until the socket answers.
 start_daemon() { # socket log [netns]
     local sock=$1 log=$2 ns=${3:-} pid i
+    local conf=()
+    if [[ -n $WORKERS ]]; then
+        printf '[switch]\nworkers = %s\n' "$WORKERS" >"$sock.toml"
+        conf=(--config "$sock.toml")
+    fi
     if [[ -n $ns ]]; then
         # ip netns exec execs the daemon: $! is the daemon itself.
-        ip netns exec "$ns" "$TAPSWITCH" --socket "$sock" run >"$log" 2>&1 </dev/null &
+        ip netns exec "$ns" "$TAPSWITCH" --socket "$sock" run "${conf[@]}" >"$log" 2>&1 </dev/null &
     else
-        "$TAPSWITCH" --socket "$sock" run >"$log" 2>&1 </dev/null &
+        "$TAPSWITCH" --socket "$sock" run "${conf[@]}" >"$log" 2>&1 </dev/null &
     fi
     pid=$!
     DAEMON_PIDS+=("$pid")
