@@ -33,6 +33,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TAPSWITCH=${TAPSWITCH:-$ROOT/target/release/tapswitch}
 [[ -x $TAPSWITCH ]] || cargo build --release --bin tapswitch --manifest-path "$ROOT/Cargo.toml"
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 P=tsp$$
 SOCK=$OUT/$P.sock
 DAEMON=""
