@@ -6,12 +6,13 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use tapswitch_dataplane::io::batch::RxBatch;
 use tapswitch_dataplane::io::port::{HEADROOM, MAX_FRAME};
 use tapswitch_dataplane::io::{PortDevice, TapSpec, TunnelSocket};
 use tapswitch_dataplane::pipeline::bridge::EgressFrame;
@@ -371,11 +372,20 @@ fn tunnel_with_two_reuseport_sockets() {
 
     let flows = send_flows(&ns, Ipv4Addr::LOCALHOST, (endpoint.local, endpoint.port));
     let keys: Vec<u16> = flows.iter().map(|(_, p)| *p).collect();
-    let mut buf = vec![0u8; 2048];
+    // Each socket is read in batches (recvmmsg), handed out one datagram at a time.
+    let mut batch = RxBatch::default();
+    let mut pending: Vec<VecDeque<Vec<u8>>> = vec![VecDeque::new(); 2];
     let got = read_queues(2, FLOWS * PER_FLOW, |q| {
-        let (n, from) = tunnel.recv(q, &mut buf).expect("recv")?;
-        assert_eq!(from, Ipv4Addr::LOCALHOST);
-        Some(buf[..n].to_vec())
+        if pending[q].is_empty() {
+            let n = tunnel.recv(q, &mut batch).expect("recv");
+            for k in 0..n {
+                let (bytes, from, cut) = batch.get(k);
+                assert!(!cut);
+                assert_eq!(from, Ipv4Addr::LOCALHOST);
+                pending[q].push_back(bytes.to_vec());
+            }
+        }
+        pending[q].pop_front()
     });
     // The payload names the flow's source port.
     let per_queue: Vec<Vec<u16>> = got

@@ -13,10 +13,10 @@
 //! quiet that.
 
 use std::io;
-use std::mem;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
+use super::batch::{RxBatch, Sent, TxBatch};
 use super::raw;
 
 /// Receive buffer asked for: room for bursts.
@@ -42,42 +42,26 @@ impl IpipSocket {
         self.rx.as_raw_fd()
     }
 
-    /// Reads one IPIP packet (outer header and all) into `buf`; `Ok(None)` when there is
-    /// nothing more to read now. Returns its length and outer source.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, Ipv4Addr)>> {
-        // SAFETY: sockaddr_in is plain old data; all-zero is valid.
-        let mut from: libc::sockaddr_in = unsafe { mem::zeroed() };
-        let mut len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        // SAFETY: buf and from are live for the call, with the lengths given.
-        let n = unsafe {
-            libc::recvfrom(
-                self.rx.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut from as *mut libc::sockaddr_in).cast(),
-                &mut len,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
-                _ => Err(e),
-            };
-        }
-        Ok(Some((
-            n as usize,
-            Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
-        )))
+    /// Reads up to a batch of IPIP packets (outer header and all, with their outer source)
+    /// with one `recvmmsg`; returns how many (0: nothing more to read now).
+    pub fn recv(&self, batch: &mut RxBatch) -> io::Result<usize> {
+        batch.recv(self.rx.as_raw_fd())
     }
 
-    /// Sends `outer` followed by `inner` to `remote`.
-    pub fn send(&self, outer: &[u8], inner: &[u8], remote: Ipv4Addr) -> io::Result<()> {
-        let iov = [outer, inner].map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut _,
-            iov_len: b.len(),
-        });
-        raw::send_to(&self.tx, &iov, remote)
+    /// Queues `outer` followed by `inner` for `remote` in `batch`, sending the batch first
+    /// when it is full.
+    pub fn send(&self, batch: &mut TxBatch, outer: &[u8], inner: &[u8], remote: Ipv4Addr) -> Sent {
+        let sent = if batch.is_full() {
+            self.flush(batch)
+        } else {
+            Sent::default()
+        };
+        batch.push(&[outer, inner], remote);
+        sent
+    }
+
+    /// Sends what `batch` holds with one `sendmmsg` (more if some packet fails).
+    pub fn flush(&self, batch: &mut TxBatch) -> Sent {
+        batch.send(self.tx.as_raw_fd())
     }
 }

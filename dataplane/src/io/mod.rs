@@ -1,5 +1,6 @@
 //! Port I/O and the worker poll loop: the only part of the dataplane that makes syscalls.
 //!
+//! - [`batch`]: many datagrams per system call (`recvmmsg`, `sendmmsg`) for the tunnels.
 //! - [`netns`]: run setup code inside a named network namespace.
 //! - [`netdev`]: interface ioctls (index, MAC, MTU, flags).
 //! - [`port`]: a port's device: a TAP that tapswitch creates and owns, or an existing
@@ -8,6 +9,7 @@
 //! - [`worker`]: a worker thread: a mio poll loop over its ports that runs the pipeline and
 //!   adopts published snapshots between batches.
 
+pub mod batch;
 pub mod ipip;
 pub mod netdev;
 pub mod netns;

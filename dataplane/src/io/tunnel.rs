@@ -22,7 +22,7 @@ use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::port::frame_iovecs;
+use super::batch::{RxBatch, Sent, TxBatch};
 use super::raw;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::TunnelEndpoint;
@@ -88,28 +88,35 @@ impl TunnelSocket {
         self.udp.get(queue).map(AsRawFd::as_raw_fd)
     }
 
-    /// Reads one UDP payload (VXLAN header and inner frame) from queue `queue` (modulo
-    /// [`queues`](Self::queues)) into `buf`; `Ok(None)` when there is nothing more to read
-    /// there now.
-    pub fn recv(&self, queue: usize, buf: &mut [u8]) -> io::Result<Option<(usize, Ipv4Addr)>> {
-        match self.udp[queue % self.udp.len()].recv_from(buf) {
-            Ok((n, std::net::SocketAddr::V4(from))) => Ok(Some((n, *from.ip()))),
-            Ok((_, _)) => Ok(Some((0, Ipv4Addr::UNSPECIFIED))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+    /// Reads up to [`BATCH`](super::batch::BATCH) UDP payloads (VXLAN header and inner
+    /// frame) from queue `queue` (modulo [`queues`](Self::queues)) with one `recvmmsg`;
+    /// returns how many (0: nothing more to read there now).
+    pub fn recv(&self, queue: usize, batch: &mut RxBatch) -> io::Result<usize> {
+        batch.recv(self.udp[queue % self.udp.len()].as_raw_fd())
     }
 
-    /// Sends `outer` (IPv4 + UDP + VXLAN headers) followed by `inner` to `remote`.
-    pub fn send(&self, outer: &[u8], inner: &EgressFrame<'_>, remote: Ipv4Addr) -> io::Result<()> {
-        raw::send_to(&self.raw, &frame_iovecs(outer, inner), remote)
+    /// Queues `outer` (IPv4 + UDP + VXLAN headers) followed by `inner` for `remote` in
+    /// `batch`, sending the batch first when it is full.
+    pub fn send(
+        &self,
+        batch: &mut TxBatch,
+        outer: &[u8],
+        inner: &EgressFrame<'_>,
+        remote: Ipv4Addr,
+    ) -> Sent {
+        let sent = if batch.is_full() {
+            self.flush(batch)
+        } else {
+            Sent::default()
+        };
+        let tag: &[u8] = inner.tag.as_ref().map_or(&[], |t| &t[..]);
+        batch.push(&[outer, inner.addresses, tag, inner.rest], remote);
+        sent
+    }
+
+    /// Sends what `batch` holds with one `sendmmsg` (more if some packet fails).
+    pub fn flush(&self, batch: &mut TxBatch) -> Sent {
+        batch.send(self.raw.as_raw_fd())
     }
 }
 

@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::batch::{self, RxBatch, Sent, TxBatch};
 use super::ipip::IpipSocket;
 use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
@@ -35,7 +36,7 @@ use crate::pipeline::offload::{complete_checksum, segment_tcp, Offload};
 use crate::pipeline::{
     Bridge, Decision, DropReason, ForwardingState, Generated, SharedTables, WorkerCounters,
 };
-use crate::pipeline::{TunnelEndpoint, VlanMember};
+use crate::pipeline::{PortCounters, TunnelEndpoint, VlanMember};
 use crate::tables::{ConntrackStats, CtEntry, CtFilter, FdbKey, NeighRecord, PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
@@ -177,6 +178,8 @@ impl WorkerHandle {
             is_ready: vec![false; PortId::MAX_PORTS],
             scratch: Vec::with_capacity(MAX_FRAME),
             gro: Coalescer::new(),
+            rx: RxBatch::default(),
+            tx: Tx::default(),
             adopted: Arc::clone(&adopted),
             epoch,
         };
@@ -335,6 +338,10 @@ struct Worker {
     scratch: Vec<u8>,
     /// Joins TCP segments decapsulated from one batch of tunnel packets.
     gro: Coalescer,
+    /// Receive buffers of the tunnel sockets (one `recvmmsg` fills them).
+    rx: RxBatch,
+    /// Outer packets of the tunnels, sent in batches.
+    tx: Tx,
     adopted: Arc<AtomicU64>,
     epoch: Instant,
 }
@@ -378,9 +385,9 @@ impl Worker {
                 return;
             }
             self.service_ready(&mut buf);
-            self.service_tunnels(&mut buf);
+            self.service_tunnels();
             if self.ipip_ready {
-                self.service_ipip(&mut buf);
+                self.service_ipip();
             }
             if Instant::now() >= next_aging {
                 // The first worker keeps the shared tables' time: aging, expiry, neighbour
@@ -390,7 +397,9 @@ impl Worker {
                     let snapshot = Arc::clone(&self.snapshot);
                     self.bridge.age(&snapshot.forwarding, now);
                     self.bridge.tick(&snapshot.forwarding, now);
-                    send_generated(&mut self.bridge, &snapshot, self.index, now);
+                    let mut out = self.tx.out(&snapshot, self.index);
+                    send_generated(&mut self.bridge, &mut out, now);
+                    out.flush(self.bridge.counters());
                 }
                 next_aging = Instant::now() + AGING_TICK;
             }
@@ -423,131 +432,136 @@ impl Worker {
         }
     }
 
-    /// Reads up to [`BATCH`] packets from each ready tunnel socket, decapsulates and switches
-    /// them.
-    fn service_tunnels(&mut self, buf: &mut [u8]) {
+    /// Reads up to a batch of packets (one `recvmmsg`) from each ready tunnel socket,
+    /// decapsulates and switches them.
+    fn service_tunnels(&mut self) {
         let now = self.now();
-        let queue = self.index;
         let snapshot = Arc::clone(&self.snapshot);
+        let Worker {
+            index,
+            registered_tunnels,
+            ready_tunnels,
+            bridge,
+            gro,
+            scratch,
+            rx,
+            tx,
+            ..
+        } = self;
+        let mut out = tx.out(&snapshot, *index);
         let mut i = 0;
-        while i < self.ready_tunnels.len() {
-            let Some(socket) = self.registered_tunnels.get(self.ready_tunnels[i]).cloned() else {
-                self.ready_tunnels.swap_remove(i);
+        while i < ready_tunnels.len() {
+            let Some(socket) = registered_tunnels.get(ready_tunnels[i]).cloned() else {
+                ready_tunnels.swap_remove(i);
                 continue;
             };
-            let mut drained = false;
-            for _ in 0..BATCH {
-                let (n, src) = match socket.recv(self.index, buf) {
-                    Ok(Some(r)) => r,
-                    Ok(None) => {
-                        drained = true;
-                        break;
-                    }
-                    Err(e) => {
-                        log::warn!("tunnel {:?}: read failed: {e}", socket.endpoint());
-                        drained = true;
-                        break;
-                    }
-                };
-                let payload = &mut buf[..n];
+            let n = match socket.recv(*index, rx) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("tunnel {:?}: read failed: {e}", socket.endpoint());
+                    0
+                }
+            };
+            for k in 0..n {
+                let (payload, src, cut) = rx.get(k);
+                if cut {
+                    let c = &bridge.counters().tunnel;
+                    c.rx_packets.add(1);
+                    c.drop(DropReason::Oversized);
+                    continue;
+                }
                 if let Ok((port, inner)) =
-                    self.bridge
-                        .decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
+                    bridge.decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
                 {
                     // Consecutive segments of one TCP flow are joined (GRO); anything else
                     // goes on alone, after what was joined before it.
-                    if self.gro.push(port.0, inner) == Push::Alone {
-                        self.flush_gro(&snapshot, now);
-                        if self.gro.push(port.0, inner) == Push::Alone {
-                            forward(&mut self.bridge, &snapshot, queue, port, inner, now);
+                    if gro.push(port.0, inner) == Push::Alone {
+                        flush_gro(gro, bridge, &mut out, scratch, now);
+                        if gro.push(port.0, inner) == Push::Alone {
+                            forward(bridge, &mut out, port, inner, now);
                         }
                     }
                 }
             }
-            self.flush_gro(&snapshot, now);
-            if drained {
-                self.ready_tunnels.swap_remove(i);
+            flush_gro(gro, bridge, &mut out, scratch, now);
+            // Fewer than a whole batch: the socket is empty for now.
+            if n < batch::BATCH {
+                ready_tunnels.swap_remove(i);
             } else {
                 i += 1;
             }
         }
+        out.flush(bridge.counters());
     }
 
-    /// Sends on what the receive coalescer joined: a super-frame with its offloads left to
-    /// the egress (or finished here where the egress cannot take them), or a lone segment.
-    fn flush_gro(&mut self, snapshot: &Snapshot, now: Timestamp) {
-        let queue = self.index;
-        let Worker {
-            gro,
-            bridge,
-            scratch,
-            ..
-        } = self;
-        gro.take(|tag, frame, offload| {
-            let port = PortId(tag);
-            match offload {
-                None => forward(bridge, snapshot, queue, port, frame, now),
-                Some(o) => {
-                    if !forward_offloaded(bridge, snapshot, queue, port, frame, &o, scratch, now) {
-                        let mss = o.gso_size.unwrap_or(u16::MAX);
-                        let _ = segment_tcp(frame, mss, scratch, |seg| {
-                            forward(bridge, snapshot, queue, port, seg, now)
-                        });
-                    }
-                }
-            }
-        });
-    }
-
-    /// Reads up to [`BATCH`] packets from the IPIP socket and routes their inner packets.
-    fn service_ipip(&mut self, buf: &mut [u8]) {
+    /// Reads up to a batch of packets (one `recvmmsg`) from the IPIP socket and routes their
+    /// inner packets.
+    fn service_ipip(&mut self) {
         let now = self.now();
-        let queue = self.index;
         let snapshot = Arc::clone(&self.snapshot);
         let Some(socket) = self.registered_ipip.clone() else {
             self.ipip_ready = false;
             return;
         };
-        for _ in 0..BATCH {
-            let (n, src) = match socket.recv(buf) {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    self.ipip_ready = false;
-                    return;
-                }
-                Err(e) => {
-                    log::warn!("ipip: read failed: {e}");
-                    self.ipip_ready = false;
-                    return;
-                }
-            };
-            let packet = &mut buf[..n];
-            let (start, decision) = self.bridge.ipip_in(&snapshot.forwarding, src, packet, now);
-            send_decision(
-                &mut self.bridge,
-                &snapshot,
-                queue,
-                decision,
-                &packet[start..],
-                now,
-            );
+        let Worker {
+            index,
+            bridge,
+            rx,
+            tx,
+            ipip_ready,
+            ..
+        } = self;
+        let mut out = tx.out(&snapshot, *index);
+        let n = match socket.recv(rx) {
+            Ok(n) => n,
+            Err(e) => {
+                log::warn!("ipip: read failed: {e}");
+                0
+            }
+        };
+        for k in 0..n {
+            let (packet, src, cut) = rx.get(k);
+            if cut {
+                let c = &bridge.counters().ipip;
+                c.rx_packets.add(1);
+                c.drop(DropReason::Oversized);
+                continue;
+            }
+            let (start, decision) = bridge.ipip_in(&snapshot.forwarding, src, packet, now);
+            send_decision(bridge, &mut out, decision, &packet[start..], now);
         }
+        if n < batch::BATCH {
+            *ipip_ready = false;
+        }
+        out.flush(bridge.counters());
     }
 
     /// Returns true when the port has nothing more to read (or is gone).
     fn service_port(&mut self, port: PortId, buf: &mut [u8], now: Timestamp) -> bool {
         let snapshot = Arc::clone(&self.snapshot);
-        let queue = self.index;
         let Some(device) = snapshot.device(port) else {
             return true;
         };
+        let Worker {
+            index,
+            bridge,
+            scratch,
+            tx,
+            ..
+        } = self;
+        let mut out = tx.out(&snapshot, *index);
+        let mut drained = false;
         for _ in 0..BATCH {
-            let rx = match device.recv(self.index, buf) {
+            let rx = match device.recv(*index, buf) {
                 Ok(Some(rx)) => rx,
-                Ok(None) => return true,
+                Ok(None) => {
+                    drained = true;
+                    break;
+                }
                 Err(e) => {
                     log::warn!("port {}: read failed: {e}", device.name());
-                    return true;
+                    drained = true;
+                    break;
                 }
             };
             let frame = &mut buf[rx.start..rx.start + rx.len];
@@ -557,41 +571,32 @@ impl Worker {
             } else if offload.gso_unsupported {
                 Some(DropReason::BadOffload)
             } else if offload.is_pending()
-                && forward_offloaded(
-                    &mut self.bridge,
-                    &snapshot,
-                    queue,
-                    port,
-                    frame,
-                    &offload,
-                    &mut self.scratch,
-                    now,
-                )
+                && forward_offloaded(bridge, &mut out, port, frame, &offload, scratch, now)
             {
                 None
             } else if let Some(mss) = offload.gso_size {
-                let bridge = &mut self.bridge;
-                segment_tcp(frame, mss, &mut self.scratch, |seg| {
-                    forward(bridge, &snapshot, queue, port, seg, now)
+                segment_tcp(frame, mss, scratch, |seg| {
+                    forward(bridge, &mut out, port, seg, now)
                 })
                 .err()
             } else if let Some((start, offset)) = offload.csum {
                 complete_checksum(frame, start, offset).err().or_else(|| {
-                    forward(&mut self.bridge, &snapshot, queue, port, frame, now);
+                    forward(bridge, &mut out, port, frame, now);
                     None
                 })
             } else {
-                forward(&mut self.bridge, &snapshot, queue, port, frame, now);
+                forward(bridge, &mut out, port, frame, now);
                 None
             };
             if let Some(reason) = bad {
-                let c = self.bridge.counters().port(port);
+                let c = bridge.counters().port(port);
                 c.rx_packets.add(1);
                 c.rx_bytes.add(rx.len as u64);
                 c.drop(reason);
             }
         }
-        false
+        out.flush(bridge.counters());
+        drained
     }
 
     /// Handles every queued command; returns false on `Stop`.
@@ -795,89 +800,148 @@ impl Worker {
     }
 }
 
-/// Runs one finished frame through the pipeline and sends what it decided, then whatever the
-/// router generated on the way.
-fn forward(
+/// Sends on what the receive coalescer joined: a super-frame with its offloads left to the
+/// egress (or finished here where the egress cannot take them), or a lone segment.
+fn flush_gro(
+    gro: &mut Coalescer,
     bridge: &mut Bridge,
-    snapshot: &Snapshot,
-    queue: usize,
-    port: PortId,
-    frame: &mut [u8],
+    out: &mut Out<'_>,
+    scratch: &mut Vec<u8>,
     now: Timestamp,
 ) {
+    gro.take(|tag, frame, offload| {
+        let port = PortId(tag);
+        match offload {
+            None => forward(bridge, out, port, frame, now),
+            Some(o) => {
+                if !forward_offloaded(bridge, out, port, frame, &o, scratch, now) {
+                    let mss = o.gso_size.unwrap_or(u16::MAX);
+                    let _ = segment_tcp(frame, mss, scratch, |seg| {
+                        forward(bridge, out, port, seg, now)
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// A worker's batches of outer tunnel packets, reused from round to round.
+#[derive(Default)]
+struct Tx {
+    vxlan: TxBatch,
+    ipip: TxBatch,
+}
+
+impl Tx {
+    fn out<'a>(&'a mut self, snapshot: &'a Snapshot, queue: usize) -> Out<'a> {
+        Out {
+            snapshot,
+            queue,
+            vxlan: &mut self.vxlan,
+            ipip: &mut self.ipip,
+        }
+    }
+}
+
+/// Runs one finished frame through the pipeline and sends what it decided, then whatever the
+/// router generated on the way.
+fn forward(bridge: &mut Bridge, out: &mut Out<'_>, port: PortId, frame: &mut [u8], now: Timestamp) {
+    let snapshot = out.snapshot;
     let decision = bridge.process(&snapshot.forwarding, port, frame, now);
-    send_decision(bridge, snapshot, queue, decision, frame, now);
+    send_decision(bridge, out, decision, frame, now);
 }
 
 /// Sends `frame` as `decision` says, then the router's generated frames.
 fn send_decision(
     bridge: &mut Bridge,
-    snapshot: &Snapshot,
-    queue: usize,
+    out: &mut Out<'_>,
     decision: Decision<'_>,
     frame: &[u8],
     now: Timestamp,
 ) {
     match decision {
-        Decision::Forward(egress) => send_egress(bridge, snapshot, queue, &egress, frame, now),
-        Decision::Reply(egress, built) => {
-            send_egress(bridge, snapshot, queue, &egress, built.as_bytes(), now)
-        }
+        Decision::Forward(egress) => send_egress(bridge, out, &egress, frame, now),
+        Decision::Reply(egress, built) => send_egress(bridge, out, &egress, built.as_bytes(), now),
         Decision::Tunnel(t) => {
             let inner = &frame[t.start..t.start + t.len];
-            send_ipip(bridge.counters(), snapshot, &t.outer, inner, t.remote);
+            send_ipip(bridge.counters(), out, &t.outer, inner, t.remote);
         }
         Decision::Local | Decision::Drop(_) => {}
     }
-    send_generated(bridge, snapshot, queue, now);
+    send_generated(bridge, out, now);
 }
 
 /// Sends every frame the router has generated (replies, ICMP errors, probes, packets released
 /// by a resolved neighbour).
-fn send_generated(bridge: &mut Bridge, snapshot: &Snapshot, queue: usize, now: Timestamp) {
+fn send_generated(bridge: &mut Bridge, out: &mut Out<'_>, now: Timestamp) {
+    let snapshot = out.snapshot;
     while let Some(generated) = bridge.take_generated() {
         match &generated {
             Generated::Frame { vlan, bytes } => {
                 let egress = bridge.router_egress(&snapshot.forwarding, *vlan, bytes, now);
-                send_egress(bridge, snapshot, queue, &egress, bytes, now);
+                send_egress(bridge, out, &egress, bytes, now);
             }
             Generated::Ipip {
                 remote,
                 outer,
                 bytes,
                 start,
-            } => send_ipip(
-                bridge.counters(),
-                snapshot,
-                outer,
-                &bytes[*start..],
-                *remote,
-            ),
+            } => send_ipip(bridge.counters(), out, outer, &bytes[*start..], *remote),
         }
         bridge.recycle(generated);
     }
 }
 
-/// Sends an IPIP packet through the host's IPIP socket.
+/// Queues an IPIP packet for the host's IPIP socket.
 fn send_ipip(
     counters: &WorkerCounters,
-    snapshot: &Snapshot,
+    out: &mut Out<'_>,
     outer: &[u8],
     inner: &[u8],
     remote: std::net::Ipv4Addr,
 ) {
-    let c = &counters.ipip;
-    let Some(socket) = &snapshot.ipip else {
-        c.tx_errors.add(1);
+    let Some(socket) = &out.snapshot.ipip else {
+        counters.ipip.tx_errors.add(1);
         return;
     };
-    match socket.send(outer, inner, remote) {
-        Ok(()) => {
-            c.tx_packets.add(1);
-            c.tx_bytes.add((outer.len() + inner.len()) as u64);
+    let sent = socket.send(out.ipip, outer, inner, remote);
+    count_sent(&counters.ipip, sent);
+}
+
+/// Adds what a batch send did to a tunnel's counters.
+fn count_sent(c: &PortCounters, sent: Sent) {
+    c.tx_packets.add(sent.packets);
+    c.tx_bytes.add(sent.bytes);
+    c.tx_oversized.add(sent.oversized);
+    c.tx_errors.add(sent.errors);
+}
+
+/// Where a worker's frames go: the devices of `snapshot`, through this worker's queue of
+/// each; the tunnels' outer packets into batches, sent with one `sendmmsg` when full and at
+/// the end of each round ([`flush`](Out::flush)).
+struct Out<'a> {
+    snapshot: &'a Snapshot,
+    queue: usize,
+    vxlan: &'a mut TxBatch,
+    ipip: &'a mut TxBatch,
+}
+
+impl Out<'_> {
+    /// Sends what the tunnel batches hold. (Any of the raw sockets can send any outer packet:
+    /// the header is ours, and the host routes it.)
+    fn flush(&mut self, counters: &WorkerCounters) {
+        if !self.vxlan.is_empty() {
+            match self.snapshot.tunnels.first() {
+                Some(t) => count_sent(&counters.tunnel, t.flush(self.vxlan)),
+                None => self.vxlan.clear(),
+            }
         }
-        Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => c.tx_oversized.add(1),
-        Err(_) => c.tx_errors.add(1),
+        if !self.ipip.is_empty() {
+            match &self.snapshot.ipip {
+                Some(s) => count_sent(&counters.ipip, s.flush(self.ipip)),
+                None => self.ipip.clear(),
+            }
+        }
     }
 }
 
@@ -885,14 +949,13 @@ fn send_ipip(
 /// is not sent there (counted as `tx_oversized`), as the Linux bridge does.
 fn send_egress(
     bridge: &mut Bridge,
-    snapshot: &Snapshot,
-    queue: usize,
+    out: &mut Out<'_>,
     egress: &Egress<'_>,
     frame: &[u8],
     now: Timestamp,
 ) {
     for member in egress.ports() {
-        send_member(bridge, snapshot, queue, egress, member, frame, None, now);
+        send_member(bridge, out, egress, member, frame, None, now);
     }
 }
 
@@ -902,14 +965,14 @@ fn send_egress(
 #[allow(clippy::too_many_arguments)]
 fn send_member(
     bridge: &mut Bridge,
-    snapshot: &Snapshot,
-    queue: usize,
+    out: &mut Out<'_>,
     egress: &Egress<'_>,
     member: VlanMember,
     frame: &[u8],
     pending: Option<&Offload>,
     now: Timestamp,
 ) {
+    let snapshot = out.snapshot;
     let out_frame = egress.frame_for(member, frame);
     let c = bridge.counters().port(member.port);
     let mtu = snapshot
@@ -929,15 +992,15 @@ fn send_member(
         return;
     }
     if pending.is_none() && snapshot.forwarding.vxlan_port(member.port).is_some() {
-        encap(bridge, snapshot, member.port, frame, &out_frame, now);
+        encap(bridge, out, member.port, frame, &out_frame, now);
         return;
     }
-    let Some(out) = snapshot.device(member.port) else {
+    let Some(device) = snapshot.device(member.port) else {
         return;
     };
     let sent = match pending {
-        Some(o) => out.send_with(queue, &out_frame, &o.header_moved(delta)),
-        None => out.send(queue, &out_frame),
+        Some(o) => device.send_with(out.queue, &out_frame, &o.header_moved(delta)),
+        None => device.send(out.queue, &out_frame),
     };
     match sent {
         Ok(()) => {
@@ -962,14 +1025,14 @@ fn takes_offloads(snapshot: &Snapshot, port: PortId) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn forward_offloaded(
     bridge: &mut Bridge,
-    snapshot: &Snapshot,
-    queue: usize,
+    out: &mut Out<'_>,
     port: PortId,
     frame: &mut [u8],
     offload: &Offload,
     scratch: &mut Vec<u8>,
     now: Timestamp,
 ) -> bool {
+    let snapshot = out.snapshot;
     let wire_len = offload.wire_len(frame);
     let Some(decision) =
         bridge.process_offloaded(&snapshot.forwarding, port, frame, offload, wire_len, now)
@@ -978,34 +1041,25 @@ fn forward_offloaded(
     };
     let Decision::Forward(egress) = decision else {
         // The router cut what it could not send whole into generated frames.
-        send_decision(bridge, snapshot, queue, decision, frame, now);
+        send_decision(bridge, out, decision, frame, now);
         return true;
     };
     let mut finish = false;
     for member in egress.ports() {
         if takes_offloads(snapshot, member.port) {
-            send_member(
-                bridge,
-                snapshot,
-                queue,
-                &egress,
-                member,
-                frame,
-                Some(offload),
-                now,
-            );
+            send_member(bridge, out, &egress, member, frame, Some(offload), now);
         } else {
             finish = true;
         }
     }
     if !finish {
-        send_generated(bridge, snapshot, queue, now);
+        send_generated(bridge, out, now);
         return true;
     }
     let mut emit = |done: &mut [u8]| {
         for member in egress.ports() {
             if !takes_offloads(snapshot, member.port) {
-                send_member(bridge, snapshot, queue, &egress, member, done, None, now);
+                send_member(bridge, out, &egress, member, done, None, now);
             }
         }
     };
@@ -1024,7 +1078,7 @@ fn forward_offloaded(
     if let Err(reason) = result {
         bridge.counters().port(port).drop(reason);
     }
-    send_generated(bridge, snapshot, queue, now);
+    send_generated(bridge, out, now);
     true
 }
 
@@ -1034,12 +1088,13 @@ fn forward_offloaded(
 /// tunnel.
 fn encap(
     bridge: &mut Bridge,
-    snapshot: &Snapshot,
+    out: &mut Out<'_>,
     port: PortId,
     frame: &[u8],
     out_frame: &EgressFrame<'_>,
     now: Timestamp,
 ) {
+    let snapshot = out.snapshot;
     let forwarding = &snapshot.forwarding;
     let Some(socket) = forwarding
         .vxlan_port(port)
@@ -1048,24 +1103,22 @@ fn encap(
         return;
     };
     let len = out_frame.len();
+    let batch = &mut *out.vxlan;
+    // The port counts frames handed to the tunnel; the tunnel counts outer packets sent.
     bridge.encapsulate(
         forwarding,
         port,
         frame,
         len,
         now,
-        |remote, outer, counters| match socket.send(outer, out_frame, remote) {
-            Ok(()) => {
-                let c = counters.port(port);
-                c.tx_packets.add(1);
-                c.tx_bytes.add(len as u64);
-                counters.tunnel.tx_packets.add(1);
-                counters.tunnel.tx_bytes.add((outer.len() + len) as u64);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                counters.tunnel.tx_oversized.add(1)
-            }
-            Err(_) => counters.tunnel.tx_errors.add(1),
+        |remote, outer, counters| {
+            let c = counters.port(port);
+            c.tx_packets.add(1);
+            c.tx_bytes.add(len as u64);
+            count_sent(
+                &counters.tunnel,
+                socket.send(batch, outer, out_frame, remote),
+            );
         },
     );
 }
