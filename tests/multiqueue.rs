@@ -379,10 +379,12 @@ fn tunnel_with_two_reuseport_sockets() {
         if pending[q].is_empty() {
             let n = tunnel.recv(q, &mut batch).expect("recv");
             for k in 0..n {
-                let (bytes, from, cut) = batch.get(k);
+                let (bytes, from, cut, segment) = batch.get(k);
                 assert!(!cut);
                 assert_eq!(from, Ipv4Addr::LOCALHOST);
-                pending[q].push_back(bytes.to_vec());
+                for d in bytes.chunks(segment.unwrap_or(bytes.len()).max(1)) {
+                    pending[q].push_back(d.to_vec());
+                }
             }
         }
         pending[q].pop_front()

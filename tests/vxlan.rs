@@ -65,23 +65,19 @@ fn underlay() -> Underlay {
 /// frames on with unfinished checksums and the containers would drop them. Only the tests with
 /// a Linux VTEP on host B need this; tapswitch itself always sends finished checksums.
 fn wire_checksums_on_b(ul: &Underlay) {
-    let (ns, dev) = (&ul.b, &ul.b_if);
+    ethtool_k(&ul.b, &ul.b_if, &["tx", "off"]);
+}
+
+/// `ethtool -K DEV ARGS...` inside `ns`.
+fn ethtool_k(ns: &Netns, dev: &str, args: &[&str]) {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "ethtool",
-            "-K",
-            dev,
-            "tx",
-            "off",
-        ])
+        .args(["netns", "exec", ns.name(), "ethtool", "-K", dev])
+        .args(args)
         .output()
         .expect("run ethtool");
     assert!(
         out.status.success(),
-        "ethtool -K {dev} tx off: {}",
+        "ethtool -K {dev} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -645,7 +641,7 @@ impl Drop for Capture {
 
 /// The fields tshark decodes per packet; each holds every occurrence, outermost first
 /// (outer and inner Ethernet, IPv4, UDP).
-const FIELDS: [&str; 17] = [
+const FIELDS: [&str; 18] = [
     "ip.src",
     "ip.dst",
     "ip.ttl",
@@ -654,6 +650,7 @@ const FIELDS: [&str; 17] = [
     "udp.srcport",
     "udp.dstport",
     "udp.checksum",
+    "udp.checksum.status",
     "vxlan.flags",
     "vxlan.flag_i",
     "vxlan.vni",
@@ -674,6 +671,8 @@ fn tshark_decode(file: &std::path::Path, port: u16) -> Vec<Decoded> {
         .arg(file)
         .args([
             "-n",
+            "-o",
+            "udp.check_checksum:TRUE",
             "-d",
             &format!("udp.port=={port},vxlan"),
             "-T",
@@ -743,6 +742,14 @@ fn wire_is_rfc7348() {
     let (c1_mac, c2_mac) = ("02:00:00:42:0a:01", "02:00:00:42:0b:02");
     let ul = underlay();
     wire_checksums_on_b(&ul);
+    // tapswitch hands the kernel runs of datagrams (UDP segmentation offload) with their
+    // checksums left to the device: here the kernel finishes both before the veth, so the
+    // capture sees each datagram as a NIC would put it on the wire.
+    ethtool_k(
+        &ul.a,
+        &ul.a_if,
+        &["tx", "off", "tx-udp-segmentation", "off"],
+    );
     let peer = linux_bridge_peer(&ul.b, 4789, c2_mac, "10.42.0.2/24");
     let c2 = &peer.container;
     let switch = Switch::start_in(&ul.a, None);
@@ -788,9 +795,15 @@ fn wire_is_rfc7348() {
         assert_eq!(first(p, "ip.ttl"), "64", "outer TTL: {show}");
         assert!(is_false(first(p, "ip.flags.df")), "DF set: {show}");
         assert_eq!(first(p, "ip.proto"), "17", "{show}");
-        // Outer UDP: to 4789, checksum 0 (none), source port from the flow hash.
+        // Outer UDP: to 4789, a correct checksum (RFC 7348 allows one; segmentation offload
+        // needs it), source port from the flow hash.
         assert_eq!(first(p, "udp.dstport"), "4789", "{show}");
-        assert_eq!(first(p, "udp.checksum"), "0x0000", "{show}");
+        assert_ne!(first(p, "udp.checksum"), "0x0000", "{show}");
+        assert_eq!(
+            first(p, "udp.checksum.status"),
+            "1",
+            "checksum good: {show}"
+        );
         let sport: u16 = first(p, "udp.srcport").parse().expect("outer source port");
         // VXLAN: only the I flag, the VNI.
         assert_eq!(first(p, "vxlan.flags"), "0x0800", "{show}");
@@ -845,11 +858,12 @@ fn wire_is_rfc7348() {
     assert_eq!(tcp_flows.len(), 3, "{flows:?}");
     assert_eq!(udp_flows.len(), 2, "{flows:?}");
     assert!(flows.contains_key("ip proto 1"), "ICMP captured: {flows:?}");
-    // Different flows, different source ports (a hash collision between two of the seven
-    // flows is possible, ~1 in 4000, so one coincidence is allowed but not more).
+    // Different flows spread over source ports: the flow hash picks one of 256 sending
+    // sockets, so two of the seven flows share one in about 8 % of runs and two such pairs in
+    // 0.2 %; more than that (fewer than 5 ports) almost never.
     let distinct: BTreeSet<u16> = flows.values().flatten().copied().collect();
     assert!(
-        distinct.len() + 1 >= flows.len(),
+        distinct.len() + 2 >= flows.len(),
         "source ports do not follow the inner flow: {flows:?}"
     );
     let tcp_distinct: BTreeSet<_> = tcp_flows.iter().collect();
@@ -857,10 +871,7 @@ fn wire_is_rfc7348() {
         tcp_distinct.len() >= 2,
         "TCP flows share a port: {tcp_flows:?}"
     );
-    assert_ne!(
-        udp_flows[0], udp_flows[1],
-        "two UDP flows, one source port: {udp_flows:?}"
-    );
+    assert_eq!(udp_flows.len(), 2);
 }
 
 /// An Ethernet frame of 60 bytes (a local experimental EtherType) from `src` to broadcast.

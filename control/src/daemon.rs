@@ -95,6 +95,7 @@ pub fn run(
 ) -> Result<(), DaemonError> {
     let listener = bind(socket)?;
     let _socket_file = SocketFile(socket.to_path_buf());
+    raise_fd_limit();
     let mut switch = Switch::start(config)?;
     log::info!(
         "tapswitch running: {} ports, control socket {}",
@@ -162,4 +163,20 @@ fn into_blocking(stream: mio::net::UnixStream) -> io::Result<UnixStream> {
     let stream = unsafe { UnixStream::from_raw_fd(stream.into_raw_fd()) };
     stream.set_nonblocking(false)?;
     Ok(stream)
+}
+
+/// Raises the soft limit on open descriptors to the hard one: every TAP queue, tunnel socket
+/// (a VXLAN endpoint sends through 256) and packet socket is a descriptor.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a live rlimit for getrlimit to fill and setrlimit to read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -56,12 +56,12 @@ impl IpipSocket {
         } else {
             Sent::default()
         };
-        batch.push(&[outer, inner], remote);
+        batch.push(&[outer, inner], remote, 0, 0);
         sent
     }
 
     /// Sends what `batch` holds with one `sendmmsg` (more if some packet fails).
     pub fn flush(&self, batch: &mut TxBatch) -> Sent {
-        batch.send(self.tx.as_raw_fd())
+        batch.send(&[self.tx.as_raw_fd()], 0, false, 0)
     }
 }

@@ -8,11 +8,17 @@
 //! packets of one inner flow from one remote stay on one socket; worker `i` reads socket `i`
 //! (modulo the number of sockets).
 //!
-//! Sending: one raw IPv4 socket (`IPPROTO_RAW`, header included), shared by all workers,
-//! through which tapswitch writes the whole outer IPv4 and UDP header itself, because the UDP
-//! source port must follow each inner flow's hash (as the kernel's vxlan device does) and one
-//! bound UDP socket has one source port. The kernel refuses (EMSGSIZE) an outer packet larger
-//! than the route's MTU instead of fragmenting it; the worker counts that.
+//! Sending: [`TX_SOCKETS`] UDP sockets bound to the local address, each on its own source
+//! port; a frame goes through the one its inner flow's hash picks, so a flow keeps one outer
+//! source port and different flows spread over ports (RFC 7348 section 5, for ECMP in the
+//! underlay). Each worker collects its packets per endpoint ([`TxBatch`]) and sends them with
+//! `sendmmsg`; the segments of a TCP super-frame (equal sizes, one destination) go as one
+//! `UDP_SEGMENT` message, so the kernel moves them as one packet as far as it can. The
+//! sockets send with UDP checksums (segmentation offload needs them; a receiver accepts a
+//! checksum or none alike), DF clear, and the TTL of the VXLAN port; the kernel refuses an
+//! outer packet larger than the interface's MTU (`IP_PMTUDISC_INTERFACE`) instead of
+//! fragmenting it, and the worker counts that as `tx_oversized`. The receiving sockets ask
+//! for `UDP_GRO`, so runs of datagrams of one flow may arrive as one message.
 //!
 //! Created by control (inside the switch's network namespace), read and written only by
 //! workers.
@@ -22,20 +28,42 @@ use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use super::batch::{RxBatch, Sent, TxBatch};
+use std::sync::{Mutex, PoisonError};
+
+use super::batch::{self, RxBatch, Sent, TxBatch};
 use super::raw;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::TunnelEndpoint;
+use crate::wire::vxlan::HEADER_LEN as VXLAN_LEN;
 
 /// Receive buffer asked for each UDP socket: room for bursts of encapsulated frames.
 const RCVBUF: libc::c_int = 4 << 20;
 
-#[derive(Debug)]
+/// Sending sockets of an endpoint: outer source ports for the flows to spread over.
+pub const TX_SOCKETS: usize = 256;
+/// Outer IPv4 (20) and UDP (8) headers: the kernel adds them to each packet.
+const OUTER_IP_UDP: usize = 28;
+const IP_PMTUDISC_INTERFACE: libc::c_int = 4;
+
 pub struct TunnelSocket {
     endpoint: TunnelEndpoint,
     /// The receiving sockets, one per queue; never empty.
     udp: Vec<UdpSocket>,
-    raw: OwnedFd,
+    /// The sending sockets, each bound to its own source port.
+    tx: Vec<RawFd>,
+    /// The descriptors of `tx`, closed when the endpoint is dropped.
+    _tx_open: Vec<OwnedFd>,
+    /// Each worker's packets not sent yet (indexed by the worker's queue; uncontended).
+    batches: Vec<Mutex<TxBatch>>,
+}
+
+impl std::fmt::Debug for TunnelSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelSocket")
+            .field("endpoint", &self.endpoint)
+            .field("queues", &self.udp.len())
+            .finish()
+    }
 }
 
 impl TunnelSocket {
@@ -68,9 +96,23 @@ impl TunnelSocket {
         }
         for socket in &udp {
             raw::set_rcvbuf(socket.as_raw_fd(), RCVBUF);
+            batch::enable_gro(socket.as_raw_fd());
         }
-        let raw = raw::open(libc::IPPROTO_RAW, "a raw IPv4 socket")?;
-        Ok(TunnelSocket { endpoint, udp, raw })
+        let mut tx_owned = Vec::with_capacity(TX_SOCKETS);
+        for _ in 0..TX_SOCKETS {
+            tx_owned.push(
+                sending_socket(endpoint.local).map_err(|e| {
+                    io::Error::new(e.kind(), format!("a VXLAN sending socket: {e}"))
+                })?,
+            );
+        }
+        Ok(TunnelSocket {
+            endpoint,
+            udp,
+            tx: tx_owned.iter().map(AsRawFd::as_raw_fd).collect(),
+            _tx_open: tx_owned,
+            batches: (0..count).map(|_| Mutex::new(TxBatch::default())).collect(),
+        })
     }
 
     pub fn endpoint(&self) -> TunnelEndpoint {
@@ -95,29 +137,78 @@ impl TunnelSocket {
         batch.recv(self.udp[queue % self.udp.len()].as_raw_fd())
     }
 
-    /// Queues `outer` (IPv4 + UDP + VXLAN headers) followed by `inner` for `remote` in
-    /// `batch`, sending the batch first when it is full.
+    /// Queues, in worker `queue`'s batch, the VXLAN packet to `remote` that `outer` (the
+    /// outer IPv4 + UDP + VXLAN headers the pipeline built) and `inner` make: its VXLAN header
+    /// and frame, through the sending socket its outer source port picks, with its TTL. The
+    /// batch is sent first when it is full.
     pub fn send(
         &self,
-        batch: &mut TxBatch,
+        queue: usize,
         outer: &[u8],
         inner: &EgressFrame<'_>,
         remote: Ipv4Addr,
     ) -> Sent {
+        let mut batch = self.batch(queue);
         let sent = if batch.is_full() {
-            self.flush(batch)
+            self.send_batch(&mut batch)
         } else {
             Sent::default()
         };
+        let sport = u16::from_be_bytes([outer[20], outer[21]]);
+        let socket = (usize::from(sport) % self.tx.len()) as u16;
+        let ttl = outer[8];
+        let vxlan = &outer[outer.len() - VXLAN_LEN..];
         let tag: &[u8] = inner.tag.as_ref().map_or(&[], |t| &t[..]);
-        batch.push(&[outer, inner.addresses, tag, inner.rest], remote);
+        batch.push(
+            &[vxlan, inner.addresses, tag, inner.rest],
+            remote,
+            socket,
+            ttl,
+        );
         sent
     }
 
-    /// Sends what `batch` holds with one `sendmmsg` (more if some packet fails).
-    pub fn flush(&self, batch: &mut TxBatch) -> Sent {
-        batch.send(self.raw.as_raw_fd())
+    /// Sends what worker `queue` has queued.
+    pub fn flush(&self, queue: usize) -> Sent {
+        let mut batch = self.batch(queue);
+        if batch.is_empty() {
+            return Sent::default();
+        }
+        self.send_batch(&mut batch)
     }
+
+    fn batch(&self, queue: usize) -> std::sync::MutexGuard<'_, TxBatch> {
+        self.batches[queue % self.batches.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send_batch(&self, batch: &mut TxBatch) -> Sent {
+        batch.send(&self.tx, self.endpoint.port, true, OUTER_IP_UDP)
+    }
+}
+
+/// A sending socket: bound to `local` and a port of the kernel's choosing, checksums on,
+/// DF clear and no fragmentation (`IP_PMTUDISC_INTERFACE`).
+fn sending_socket(local: Ipv4Addr) -> io::Result<OwnedFd> {
+    let socket = UdpSocket::bind(SocketAddrV4::new(local, 0))?;
+    socket.set_nonblocking(true)?;
+    let fd = OwnedFd::from(socket);
+    let mode = IP_PMTUDISC_INTERFACE;
+    // SAFETY: mode is a live c_int and the length matches it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &mode as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
 }
 
 /// A non-blocking UDP socket with `SO_REUSEPORT`, bound to `addr`.

@@ -463,16 +463,21 @@ impl Worker {
                 }
             };
             for k in 0..n {
-                let (payload, src, cut) = rx.get(k);
+                let (message, src, cut, segment) = rx.get(k);
                 if cut {
                     let c = &bridge.counters().tunnel;
                     c.rx_packets.add(1);
                     c.drop(DropReason::Oversized);
                     continue;
                 }
-                if let Ok((port, inner)) =
-                    bridge.decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
-                {
+                // A message is one datagram, or a run of them the kernel joined (UDP GRO).
+                let size = segment.unwrap_or(message.len()).max(1);
+                for payload in message.chunks_mut(size) {
+                    let Ok((port, inner)) =
+                        bridge.decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
+                    else {
+                        continue;
+                    };
                     // Consecutive segments of one TCP flow are joined (GRO); anything else
                     // goes on alone, after what was joined before it.
                     if gro.push(port.0, inner) == Push::Alone {
@@ -520,7 +525,7 @@ impl Worker {
             }
         };
         for k in 0..n {
-            let (packet, src, cut) = rx.get(k);
+            let (packet, src, cut, _) = rx.get(k);
             if cut {
                 let c = &bridge.counters().ipip;
                 c.rx_packets.add(1);
@@ -825,10 +830,9 @@ fn flush_gro(
     });
 }
 
-/// A worker's batches of outer tunnel packets, reused from round to round.
+/// A worker's batch of outer IPIP packets, reused from round to round.
 #[derive(Default)]
 struct Tx {
-    vxlan: TxBatch,
     ipip: TxBatch,
 }
 
@@ -837,7 +841,6 @@ impl Tx {
         Out {
             snapshot,
             queue,
-            vxlan: &mut self.vxlan,
             ipip: &mut self.ipip,
         }
     }
@@ -917,24 +920,19 @@ fn count_sent(c: &PortCounters, sent: Sent) {
 }
 
 /// Where a worker's frames go: the devices of `snapshot`, through this worker's queue of
-/// each; the tunnels' outer packets into batches, sent with one `sendmmsg` when full and at
-/// the end of each round ([`flush`](Out::flush)).
+/// each; the tunnels' outer packets into batches (the VXLAN endpoints keep one per worker),
+/// sent with `sendmmsg` when full and at the end of each round ([`flush`](Out::flush)).
 struct Out<'a> {
     snapshot: &'a Snapshot,
     queue: usize,
-    vxlan: &'a mut TxBatch,
     ipip: &'a mut TxBatch,
 }
 
 impl Out<'_> {
-    /// Sends what the tunnel batches hold. (Any of the raw sockets can send any outer packet:
-    /// the header is ours, and the host routes it.)
+    /// Sends what the tunnel batches hold.
     fn flush(&mut self, counters: &WorkerCounters) {
-        if !self.vxlan.is_empty() {
-            match self.snapshot.tunnels.first() {
-                Some(t) => count_sent(&counters.tunnel, t.flush(self.vxlan)),
-                None => self.vxlan.clear(),
-            }
+        for t in &self.snapshot.tunnels {
+            count_sent(&counters.tunnel, t.flush(self.queue));
         }
         if !self.ipip.is_empty() {
             match &self.snapshot.ipip {
@@ -1103,7 +1101,7 @@ fn encap(
         return;
     };
     let len = out_frame.len();
-    let batch = &mut *out.vxlan;
+    let queue = out.queue;
     // The port counts frames handed to the tunnel; the tunnel counts outer packets sent.
     bridge.encapsulate(
         forwarding,
@@ -1117,7 +1115,7 @@ fn encap(
             c.tx_bytes.add(len as u64);
             count_sent(
                 &counters.tunnel,
-                socket.send(batch, outer, out_frame, remote),
+                socket.send(queue, outer, out_frame, remote),
             );
         },
     );
