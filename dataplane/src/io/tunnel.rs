@@ -36,8 +36,9 @@ use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::TunnelEndpoint;
 use crate::wire::vxlan::HEADER_LEN as VXLAN_LEN;
 
-/// Receive buffer asked for each UDP socket: room for bursts of encapsulated frames.
-const RCVBUF: libc::c_int = 4 << 20;
+/// Receive buffer asked for each UDP socket: room for bursts of encapsulated frames (runs of
+/// datagrams joined by the kernel count 64 KiB or more each).
+const RCVBUF: libc::c_int = 16 << 20;
 
 /// Sending sockets of an endpoint: outer source ports for the flows to spread over.
 pub const TX_SOCKETS: usize = 256;
