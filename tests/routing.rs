@@ -130,9 +130,27 @@ fn routed_container(
         sysctl(&ns, "net.ipv6.conf.default.accept_dad", "0");
         sysctl(&ns, "net.ipv6.conf.all.accept_dad", "0");
     }
+    let port = routed_port(switch, &ns, vlan, mac, addrs, gateways, &[]);
+    (ns, port)
+}
+
+/// A TAP port (a fresh name) of `switch` on `vlan` in the existing namespace `ns`, with `mac`,
+/// `addrs`, a default route via each of `gateways` and `extra` flags for `port add`. Returns
+/// the port's name.
+fn routed_port(
+    switch: &Switch,
+    ns: &Netns,
+    vlan: u16,
+    mac: &str,
+    addrs: &[&str],
+    gateways: &[&str],
+    extra: &[&str],
+) -> String {
     let port = unique("rp");
     let vlan = vlan.to_string();
-    switch.add_container_port(&ns, &port, &["--vlan", &vlan, "--mac", mac], addrs);
+    let mut flags = vec!["--vlan", &vlan, "--mac", mac];
+    flags.extend_from_slice(extra);
+    switch.add_container_port(ns, &port, &flags, addrs);
     for gw in gateways {
         if gw.contains(':') {
             ns.ip(&["-6", "route", "add", "default", "via", gw])
@@ -142,7 +160,7 @@ fn routed_container(
                 .expect("default route");
         }
     }
-    (ns, port)
+    port
 }
 
 /// One interface (with its counters) from `interface list -j`.
@@ -1325,6 +1343,22 @@ struct IpipHosts {
 }
 
 fn ipip_hosts(route_b_extra: &[&str]) -> IpipHosts {
+    let (hosts, sa, sb) = ipip_switches(route_b_extra);
+    let (ca, pa) = routed_container(&sa, 10, MAC_A, &["10.42.0.2/24"], &["10.42.0.1"]);
+    let (cb, _pb) = routed_container(&sb, 10, MAC_B, &["10.42.1.2/24"], &["10.42.1.1"]);
+    IpipHosts {
+        sa,
+        sb,
+        ca,
+        pa,
+        cb,
+        hosts,
+    }
+}
+
+/// The hosts and switches of `ipip_hosts`, without containers: router interfaces 10.42.0.1
+/// on A and 10.42.1.1 on B (VLAN 10) and the IPIP routes between the two subnets.
+fn ipip_switches(route_b_extra: &[&str]) -> (HostPair, Switch, Switch) {
     let hosts = host_pair();
     hosts
         .a
@@ -1358,16 +1392,7 @@ fn ipip_hosts(route_b_extra: &[&str]) -> IpipHosts {
     ];
     args.extend_from_slice(route_b_extra);
     sb.cli(&args);
-    let (ca, pa) = routed_container(&sa, 10, MAC_A, &["10.42.0.2/24"], &["10.42.0.1"]);
-    let (cb, _pb) = routed_container(&sb, 10, MAC_B, &["10.42.1.2/24"], &["10.42.1.1"]);
-    IpipHosts {
-        sa,
-        sb,
-        ca,
-        pa,
-        cb,
-        hosts,
-    }
+    (hosts, sa, sb)
 }
 
 #[test]
@@ -1658,6 +1683,126 @@ fn ipip_fragmentation_needed() {
         TCP_BYTES,
         "B -> A, path MTU discovery",
     );
+}
+
+/// One port's `tx_bytes` / `tx_packets` (or `rx_`, by `dir`) since `before`, a `port_stats`
+/// taken earlier: the average frame size in that direction.
+fn bytes_per_frame(switch: &Switch, port: &str, before: &Value, dir: &str) -> u64 {
+    let after = switch.port_stats(port);
+    let delta = |k: &str| {
+        let key = format!("{dir}_{k}");
+        after[&key].as_u64().unwrap() - before[&key].as_u64().unwrap()
+    };
+    let frames = delta("packets");
+    assert!(frames > 0, "{port}: no {dir} frames");
+    delta("bytes") / frames
+}
+
+#[test]
+fn tcp_over_ipip_with_offloads_on_and_off() {
+    if !have_root() {
+        return;
+    }
+    // Two tapswitch hosts routing 10.42.0.0/24 (A) and 10.42.1.0/24 (B) to each other over
+    // IPIP, and a container on each; per combination each container gets a fresh TAP port
+    // with offloads on or off (the namespaces, daemons and routes stay). The containers have
+    // the default MTU of 1500, the tunnel 1480: TCP finds the path MTU through the router's
+    // ICMP fragmentation needed. The containers are declared before the switches, so that on
+    // a failed assertion the switches (which remove their TAP ports) go first.
+    let (ca, cb) = (container("rto", false), container("rto", false));
+    let (_hosts, sa, sb) = ipip_switches(&[]);
+    let mut measured = Vec::new();
+    for (on_a, on_b) in [(true, true), (true, false), (false, true), (false, false)] {
+        let what = format!("IPIP, offloads a={on_a} b={on_b}");
+        let flags = |on: bool| if on { vec![] } else { vec!["--no-offload"] };
+        let pa = routed_port(
+            &sa,
+            &ca,
+            10,
+            MAC_A,
+            &["10.42.0.2/24"],
+            &["10.42.0.1"],
+            &flags(on_a),
+        );
+        let pb = routed_port(
+            &sb,
+            &cb,
+            10,
+            MAC_B,
+            &["10.42.1.2/24"],
+            &["10.42.1.1"],
+            &flags(on_b),
+        );
+        for (sw, port, on) in [(&sa, &pa, on_a), (&sb, &pb, on_b)] {
+            let listed = sw.json(&["port", "list"]);
+            let entry = listed
+                .as_array()
+                .and_then(|ports| ports.iter().find(|p| p["name"] == port.as_str()))
+                .unwrap_or_else(|| panic!("{port} not listed: {listed}"));
+            assert_eq!(entry["offload"], on, "{what}: {entry}");
+        }
+        assert_reaches(&ca, "10.42.1.2", &what);
+
+        let (a0, b0) = (sa.port_stats(&pa), sb.port_stats(&pb));
+        let (ipip_a0, ipip_b0) = (
+            sa.json(&["stats"])["ipip"].clone(),
+            sb.json(&["stats"])["ipip"].clone(),
+        );
+        tcp(&cb, "10.42.1.2", &ca, 8 << 20, &what);
+        let sent = bytes_per_frame(&sa, &pa, &a0, "rx");
+        let got = bytes_per_frame(&sb, &pb, &b0, "tx");
+        eprintln!(
+            "{what}: {sent} bytes per frame from A's container, {got} to B's; \
+             frag_needed on A so far: {}",
+            if_drop(&sa, 10, "frag_needed")
+        );
+        measured.push((on_a, on_b, sent, got));
+
+        // A's container segments by itself exactly when its port takes no offloads.
+        if on_a {
+            assert!(
+                sent > 1514,
+                "{what}: super-frames from A's container ({sent})"
+            );
+        } else {
+            assert!(sent <= 1514, "{what}: frames from A's container ({sent})");
+        }
+        if !on_b {
+            // Out of a 1480-byte tunnel and cut to the port's MTU.
+            assert!(got <= 1480 + 14, "{what}: frames to B's container ({got})");
+        }
+        for (sw, port) in [(&sa, &pa), (&sb, &pb)] {
+            for reason in ["bad_offload", "oversized"] {
+                assert_eq!(drops(sw, port, reason), 0, "{what}: {port} {reason}");
+            }
+            assert_eq!(
+                sw.port_stats(port)["tx_oversized"].as_u64().unwrap_or(0),
+                0,
+                "{what}: {port} tx_oversized"
+            );
+        }
+        // The tunnel carried the stream without an error, an outer packet too big for the
+        // underlay or a drop.
+        for (host, sw, before) in [("A", &sa, &ipip_a0), ("B", &sb, &ipip_b0)] {
+            let ipip = sw.json(&["stats"])["ipip"].clone();
+            assert!(
+                ipip["tx_packets"].as_u64().unwrap() > before["tx_packets"].as_u64().unwrap() + 100,
+                "{what}: host {host}: {ipip}"
+            );
+            assert_eq!(ipip["tx_oversized"], 0, "{what}: host {host}: {ipip}");
+            assert_eq!(ipip["tx_errors"], 0, "{what}: host {host}: {ipip}");
+            let dropped: u64 = ipip["drops"]
+                .as_object()
+                .unwrap_or_else(|| panic!("no stats.ipip.drops: {ipip}"))
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(dropped, 0, "{what}: host {host}: {ipip}");
+        }
+        sa.cli(&["port", "del", &pa]);
+        sb.cli(&["port", "del", &pb]);
+    }
+    eprintln!("(A offload, B offload, bytes per frame from A's container, to B's): {measured:?}");
 }
 
 /// Whether this kernel can make `ipip` devices. Minimal kernels, CI's among them, are built

@@ -24,6 +24,7 @@ const B_UL: &str = "192.168.77.2";
 /// Inner MTU: the underlay's 1500 less the 50 bytes of outer headers.
 const OVERLAY_MTU: &str = "1450";
 const TEN_MIB: u64 = 10 << 20;
+const EIGHT_MIB: u64 = 8 << 20;
 const TCP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Two hosts joined by an underlay veth: host A is 192.168.77.1, host B 192.168.77.2.
@@ -86,14 +87,27 @@ fn ethtool_k(ns: &Netns, dev: &str, args: &[&str]) {
 /// overlay MTU and one address.
 fn tap_container(switch: &Switch, vlan: &str, mac: &str, cidr: &str) -> (Netns, String) {
     let ns = container("vxc", false);
-    let port = unique("vt");
-    switch.add_container_port(
-        &ns,
-        &port,
-        &["--vlan", vlan, "--mac", mac, "--mtu", OVERLAY_MTU],
-        &[cidr],
-    );
+    let port = tap_port(switch, &ns, vlan, mac, cidr, true);
     (ns, port)
+}
+
+/// A TAP port (a fresh name) of `switch` in the existing namespace `ns`, with a fixed MAC, the
+/// overlay MTU and one address; `offload` false adds `--no-offload`. Returns the port's name.
+fn tap_port(
+    switch: &Switch,
+    ns: &Netns,
+    vlan: &str,
+    mac: &str,
+    cidr: &str,
+    offload: bool,
+) -> String {
+    let port = unique("vt");
+    let mut flags = vec!["--vlan", vlan, "--mac", mac, "--mtu", OVERLAY_MTU];
+    if !offload {
+        flags.push("--no-offload");
+    }
+    switch.add_container_port(ns, &port, &flags, &[cidr]);
+    port
 }
 
 /// `bridge -n NS ARGS` (iproute2's bridge tool).
@@ -1181,4 +1195,128 @@ fn learned_remotes_age_out_static_ones_stay() {
         (Some("static"), Some(B_UL))
     );
     drop(t.b);
+}
+
+/// One port's `tx_bytes` / `tx_packets` (or `rx_`, by `dir`) since `before`, a `port_stats`
+/// taken earlier: the average frame size in that direction.
+fn bytes_per_frame(switch: &Switch, port: &str, before: &serde_json::Value, dir: &str) -> u64 {
+    let after = switch.port_stats(port);
+    let delta = |k: &str| {
+        let key = format!("{dir}_{k}");
+        after[&key].as_u64().unwrap() - before[&key].as_u64().unwrap()
+    };
+    let frames = delta("packets");
+    assert!(frames > 0, "{port}: no {dir} frames");
+    delta("bytes") / frames
+}
+
+/// Whether the kernel in `ns` may hand `dev` TCP super-frames (ethtool's
+/// tcp-segmentation-offload): tapswitch offers it on a TAP port that takes offloads only.
+fn kernel_tso(ns: &Netns, dev: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "ethtool", "-k", dev])
+        .output()
+        .expect("run ethtool");
+    assert!(out.status.success(), "ethtool -k {dev}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("tcp-segmentation-offload:"))
+        .unwrap_or_else(|| panic!("no tcp-segmentation-offload in:\n{text}"));
+    line.contains(": on")
+}
+
+/// The largest Ethernet frame a port with the overlay MTU gets without offloads.
+const OVERLAY_FRAME: u64 = 1450 + 14;
+
+#[test]
+fn tcp_over_vxlan_with_offloads_on_and_off() {
+    if !have_root() {
+        return;
+    }
+    // Two tapswitch hosts, VNI 42 extending VLAN 10 on both, and a container on each; per
+    // combination each container gets a fresh TAP port with offloads on or off (the
+    // namespaces, daemons and tunnel stay).
+    // The containers are declared before the switches, so that on a failed assertion the
+    // switches (which remove their TAP ports) go first.
+    let ul = underlay();
+    let (c1, c2) = (container("vxo", false), container("vxo", false));
+    let sw_a = Switch::start_in(&ul.a, None);
+    let sw_b = Switch::start_in(&ul.b, None);
+    sw_a.cli(&[
+        "vxlan", "add", "42", "--vlan", "10", "--local", A_UL, "--remote", B_UL,
+    ]);
+    sw_b.cli(&[
+        "vxlan", "add", "42", "--vlan", "10", "--local", B_UL, "--remote", A_UL,
+    ]);
+    let mut measured = Vec::new();
+    for (on1, on2) in [(true, true), (true, false), (false, true), (false, false)] {
+        let what = format!("VXLAN, offloads c1={on1} c2={on2}");
+        let p1 = tap_port(&sw_a, &c1, "10", "02:00:00:42:0f:01", "10.42.0.1/24", on1);
+        let p2 = tap_port(&sw_b, &c2, "10", "02:00:00:42:0f:02", "10.42.0.2/24", on2);
+        // The ports are what the combination says, to tapswitch and to the containers' kernels.
+        for (sw, port, ns, on) in [(&sw_a, &p1, &c1, on1), (&sw_b, &p2, &c2, on2)] {
+            let listed = sw.json(&["port", "list"]);
+            let entry = listed
+                .as_array()
+                .and_then(|ports| ports.iter().find(|p| p["name"] == port.as_str()))
+                .unwrap_or_else(|| panic!("{port} not listed: {listed}"));
+            assert_eq!(entry["offload"], on, "{what}: {entry}");
+            assert_eq!(kernel_tso(ns, port), on, "{what}: TSO on {port}");
+        }
+        assert_eq!(ping(&c1, "10.42.0.2", 2), 2, "{what}: ping");
+
+        let (a1, b2) = (sw_a.port_stats(&p1), sw_b.port_stats(&p2));
+        let vx_a = sw_a.json(&["stats"])["vxlan"].clone();
+        tcp(&c2, "10.42.0.2", &c1, EIGHT_MIB, &what);
+        let sent = bytes_per_frame(&sw_a, &p1, &a1, "rx");
+        let got = bytes_per_frame(&sw_b, &p2, &b2, "tx");
+        eprintln!("{what}: {sent} bytes per frame from c1, {got} to c2");
+        measured.push((on1, on2, sent, got));
+
+        // c1's kernel segments by itself exactly when its port takes no offloads.
+        if on1 {
+            assert!(sent > 1514, "{what}: super-frames from c1 ({sent})");
+        } else {
+            assert!(sent <= OVERLAY_FRAME, "{what}: frames from c1 ({sent})");
+        }
+        if on2 {
+            // Host B joined the decapsulated segments (GRO) for c2's kernel to take whole.
+            assert!(got > 1514, "{what}: joined segments towards c2 ({got})");
+        } else {
+            assert!(got <= OVERLAY_FRAME, "{what}: cut to c2's MTU ({got})");
+        }
+        for (sw, port) in [(&sw_a, &p1), (&sw_b, &p2)] {
+            for reason in ["bad_offload", "oversized"] {
+                assert_eq!(drops(sw, port, reason), 0, "{what}: {port} {reason}");
+            }
+            assert_eq!(
+                sw.port_stats(port)["tx_oversized"].as_u64().unwrap_or(0),
+                0,
+                "{what}: {port} tx_oversized"
+            );
+        }
+        // The tunnel on A sent the stream without an error or an outer packet too big for
+        // the underlay; B's took it all.
+        let vx = sw_a.json(&["stats"])["vxlan"].clone();
+        assert!(
+            vx["tx_packets"].as_u64().unwrap() > vx_a["tx_packets"].as_u64().unwrap() + 100,
+            "{what}: {vx}"
+        );
+        assert_eq!(vx["tx_oversized"], 0, "{what}: {vx}");
+        assert_eq!(vx["tx_errors"], 0, "{what}: {vx}");
+        for (host, sw) in [("A", &sw_a), ("B", &sw_b)] {
+            let vx = sw.json(&["stats"])["vxlan"].clone();
+            let dropped: u64 = vx["drops"]
+                .as_object()
+                .unwrap_or_else(|| panic!("no stats.vxlan.drops: {vx}"))
+                .values()
+                .map(|v| v.as_u64().unwrap())
+                .sum();
+            assert_eq!(dropped, 0, "{what}: tunnel drops on host {host}: {vx}");
+        }
+        sw_a.cli(&["port", "del", &p1]);
+        sw_b.cli(&["port", "del", &p2]);
+    }
+    eprintln!("(c1 offload, c2 offload, bytes per frame from c1, to c2): {measured:?}");
 }
