@@ -484,6 +484,100 @@ pub fn udp_order(
     Ok(out)
 }
 
+/// The outcome of [`udp_segmented`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UdpSegmented {
+    /// Datagrams the client's sends carried.
+    pub sent: u64,
+    /// Datagrams that arrived whole and right (length and contents).
+    pub received: u64,
+    /// Datagrams that arrived wrong.
+    pub bad: u64,
+}
+
+/// Sends `sends` messages of `per_send` datagrams of `size` bytes each from `client` to a
+/// server on `server_ip` in `server`, with UDP segmentation offload (`UDP_SEGMENT`: the
+/// client's kernel makes one super-packet of each message and cuts it only where it must).
+/// The server checks every datagram: `size` bytes, numbered, filled with its number.
+pub fn udp_segmented(
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    client: &Netns,
+    size: u16,
+    per_send: usize,
+    sends: usize,
+) -> io::Result<UdpSegmented> {
+    let srv = server.run(|| UdpSocket::bind((server_ip, 0)))?;
+    let srv_addr = srv.local_addr()?;
+    let big: libc::c_int = 16 << 20;
+    // SAFETY: big is a live c_int and the length matches it; failure only leaves the default.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&srv),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &big as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+    }
+    srv.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let want = (per_send * sends) as u64;
+    let receiver = std::thread::spawn(move || {
+        let mut out = UdpSegmented::default();
+        let mut buf = vec![0u8; 65536];
+        while out.received + out.bad < want {
+            let Ok(n) = srv.recv(&mut buf) else {
+                break;
+            };
+            let d = &buf[..n];
+            let ok = n == usize::from(size) && n >= 4 && {
+                let k = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+                d[4..].iter().all(|&b| b == k as u8)
+            };
+            if ok {
+                out.received += 1;
+            } else {
+                out.bad += 1;
+            }
+        }
+        out
+    });
+    let cli = client.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+    let seg = libc::c_int::from(size);
+    // SAFETY: seg is a live c_int and the length matches it.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&cli),
+            libc::SOL_UDP,
+            103, // UDP_SEGMENT
+            &seg as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut msg = vec![0u8; usize::from(size) * per_send];
+    let mut sent = 0u64;
+    for s in 0..sends {
+        for (i, d) in msg.chunks_mut(usize::from(size)).enumerate() {
+            let k = (s * per_send + i) as u32;
+            d.fill(k as u8);
+            d[..4].copy_from_slice(&k.to_be_bytes());
+        }
+        cli.send_to(&msg, srv_addr)?;
+        sent += per_send as u64;
+        if s % 16 == 15 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let mut out = receiver
+        .join()
+        .map_err(|_| io::Error::other("receiver thread panicked"))?;
+    out.sent = sent;
+    Ok(out)
+}
+
 /// A raw view of one interface inside a namespace: send any frame out of it, see every frame
 /// that arrives on it (VLAN tags included). Built on the dataplane's own AF_PACKET port.
 pub struct RawPort {

@@ -60,6 +60,8 @@ const IFF_MULTI_QUEUE: i16 = 0x0100;
 const TUN_F_CSUM: u32 = 0x01;
 const TUN_F_TSO4: u32 = 0x02;
 const TUN_F_TSO6: u32 = 0x04;
+const TUN_F_USO4: u32 = 0x20;
+const TUN_F_USO6: u32 = 0x40;
 const PACKET_AUXDATA: libc::c_int = 8;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 const PACKET_VNET_HDR: libc::c_int = 15;
@@ -157,6 +159,9 @@ pub struct PortDevice {
     vnet: bool,
     /// Frames with a checksum or a segmentation still to do may be written to it.
     offload: bool,
+    /// UDP super-frames (`VIRTIO_NET_HDR_GSO_UDP_L4`) may be written to it, and it hands them
+    /// over: a TAP with UDP segmentation offload (Linux 6.2 and later).
+    uso: bool,
 }
 
 fn os<'a>(what: &'static str, name: &'a str) -> impl FnOnce(io::Error) -> PortError + 'a {
@@ -197,6 +202,7 @@ impl PortDevice {
             flags |= IFF_MULTI_QUEUE;
         }
         let mut queues = Vec::with_capacity(count);
+        let mut uso = spec.offload;
         for queue in 0..count {
             let file = OpenOptions::new()
                 .read(true)
@@ -216,18 +222,15 @@ impl PortDevice {
             };
             netdev::ioctl(&fd, TUNSETIFF, &mut req).map_err(os(what, name))?;
             if spec.offload {
-                // What the kernel may leave to us: checksums and TCP segmentation (the header
-                // is the 10-byte `virtio_net_hdr`, the default size).
-                // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is a TAP descriptor.
-                let rc = unsafe {
-                    libc::ioctl(
-                        fd.as_raw_fd(),
-                        TUNSETOFFLOAD,
-                        (TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) as libc::c_ulong,
-                    )
-                };
-                if rc < 0 {
-                    return Err(os("enabling offloads on", name)(io::Error::last_os_error()));
+                // What the kernel may leave to us: checksums, TCP segmentation and, where the
+                // kernel has it, UDP segmentation (the header is the 10-byte
+                // `virtio_net_hdr`, the default size).
+                let tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+                if uso && set_offload(&fd, tcp | TUN_F_USO4 | TUN_F_USO6).is_err() {
+                    uso = false;
+                }
+                if !uso {
+                    set_offload(&fd, tcp).map_err(os("enabling offloads on", name))?;
                 }
             }
             queues.push(fd);
@@ -255,6 +258,7 @@ impl PortDevice {
             mtu: netdev::mtu(name).map_err(os("reading the MTU of", name))?,
             vnet: spec.offload,
             offload: spec.offload,
+            uso,
         })
     }
 
@@ -352,6 +356,9 @@ impl PortDevice {
             mtu: netdev::mtu(name).map_err(os("reading the MTU of", name))?,
             vnet: true,
             offload,
+            // A packet socket's frames come segmented by the kernel's own rules; UDP
+            // super-frames are not written to it.
+            uso: false,
         })
     }
 
@@ -378,6 +385,11 @@ impl PortDevice {
     /// Whether frames with a checksum or segmentation still to do may be written to it.
     pub fn takes_offloads(&self) -> bool {
         self.offload
+    }
+
+    /// Whether UDP super-frames (UDP segmentation offload) may be written to it.
+    pub fn takes_udp_segmentation(&self) -> bool {
+        self.uso
     }
 
     /// How many queues (descriptors) the device has; at least 1.
@@ -724,6 +736,17 @@ fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, value: libc::c_int) -> io::Res
             mem::size_of::<libc::c_int>() as u32,
         )
     };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `TUNSETOFFLOAD` with `flags` on a TAP descriptor.
+fn set_offload(fd: &OwnedFd, flags: u32) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; fd is a TAP descriptor.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETOFFLOAD, flags as libc::c_ulong) };
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {

@@ -32,7 +32,7 @@ use super::tunnel::TunnelSocket;
 use crate::pipeline::bridge::Egress;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::gro::{Coalescer, Push};
-use crate::pipeline::offload::{complete_checksum, segment_tcp, Offload};
+use crate::pipeline::offload::{complete_checksum, segment, Offload};
 use crate::pipeline::{
     Bridge, Decision, DropReason, ForwardingState, Generated, SharedTables, WorkerCounters,
 };
@@ -579,8 +579,8 @@ impl Worker {
                 && forward_offloaded(bridge, &mut out, port, frame, &offload, scratch, now)
             {
                 None
-            } else if let Some(mss) = offload.gso_size {
-                segment_tcp(frame, mss, scratch, |seg| {
+            } else if offload.gso_size.is_some() {
+                segment(frame, &offload, scratch, |seg| {
                     forward(bridge, &mut out, port, seg, now)
                 })
                 .err()
@@ -820,8 +820,7 @@ fn flush_gro(
             None => forward(bridge, out, port, frame, now),
             Some(o) => {
                 if !forward_offloaded(bridge, out, port, frame, &o, scratch, now) {
-                    let mss = o.gso_size.unwrap_or(u16::MAX);
-                    let _ = segment_tcp(frame, mss, scratch, |seg| {
+                    let _ = segment(frame, &o, scratch, |seg| {
                         forward(bridge, out, port, seg, now)
                     });
                 }
@@ -1009,10 +1008,12 @@ fn send_member(
     }
 }
 
-/// Whether frames with offloads left to do may go out of `port` as they are.
-fn takes_offloads(snapshot: &Snapshot, port: PortId) -> bool {
+/// Whether a frame with `offload` left to do may go out of `port` as it is.
+fn takes_offloads(snapshot: &Snapshot, port: PortId, offload: &Offload) -> bool {
     snapshot.forwarding.vxlan_port(port).is_none()
-        && snapshot.device(port).is_some_and(|d| d.takes_offloads())
+        && snapshot
+            .device(port)
+            .is_some_and(|d| d.takes_offloads() && (!offload.gso_udp || d.takes_udp_segmentation()))
 }
 
 /// Switches a frame whose checksum or TCP segmentation is still to do (`offload`) without
@@ -1044,7 +1045,7 @@ fn forward_offloaded(
     };
     let mut finish = false;
     for member in egress.ports() {
-        if takes_offloads(snapshot, member.port) {
+        if takes_offloads(snapshot, member.port, offload) {
             send_member(bridge, out, &egress, member, frame, Some(offload), now);
         } else {
             finish = true;
@@ -1056,13 +1057,13 @@ fn forward_offloaded(
     }
     let mut emit = |done: &mut [u8]| {
         for member in egress.ports() {
-            if !takes_offloads(snapshot, member.port) {
+            if !takes_offloads(snapshot, member.port, offload) {
                 send_member(bridge, out, &egress, member, done, None, now);
             }
         }
     };
     let result = match (offload.gso_size, offload.csum) {
-        (Some(mss), _) => segment_tcp(frame, mss, scratch, emit),
+        (Some(_), _) => segment(frame, offload, scratch, emit),
         (None, Some((start, offset))) => {
             scratch.clear();
             scratch.extend_from_slice(frame);

@@ -3,7 +3,8 @@
 //! A frame may arrive with work left undone by its sender, described by the virtio-net header
 //! (`struct virtio_net_hdr`) that AF_PACKET with `PACKET_VNET_HDR` (and TAP with
 //! `IFF_VNET_HDR`) put in front of it: a checksum still to be computed (`NEEDS_CSUM`), or a
-//! TCP super-frame still to be segmented (GSO). An egress that cannot take that metadata gets
+//! TCP or UDP super-frame still to be segmented (GSO: TCP segmentation, or UDP segmentation
+//! as an application's `UDP_SEGMENT` asks for). An egress that cannot take that metadata gets
 //! the finished frames instead; this module does the finishing, without I/O and without
 //! allocating beyond the caller's reusable scratch buffer.
 
@@ -17,6 +18,7 @@ const F_NEEDS_CSUM: u8 = 1;
 const GSO_NONE: u8 = 0;
 const GSO_TCPV4: u8 = 1;
 const GSO_TCPV6: u8 = 4;
+const GSO_UDP_L4: u8 = 5;
 const GSO_ECN: u8 = 0x80;
 
 /// What is left to do for a received frame.
@@ -24,8 +26,11 @@ const GSO_ECN: u8 = 0x80;
 pub struct Offload {
     /// A partial checksum: sum from `start` to the end, store at `start + offset`.
     pub csum: Option<(u16, u16)>,
-    /// TCP segmentation into segments of at most `gso_size` payload bytes.
+    /// Segmentation into segments of at most `gso_size` payload bytes: TCP, or UDP with
+    /// `gso_udp`.
     pub gso_size: Option<u16>,
+    /// The segmentation is UDP's (`VIRTIO_NET_HDR_GSO_UDP_L4`): each segment a datagram.
+    pub gso_udp: bool,
     /// A GSO type this switch does not segment (UDP fragmentation offload, ...).
     pub gso_unsupported: bool,
     /// The header as it came, for passing the frame on with its offloads still to do.
@@ -42,8 +47,9 @@ impl Offload {
         let csum_offset = u16::from_le_bytes([h[8], h[9]]);
         Offload {
             csum: (flags & F_NEEDS_CSUM != 0).then_some((csum_start, csum_offset)),
-            gso_size: matches!(gso_type, GSO_TCPV4 | GSO_TCPV6).then_some(gso_size),
-            gso_unsupported: !matches!(gso_type, GSO_NONE | GSO_TCPV4 | GSO_TCPV6),
+            gso_size: matches!(gso_type, GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4).then_some(gso_size),
+            gso_udp: gso_type == GSO_UDP_L4,
+            gso_unsupported: !matches!(gso_type, GSO_NONE | GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4),
             header: *h,
         }
     }
@@ -54,13 +60,18 @@ impl Offload {
     }
 
     /// The length of the first (largest) frame the sender's segmentation will make: the
-    /// headers up to the TCP payload plus one segment; the frame's own length without GSO.
+    /// headers up to the TCP (UDP) payload plus one segment; the frame's own length without
+    /// GSO.
     pub fn wire_len(&self, frame: &[u8]) -> usize {
         match (self.gso_size, self.csum) {
             (Some(mss), Some((start, _))) => {
-                let thl = frame
-                    .get(usize::from(start) + 12)
-                    .map_or(20, |b| usize::from(b >> 4) * 4);
+                let thl = if self.gso_udp {
+                    8
+                } else {
+                    frame
+                        .get(usize::from(start) + 12)
+                        .map_or(20, |b| usize::from(b >> 4) * 4)
+                };
                 (usize::from(start) + thl + usize::from(mss)).min(frame.len())
             }
             _ => frame.len(),
@@ -103,6 +114,119 @@ pub fn complete_checksum(frame: &mut [u8], start: u16, offset: u16) -> Result<()
         value = 0xffff;
     }
     frame[at..at + 2].copy_from_slice(&value.to_be_bytes());
+    Ok(())
+}
+
+/// Cuts a super-frame as `offload` says (TCP or UDP segmentation) and passes each resulting
+/// frame to `emit`; see [`segment_tcp`] and [`segment_udp`].
+pub fn segment(
+    frame: &[u8],
+    offload: &Offload,
+    scratch: &mut Vec<u8>,
+    emit: impl FnMut(&mut [u8]),
+) -> Result<(), DropReason> {
+    let size = offload.gso_size.ok_or(DropReason::BadOffload)?;
+    if offload.gso_udp {
+        segment_udp(frame, size, scratch, emit)
+    } else {
+        segment_tcp(frame, size, scratch, emit)
+    }
+}
+
+/// Where the L3 header of `frame` starts (after an optional 802.1Q tag) and its EtherType.
+fn l3_of(frame: &[u8]) -> Result<(usize, u16), DropReason> {
+    let bad = DropReason::BadOffload;
+    if frame.len() < 14 {
+        return Err(bad);
+    }
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    if ethertype == 0x8100 {
+        if frame.len() < 18 {
+            return Err(bad);
+        }
+        return Ok((18, u16::from_be_bytes([frame[16], frame[17]])));
+    }
+    Ok((14, ethertype))
+}
+
+/// Splits a UDP super-frame into datagrams carrying at most `size` payload bytes each, with
+/// IP lengths, IPv4 identification, UDP lengths and checksums right, and passes each to
+/// `emit`. `scratch` is reused between calls.
+pub fn segment_udp(
+    frame: &[u8],
+    size: u16,
+    scratch: &mut Vec<u8>,
+    mut emit: impl FnMut(&mut [u8]),
+) -> Result<(), DropReason> {
+    let bad = DropReason::BadOffload;
+    if size == 0 {
+        return Err(bad);
+    }
+    let (l3, ethertype) = l3_of(frame)?;
+    let (l4, v4) = match ethertype {
+        0x0800 => {
+            let ip = Ipv4Packet::new_checked(&frame[l3..]).map_err(|_| bad)?;
+            if ip.protocol() != IpProtocol::Udp {
+                return Err(bad);
+            }
+            (l3 + ip.header_len() as usize, true)
+        }
+        0x86dd => {
+            let ip = Ipv6Packet::new_checked(&frame[l3..]).map_err(|_| bad)?;
+            if ip.next_header() != IpProtocol::Udp {
+                return Err(bad);
+            }
+            (l3 + 40, false)
+        }
+        _ => return Err(bad),
+    };
+    let headers = l4 + 8;
+    if frame.len() < headers {
+        return Err(bad);
+    }
+    let payload = &frame[headers..];
+    let ident = if v4 {
+        Ipv4Packet::new_unchecked(&frame[l3..]).ident()
+    } else {
+        0
+    };
+    for (i, chunk) in payload.chunks(size as usize).enumerate() {
+        scratch.clear();
+        scratch.extend_from_slice(&frame[..headers]);
+        scratch.extend_from_slice(chunk);
+        let l3_len = scratch.len() - l3;
+        let pseudo = if v4 {
+            let mut ip = Ipv4Packet::new_unchecked(&mut scratch[l3..]);
+            ip.set_total_len(l3_len as u16);
+            ip.set_ident(ident.wrapping_add(i as u16));
+            ip.fill_checksum();
+            PseudoHeader::V4 {
+                src: ip.src_addr(),
+                dst: ip.dst_addr(),
+            }
+        } else {
+            let mut ip = Ipv6Packet::new_unchecked(&mut scratch[l3..]);
+            ip.set_payload_len((l3_len - 40) as u16);
+            PseudoHeader::V6 {
+                src: ip.src_addr(),
+                dst: ip.dst_addr(),
+            }
+        };
+        let udp_len = (scratch.len() - l4) as u16;
+        scratch[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
+        scratch[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
+        let sum = checksum::combine(&[
+            pseudo.sum(IpProtocol::Udp, u32::from(udp_len)),
+            checksum::sum(&scratch[l4..]),
+        ]);
+        let mut value = !sum;
+        if value == 0 {
+            // Zero would mean "no checksum": a computed zero is sent as all ones.
+            value = 0xffff;
+        }
+        scratch[l4 + 6..l4 + 8].copy_from_slice(&value.to_be_bytes());
+        emit(&mut scratch[..]);
+    }
     Ok(())
 }
 
@@ -288,6 +412,63 @@ mod tests {
             complete_checksum(&mut frame, 200, 16),
             Err(DropReason::BadOffload)
         );
+    }
+
+    /// An IPv4 UDP super-frame (UDP length and IP length of the whole) with `payload_len`
+    /// bytes of payload numbered 0, 1, 2, ...
+    fn udp_super_frame(payload_len: usize) -> Vec<u8> {
+        let mut l3 = vec![0u8; 20 + 8 + payload_len];
+        l3[0] = 0x45;
+        l3[2..4].copy_from_slice(&((28 + payload_len) as u16).to_be_bytes());
+        l3[4..6].copy_from_slice(&0x4321u16.to_be_bytes());
+        l3[8] = 64;
+        l3[9] = 17;
+        l3[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        l3[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        Ipv4Packet::new_unchecked(&mut l3[..]).fill_checksum();
+        l3[20..22].copy_from_slice(&4433u16.to_be_bytes());
+        l3[22..24].copy_from_slice(&443u16.to_be_bytes());
+        l3[24..26].copy_from_slice(&((8 + payload_len) as u16).to_be_bytes());
+        for (i, b) in l3[28..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
+        ethernet_frame(mac, mac, None, EtherType::Ipv4, &l3)
+    }
+
+    #[test]
+    fn udp_segments_are_whole_datagrams() {
+        let frame = udp_super_frame(2500);
+        // GSO_UDP_L4, NEEDS_CSUM at the UDP header, 1000 bytes per datagram.
+        let o = Offload::from_vnet_hdr(&[1, 5, 42, 0, 0xe8, 0x03, 34, 0, 6, 0]);
+        assert!(o.gso_udp && !o.gso_unsupported);
+        assert_eq!(o.gso_size, Some(1000));
+        assert_eq!(o.wire_len(&frame), 14 + 20 + 8 + 1000);
+        let mut scratch = Vec::new();
+        let mut got = Vec::new();
+        segment(&frame, &o, &mut scratch, |d| got.push(d.to_vec())).unwrap();
+        assert_eq!(got.len(), 3);
+        let mut payload = Vec::new();
+        for (i, d) in got.iter().enumerate() {
+            let ip = Ipv4Packet::new_checked(&d[14..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!(ip.ident(), 0x4321u16.wrapping_add(i as u16));
+            let len = if i < 2 { 1000 } else { 500 };
+            assert_eq!(usize::from(ip.total_len()), 28 + len);
+            let udp = &d[34..];
+            assert_eq!(u16::from_be_bytes([udp[4], udp[5]]) as usize, 8 + len);
+            let pseudo = PseudoHeader::V4 {
+                src: ip.src_addr(),
+                dst: ip.dst_addr(),
+            };
+            let sum = checksum::combine(&[
+                pseudo.sum(IpProtocol::Udp, (8 + len) as u32),
+                checksum::sum(udp),
+            ]);
+            assert_eq!(sum, 0xffff, "datagram {i}: checksum");
+            payload.extend_from_slice(&udp[8..]);
+        }
+        assert_eq!(payload, frame[42..].to_vec());
     }
 
     #[test]

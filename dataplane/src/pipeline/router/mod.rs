@@ -38,7 +38,7 @@ pub(crate) use nat::Balancer;
 use super::bridge::{Egress, Targets};
 use super::fragment::fragment_ipv4;
 use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
-use super::offload::{complete_checksum, segment_tcp};
+use super::offload::{complete_checksum, segment};
 use super::routing::{NextHop, RoutingState};
 use super::{Bridge, Decision, DropReason, ForwardingState, VlanMember};
 use crate::tables::{NeighKey, NeighLookup, PortId, Resolve, Timestamp};
@@ -529,7 +529,7 @@ impl Bridge {
             b
         };
         let result = match (o.gso_size, o.csum) {
-            (Some(mss), _) => segment_tcp(frame, mss, &mut scratch, |seg| out.push(take(seg))),
+            (Some(_), _) => segment(frame, &o, &mut scratch, |seg| out.push(take(seg))),
             (None, Some((start, offset))) => {
                 let mut b = take(frame);
                 let r = complete_checksum(&mut b, start, offset);
