@@ -1748,7 +1748,14 @@ fn tcp_over_ipip_with_offloads_on_and_off() {
             sa.json(&["stats"])["ipip"].clone(),
             sb.json(&["stats"])["ipip"].clone(),
         );
+        let frag0 = if_drop(&sa, 10, "frag_needed");
         tcp(&cb, "10.42.1.2", &ca, 8 << 20, &what);
+        // Full-sized segments (1500 bytes) do not fit the 1480-byte tunnel: the sender gets
+        // fragmentation needed, whether they came alone or in a super-frame, and adapts.
+        assert!(
+            if_drop(&sa, 10, "frag_needed") > frag0,
+            "{what}: segments too big for the tunnel got fragmentation needed"
+        );
         let sent = bytes_per_frame(&sa, &pa, &a0, "rx");
         let got = bytes_per_frame(&sb, &pb, &b0, "tx");
         eprintln!(

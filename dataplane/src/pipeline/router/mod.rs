@@ -245,7 +245,9 @@ impl Bridge {
                     ttl,
                 };
                 if self.offload.is_some() {
-                    // A raw socket takes no super-frame: each segment is encapsulated.
+                    // A raw socket takes no super-frame: each segment is encapsulated (or
+                    // refused, as a frame would be: a drop the caller counts).
+                    let mut result = Decision::Local;
                     for mut piece in self.finish_offloads(&frame[..l3 + total]) {
                         let len = piece.len() - l3;
                         match self.ipip_out(state, in_vlan, off, len, &mut piece, tunnel, now) {
@@ -257,10 +259,15 @@ impl Bridge {
                                     start: t.start,
                                 })
                             }
-                            _ => self.router.recycle(piece),
+                            d => {
+                                if let Decision::Drop(r) = d {
+                                    result = Decision::Drop(r);
+                                }
+                                self.router.recycle(piece);
+                            }
                         }
                     }
-                    return Decision::Local;
+                    return result;
                 }
                 return self.ipip_out(state, in_vlan, off, total, frame, tunnel, now);
             }
