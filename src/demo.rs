@@ -164,7 +164,7 @@ pub fn run() -> Result<(), Error> {
     );
     match probe::tcp_transfer(
         &containers[2].0,
-        containers[2].2,
+        containers[2].2.into(),
         &containers[0].0,
         TCP_BYTES,
         Duration::from_secs(30),

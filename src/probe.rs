@@ -277,7 +277,7 @@ impl Transfer {
 /// and checks on the receiving side that every byte arrived intact and in order.
 pub fn tcp_transfer(
     server: &Netns,
-    server_ip: Ipv4Addr,
+    server_ip: IpAddr,
     client: &Netns,
     bytes: u64,
     timeout: Duration,

@@ -368,7 +368,7 @@ fn masquerade_tcp_udp_and_ping_show_only_the_uplink_address() {
     // A bulk transfer: the window tracking lets a real TCP stream through.
     let t = probe::tcp_transfer(
         &lab.outside,
-        Ipv4Addr::new(10, 200, 0, 254),
+        Ipv4Addr::new(10, 200, 0, 254).into(),
         &lab.a,
         8 << 20,
         Duration::from_secs(60),
@@ -879,7 +879,7 @@ fn traceroute_and_fragmentation_needed_cross_the_nat() {
     // And TCP adapts: a bulk transfer completes across the smaller link.
     let t = probe::tcp_transfer(
         &far,
-        Ipv4Addr::new(198, 51, 100, 2),
+        Ipv4Addr::new(198, 51, 100, 2).into(),
         &lab.a,
         2 << 20,
         Duration::from_secs(60),

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::*;
@@ -33,7 +32,7 @@ fn transfer(sw: &Switch, a: &Netns, b: &Netns, b_ip: &str, pb: &str, what: &str)
     let (p0, b0) = (stat(sw, pb, "tx_packets"), stat(sw, pb, "tx_bytes"));
     let t = probe::tcp_transfer(
         b,
-        b_ip.parse::<Ipv4Addr>().unwrap(),
+        b_ip.parse::<std::net::IpAddr>().unwrap(),
         a,
         BYTES,
         Duration::from_secs(60),
@@ -201,6 +200,60 @@ out_vlan = 100
             );
         }
         for reason in ["bad_offload", "oversized", "conntrack_invalid"] {
+            assert_eq!(drops(&sw, &pa, reason), 0, "{what}: {reason}");
+        }
+        drop(sw);
+    }
+}
+
+/// IPv6 routed between two VLANs, with the receiving port's offloads on and off: TCP
+/// super-frames are routed whole (hop limit once, the egress MTU checked against their
+/// segments) and cut only for a port that takes no offloads.
+#[test]
+fn tcp_routed_over_ipv6_with_offloads_on_and_off() {
+    if !have_root() {
+        return;
+    }
+    for on in [true, false] {
+        let a = container("o6a", true);
+        let b = container("o6b", true);
+        let sw = Switch::with_config(
+            r#"
+[[interface]]
+vlan = 10
+address = "fd10::1/64"
+[[interface]]
+vlan = 20
+address = "fd20::1/64"
+"#,
+        );
+        let (pa, pb) = (unique("o6pa"), unique("o6pb"));
+        let fa = port_flags(10, true);
+        let fb = port_flags(20, on);
+        let fa: Vec<&str> = fa.iter().map(String::as_str).collect();
+        let fb: Vec<&str> = fb.iter().map(String::as_str).collect();
+        sw.add_container_port(&a, &pa, &fa, &[]);
+        sw.add_container_port(&b, &pb, &fb, &[]);
+        for (ns, port, addr, gw) in [
+            (&a, &pa, "fd10::2/64", "fd10::1"),
+            (&b, &pb, "fd20::2/64", "fd20::1"),
+        ] {
+            ns.ip(&["addr", "add", addr, "dev", port, "nodad"]).unwrap();
+            ns.ip(&["-6", "route", "add", "default", "via", gw])
+                .unwrap();
+        }
+        let what = format!("IPv6 routed, receiver offloads {on}");
+        assert_eq!(ping(&a, "fd20::2", 3), 3, "{what}: reachable");
+        let per_frame = transfer(&sw, &a, &b, "fd20::2", &pb, &what);
+        if on {
+            assert!(
+                per_frame > 1514,
+                "{what}: super-frames routed whole ({per_frame})"
+            );
+        } else {
+            assert!(per_frame <= 1514, "{what}: cut to the MTU ({per_frame})");
+        }
+        for reason in ["bad_offload", "oversized", "frag_needed"] {
             assert_eq!(drops(&sw, &pa, reason), 0, "{what}: {reason}");
         }
         drop(sw);

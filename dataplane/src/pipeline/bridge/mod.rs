@@ -267,11 +267,11 @@ impl Bridge {
     /// [`process`](Self::process) for a frame with offloads still to do (`offload`: a TCP
     /// super-frame, a partial checksum), without doing them: `wire_len` is the largest frame
     /// its segmentation will make, which the ingress MTU is checked against. A switched frame
-    /// is decided whole. An IPv4 frame for the router is routed whole too: the NAT stage
-    /// updates a partial checksum as such, and where it cannot leave whole (an IPIP route, a
-    /// next hop still resolving, fragmentation) the router cuts it and sends the pieces as
-    /// generated frames. `None`, with nothing counted, for anything else for the router
-    /// (IPv6, ARP, suppression): the caller finishes the offloads and passes each resulting
+    /// is decided whole. An IPv4 or IPv6 frame for the router is routed whole too: the NAT
+    /// stage updates a partial checksum as such, and where it cannot leave whole (an IPIP
+    /// route, a next hop still resolving, fragmentation) the router cuts it and sends the
+    /// pieces as generated frames. `None`, with nothing counted, for anything else for the
+    /// router (ARP, suppression): the caller finishes the offloads and passes each resulting
     /// frame to `process`.
     pub fn process_offloaded<'s>(
         &mut self,
@@ -288,7 +288,10 @@ impl Bridge {
         let decision = match Self::decide(shared, counters, state, ingress, frame, wire_len, now) {
             Ok(Step::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
             Ok(Step::Route { vlan, inner_offset })
-                if frame.get(inner_offset..inner_offset + 2) == Some(&[0x08, 0x00]) =>
+                if matches!(
+                    frame.get(inner_offset..inner_offset + 2),
+                    Some(&[0x08, 0x00] | &[0x86, 0xdd])
+                ) =>
             {
                 counters.port(ingress).rx_packets.add(1);
                 counters.port(ingress).rx_bytes.add(frame.len() as u64);

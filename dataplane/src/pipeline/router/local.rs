@@ -507,7 +507,11 @@ impl Bridge {
         let Some(iface) = state.routing.interface(out_vlan) else {
             return Decision::Drop(DropReason::NoRoute);
         };
-        if total > usize::from(iface.mtu) {
+        // A super-frame leaves as segments: they must fit, not the whole.
+        let wire_total = self.offload.map_or(total, |o| {
+            o.wire_len(&frame[..l3 + total]).saturating_sub(l3)
+        });
+        if wire_total > usize::from(iface.mtu) {
             let mtu = u32::from(iface.mtu);
             self.send_icmpv6_error(
                 state,
