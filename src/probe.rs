@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tapswitch_dataplane::io::netns;
+use tapswitch_dataplane::io::{netns, raw};
 use tapswitch_dataplane::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, Ipv4Packet};
 
 /// Runs `ip ARGS`; the error carries what `ip` printed.
@@ -509,17 +509,7 @@ pub fn udp_segmented(
 ) -> io::Result<UdpSegmented> {
     let srv = server.run(|| UdpSocket::bind((server_ip, 0)))?;
     let srv_addr = srv.local_addr()?;
-    let big: libc::c_int = 16 << 20;
-    // SAFETY: big is a live c_int and the length matches it; failure only leaves the default.
-    unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&srv),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &big as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-    }
+    raw::set_rcvbuf(std::os::fd::AsRawFd::as_raw_fd(&srv), 16 << 20);
     srv.set_read_timeout(Some(Duration::from_millis(500)))?;
     let want = (per_send * sends) as u64;
     let receiver = std::thread::spawn(move || {
@@ -543,20 +533,13 @@ pub fn udp_segmented(
         out
     });
     let cli = client.run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
-    let seg = libc::c_int::from(size);
-    // SAFETY: seg is a live c_int and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&cli),
-            libc::SOL_UDP,
-            103, // UDP_SEGMENT
-            &seg as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    const UDP_SEGMENT: libc::c_int = 103;
+    raw::setsockopt(
+        std::os::fd::AsRawFd::as_raw_fd(&cli),
+        libc::SOL_UDP,
+        UDP_SEGMENT,
+        &libc::c_int::from(size),
+    )?;
     let mut msg = vec![0u8; usize::from(size) * per_send];
     let mut sent = 0u64;
     for s in 0..sends {

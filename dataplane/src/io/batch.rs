@@ -42,17 +42,7 @@ const CMSG_ROOM: usize = 64;
 /// Asks the kernel to hand over runs of datagrams of one flow as one message (`UDP_GRO`).
 /// Older kernels lack the option; then each datagram comes alone.
 pub fn enable_gro(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: one is a live c_int and the length matches it.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            SOL_UDP,
-            UDP_GRO,
-            &one as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as u32,
-        );
-    }
+    let _ = super::raw::setsockopt(fd, SOL_UDP, UDP_GRO, &(1 as libc::c_int));
 }
 
 /// One received message, as [`RxBatch::get`] reports it.

@@ -43,6 +43,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use super::netdev::{self, IfReq};
 use super::netns;
+use super::raw;
 use super::steering;
 use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
@@ -325,23 +326,15 @@ impl PortDevice {
                     Some(join_fanout(&fd, group).map_err(os("joining the fanout group of", name))?);
                 sockets.push(fd);
             }
-            let zero: libc::c_int = 0;
             for fd in &sockets {
-                // SAFETY: SO_DETACH_FILTER ignores its value; a live c_int is passed anyway.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        fd.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_DETACH_FILTER,
-                        &zero as *const libc::c_int as *const libc::c_void,
-                        mem::size_of::<libc::c_int>() as u32,
-                    )
-                };
-                if rc < 0 {
-                    return Err(os("removing the setup filter of", name)(
-                        io::Error::last_os_error(),
-                    ));
-                }
+                // SO_DETACH_FILTER ignores its value.
+                raw::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_DETACH_FILTER,
+                    &(0 as libc::c_int),
+                )
+                .map_err(os("removing the setup filter of", name))?;
             }
         }
         if let Some(mtu) = mtu {
@@ -599,21 +592,14 @@ fn packet_socket(name: &str, ifindex: u32, drop_all: bool) -> Result<OwnedFd, Po
             len: 1,
             filter: drop.as_mut_ptr(),
         };
-        // SAFETY: prog points at a live one-instruction program; the kernel copies it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                &prog as *const libc::sock_fprog as *const libc::c_void,
-                mem::size_of::<libc::sock_fprog>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(os("filtering a packet socket for", name)(
-                io::Error::last_os_error(),
-            ));
-        }
+        // prog points at a live one-instruction program; the kernel copies it.
+        raw::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog,
+        )
+        .map_err(os("filtering a packet socket for", name))?;
     }
     setsockopt_int(&fd, PACKET_AUXDATA, 1).map_err(os("enabling auxdata on", name))?;
     setsockopt_int(&fd, PACKET_VNET_HDR, 1).map_err(os("enabling offload headers on", name))?;
@@ -642,19 +628,13 @@ fn packet_socket(name: &str, ifindex: u32, drop_all: bool) -> Result<OwnedFd, Po
     let mut mreq: libc::packet_mreq = unsafe { mem::zeroed() };
     mreq.mr_ifindex = ifindex as i32;
     mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
-    // SAFETY: mreq is a valid packet_mreq and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_ADD_MEMBERSHIP,
-            &mreq as *const libc::packet_mreq as *const libc::c_void,
-            mem::size_of::<libc::packet_mreq>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(os("making promiscuous", name)(io::Error::last_os_error()));
-    }
+    raw::setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_PACKET,
+        libc::PACKET_ADD_MEMBERSHIP,
+        &mreq,
+    )
+    .map_err(os("making promiscuous", name))?;
     Ok(fd)
 }
 
@@ -726,21 +706,7 @@ fn would_block<T>(e: io::Error) -> io::Result<Option<T>> {
 }
 
 fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: value is a live c_int and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            opt,
-            &value as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    raw::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, opt, &value)
 }
 
 /// `TUNSETOFFLOAD` with `flags` on a TAP descriptor.

@@ -24,21 +24,31 @@ pub fn open(protocol: libc::c_int, what: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `setsockopt(fd, level, opt, value)` for any plain value type (an `int`, a struct the
+/// option takes).
+pub fn setsockopt<T>(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: value is a live T and the length given is its size; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            value as *const T as *const libc::c_void,
+            mem::size_of::<T>() as u32,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Asks for a receive buffer of `bytes`: SO_RCVBUFFORCE (root) is not capped by
 /// net.core.rmem_max; without the privilege, SO_RCVBUF gets what the cap allows.
 pub fn set_rcvbuf(fd: RawFd, bytes: libc::c_int) {
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: value is a live c_int and the length matches it.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &bytes as *const libc::c_int as *const libc::c_void,
-                mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc == 0 {
+        if setsockopt(fd, libc::SOL_SOCKET, opt, &bytes).is_ok() {
             break;
         }
     }

@@ -195,20 +195,12 @@ fn sending_socket(local: Ipv4Addr) -> io::Result<OwnedFd> {
     let socket = UdpSocket::bind(SocketAddrV4::new(local, 0))?;
     socket.set_nonblocking(true)?;
     let fd = OwnedFd::from(socket);
-    let mode = IP_PMTUDISC_INTERFACE;
-    // SAFETY: mode is a live c_int and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            &mode as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    raw::setsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MTU_DISCOVER,
+        &IP_PMTUDISC_INTERFACE,
+    )?;
     Ok(fd)
 }
 
@@ -227,20 +219,12 @@ fn bind_reuseport(addr: SocketAddrV4) -> io::Result<UdpSocket> {
     }
     // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // SAFETY: one is a live c_int and the length matches it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            &one as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    raw::setsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_REUSEPORT,
+        &(1 as libc::c_int),
+    )?;
     // SAFETY: sockaddr_in is plain old data; all-zero is valid.
     let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
     sin.sin_family = libc::AF_INET as u16;

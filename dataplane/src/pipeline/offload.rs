@@ -149,6 +149,29 @@ fn l3_of(frame: &[u8]) -> Result<(usize, u16), DropReason> {
     Ok((14, ethertype))
 }
 
+/// Sets the length (and for IPv4 the identification and header checksum) of the IP header of
+/// a segment, `packet` being the segment from its IP header on; returns its pseudo-header.
+fn fix_ip_header(packet: &mut [u8], v4: bool, ident: u16) -> PseudoHeader {
+    let len = packet.len();
+    if v4 {
+        let mut ip = Ipv4Packet::new_unchecked(packet);
+        ip.set_total_len(len as u16);
+        ip.set_ident(ident);
+        ip.fill_checksum();
+        PseudoHeader::V4 {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+        }
+    } else {
+        let mut ip = Ipv6Packet::new_unchecked(packet);
+        ip.set_payload_len((len - 40) as u16);
+        PseudoHeader::V6 {
+            src: ip.src_addr(),
+            dst: ip.dst_addr(),
+        }
+    }
+}
+
 /// Splits a UDP super-frame into datagrams carrying at most `size` payload bytes each, with
 /// IP lengths, IPv4 identification, UDP lengths and checksums right, and passes each to
 /// `emit`. `scratch` is reused between calls.
@@ -194,24 +217,7 @@ pub fn segment_udp(
         scratch.clear();
         scratch.extend_from_slice(&frame[..headers]);
         scratch.extend_from_slice(chunk);
-        let l3_len = scratch.len() - l3;
-        let pseudo = if v4 {
-            let mut ip = Ipv4Packet::new_unchecked(&mut scratch[l3..]);
-            ip.set_total_len(l3_len as u16);
-            ip.set_ident(ident.wrapping_add(i as u16));
-            ip.fill_checksum();
-            PseudoHeader::V4 {
-                src: ip.src_addr(),
-                dst: ip.dst_addr(),
-            }
-        } else {
-            let mut ip = Ipv6Packet::new_unchecked(&mut scratch[l3..]);
-            ip.set_payload_len((l3_len - 40) as u16);
-            PseudoHeader::V6 {
-                src: ip.src_addr(),
-                dst: ip.dst_addr(),
-            }
-        };
+        let pseudo = fix_ip_header(&mut scratch[l3..], v4, ident.wrapping_add(i as u16));
         let udp_len = (scratch.len() - l4) as u16;
         scratch[l4 + 4..l4 + 6].copy_from_slice(&udp_len.to_be_bytes());
         scratch[l4 + 6..l4 + 8].copy_from_slice(&[0, 0]);
@@ -240,19 +246,10 @@ pub fn segment_tcp(
     mut emit: impl FnMut(&mut [u8]),
 ) -> Result<(), DropReason> {
     let bad = DropReason::BadOffload;
-    if frame.len() < 14 || mss == 0 {
+    if mss == 0 {
         return Err(bad);
     }
-    let mut l3 = 12;
-    let mut ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-    if ethertype == 0x8100 {
-        if frame.len() < 18 {
-            return Err(bad);
-        }
-        l3 = 16;
-        ethertype = u16::from_be_bytes([frame[16], frame[17]]);
-    }
-    l3 += 2;
+    let (l3, ethertype) = l3_of(frame)?;
     let (l4, v4) = match ethertype {
         0x0800 => {
             let ip = Ipv4Packet::new_checked(&frame[l3..]).map_err(|_| bad)?;
@@ -285,24 +282,7 @@ pub fn segment_tcp(
         scratch.clear();
         scratch.extend_from_slice(&frame[..headers]);
         scratch.extend_from_slice(chunk);
-        let l3_len = scratch.len() - l3;
-        let pseudo = if v4 {
-            let mut ip = Ipv4Packet::new_unchecked(&mut scratch[l3..]);
-            ip.set_total_len(l3_len as u16);
-            ip.set_ident(ident.wrapping_add(i as u16));
-            ip.fill_checksum();
-            PseudoHeader::V4 {
-                src: ip.src_addr(),
-                dst: ip.dst_addr(),
-            }
-        } else {
-            let mut ip = Ipv6Packet::new_unchecked(&mut scratch[l3..]);
-            ip.set_payload_len((l3_len - 40) as u16);
-            PseudoHeader::V6 {
-                src: ip.src_addr(),
-                dst: ip.dst_addr(),
-            }
-        };
+        let pseudo = fix_ip_header(&mut scratch[l3..], v4, ident.wrapping_add(i as u16));
         let mut seg = TcpPacket::new_unchecked(&mut scratch[l4..]);
         seg.set_seq_number(seq.wrapping_add((i * mss as usize) as u32));
         let mut f = flags.bits();
