@@ -402,7 +402,7 @@ pub fn udp_order(
     flows: u16,
     count: u32,
 ) -> io::Result<UdpOrder> {
-    fn record(last: &mut [Option<u32>], buf: &[u8], got: &mut u64, late: &mut u64, side: &str) {
+    fn record(last: &mut [Option<u32>], buf: &[u8], got: &mut u64, late: &mut u64) {
         if buf.len() < 6 {
             return;
         }
@@ -413,12 +413,7 @@ pub fn udp_order(
         };
         *got += 1;
         match *l {
-            Some(prev) if seq <= prev => {
-                if std::env::var_os("UDP_ORDER_DEBUG").is_some() {
-                    eprintln!("{side} flow {flow}: {seq} after {prev}");
-                }
-                *late += 1
-            }
+            Some(prev) if seq <= prev => *late += 1,
             _ => *l = Some(seq),
         }
     }
@@ -430,7 +425,7 @@ pub fn udp_order(
         let (mut got, mut late) = (0, 0);
         let mut buf = [0u8; 2048];
         while let Ok((n, from)) = srv.recv_from(&mut buf) {
-            record(&mut last, &buf[..n], &mut got, &mut late, "server");
+            record(&mut last, &buf[..n], &mut got, &mut late);
             let _ = srv.send_to(&buf[..n], from);
         }
         (got, late)
@@ -449,13 +444,7 @@ pub fn udp_order(
     let mut drain = |out: &mut UdpOrder, last: &mut Vec<Option<u32>>| {
         for s in &socks {
             while let Ok(n) = s.recv(&mut back) {
-                record(
-                    last,
-                    &back[..n],
-                    &mut out.echoed,
-                    &mut out.echoes_reordered,
-                    "client",
-                );
+                record(last, &back[..n], &mut out.echoed, &mut out.echoes_reordered);
             }
         }
     };
