@@ -1734,11 +1734,7 @@ fn tcp_over_ipip_with_offloads_on_and_off() {
             &flags(on_b),
         );
         for (sw, port, on) in [(&sa, &pa, on_a), (&sb, &pb, on_b)] {
-            let listed = sw.json(&["port", "list"]);
-            let entry = listed
-                .as_array()
-                .and_then(|ports| ports.iter().find(|p| p["name"] == port.as_str()))
-                .unwrap_or_else(|| panic!("{port} not listed: {listed}"));
+            let entry = listed_port(sw, port);
             assert_eq!(entry["offload"], on, "{what}: {entry}");
         }
         assert_reaches(&ca, "10.42.1.2", &what);
@@ -1800,13 +1796,7 @@ fn tcp_over_ipip_with_offloads_on_and_off() {
             );
             assert_eq!(ipip["tx_oversized"], 0, "{what}: host {host}: {ipip}");
             assert_eq!(ipip["tx_errors"], 0, "{what}: host {host}: {ipip}");
-            let dropped: u64 = ipip["drops"]
-                .as_object()
-                .unwrap_or_else(|| panic!("no stats.ipip.drops: {ipip}"))
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum();
-            assert_eq!(dropped, 0, "{what}: host {host}: {ipip}");
+            assert_eq!(all_drops(&ipip), 0, "{what}: host {host}: {ipip}");
         }
         sa.cli(&["port", "del", &pa]);
         sb.cli(&["port", "del", &pb]);

@@ -1256,11 +1256,7 @@ fn tcp_over_vxlan_with_offloads_on_and_off() {
         let p2 = tap_port(&sw_b, &c2, "10", "02:00:00:42:0f:02", "10.42.0.2/24", on2);
         // The ports are what the combination says, to tapswitch and to the containers' kernels.
         for (sw, port, ns, on) in [(&sw_a, &p1, &c1, on1), (&sw_b, &p2, &c2, on2)] {
-            let listed = sw.json(&["port", "list"]);
-            let entry = listed
-                .as_array()
-                .and_then(|ports| ports.iter().find(|p| p["name"] == port.as_str()))
-                .unwrap_or_else(|| panic!("{port} not listed: {listed}"));
+            let entry = listed_port(sw, port);
             assert_eq!(entry["offload"], on, "{what}: {entry}");
             assert_eq!(kernel_tso(ns, port), on, "{what}: TSO on {port}");
         }
@@ -1307,13 +1303,11 @@ fn tcp_over_vxlan_with_offloads_on_and_off() {
         assert_eq!(vx["tx_errors"], 0, "{what}: {vx}");
         for (host, sw) in [("A", &sw_a), ("B", &sw_b)] {
             let vx = sw.json(&["stats"])["vxlan"].clone();
-            let dropped: u64 = vx["drops"]
-                .as_object()
-                .unwrap_or_else(|| panic!("no stats.vxlan.drops: {vx}"))
-                .values()
-                .map(|v| v.as_u64().unwrap())
-                .sum();
-            assert_eq!(dropped, 0, "{what}: tunnel drops on host {host}: {vx}");
+            assert_eq!(
+                all_drops(&vx),
+                0,
+                "{what}: tunnel drops on host {host}: {vx}"
+            );
         }
         sw_a.cli(&["port", "del", &p1]);
         sw_b.cli(&["port", "del", &p2]);

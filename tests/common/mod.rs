@@ -249,6 +249,26 @@ pub fn ping(ns: &Netns, dst: &str, count: u32) -> u32 {
 }
 
 /// The drop counter `reason` of `port`.
+/// The sum of a counters object's `drops` (a port, `vxlan`, `ipip` from `stats -j`).
+pub fn all_drops(counters: &serde_json::Value) -> u64 {
+    counters["drops"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no drops: {counters}"))
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum()
+}
+
+/// A port's entry in `port list -j`.
+pub fn listed_port(switch: &Switch, port: &str) -> serde_json::Value {
+    let listed = switch.json(&["port", "list"]);
+    listed
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["name"] == port))
+        .cloned()
+        .unwrap_or_else(|| panic!("{port} not listed: {listed}"))
+}
+
 pub fn drops(switch: &Switch, port: &str, reason: &str) -> u64 {
     switch.port_stats(port)["drops"][reason]
         .as_u64()
