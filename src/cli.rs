@@ -31,11 +31,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the switch in the foreground until SIGINT/SIGTERM.
+    /// Run the switch in the foreground until SIGINT/SIGTERM or `stop`. It starts from the
+    /// state it saved (ports added at runtime included, TAPs adopted) merged with the file.
     Run {
         /// TOML configuration; without it, the embedded default (no ports).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// State directory (running configuration, checkpoints); overrides `[switch]
+        /// state_dir` (default /var/lib/tapswitch).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Stop the running switch: ports are released and TAPs stay, with their workloads'
+    /// addresses, for the next start to adopt. Returns once the switch is done.
+    Stop {
+        /// Remove every port instead (TAP devices are deleted) and forget the saved state.
+        #[arg(long)]
+        purge: bool,
     },
     /// Build three containers on a running switch, send real traffic between them, show what
     /// happened, and clean up.
@@ -508,12 +520,25 @@ pub type Error = Box<dyn std::error::Error>;
 pub fn execute(cli: Cli) -> Result<(), Error> {
     let socket = cli.socket.as_path();
     match cli.command {
-        Command::Run { config: path } => {
+        Command::Run {
+            config: path,
+            state_dir,
+        } => {
             let config = match &path {
                 Some(path) => Config::load(path)?,
                 None => Config::from_toml(DEFAULT_CONFIG)?,
             };
-            daemon::run(config, path.as_deref(), socket, |_| {})?;
+            let opts = daemon::RunOptions {
+                config,
+                config_file: path,
+                socket: socket.to_path_buf(),
+                state_dir,
+            };
+            daemon::run(opts, |_| {})?;
+            Ok(())
+        }
+        Command::Stop { purge } => {
+            api::call(socket, &Request::Stop { purge })?;
             Ok(())
         }
         Command::Demo => crate::demo::run(),

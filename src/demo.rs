@@ -22,9 +22,11 @@ use crate::cli::{print_fdb, print_ports, print_stats, Error};
 const CONTAINERS: usize = 3;
 const TCP_BYTES: u64 = 20 * 1024 * 1024;
 
-/// A switch daemon on its own thread, stopped and joined when dropped.
+/// A switch daemon on its own thread, with its own state directory; when dropped it is
+/// stopped with every port removed (a purge), joined, and its state directory removed.
 struct Daemon {
     socket: PathBuf,
+    state_dir: PathBuf,
     stop: StopHandle,
     thread: Option<JoinHandle<()>>,
 }
@@ -32,11 +34,16 @@ struct Daemon {
 impl Daemon {
     fn start(socket: PathBuf) -> Result<Daemon, Error> {
         let (tx, rx) = mpsc::channel();
-        let path = socket.clone();
+        let opts = daemon::RunOptions {
+            config: Config::from_toml(DEFAULT_CONFIG).expect("embedded default parses"),
+            config_file: None,
+            socket: socket.clone(),
+            state_dir: Some(socket.with_extension("state")),
+        };
+        let state_dir = socket.with_extension("state");
         let thread = std::thread::spawn(move || {
-            let config = Config::from_toml(DEFAULT_CONFIG).expect("embedded default parses");
             let done = tx.clone();
-            if let Err(e) = daemon::run(config, None, &path, move |stop| {
+            if let Err(e) = daemon::run(opts, move |stop| {
                 let _ = tx.send(Ok(stop));
             }) {
                 let _ = done.send(Err(e.to_string()));
@@ -45,6 +52,7 @@ impl Daemon {
         match rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(stop)) => Ok(Daemon {
                 socket,
+                state_dir,
                 stop,
                 thread: Some(thread),
             }),
@@ -60,10 +68,11 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.stop.stop();
+        self.stop.purge();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

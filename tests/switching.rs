@@ -3,7 +3,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tapswitch_dataplane::wire::builder::arp_request;
@@ -410,22 +410,38 @@ fn attached_veth_port_switches_with_a_tap_port() {
 }
 
 #[test]
-fn stop_removes_ports_and_socket() {
+fn a_stop_keeps_taps_for_the_next_start_and_a_purge_removes_them() {
     if !have_root() {
         return;
     }
     let mut switch = Switch::start();
     let ns = container("tss", false);
     let port = unique("ts");
-    switch.add_container_port(&ns, &port, &[], &[]);
-    assert!(ns.ip(&["link", "show", "dev", &port]).is_ok());
+    switch.add_container_port(&ns, &port, &[], &["10.71.0.1/24"]);
+    let before = ns.ip(&["-o", "link", "show", "dev", &port]).unwrap();
     let status = switch.stop().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
-    assert!(
-        ns.ip(&["link", "show", "dev", &port]).is_err(),
-        "TAP removed on exit"
-    );
     assert!(!switch.socket.exists(), "socket removed on exit");
+    let kept = ns.ip(&["-o", "addr", "show", "dev", &port]).unwrap();
+    assert!(
+        kept.contains("10.71.0.1/24"),
+        "TAP and address kept: {kept}"
+    );
+    switch.restart();
+    let after = ns.ip(&["-o", "link", "show", "dev", &port]).unwrap();
+    let index = |s: &str| s.split(':').next().unwrap().to_string();
+    assert_eq!(index(&before), index(&after), "the same device, adopted");
+    assert!(listed_port(&switch, &port)["name"] == port.as_str());
+    switch.cli(&["stop", "--purge"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns.ip(&["link", "show", "dev", &port]).is_ok() {
+        assert!(Instant::now() < deadline, "TAP removed by a purge");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !switch.state_dir.join("running.json").exists(),
+        "saved state forgotten"
+    );
 }
 
 #[test]

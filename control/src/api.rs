@@ -1,10 +1,11 @@
 //! The control socket API: a Unix stream socket; the client sends one JSON request on one
-//! line, the daemon answers with one JSON response and closes the connection.
+//! line, the daemon answers with one JSON response and closes the connection. The server side
+//! (many clients at once, limits, access) is [`crate::server`].
 //!
 //! Request: `{"cmd":"port_add","port":{"name":"tap-c1","vlan":10}}`.
 //! Response: `{"ok":true,"data":...}` or `{"ok":false,"error":"port tap-c9: no such port"}`.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -45,6 +46,12 @@ pub enum Request {
     ConfigShow,
     /// Re-read the configuration file the switch was started with and apply the differences.
     Reload,
+    /// Stop the daemon: ports are released (TAPs stay for the next start); with `purge`, every
+    /// port is removed and the saved state forgotten. Answered once done.
+    Stop {
+        #[serde(default)]
+        purge: bool,
+    },
     VxlanAdd {
         vxlan: VxlanConfig,
     },
@@ -126,7 +133,7 @@ pub struct Response {
 }
 
 impl Response {
-    fn ok(data: impl Serialize) -> Response {
+    pub fn ok(data: impl Serialize) -> Response {
         Response {
             ok: true,
             data: serde_json::to_value(data).ok(),
@@ -143,8 +150,9 @@ impl Response {
     }
 }
 
-/// Carries out one request on the switch. `config_file` is what `Reload` re-reads.
-pub fn handle(switch: &mut Switch, config_file: Option<&Path>, req: Request) -> Response {
+/// Carries out one request on the switch. `Reload` and `Stop` concern the daemon, which
+/// carries them out itself.
+pub fn handle(switch: &mut Switch, req: Request) -> Response {
     let result: Result<Response, SwitchError> = match req {
         Request::PortAdd { port } => switch.add_port(port).map(|()| Response::ok(())),
         Request::PortDel { name } => switch.del_port(&name).map(|()| Response::ok(())),
@@ -154,7 +162,9 @@ pub fn handle(switch: &mut Switch, config_file: Option<&Path>, req: Request) -> 
         Request::FdbDel { mac, vlan } => switch.del_fdb(&mac, vlan).map(Response::ok),
         Request::Stats => switch.stats().map(Response::ok),
         Request::ConfigShow => Ok(Response::ok(switch.config().to_toml())),
-        Request::Reload => reload(switch, config_file).map(Response::ok),
+        Request::Reload | Request::Stop { .. } => {
+            return Response::error("reload and stop are carried out by the daemon")
+        }
         Request::VxlanAdd { vxlan } => switch.add_vxlan(vxlan).map(|()| Response::ok(())),
         Request::VxlanDel { vni } => switch.del_vxlan(vni).map(|()| Response::ok(())),
         Request::VxlanList => Ok(Response::ok(switch.list_vxlan())),
@@ -203,53 +213,9 @@ pub struct ReloadSummary {
     pub kept: usize,
 }
 
-/// Re-reads `config_file` and applies it.
-pub fn reload(
-    switch: &mut Switch,
-    config_file: Option<&Path>,
-) -> Result<ReloadSummary, SwitchError> {
-    let Some(path) = config_file else {
-        return Err(SwitchError::Config(crate::config::ConfigError::new(
-            "reload",
-            "the switch was started without --config: there is no file to re-read",
-        )));
-    };
-    let config = crate::config::Config::load(path)?;
-    let (added, removed, kept) = switch.reload(config)?;
-    log::info!(
-        "reloaded {}: {added} ports added, {removed} removed, {kept} kept",
-        path.display()
-    );
-    Ok(ReloadSummary {
-        added,
-        removed,
-        kept,
-    })
-}
-
 /// Parses one request line; the error says what was wrong with it.
 pub fn parse_request(line: &str) -> Result<Request, String> {
     serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
-}
-
-/// Serves one connection: reads a request, handles it, writes the response.
-pub fn serve(
-    switch: &mut Switch,
-    config_file: Option<&Path>,
-    stream: UnixStream,
-) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new((&stream).take(MAX_REQUEST as u64));
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let response = match parse_request(line.trim()) {
-        Ok(req) => handle(switch, config_file, req),
-        Err(e) => Response::error(e),
-    };
-    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
-    out.push(b'\n');
-    (&stream).write_all(&out)
 }
 
 /// Errors of the client.

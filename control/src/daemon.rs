@@ -1,37 +1,64 @@
 //! `tapswitch run`: the control thread.
 //!
-//! One mio poll loop over the control socket's listener and a signal pipe. Each connection
-//! carries one request, served to completion on this thread (requests are short), so the
-//! `Switch` never needs a lock. SIGINT and SIGTERM end the loop; then workers stop, every port
-//! is removed (TAPs are deleted) and the socket file is removed.
+//! One mio poll loop over the control socket (its listener and every client connection, see
+//! [`server`](crate::server)), the signals and a stop waker. Requests are carried out on this
+//! thread one at a time, so the `Switch` never needs a lock; no client's I/O ever blocks the
+//! loop, so signals are acted on at once.
+//!
+//! Lifecycle:
+//! - start: the state directory is opened and locked, the saved running configuration merged
+//!   with the file ([`Switch::restore`]), TAPs left by the last run adopted;
+//! - SIGINT, SIGTERM, `tapswitch stop`, a [`StopHandle`]: a planned stop. Workers stop, ports
+//!   are released (TAPs stay, with their workloads' addresses), the socket file goes;
+//! - `tapswitch stop --purge`, [`StopHandle::purge`]: every port is removed (TAPs deleted) and
+//!   the saved state forgotten;
+//! - SIGHUP, `tapswitch reload`: the file is applied again (merged with runtime changes).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::UnixListener as MioListener;
-use std::sync::Arc;
-
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::api;
+use crate::api::{self, Request, Response};
 use crate::config::Config;
+use crate::server::{self, Access, Server};
+use crate::state::{StateError, StateStore};
 use crate::switch::{Switch, SwitchError};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const STOP: Token = Token(2);
 
-/// Stops a daemon started in-process (as `tapswitch demo` and tests do) the way SIGTERM does.
+const STOP_NONE: u8 = 0;
+const STOP_RELEASE: u8 = 1;
+const STOP_PURGE: u8 = 2;
+
+/// Stops a daemon started in-process (as `tapswitch demo` and tests do).
 #[derive(Clone)]
-pub struct StopHandle(Arc<Waker>);
+pub struct StopHandle {
+    waker: Arc<Waker>,
+    mode: Arc<AtomicU8>,
+}
 
 impl StopHandle {
+    /// A planned stop, as SIGTERM: ports are released, TAPs stay.
     pub fn stop(&self) {
-        let _ = self.0.wake();
+        self.mode.fetch_max(STOP_RELEASE, Ordering::SeqCst);
+        let _ = self.waker.wake();
+    }
+
+    /// Stops and removes every port and the saved state, as `tapswitch stop --purge`.
+    pub fn purge(&self) {
+        self.mode.fetch_max(STOP_PURGE, Ordering::SeqCst);
+        let _ = self.waker.wake();
     }
 }
 
@@ -40,6 +67,8 @@ impl StopHandle {
 pub enum DaemonError {
     #[error(transparent)]
     Switch(#[from] SwitchError),
+    #[error(transparent)]
+    State(#[from] StateError),
     #[error("control socket {path}: another tapswitch is listening there")]
     SocketInUse { path: String },
     #[error("control socket {path}: {source}")]
@@ -48,8 +77,22 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error("switch.socket_group: no group named {0:?}")]
+    NoSuchGroup(String),
     #[error("control loop: {0}")]
     Io(#[from] io::Error),
+}
+
+/// What `tapswitch run` was given.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The configuration file's contents (or the embedded default).
+    pub config: Config,
+    /// The file that `reload` and SIGHUP re-read.
+    pub config_file: Option<PathBuf>,
+    pub socket: PathBuf,
+    /// Overrides `[switch] state_dir`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Removes the socket file when dropped.
@@ -80,93 +123,170 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
         std::fs::remove_file(path).map_err(err)?;
     }
     let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(listener)
 }
 
-/// Runs the switch until SIGINT or SIGTERM (or a [`StopHandle`]). SIGHUP re-reads
-/// `config_file` and applies it, keeping what is unchanged. `ready` is called once the control
+/// The access rule of `config` and the socket file's owner group and mode to match it.
+fn apply_access(config: &Config, socket: &Path) -> Result<Access, DaemonError> {
+    let group = match &config.switch.socket_group {
+        Some(name) => {
+            Some(server::group_id(name).ok_or_else(|| DaemonError::NoSuchGroup(name.clone()))?)
+        }
+        None => None,
+    };
+    let err = |source| DaemonError::Socket {
+        path: socket.display().to_string(),
+        source,
+    };
+    std::os::unix::fs::chown(socket, None, Some(group.unwrap_or(0))).map_err(err)?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(Access { group })
+}
+
+/// Runs the switch until a stop (see the module docs). `ready` is called once the control
 /// socket accepts requests.
-pub fn run(
-    config: Config,
-    config_file: Option<&Path>,
-    socket: &Path,
-    ready: impl FnOnce(StopHandle),
-) -> Result<(), DaemonError> {
-    let listener = bind(socket)?;
-    let _socket_file = SocketFile(socket.to_path_buf());
+pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), DaemonError> {
+    opts.config.validate().map_err(SwitchError::from)?;
+    let state_dir = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(opts.config.switch.state_dir()));
+    let listener = bind(&opts.socket)?;
+    let _socket_file = SocketFile(opts.socket.clone());
+    let store = StateStore::open(&state_dir)?;
     raise_fd_limit();
-    let mut switch = Switch::start(config)?;
+    let mut switch = Switch::restore(opts.config.clone(), store)?;
+    let access = apply_access(switch.config(), &opts.socket)?;
     log::info!(
-        "tapswitch running: {} ports, control socket {}",
+        "tapswitch running: {} ports, control socket {}, state in {}",
         switch.list_ports().len(),
-        socket.display()
+        opts.socket.display(),
+        state_dir.display()
     );
     listener.set_nonblocking(true)?;
-    let mut listener = MioListener::from_std(listener);
+    let mut server = Server::new(MioListener::from_std(listener), access);
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let mut poll = Poll::new()?;
     poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)?;
+        .register(server.listener(), LISTENER, Interest::READABLE)?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
-    ready(StopHandle(Arc::new(Waker::new(poll.registry(), STOP)?)));
-    let mut events = Events::with_capacity(16);
+    let stop = StopHandle {
+        waker: Arc::new(Waker::new(poll.registry(), STOP)?),
+        mode: Arc::new(AtomicU8::new(STOP_NONE)),
+    };
+    ready(stop.clone());
+    let mut events = Events::with_capacity(256);
+    let mut next_deadline: Option<Instant> = None;
     loop {
-        if let Err(e) = poll.poll(&mut events, None) {
+        let timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
             return Err(e.into());
         }
+        let mut incoming = Vec::new();
         for event in events.iter() {
             match event.token() {
-                LISTENER => loop {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            let stream = into_blocking(stream)?;
-                            if let Err(e) = api::serve(&mut switch, config_file, stream) {
-                                log::warn!("control connection: {e}");
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return Err(e.into()),
-                    }
-                },
+                LISTENER => server.accept(poll.registry())?,
                 SIGNALS => {
                     for sig in signals.pending() {
                         if sig == SIGHUP {
-                            if let Err(e) = api::reload(&mut switch, config_file) {
-                                log::error!("reload refused, nothing changed: {e}");
+                            match reload(&mut switch, opts.config_file.as_deref()) {
+                                Ok(_) => {
+                                    server.set_access(apply_access(switch.config(), &opts.socket)?)
+                                }
+                                Err(e) => log::error!("reload refused, nothing changed: {e}"),
                             }
                             continue;
                         }
-                        log::info!("signal {sig}: removing ports and exiting");
-                        switch.shutdown();
-                        return Ok(());
+                        log::info!("signal {sig}: stopping; ports stay for the next start");
+                        stop.stop();
                     }
                 }
-                STOP => {
-                    log::info!("stop requested: removing ports and exiting");
-                    switch.shutdown();
-                    return Ok(());
-                }
-                _ => {}
+                STOP => {}
+                token => incoming.extend(server.ready(poll.registry(), token)),
             }
         }
+        for req in incoming {
+            let parsed = std::str::from_utf8(&req.line)
+                .map_err(|_| "bad request: not UTF-8".to_string())
+                .and_then(|line| api::parse_request(line.trim()));
+            let response = match parsed {
+                Ok(Request::Stop { purge }) => {
+                    let how = if purge { STOP_PURGE } else { STOP_RELEASE };
+                    stop.mode.fetch_max(how, Ordering::SeqCst);
+                    finish(&mut switch, stop.mode.load(Ordering::SeqCst));
+                    server.respond_now(
+                        poll.registry(),
+                        req.token,
+                        &Response::ok(()),
+                        Duration::from_secs(1),
+                    );
+                    return Ok(());
+                }
+                Ok(Request::Reload) => match reload(&mut switch, opts.config_file.as_deref()) {
+                    Ok(summary) => {
+                        server.set_access(apply_access(switch.config(), &opts.socket)?);
+                        Response::ok(summary)
+                    }
+                    Err(e) => Response::error(e),
+                },
+                Ok(req) => api::handle(&mut switch, req),
+                Err(e) => Response::error(e),
+            };
+            server.respond(poll.registry(), req.token, &response);
+        }
+        let mode = stop.mode.load(Ordering::SeqCst);
+        if mode != STOP_NONE {
+            finish(&mut switch, mode);
+            return Ok(());
+        }
+        next_deadline = server.expire(poll.registry(), Instant::now());
     }
 }
 
-fn into_blocking(stream: mio::net::UnixStream) -> io::Result<UnixStream> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    // SAFETY: the descriptor comes from a mio stream we own and give up here.
-    let stream = unsafe { UnixStream::from_raw_fd(stream.into_raw_fd()) };
-    stream.set_nonblocking(false)?;
-    Ok(stream)
+/// The end of a run: a planned stop releases the ports, a purge removes them and the state.
+fn finish(switch: &mut Switch, mode: u8) {
+    if mode == STOP_PURGE {
+        log::info!("stopping: removing every port and the saved state");
+        switch.purge();
+    } else {
+        log::info!("stopping: ports stay for the next start");
+        switch.shutdown();
+    }
+}
+
+/// Re-reads `config_file` and applies it (merged with the runtime changes).
+pub fn reload(
+    switch: &mut Switch,
+    config_file: Option<&Path>,
+) -> Result<api::ReloadSummary, SwitchError> {
+    let Some(path) = config_file else {
+        return Err(SwitchError::Config(crate::config::ConfigError::new(
+            "reload",
+            "the switch was started without --config: there is no file to re-read",
+        )));
+    };
+    let config = Config::load(path)?;
+    let (added, removed, kept) = switch.reload_file(config)?;
+    log::info!(
+        "reloaded {}: {added} ports added, {removed} removed, {kept} kept",
+        path.display()
+    );
+    Ok(api::ReloadSummary {
+        added,
+        removed,
+        kept,
+    })
 }
 
 /// Raises the soft limit on open descriptors to the hard one: every TAP queue, tunnel socket
-/// (a VXLAN endpoint sends through 256) and packet socket is a descriptor.
+/// (a VXLAN endpoint sends through 256), packet socket and control connection is a
+/// descriptor.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

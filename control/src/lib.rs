@@ -5,6 +5,8 @@
 //!   the workers; every change validates first, then compiles a new forwarding snapshot and
 //!   publishes it, so a failed change leaves everything as it was.
 //! - [`api`]: the control socket protocol (one JSON request, one JSON response) and its client.
+//! - [`state`]: the state directory: the running configuration persisted before a change is
+//!   acknowledged, checkpoints of learned state, all written the durable way.
 //! - [`daemon`]: `tapswitch run`: the control thread's poll loop over the control socket and
 //!   the termination signals.
 //!
@@ -14,6 +16,8 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod server;
+pub mod state;
 pub mod switch;
 
 pub use config::{Config, ConfigError};

@@ -26,6 +26,7 @@ use crate::config::{
     self, Config, ConfigError, FdbConfig, FdbTarget, NeighConfig, PortConfig, PortSpec,
     VxlanConfig, VxlanSpec,
 };
+use crate::state::{StateError, StateStore};
 
 mod nat;
 mod routing;
@@ -106,6 +107,12 @@ pub enum SwitchError {
     /// A worker thread could not be reached or did not adopt a new state.
     #[error("dataplane: {0}")]
     Worker(#[source] std::io::Error),
+    /// The change could not be written to the state directory, so it was not made.
+    #[error("{0}; the change was not made")]
+    State(#[source] StateError),
+    /// The saved state could not be read.
+    #[error(transparent)]
+    Restore(StateError),
 }
 
 /// What carries a port's frames.
@@ -342,7 +349,16 @@ pub struct FdbInfo {
 }
 
 pub struct Switch {
+    /// The running configuration: `base` plus the runtime changes.
     config: Config,
+    /// The configuration file as last applied (the base of [`config::merge`]).
+    base: Config,
+    /// Where `config` and `base` are persisted before a change is published; `None` for a
+    /// switch that keeps nothing (in-process tests and benches).
+    store: Option<StateStore>,
+    /// While starting: TAPs that exist are adopted, not refused, when the switch keeps state
+    /// (they are what the last run left).
+    starting: bool,
     /// Indexed by port id.
     ports: Vec<Option<Port>>,
     generation: u64,
@@ -363,9 +379,68 @@ impl Switch {
     /// Validates `config`, creates its ports and starts the worker. On error nothing is left
     /// behind (devices created so far are removed).
     pub fn start(config: Config) -> Result<Switch, SwitchError> {
+        Self::start_with(config.clone(), config, None)
+    }
+
+    /// Starts from the state directory `store` and the configuration file `file`: the saved
+    /// running configuration merged with the file ([`config::merge`]), or the file alone on a
+    /// first start. TAPs left by the last run are adopted (their workload keeps its
+    /// interface), attached interfaces attached again. A runtime port whose network namespace
+    /// is gone (its workload was removed meanwhile) is dropped with a warning.
+    pub fn restore(file: Config, mut store: StateStore) -> Result<Switch, SwitchError> {
+        file.validate()?;
+        let mut running = match store.load_running().map_err(SwitchError::Restore)? {
+            Some(saved) => {
+                let merged = config::merge::merge(&saved.base, &saved.running, &file)?;
+                if let Err(e) = merged.validate() {
+                    return Err(ConfigError::new(
+                        e.field,
+                        format!(
+                            "{} (in the running configuration merged from the file and {})",
+                            e.message,
+                            store.dir().join(crate::state::RUNNING_FILE).display()
+                        ),
+                    )
+                    .into());
+                }
+                merged
+            }
+            None => file.clone(),
+        };
+        running.ports.retain(|p| {
+            let from_file = file.ports.iter().any(|f| f.name == p.name);
+            let gone = p
+                .netns
+                .as_deref()
+                .is_some_and(|ns| !tapswitch_dataplane::io::netns::exists(ns));
+            if gone && !from_file {
+                log::warn!(
+                    "port {}: network namespace {} is gone; the port is removed",
+                    p.name,
+                    p.netns.as_deref().unwrap_or_default()
+                );
+            }
+            !gone || from_file
+        });
+        running.fdb.retain(|e| {
+            e.port
+                .as_ref()
+                .is_none_or(|name| running.ports.iter().any(|p| &p.name == name))
+        });
+        Self::start_with(running, file, Some(store))
+    }
+
+    fn start_with(
+        config: Config,
+        base: Config,
+        store: Option<StateStore>,
+    ) -> Result<Switch, SwitchError> {
         config.validate()?;
         let mut switch = Switch {
             config: Config::default(),
+            base,
+            starting: true,
+            store,
             ports: Vec::new(),
             generation: 0,
             workers: Vec::new(),
@@ -389,7 +464,26 @@ impl Switch {
             switch.workers.push(worker);
         }
         switch.reload(config)?;
+        switch.starting = false;
         Ok(switch)
+    }
+
+    /// The state directory, when this switch keeps one.
+    pub fn store(&self) -> Option<&StateStore> {
+        self.store.as_ref()
+    }
+
+    /// Applies the configuration file `file` (a reload): merged with the runtime changes
+    /// ([`config::merge`]); it becomes the base of later merges.
+    pub fn reload_file(&mut self, file: Config) -> Result<(usize, usize, usize), SwitchError> {
+        file.validate()?;
+        let merged = config::merge::merge(&self.base, &self.config, &file)?;
+        let old_base = std::mem::replace(&mut self.base, file);
+        let result = self.reload(merged);
+        if result.is_err() {
+            self.base = old_base;
+        }
+        result
     }
 
     pub fn config(&self) -> &Config {
@@ -474,7 +568,15 @@ impl Switch {
         })
     }
 
+    /// Persists the running configuration (when the switch keeps state), then publishes a new
+    /// snapshot to every worker. A change that cannot be persisted is not published: the
+    /// caller puts its state back, and the workers never saw it.
     fn publish(&mut self) -> Result<(), SwitchError> {
+        if let Some(store) = &mut self.store {
+            store
+                .save_running(&self.base, &self.config)
+                .map_err(SwitchError::State)?;
+        }
         let snapshot = self.compile();
         for w in &self.workers {
             w.publish(Arc::clone(&snapshot), PUBLISH_TIMEOUT)
@@ -566,6 +668,13 @@ impl Switch {
         let queues = self.workers.len();
         // NAT: re-checked and rebuilt only when a NAT section or the interfaces changed.
         let nat = self.nat_for(&config, &validated)?;
+        if config.switch.state_dir != self.config.switch.state_dir && !self.starting {
+            return Err(ConfigError::new(
+                "switch.state_dir",
+                "the state directory cannot change while tapswitch runs (restart it)",
+            )
+            .into());
+        }
         let same_device = |a: &PortSpec, b: &PortSpec| {
             a.name == b.name
                 && a.netns == b.netns
@@ -583,7 +692,14 @@ impl Switch {
                 .flatten()
                 .any(|p| matches!(p.backend, Backend::Device(_)) && same_device(&p.spec, spec));
             if !kept {
-                created.push((spec.clone(), Backend::Device(open_device(spec, queues)?)));
+                created.push((
+                    spec.clone(),
+                    Backend::Device(open_device(
+                        spec,
+                        queues,
+                        self.starting && self.store.is_some(),
+                    )?),
+                ));
             }
         }
         let mut tunnels = Vec::new();
@@ -637,6 +753,8 @@ impl Switch {
             (None, true) => Some(Arc::new(IpipSocket::open().map_err(SwitchError::Ipip)?)),
         };
         let mut ports: Vec<Option<Port>> = self.ports.clone();
+        // Devices of removed ports: deleted (a TAP) once the change is published.
+        let mut gone = Vec::new();
         let mut removed = 0;
         let mut kept = 0;
         for slot in ports.iter_mut() {
@@ -660,7 +778,9 @@ impl Switch {
                     kept += 1;
                 }
                 None => {
-                    *slot = None;
+                    if let Some(device) = slot.take().and_then(|p| p.backend.device()) {
+                        gone.push(device);
+                    }
                     removed += 1;
                 }
             }
@@ -699,7 +819,10 @@ impl Switch {
             }
             return Err(e);
         }
-        // The workers no longer use removed devices: dropping them here deletes their TAPs.
+        // The change is saved and published: removed TAPs go when the workers drop them.
+        for device in gone {
+            delete_on_close(&device);
+        }
         drop(old_ports);
         drop(old_tunnels);
         Ok((added, removed, kept))
@@ -801,7 +924,7 @@ impl Switch {
             }
             None => return Err(SwitchError::TooManyPorts(spec.name)),
         };
-        let backend = Backend::Device(open_device(&spec, self.workers.len())?);
+        let backend = Backend::Device(open_device(&spec, self.workers.len(), false)?);
         let baseline = self.counters_of(PortId(slot as u16));
         self.ports[slot] = Some(Port {
             spec,
@@ -810,7 +933,10 @@ impl Switch {
         });
         self.config.ports.push(port);
         if let Err(e) = self.publish() {
-            self.ports[slot] = None;
+            // The TAP made for it goes again.
+            if let Some(device) = self.ports[slot].take().and_then(|p| p.backend.device()) {
+                delete_on_close(&device);
+            }
             self.config.ports.pop();
             return Err(e);
         }
@@ -837,8 +963,10 @@ impl Switch {
             self.config = old_config;
             return Err(e);
         }
-        // The workers no longer use the device: dropping it here deletes a TAP.
-        drop(removed);
+        // The change is saved and published: the TAP goes when the workers drop it.
+        if let Some(device) = removed.and_then(|p| p.backend.device()) {
+            delete_on_close(&device);
+        }
         Ok(())
     }
 
@@ -1063,13 +1191,44 @@ impl Switch {
         })
     }
 
-    /// Stops the workers and removes every port (TAP devices are deleted).
+    /// Stops the workers and releases every port: TAP devices stay, with their workloads'
+    /// addresses, for the next start to adopt; attached interfaces are released. What is
+    /// saved in the state directory stays.
     pub fn shutdown(&mut self) {
         for w in &mut self.workers {
             w.stop();
         }
         self.workers.clear();
         self.ports.clear();
+    }
+
+    /// Stops the workers, removes every port (TAP devices are deleted, attached interfaces
+    /// released) and forgets the saved state, so that the next start begins from the
+    /// configuration file alone.
+    pub fn purge(&mut self) {
+        for device in self
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.backend.device())
+        {
+            delete_on_close(&device);
+        }
+        self.shutdown();
+        if let Some(store) = &mut self.store {
+            if let Err(e) = store.purge() {
+                log::error!("purging the saved state: {e}");
+            }
+        }
+    }
+}
+
+/// Marks a removed port's device to go when its last holder drops it (see
+/// [`PortDevice::delete_on_close`]); a failure leaves the TAP behind, which is only logged:
+/// the port is gone from the switch either way.
+fn delete_on_close(device: &PortDevice) {
+    if let Err(e) = device.delete_on_close() {
+        log::warn!("port {}: the TAP stays: {e}", device.name());
     }
 }
 
@@ -1080,7 +1239,12 @@ impl Drop for Switch {
 }
 
 /// Opens a port's device with one queue per worker.
-fn open_device(spec: &PortSpec, queues: usize) -> Result<Arc<PortDevice>, SwitchError> {
+/// With `adopt`, a TAP that exists (left by the last run) is adopted.
+fn open_device(
+    spec: &PortSpec,
+    queues: usize,
+    adopt: bool,
+) -> Result<Arc<PortDevice>, SwitchError> {
     let device = if spec.attach {
         PortDevice::attach_with(
             &spec.name,
@@ -1097,6 +1261,7 @@ fn open_device(spec: &PortSpec, queues: usize) -> Result<Arc<PortDevice>, Switch
             mtu: spec.mtu,
             offload: spec.offload,
             queues,
+            adopt,
         })
     };
     device.map(Arc::new).map_err(|source| SwitchError::Port {

@@ -38,12 +38,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
-/// A `tapswitch run` child process with its own control socket, stopped with SIGTERM when
-/// dropped.
+/// A `tapswitch run` child process with its own control socket and state directory. When
+/// dropped it is stopped with `tapswitch stop --purge` (every port removed, TAPs deleted),
+/// or killed if that fails, and its socket, configuration file and state directory are
+/// removed.
 pub struct Switch {
     pub socket: PathBuf,
     child: Option<Child>,
     pub config_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    /// The namespace the daemon runs in (`ip netns exec`), if any.
+    netns: Option<String>,
 }
 
 impl Switch {
@@ -71,9 +76,31 @@ impl Switch {
             std::fs::write(&path, text).expect("write config");
             path
         });
+        let mut switch = Switch {
+            state_dir: socket.with_extension("state"),
+            socket,
+            child: None,
+            config_file,
+            netns: netns.map(str::to_string),
+        };
+        switch.restart();
+        switch
+    }
+
+    /// Starts the daemon again (after [`stop`](Self::stop) or [`kill`](Self::kill)) with the
+    /// same socket, configuration file and state directory, and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = self.spawn(&[]);
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Spawns `tapswitch run` with this switch's socket, file and state directory, and
+    /// `extra` arguments of `run`.
+    pub fn spawn(&self, extra: &[&str]) -> Child {
         // `ip netns exec` execs the program in place, so the child's PID is the daemon's own
         // and SIGTERM reaches it.
-        let mut cmd = match netns {
+        let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, BIN]);
@@ -81,16 +108,18 @@ impl Switch {
             }
             None => Command::new(BIN),
         };
-        cmd.arg("--socket").arg(&socket).arg("run");
-        if let Some(path) = &config_file {
+        cmd.arg("--socket").arg(&self.socket).arg("run");
+        cmd.arg("--state-dir").arg(&self.state_dir);
+        if let Some(path) = &self.config_file {
             cmd.arg("--config").arg(path);
         }
-        let child = cmd.stdin(Stdio::null()).spawn().expect("spawn tapswitch");
-        let mut switch = Switch {
-            socket,
-            child: Some(child),
-            config_file,
-        };
+        cmd.args(extra);
+        cmd.stdin(Stdio::null()).spawn().expect("spawn tapswitch")
+    }
+
+    /// Waits until the daemon answers on its socket.
+    pub fn wait_ready(&mut self) {
+        let switch = self;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !switch.socket.exists() || switch.try_cli(&["port", "list"]).is_err() {
             if let Some(status) = switch
@@ -103,7 +132,19 @@ impl Switch {
             assert!(Instant::now() < deadline, "tapswitch did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        switch
+    }
+
+    /// The daemon's PID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// Runs a CLI verb against this switch; Ok(stdout) or Err(stderr).
@@ -185,11 +226,26 @@ impl Switch {
 
 impl Drop for Switch {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            // Remove every port (TAPs in the root namespace would outlive the test), then wait.
+            let purged = cli(&self.socket, &["stop", "--purge"]).status.success();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while purged && Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
         let _ = std::fs::remove_file(&self.socket);
         if let Some(p) = &self.config_file {
             let _ = std::fs::remove_file(p);
         }
+        let _ = std::fs::remove_dir_all(&self.state_dir);
     }
 }
 

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod merge;
 pub mod nat;
 mod routing;
 pub use nat::{
@@ -106,6 +107,18 @@ pub struct SwitchConfig {
     /// reload may leave it out or repeat it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Where the running configuration and the checkpoints of learned and connection state
+    /// are kept (see [`crate::state`]); default `/var/lib/tapswitch`. Read at start only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<String>,
+    /// Seconds between checkpoints of learned and connection state (0: only on a planned
+    /// stop); default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_secs: Option<u64>,
+    /// Members of this group (a name or a number) may use the control socket besides root;
+    /// unset: root only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
 }
 
 /// Most worker threads a switch runs.
@@ -120,7 +133,22 @@ impl SwitchConfig {
                 .clamp(1, WORKERS_MAX)
         })
     }
+
+    /// The state directory: as configured, else [`DEFAULT_STATE_DIR`](crate::state::DEFAULT_STATE_DIR).
+    pub fn state_dir(&self) -> &str {
+        self.state_dir
+            .as_deref()
+            .unwrap_or(crate::state::DEFAULT_STATE_DIR)
+    }
+
+    /// Seconds between checkpoints; 0: none but the one of a planned stop.
+    pub fn checkpoint_secs(&self) -> u64 {
+        self.checkpoint_secs.unwrap_or(CHECKPOINT_SECS_DEFAULT)
+    }
 }
+
+/// Default of `[switch] checkpoint_secs`.
+pub const CHECKPOINT_SECS_DEFAULT: u64 = 30;
 
 fn default_conntrack_max() -> usize {
     tapswitch_dataplane::tables::conntrack::DEFAULT_MAX
@@ -146,6 +174,9 @@ impl Default for SwitchConfig {
             neigh_table_max: default_neigh_max(),
             conntrack_max: default_conntrack_max(),
             workers: None,
+            state_dir: None,
+            checkpoint_secs: None,
+            socket_group: None,
         }
     }
 }
@@ -674,6 +705,28 @@ impl Config {
                 "switch.workers",
                 format!("{n} is out of range (1..={WORKERS_MAX})"),
             ));
+        }
+        if let Some(dir) = &s.state_dir {
+            if dir.is_empty() || !dir.starts_with('/') {
+                return Err(ConfigError::new(
+                    "switch.state_dir",
+                    format!("{dir:?} is not an absolute path"),
+                ));
+            }
+        }
+        if let Some(n) = s.checkpoint_secs.filter(|n| *n > 86_400) {
+            return Err(ConfigError::new(
+                "switch.checkpoint_secs",
+                format!("{n} is out of range (0..=86400)"),
+            ));
+        }
+        if let Some(g) = &s.socket_group {
+            if g.is_empty() || g.contains(['/', ':', ' ', '\n']) {
+                return Err(ConfigError::new(
+                    "switch.socket_group",
+                    format!("{g:?} is not a group name"),
+                ));
+            }
         }
         if !(1..=16_777_216).contains(&s.mac_table_max) {
             return Err(ConfigError::new(

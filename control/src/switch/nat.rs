@@ -387,13 +387,23 @@ impl Switch {
         Ok(Some(self.nat.rebuilt(v)))
     }
 
-    /// Publishes `rules`, with `purge` on that snapshot only; on error the rules are put back.
-    fn publish_nat(&mut self, rules: NatRules, purge: Vec<CtFilter>) -> Result<(), SwitchError> {
+    /// Publishes `rules`, with `purge` on that snapshot only, and the configuration changed by
+    /// `edit` (saved before the workers see it); on error the rules are put back and `undo`
+    /// reverses `edit`.
+    fn publish_nat(
+        &mut self,
+        rules: NatRules,
+        purge: Vec<CtFilter>,
+        edit: impl FnOnce(&mut Config),
+        undo: impl FnOnce(&mut Config),
+    ) -> Result<(), SwitchError> {
         let old = std::mem::replace(&mut self.nat.rules, rules);
         self.nat.purge = purge;
+        edit(&mut self.config);
         if let Err(e) = self.publish() {
             self.nat.rules = old;
             self.nat.purge = Vec::new();
+            undo(&mut self.config);
             return Err(e);
         }
         Ok(())
@@ -407,9 +417,13 @@ impl Switch {
         list.push(rule);
         let mut rules = self.nat.rules.clone();
         rules.snat = Arc::from(list.as_slice());
-        self.publish_nat(rules, Vec::new())?;
+        self.publish_nat(
+            rules,
+            Vec::new(),
+            |c| c.snat.push(snat),
+            |c| drop(c.snat.pop()),
+        )?;
         self.nat.snat = list;
-        self.config.snat.push(snat);
         Ok(())
     }
 
@@ -432,9 +446,14 @@ impl Switch {
         list.remove(i);
         let mut rules = self.nat.rules.clone();
         rules.snat = Arc::from(list.as_slice());
-        self.publish_nat(rules, Vec::new())?;
+        let removed = self.config.snat[i].clone();
+        self.publish_nat(
+            rules,
+            Vec::new(),
+            |c| drop(c.snat.remove(i)),
+            |c| c.snat.insert(i, removed),
+        )?;
         self.nat.snat = list;
-        self.config.snat.remove(i);
         Ok(())
     }
 
@@ -462,13 +481,16 @@ impl Switch {
         rules
             .frontends
             .insert(spec.frontend(), Target::Dnat(spec.to));
-        self.publish_nat(rules, Vec::new())?;
+        let slot = self.config.dnat.len();
+        self.publish_nat(
+            rules,
+            Vec::new(),
+            |c| c.dnat.push(dnat),
+            |c| drop(c.dnat.pop()),
+        )?;
         self.nat.index.insert_dnat(&spec);
-        self.nat
-            .dnat_slots
-            .insert(spec.frontend(), self.config.dnat.len());
+        self.nat.dnat_slots.insert(spec.frontend(), slot);
         self.nat.dnat.push(spec);
-        self.config.dnat.push(dnat);
         Ok(())
     }
 
@@ -492,11 +514,16 @@ impl Switch {
         let spec = self.nat.dnat[slot];
         let mut rules = self.nat.rules.clone();
         rules.frontends.remove(&frontend);
-        self.publish_nat(rules, vec![purge_dnat(&spec)])?;
+        let removed = self.config.dnat[slot].clone();
+        self.publish_nat(
+            rules,
+            vec![purge_dnat(&spec)],
+            |c| drop(c.dnat.swap_remove(slot)),
+            |c| unswap_remove(&mut c.dnat, slot, removed),
+        )?;
         self.nat.index.remove_dnat(&spec);
         self.nat.dnat_slots.remove(&frontend);
         self.nat.dnat.swap_remove(slot);
-        self.config.dnat.swap_remove(slot);
         if let Some(moved) = self.nat.dnat.get(slot) {
             self.nat.dnat_slots.insert(moved.frontend(), slot);
         }
@@ -549,17 +576,22 @@ impl Switch {
         let compiled = Arc::new(compile_service(id, &spec));
         let mut rules = self.nat.rules.clone();
         insert_service(&mut rules, &spec, &compiled);
-        self.publish_nat(rules, Vec::new())?;
+        let slot = self.config.services.len();
+        self.publish_nat(
+            rules,
+            Vec::new(),
+            |c| c.services.push(service),
+            |c| drop(c.services.pop()),
+        )?;
         self.nat.index.insert_service(&spec);
         self.nat.services.insert(
             spec.name.clone(),
             InstalledService {
-                slot: self.config.services.len(),
+                slot,
                 spec,
                 compiled,
             },
         );
-        self.config.services.push(service);
         Ok(())
     }
 
@@ -573,13 +605,18 @@ impl Switch {
             rules.frontends.remove(&f);
         }
         let purge = vec![purge_service(installed.compiled.id)];
-        self.publish_nat(rules, purge)?;
+        let slot = installed.slot;
+        let removed = self.config.services[slot].clone();
+        self.publish_nat(
+            rules,
+            purge,
+            |c| drop(c.services.swap_remove(slot)),
+            |c| unswap_remove(&mut c.services, slot, removed),
+        )?;
         let Some(installed) = self.nat.services.remove(name) else {
             return Ok(());
         };
         self.nat.index.remove_service(&installed.spec);
-        let slot = installed.slot;
-        self.config.services.swap_remove(slot);
         if let Some(moved) = self.config.services.get(slot) {
             if let Some(m) = self.nat.services.get_mut(&moved.name) {
                 m.slot = slot;
@@ -624,12 +661,17 @@ impl Switch {
         let compiled = Arc::new(compile_service(id, &spec));
         let mut rules = self.nat.rules.clone();
         insert_service(&mut rules, &spec, &compiled);
-        self.publish_nat(rules, purge)?;
+        let old_backends = self.config.services[slot].backends.clone();
+        self.publish_nat(
+            rules,
+            purge,
+            |c| c.services[slot].backends = backends,
+            |c| c.services[slot].backends = old_backends,
+        )?;
         if let Some(installed) = self.nat.services.get_mut(name) {
             installed.spec = spec;
             installed.compiled = compiled;
         }
-        self.config.services[slot].backends = backends;
         Ok(())
     }
 
@@ -825,6 +867,13 @@ fn add_dump_stats(summary: &mut ConntrackSummary, dump: &ConntrackDump) {
     summary.expired += dump.stats.expired;
     summary.early_drops += dump.stats.early_drops;
     summary.deleted += dump.stats.deleted;
+}
+
+/// Undoes `list.swap_remove(slot)` that removed `removed`.
+fn unswap_remove<T>(list: &mut Vec<T>, slot: usize, removed: T) {
+    list.push(removed);
+    let last = list.len() - 1;
+    list.swap(slot, last);
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
 //! A port's device: where its frames are read from and written to.
 //!
 //! - [`PortKind::Tap`]: a TAP device that tapswitch creates (optionally inside a named network
-//!   namespace) and owns: closing its descriptors deletes the device, so a port's device lives
-//!   exactly as long as its [`PortDevice`].
+//!   namespace) and owns. The device is persistent (`TUNSETPERSIST`): closing its descriptors
+//!   (a stop, a crash) detaches tapswitch but leaves the device, with the workload's MAC,
+//!   addresses and routes, in place; a later start adopts it again ([`TapSpec::adopt`]) by
+//!   attaching new queues to it. Only [`PortDevice::delete_on_close`] (a `port del`, a purge)
+//!   makes it go, when its last descriptor closes.
 //! - [`PortKind::Packet`]: an existing interface (a veth end, an uplink NIC) attached over an
 //!   AF_PACKET socket. tapswitch puts it up and promiscuous and takes every frame it receives;
 //!   outgoing frames of the host's own stack on it are ignored. VLAN tags that the driver moved
@@ -56,8 +59,11 @@ pub const HEADROOM: usize = 4;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_VNET_HDR: i16 = 0x4000;
 const IFF_MULTI_QUEUE: i16 = 0x0100;
+const IFF_PERSIST: i16 = 0x0800;
 const TUN_F_CSUM: u32 = 0x01;
 const TUN_F_TSO4: u32 = 0x02;
 const TUN_F_TSO6: u32 = 0x04;
@@ -83,6 +89,10 @@ pub enum PortError {
     /// A TAP port would take a name that an existing device has.
     #[error("a device named {name} already exists{}", in_netns(.netns))]
     Exists { name: String, netns: Option<String> },
+    /// A TAP to adopt exists but is not a persistent TAP that tapswitch could have made.
+    #[error("a device named {name} exists{} but is not a persistent multiqueue TAP; \
+             remove it or rename the port", in_netns(.netns))]
+    NotAdoptable { name: String, netns: Option<String> },
     /// An attached port names a device that does not exist.
     #[error("no device named {name}{}", in_netns(.netns))]
     NoSuchDevice { name: String, netns: Option<String> },
@@ -124,9 +134,13 @@ pub struct TapSpec {
     /// Open with the virtio-net header and checksum / TCP segmentation offloads, so the
     /// kernel hands over and takes 64 KiB super-frames with their checksums left to do.
     pub offload: bool,
-    /// Queues (descriptors) of the device; 0 or 1 is one queue. More than one creates the TAP
-    /// with `IFF_MULTI_QUEUE` (at most 256 queues).
+    /// Queues (descriptors) of the device; 0 or 1 is one queue (at most 256 queues). The TAP
+    /// is always made with `IFF_MULTI_QUEUE`, so that a later start with another number of
+    /// workers can adopt it.
     pub queues: usize,
+    /// When a device of that name exists, attach to it (a persistent TAP left by an earlier
+    /// run of tapswitch) instead of refusing the name.
+    pub adopt: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,27 +195,31 @@ impl PortDevice {
         }
         let name = spec.name.as_str();
         netns::run_in(spec.netns.as_deref(), || {
-            if netdev::exists(name) {
+            let existing = netdev::exists(name);
+            if existing && !spec.adopt {
                 return Ok(Err(PortError::Exists {
                     name: name.to_string(),
                     netns: spec.netns.clone(),
                 }));
             }
-            Ok(Self::open_tap(spec))
+            Ok(Self::open_tap(spec, existing))
         })
         .map_err(os("entering network namespace for", name))?
     }
 
-    fn open_tap(spec: &TapSpec) -> Result<PortDevice, PortError> {
+    fn open_tap(spec: &TapSpec, existing: bool) -> Result<PortDevice, PortError> {
         let name = spec.name.as_str();
         let count = spec.queues.max(1);
-        let mut flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16;
+        // Always multiqueue, even with one queue: the flag cannot change on a persistent
+        // device, and a later start may run more workers.
+        let mut flags = (libc::IFF_TAP | libc::IFF_NO_PI) as i16 | IFF_MULTI_QUEUE;
         if spec.offload {
             flags |= IFF_VNET_HDR;
         }
-        if count > 1 {
-            flags |= IFF_MULTI_QUEUE;
-        }
+        let not_adoptable = || PortError::NotAdoptable {
+            name: name.to_string(),
+            netns: spec.netns.clone(),
+        };
         let mut queues = Vec::with_capacity(count);
         let mut uso = spec.offload;
         for queue in 0..count {
@@ -214,14 +232,35 @@ impl PortDevice {
             let fd = OwnedFd::from(file);
             let mut req = IfReq::new(name).map_err(os("naming", name))?;
             req.data[..2].copy_from_slice(&flags.to_ne_bytes());
-            // The first TUNSETIFF creates the device; with IFF_MULTI_QUEUE each later one (same
-            // name, same flags) attaches another queue to it.
-            let what = if queue == 0 {
-                "creating TAP device"
-            } else {
-                "adding a queue to TAP device"
+            // The first TUNSETIFF creates the device (or attaches to the existing one); with
+            // IFF_MULTI_QUEUE each later one (same name, same flags) attaches another queue.
+            let what = match (queue, existing) {
+                (0, false) => "creating TAP device",
+                (0, true) => "adopting TAP device",
+                _ => "adding a queue to TAP device",
             };
-            netdev::ioctl(&fd, TUNSETIFF, &mut req).map_err(os(what, name))?;
+            match netdev::ioctl(&fd, TUNSETIFF, &mut req) {
+                Ok(()) => {}
+                // Not a TAP, or a TAP made without IFF_MULTI_QUEUE.
+                Err(e) if existing && e.raw_os_error() == Some(libc::EINVAL) => {
+                    return Err(not_adoptable())
+                }
+                Err(e) => return Err(os(what, name)(e)),
+            }
+            if queue == 0 {
+                if existing {
+                    // Another program's TAP (not persistent) is left alone.
+                    let mut got = IfReq::new(name).map_err(os("naming", name))?;
+                    netdev::ioctl(&fd, TUNGETIFF, &mut got)
+                        .map_err(os("reading the flags of", name))?;
+                    let flags = i16::from_ne_bytes([got.data[0], got.data[1]]);
+                    if flags & IFF_PERSIST == 0 || flags & libc::IFF_TAP as i16 == 0 {
+                        return Err(not_adoptable());
+                    }
+                }
+                // The device outlives this process; see the module docs.
+                set_persist(&fd, true).map_err(os("making persistent", name))?;
+            }
             if spec.offload {
                 // What the kernel may leave to us: checksums, TCP segmentation and, where the
                 // kernel has it, UDP segmentation (the header is the 10-byte
@@ -373,6 +412,16 @@ impl PortDevice {
 
     pub fn mtu(&self) -> u32 {
         self.mtu
+    }
+
+    /// Makes a TAP go when its last descriptor closes (when the last snapshot that holds this
+    /// device is dropped), instead of outliving tapswitch. An attached interface is only
+    /// released on close, never deleted.
+    pub fn delete_on_close(&self) -> io::Result<()> {
+        match self.kind {
+            PortKind::Tap => set_persist(&self.queues[0], false),
+            PortKind::Packet => Ok(()),
+        }
     }
 
     /// Whether frames with a checksum or segmentation still to do may be written to it.
@@ -707,6 +756,17 @@ fn would_block<T>(e: io::Error) -> io::Result<Option<T>> {
 
 fn setsockopt_int(fd: &OwnedFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     raw::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, opt, &value)
+}
+
+/// `TUNSETPERSIST` on a TAP descriptor.
+fn set_persist(fd: &OwnedFd, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value; fd is a TAP descriptor.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(persist)) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// `TUNSETOFFLOAD` with `flags` on a TAP descriptor.
