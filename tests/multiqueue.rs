@@ -273,7 +273,10 @@ fn tap_with_two_queues_spreads_flows_and_keeps_them() {
     }
     assert_eq!(flow_keys(&got).iter().map(Vec::len).sum::<usize>(), FLOWS);
 
-    // Closing the device's descriptors deletes it.
+    // Closing the device's descriptors leaves it (persistent, for the next start to adopt)
+    // until it is marked to go.
+    tap.delete_on_close().unwrap();
+    assert!(ns.ip(&["link", "show", &name]).is_ok(), "device still open");
     drop(tap);
     assert!(ns.ip(&["link", "show", &name]).is_err(), "device deleted");
 }

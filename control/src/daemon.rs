@@ -180,8 +180,14 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
     ready(stop.clone());
     let mut events = Events::with_capacity(256);
     let mut next_deadline: Option<Instant> = None;
+    let every = Duration::from_secs(switch.config().switch.checkpoint_secs());
+    let mut next_checkpoint = (!every.is_zero()).then(|| Instant::now() + every);
     loop {
-        let timeout = next_deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let due = match (next_deadline, next_checkpoint) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = due.map(|d| d.saturating_duration_since(Instant::now()));
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -245,7 +251,15 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
             finish(&mut switch, mode);
             return Ok(());
         }
-        next_deadline = server.expire(poll.registry(), Instant::now());
+        let now = Instant::now();
+        next_deadline = server.expire(poll.registry(), now);
+        if let Some(at) = next_checkpoint.filter(|at| *at <= now) {
+            if let Err(e) = switch.checkpoint() {
+                log::warn!("checkpoint: {e}");
+            }
+            let every = Duration::from_secs(switch.config().switch.checkpoint_secs().max(1));
+            next_checkpoint = Some(at.max(now - every) + every);
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! published snapshots.
 
 pub mod api;
+pub mod checkpoint;
 pub mod config;
 pub mod daemon;
 pub mod server;

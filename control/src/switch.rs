@@ -28,8 +28,10 @@ use crate::config::{
 };
 use crate::state::{StateError, StateStore};
 
+mod learned;
 mod nat;
 mod routing;
+pub use learned::Restored;
 pub use nat::{
     BackendInfo, ConnectionInfo, ConntrackShow, ConntrackSummary, DnatInfo, NatStats, ServiceInfo,
     SnatInfo, TupleInfo,
@@ -356,6 +358,10 @@ pub struct Switch {
     /// Where `config` and `base` are persisted before a change is published; `None` for a
     /// switch that keeps nothing (in-process tests and benches).
     store: Option<StateStore>,
+    /// The tables every worker shares (learned MACs, neighbours, conntrack, ...).
+    shared: Arc<SharedTables>,
+    /// Where the workers' clock starts (see [`Switch::now`]).
+    epoch: Instant,
     /// While starting: TAPs that exist are adopted, not refused, when the switch keeps state
     /// (they are what the last run left).
     starting: bool,
@@ -427,7 +433,23 @@ impl Switch {
                 .as_ref()
                 .is_none_or(|name| running.ports.iter().any(|p| &p.name == name))
         });
-        Self::start_with(running, file, Some(store))
+        let mut switch = Self::start_with(running, file, Some(store))?;
+        let restored = switch.restore_checkpoint()?;
+        if restored.entries + restored.skipped > 0 {
+            log::info!(
+                "restored {} learned and connection entries ({} skipped: gone or expired) \
+                 after {} ms down",
+                restored.entries,
+                restored.skipped,
+                restored.gap_ms
+            );
+        }
+        Ok(switch)
+    }
+
+    /// The workers' clock now.
+    pub fn now(&self) -> tapswitch_dataplane::tables::Timestamp {
+        tapswitch_dataplane::tables::Timestamp::from_millis(self.epoch.elapsed().as_millis() as u64)
     }
 
     fn start_with(
@@ -436,9 +458,22 @@ impl Switch {
         store: Option<StateStore>,
     ) -> Result<Switch, SwitchError> {
         config.validate()?;
+        // One set of learned tables for all workers, with one clock (see SharedTables). The
+        // clock starts a week back, so that restored entries keep their ages.
+        let shared = Arc::new(SharedTables::new(
+            config.switch.mac_table_max,
+            config.switch.neigh_table_max,
+            config.switch.conntrack_max,
+        ));
+        let now = Instant::now();
+        let epoch = now
+            .checked_sub(Duration::from_secs(7 * 86_400))
+            .unwrap_or(now);
         let mut switch = Switch {
             config: Config::default(),
             base,
+            shared: Arc::clone(&shared),
+            epoch,
             starting: true,
             store,
             ports: Vec::new(),
@@ -450,13 +485,6 @@ impl Switch {
             nat: nat::NatState::default(),
         };
         let snapshot = switch.compile();
-        // One set of learned tables for all workers, with one clock (see SharedTables).
-        let shared = Arc::new(SharedTables::new(
-            config.switch.mac_table_max,
-            config.switch.neigh_table_max,
-            config.switch.conntrack_max,
-        ));
-        let epoch = Instant::now();
         for index in 0..config.switch.workers() {
             let worker =
                 WorkerHandle::spawn(index, Arc::clone(&snapshot), Arc::clone(&shared), epoch)
@@ -1191,12 +1219,21 @@ impl Switch {
         })
     }
 
-    /// Stops the workers and releases every port: TAP devices stay, with their workloads'
-    /// addresses, for the next start to adopt; attached interfaces are released. What is
-    /// saved in the state directory stays.
+    /// Stops the workers, saves a last checkpoint of what they learned (when the switch keeps
+    /// state) and releases every port: TAP devices stay, with their workloads' addresses, for
+    /// the next start to adopt; attached interfaces are released. What is saved in the state
+    /// directory stays.
     pub fn shutdown(&mut self) {
+        if self.workers.is_empty() {
+            return;
+        }
         for w in &mut self.workers {
             w.stop();
+        }
+        match self.checkpoint() {
+            Ok(n) if self.store.is_some() => log::info!("checkpoint: {n} entries saved"),
+            Ok(_) => {}
+            Err(e) => log::error!("the last checkpoint was not saved: {e}"),
         }
         self.workers.clear();
         self.ports.clear();

@@ -141,6 +141,19 @@ fn purge_of_change(id: u32, old: &ServiceSpec, new: &ServiceSpec) -> Vec<CtFilte
 }
 
 impl NatState {
+    /// The id of the Service named `name`, if there is one.
+    pub(super) fn service_id(&self, name: &str) -> Option<u32> {
+        self.services.get(name).map(|s| s.compiled.id)
+    }
+
+    /// Service names by id.
+    pub(super) fn service_names(&self) -> HashMap<u32, String> {
+        self.services
+            .iter()
+            .map(|(n, s)| (s.compiled.id, n.clone()))
+            .collect()
+    }
+
     /// The id of Service `name`: its own if it ever had one, else the next.
     fn id_of(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {

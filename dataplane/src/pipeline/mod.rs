@@ -34,7 +34,10 @@ pub use counters::{
 pub use drop::DropReason;
 pub use router::{Generated, IpipEgress};
 pub use routing::{Interface, NextHop, Route, RoutingState};
-pub use shared::SharedTables;
+pub use shared::{
+    ImportCounts, LearnedMac, LearnedNeighbour, LearnedRemote, LearnedState, SavedAffinity,
+    SavedConnection, SharedTables,
+};
 pub use state::{
     ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint, VlanMember, VlanSet,
     VxlanPort,

@@ -21,12 +21,17 @@
 //! which takes the balancer's (and nothing else routes while it is held). So no two workers
 //! can wait on each other. With one worker the locks are never contended.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::router::Balancer;
-use crate::tables::{Conntrack, MacTable, NeighbourTable, RemoteTable};
+use crate::tables::{
+    Conntrack, CtEntry, FdbKey, MacTable, NeighKey, NeighbourTable, PortId, RemoteTable,
+    Timestamp,
+};
+use crate::wire::EthernetAddress;
 
 /// One switch's shared tables (see the module docs).
 pub struct SharedTables {
@@ -78,6 +83,205 @@ impl SharedTables {
 
     pub(crate) fn balancer(&self) -> MutexGuard<'_, Balancer> {
         lock(&self.balancer)
+    }
+}
+
+/// What a switch learned and tracks, as plain records with times relative to the moment of
+/// [`SharedTables::export`] (what a checkpoint keeps, so that another process, with another
+/// clock, can put it back with [`SharedTables::import`]). Port ids and Service ids are this
+/// switch's: whoever keeps the records names them.
+#[derive(Debug, Clone, Default)]
+pub struct LearnedState {
+    pub macs: Vec<LearnedMac>,
+    pub remotes: Vec<LearnedRemote>,
+    pub neighbours: Vec<LearnedNeighbour>,
+    pub connections: Vec<SavedConnection>,
+    pub affinities: Vec<SavedAffinity>,
+}
+
+/// A learned MAC: last seen `age_ms` ago on `port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnedMac {
+    pub key: FdbKey,
+    pub port: PortId,
+    pub age_ms: u64,
+}
+
+/// A MAC learned behind a remote VTEP, last seen `age_ms` ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnedRemote {
+    pub key: FdbKey,
+    pub remote: Ipv4Addr,
+    pub age_ms: u64,
+}
+
+/// A resolved neighbour, confirmed or updated `age_ms` ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnedNeighbour {
+    pub key: NeighKey,
+    pub mac: EthernetAddress,
+    pub age_ms: u64,
+}
+
+/// A tracked connection (its `created` and `expires` are replaced on import by the two ages).
+#[derive(Debug, Clone)]
+pub struct SavedConnection {
+    pub entry: CtEntry,
+    /// Since the connection's first packet.
+    pub age_ms: u64,
+    /// Until it times out, unless a packet refreshes it.
+    pub expires_in_ms: u64,
+}
+
+/// A Service's ClientIP affinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SavedAffinity {
+    pub service: u32,
+    pub client: Ipv4Addr,
+    pub backend: SocketAddrV4,
+    pub expires_in_ms: u64,
+}
+
+/// What [`SharedTables::import`] put back, and what it could not (a full table, a clash).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    pub macs: usize,
+    pub remotes: usize,
+    pub neighbours: usize,
+    pub connections: usize,
+    pub affinities: usize,
+    pub refused: usize,
+}
+
+impl SharedTables {
+    /// Every learned MAC and remote that has not aged out (`aging_ms`), every resolved
+    /// neighbour, every tracked connection and affinity that has not expired, at `now`.
+    /// Locks one table at a time.
+    pub fn export(&self, now: Timestamp, aging_ms: u64) -> LearnedState {
+        let live = |seen: Timestamp| now.millis_since(seen) < aging_ms;
+        let macs = self
+            .macs()
+            .iter()
+            .filter(|(_, e)| live(e.last_seen))
+            .map(|(key, e)| LearnedMac {
+                key,
+                port: e.port,
+                age_ms: now.millis_since(e.last_seen),
+            })
+            .collect();
+        let remotes = self
+            .remotes()
+            .iter()
+            .filter(|(_, e)| live(e.last_seen))
+            .map(|(key, e)| LearnedRemote {
+                key,
+                remote: e.remote,
+                age_ms: now.millis_since(e.last_seen),
+            })
+            .collect();
+        let neighbours = self
+            .neighbours()
+            .records(now)
+            .filter_map(|r| {
+                r.mac.map(|mac| LearnedNeighbour {
+                    key: r.key,
+                    mac,
+                    age_ms: r.age_ms,
+                })
+            })
+            .collect();
+        let connections = self
+            .conntrack()
+            .iter()
+            .filter(|e| !e.is_expired(now))
+            .map(|e| SavedConnection {
+                entry: e.clone(),
+                age_ms: now.millis_since(e.created),
+                expires_in_ms: e.expires.millis_since(now),
+            })
+            .collect();
+        let affinities = self
+            .balancer()
+            .affinities()
+            .filter(|a| a.3 > now)
+            .map(|(service, client, backend, expires)| SavedAffinity {
+                service,
+                client,
+                backend,
+                expires_in_ms: expires.millis_since(now),
+            })
+            .collect();
+        LearnedState {
+            macs,
+            remotes,
+            neighbours,
+            connections,
+            affinities,
+        }
+    }
+
+    /// Puts `state` back at `now`, within every table's bound (`port_limit` gives a port's
+    /// bound on learned MACs); what does not fit, or clashes with what is there, is counted
+    /// as refused. Records that expired meanwhile should be left out by the caller.
+    pub fn import(
+        &self,
+        state: LearnedState,
+        now: Timestamp,
+        port_limit: impl Fn(PortId) -> u32,
+    ) -> ImportCounts {
+        use crate::tables::{LearnOutcome, RemoteLearn};
+        let mut n = ImportCounts::default();
+        let ago = |age: u64| Timestamp::from_millis(now.millis().saturating_sub(age));
+        let ahead = |ms: u64| Timestamp::from_millis(now.millis().saturating_add(ms));
+        {
+            let mut macs = self.macs();
+            for m in state.macs {
+                match macs.learn(m.key, m.port, ago(m.age_ms), port_limit(m.port)) {
+                    LearnOutcome::Learned => n.macs += 1,
+                    _ => n.refused += 1,
+                }
+            }
+        }
+        {
+            let mut remotes = self.remotes();
+            for r in state.remotes {
+                match remotes.learn(r.key, r.remote, ago(r.age_ms)) {
+                    RemoteLearn::Learned => n.remotes += 1,
+                    _ => n.refused += 1,
+                }
+            }
+        }
+        {
+            let mut neigh = self.neighbours();
+            for r in state.neighbours {
+                if neigh.restore(r.key, r.mac, ago(r.age_ms), now) {
+                    n.neighbours += 1;
+                } else {
+                    n.refused += 1;
+                }
+            }
+        }
+        {
+            let mut ct = self.conntrack();
+            for c in state.connections {
+                let mut entry = c.entry;
+                entry.created = ago(c.age_ms);
+                entry.expires = ahead(c.expires_in_ms);
+                match ct.insert(entry, now) {
+                    Ok(_) => n.connections += 1,
+                    Err(_) => n.refused += 1,
+                }
+            }
+        }
+        let mut balancer = self.balancer();
+        for a in state.affinities {
+            if balancer.restore_affinity(a.service, a.client, a.backend, ahead(a.expires_in_ms)) {
+                n.affinities += 1;
+            } else {
+                n.refused += 1;
+            }
+        }
+        n
     }
 }
 

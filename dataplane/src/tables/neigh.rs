@@ -595,6 +595,24 @@ impl<P> NeighbourTable<P> {
         Step::Pending { probe: true }
     }
 
+    /// Puts back a resolved neighbour from a checkpoint: `REACHABLE` with `mac`, confirmed at
+    /// `updated` (so it turns `STALE` when that is more than `REACHABLE_MS` before `now`).
+    /// Returns false (and changes nothing) when the key is known already or the table is full.
+    pub fn restore(
+        &mut self,
+        key: NeighKey,
+        mac: EthernetAddress,
+        updated: Timestamp,
+        now: Timestamp,
+    ) -> bool {
+        if self.entries.contains_key(&key) || !self.make_room(now) {
+            return false;
+        }
+        self.entries
+            .insert(key, Entry::with_mac(Phase::Reachable(mac), updated));
+        true
+    }
+
     /// Makes room for one new entry if the table is full, by evicting the first FAILED entry
     /// found, else the STALE entry updated longest ago. Scans the table, but only when full.
     /// Returns whether there is room.

@@ -83,6 +83,28 @@ impl Default for Balancer {
 }
 
 impl Balancer {
+    /// ClientIP affinities: (Service id, client, backend, expiry).
+    pub fn affinities(&self) -> impl Iterator<Item = (u32, Ipv4Addr, SocketAddrV4, Timestamp)> + '_ {
+        self.affinity
+            .iter()
+            .map(|(&(svc, client), &(backend, expires))| (svc, client, backend, expires))
+    }
+
+    /// Puts back an affinity from a checkpoint, within the table's bound.
+    pub fn restore_affinity(
+        &mut self,
+        service: u32,
+        client: Ipv4Addr,
+        backend: SocketAddrV4,
+        expires: Timestamp,
+    ) -> bool {
+        if self.affinity.len() >= AFFINITY_MAX {
+            return false;
+        }
+        self.affinity.insert((service, client), (backend, expires));
+        true
+    }
+
     /// xorshift64*.
     fn random(&mut self) -> u64 {
         let mut x = self.rng;

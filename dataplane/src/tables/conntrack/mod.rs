@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hashbrown::HashMap;
 
-pub use tcp::{Segment as TcpSegment, TcpInvalid, TcpState, TcpTrack};
+pub use tcp::{Segment as TcpSegment, Side as TcpSide, TcpInvalid, TcpState, TcpTrack};
 
 use super::service::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use super::Timestamp;

@@ -27,6 +27,24 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    pub const ALL: [TcpState; 10] = [
+        TcpState::None,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::Established,
+        TcpState::FinWait,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::SynSent2,
+    ];
+
+    /// The state [`name`](Self::name) names.
+    pub fn from_name(name: &str) -> Option<TcpState> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TcpState::None => "NONE",
@@ -174,14 +192,17 @@ pub fn window_scale(options: &[u8]) -> Option<u8> {
     None
 }
 
+/// What is known of one side of a connection (Linux's `ip_ct_tcp_state`): the sequence space
+/// it sent up to (`end`), the most the other side allows it (`maxend`), its largest window
+/// and its window scale.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Side {
-    end: u32,
-    maxend: u32,
-    maxwin: u32,
-    scale: u8,
+pub struct Side {
+    pub end: u32,
+    pub maxend: u32,
+    pub maxwin: u32,
+    pub scale: u8,
     /// The SYN carried a window scale option.
-    wscale: bool,
+    pub wscale: bool,
 }
 
 /// Why a segment was refused.
@@ -210,6 +231,16 @@ fn after(a: u32, b: u32) -> bool {
 }
 
 impl TcpTrack {
+    /// A connection's tracking from its parts (a restored checkpoint).
+    pub fn from_parts(state: TcpState, sides: [Side; 2]) -> TcpTrack {
+        TcpTrack { state, sides }
+    }
+
+    /// The original and the reply side, for checkpoints.
+    pub fn sides(&self) -> [Side; 2] {
+        self.sides
+    }
+
     /// Starts tracking at a client's SYN; `None` for any other segment.
     pub fn new(seg: &Segment) -> Option<TcpTrack> {
         if !seg.is_initial_syn() {
