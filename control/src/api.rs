@@ -244,10 +244,22 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value, ClientErr
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
+    // A daemon that refuses the connection (access, too many clients) answers at once and
+    // may close before the request is written: its answer is still there to read.
+    let written = (&stream).write_all(&line);
     let mut reader = BufReader::new(&stream);
     let mut resp = String::new();
-    reader.read_line(&mut resp)?;
+    match (reader.read_line(&mut resp), written) {
+        (Ok(n), _) if n > 0 => {}
+        (_, Err(e)) | (Err(e), _) => return Err(e.into()),
+        (Ok(_), Ok(())) => {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the daemon closed the connection without an answer",
+            )
+            .into())
+        }
+    }
     let resp: Response =
         serde_json::from_str(&resp).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if resp.ok {

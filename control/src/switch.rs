@@ -362,6 +362,9 @@ pub struct Switch {
     shared: Arc<SharedTables>,
     /// Where the workers' clock starts (see [`Switch::now`]).
     epoch: Instant,
+    /// Checkpoints may be written: the start restored the last one (a failed start must not
+    /// overwrite it).
+    checkpoints: bool,
     /// While starting: TAPs that exist are adopted, not refused, when the switch keeps state
     /// (they are what the last run left).
     starting: bool,
@@ -433,9 +436,17 @@ impl Switch {
                 .as_ref()
                 .is_none_or(|name| running.ports.iter().any(|p| &p.name == name))
         });
+        // Read before anything is made, so that a bad checkpoint stops the start cleanly.
+        let saved = store
+            .load(
+                crate::checkpoint::CHECKPOINT_FILE,
+                crate::checkpoint::decode,
+            )
+            .map_err(SwitchError::Restore)?;
         let mut switch = Self::start_with(running, file, Some(store))?;
-        let restored = switch.restore_checkpoint()?;
-        if restored.entries + restored.skipped > 0 {
+        if let Some(saved) = saved {
+            let gap_ms = learned::unix_ms().saturating_sub(saved.saved_unix_ms);
+            let restored = switch.import_checkpoint(saved, gap_ms);
             log::info!(
                 "restored {} learned and connection entries ({} skipped: gone or expired) \
                  after {} ms down",
@@ -444,7 +455,19 @@ impl Switch {
                 restored.gap_ms
             );
         }
+        switch.checkpoints = true;
         Ok(switch)
+    }
+
+    /// Saves the running configuration (when the switch keeps state); a no-op when the file
+    /// holds it already.
+    fn persist(&mut self) -> Result<(), SwitchError> {
+        match &mut self.store {
+            Some(store) => store
+                .save_running(&self.base, &self.config)
+                .map_err(SwitchError::State),
+            None => Ok(()),
+        }
     }
 
     /// The workers' clock now.
@@ -474,6 +497,7 @@ impl Switch {
             base,
             shared: Arc::clone(&shared),
             epoch,
+            checkpoints: false,
             starting: true,
             store,
             ports: Vec::new(),
@@ -600,11 +624,7 @@ impl Switch {
     /// snapshot to every worker. A change that cannot be persisted is not published: the
     /// caller puts its state back, and the workers never saw it.
     fn publish(&mut self) -> Result<(), SwitchError> {
-        if let Some(store) = &mut self.store {
-            store
-                .save_running(&self.base, &self.config)
-                .map_err(SwitchError::State)?;
-        }
+        self.persist()?;
         let snapshot = self.compile();
         for w in &self.workers {
             w.publish(Arc::clone(&snapshot), PUBLISH_TIMEOUT)
@@ -952,20 +972,38 @@ impl Switch {
             }
             None => return Err(SwitchError::TooManyPorts(spec.name)),
         };
-        let backend = Backend::Device(open_device(&spec, self.workers.len(), false)?);
+        // Saved before the TAP is made: a crash in between leaves a port that the next start
+        // creates, never a TAP that nothing knows about.
+        self.config.ports.push(port);
+        if let Err(e) = self.persist() {
+            self.config.ports.pop();
+            return Err(e);
+        }
+        let backend = match open_device(&spec, self.workers.len(), false) {
+            Ok(d) => Backend::Device(d),
+            Err(e) => {
+                self.config.ports.pop();
+                if let Err(undo) = self.persist() {
+                    log::error!("port {}: {undo}", spec.name);
+                }
+                return Err(e);
+            }
+        };
         let baseline = self.counters_of(PortId(slot as u16));
         self.ports[slot] = Some(Port {
             spec,
             backend,
             baseline,
         });
-        self.config.ports.push(port);
         if let Err(e) = self.publish() {
             // The TAP made for it goes again.
             if let Some(device) = self.ports[slot].take().and_then(|p| p.backend.device()) {
                 delete_on_close(&device);
             }
             self.config.ports.pop();
+            if let Err(undo) = self.persist() {
+                log::error!("{undo}");
+            }
             return Err(e);
         }
         Ok(())

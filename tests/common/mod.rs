@@ -98,6 +98,14 @@ impl Switch {
     /// Spawns `tapswitch run` with this switch's socket, file and state directory, and
     /// `extra` arguments of `run`.
     pub fn spawn(&self, extra: &[&str]) -> Child {
+        self.command(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn tapswitch")
+    }
+
+    /// The command line of [`spawn`](Self::spawn).
+    pub fn command(&self, extra: &[&str]) -> Command {
         // `ip netns exec` execs the program in place, so the child's PID is the daemon's own
         // and SIGTERM reaches it.
         let mut cmd = match &self.netns {
@@ -114,7 +122,7 @@ impl Switch {
             cmd.arg("--config").arg(path);
         }
         cmd.args(extra);
-        cmd.stdin(Stdio::null()).spawn().expect("spawn tapswitch")
+        cmd
     }
 
     /// Waits until the daemon answers on its socket.

@@ -28,7 +28,7 @@ pub struct Restored {
     pub gap_ms: u64,
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -162,7 +162,7 @@ impl Switch {
     /// Writes a checkpoint to the state directory (nothing when the switch keeps no state).
     /// Returns how many entries it holds.
     pub fn checkpoint(&self) -> Result<usize, SwitchError> {
-        let Some(store) = &self.store else {
+        let Some(store) = self.store.as_ref().filter(|_| self.checkpoints) else {
             return Ok(0);
         };
         let checkpoint = self.take_checkpoint();
@@ -170,21 +170,6 @@ impl Switch {
             .save(CHECKPOINT_FILE, &checkpoint::encode(&checkpoint))
             .map_err(SwitchError::State)?;
         Ok(checkpoint.len())
-    }
-
-    /// Puts back the checkpoint in the state directory, aged by the time the switch was down.
-    pub(super) fn restore_checkpoint(&mut self) -> Result<Restored, SwitchError> {
-        let Some(store) = &self.store else {
-            return Ok(Restored::default());
-        };
-        let Some(saved) = store
-            .load(CHECKPOINT_FILE, checkpoint::decode)
-            .map_err(SwitchError::Restore)?
-        else {
-            return Ok(Restored::default());
-        };
-        let gap_ms = unix_ms().saturating_sub(saved.saved_unix_ms);
-        Ok(self.import_checkpoint(saved, gap_ms))
     }
 
     /// Puts `saved` back after `gap_ms` of downtime: records naming a port or Service that no

@@ -28,8 +28,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::router::Balancer;
 use crate::tables::{
-    Conntrack, CtEntry, FdbKey, MacTable, NeighKey, NeighbourTable, PortId, RemoteTable,
-    Timestamp,
+    Conntrack, CtEntry, FdbKey, MacTable, NeighKey, NeighbourTable, PortId, RemoteTable, Timestamp,
 };
 use crate::wire::EthernetAddress;
 

@@ -84,7 +84,9 @@ impl Default for Balancer {
 
 impl Balancer {
     /// ClientIP affinities: (Service id, client, backend, expiry).
-    pub fn affinities(&self) -> impl Iterator<Item = (u32, Ipv4Addr, SocketAddrV4, Timestamp)> + '_ {
+    pub fn affinities(
+        &self,
+    ) -> impl Iterator<Item = (u32, Ipv4Addr, SocketAddrV4, Timestamp)> + '_ {
         self.affinity
             .iter()
             .map(|(&(svc, client), &(backend, expires))| (svc, client, backend, expires))
