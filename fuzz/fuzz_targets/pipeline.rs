@@ -1,18 +1,21 @@
 //! The L2 pipeline fed arbitrary frames on arbitrary ports of a switch with access, trunk and
-//! native-VLAN ports. The first two bytes pick the ingress port and advance the fake clock;
-//! the rest is the frame. Every decision must be a drop with a reason or a set of egress ports
+//! native-VLAN ports. The first two bytes pick the ingress port (byte 0 modulo 6; bit 7 set:
+//! the rest is an `arbitrary` frame description, built by `tapswitch_fuzz::frame`, else the
+//! rest is the frame as it is) and advance the fake clock. Every decision must be a drop with a reason or a set of egress ports
 //! that never includes the ingress port, and each egress frame must be a well-formed frame.
 #![no_main]
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tapswitch_dataplane::pipeline::{
     Bridge, Decision, ForwardingState, PortMode, PortState, VlanSet, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId, Timestamp};
 use tapswitch_dataplane::wire::{EthernetAddress, EthernetFrame, VlanId};
+use tapswitch_fuzz::frame::{build, FrameSpec};
 
 fn vlan(v: u16) -> VlanId {
     VlanId::new(v).expect("valid vlan")
@@ -78,9 +81,16 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    let ingress = PortId(u16::from(data[0] % 6));
+    let ingress = PortId(u16::from((data[0] & 0x7f) % 6));
     // The pipeline rewrites routed frames in place, so it takes them mutably.
-    let mut frame = data[2..].to_vec();
+    let mut frame = if data[0] & 0x80 != 0 {
+        let Ok(spec) = FrameSpec::arbitrary(&mut Unstructured::new(&data[2..])) else {
+            return;
+        };
+        build(&spec).frame
+    } else {
+        data[2..].to_vec()
+    };
     SIM.with(|sim| {
         let (state, bridge, clock) = &mut *sim.borrow_mut();
         *clock += u64::from(data[1]) * 50;

@@ -14,7 +14,10 @@
 //! ICMPv6), bit 4 does the IPv6 part too and sets the hop limit to 255 (neighbour discovery);
 //! bit 6 takes the first 10 bytes of the rest as a virtio-net header, as a port with offloads
 //! would read one, and hands the frame to `Bridge::process_offloaded` (super-frames and
-//! partial checksums switched and routed whole, or cut by the router). The rest is the frame.
+//! partial checksums switched and routed whole, or cut by the router). The rest is the frame;
+//! with bit 7 set, the rest (after the virtio-net header) is an `arbitrary` frame description
+//! built by `tapswitch_fuzz::frame` (lengths and checksums right, then a few byte edits), and
+//! the other fix-ups are not applied.
 //!
 //! Every decision and every generated frame is checked (see `tapswitch_fuzz::router::check`);
 //! nothing may panic.
@@ -22,10 +25,12 @@
 
 use std::cell::RefCell;
 
+use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tapswitch_dataplane::pipeline::offload::{Offload, VNET_HDR_LEN};
 use tapswitch_dataplane::tables::PortId;
 use tapswitch_dataplane::wire::EthernetAddress;
+use tapswitch_fuzz::frame::{build, FrameSpec};
 use tapswitch_fuzz::router::{check, fix_ipv4, fix_ipv6, router_mac_of_port, Sim, PORTS};
 
 thread_local! {
@@ -46,8 +51,16 @@ fuzz_target!(|data: &[u8]| {
         offload = Some(Offload::from_vnet_hdr(&h));
         rest = &rest[VNET_HDR_LEN..];
     }
-    let mut frame = rest.to_vec();
-    if frame.len() >= 14 {
+    let structured = flags & 0x80 != 0;
+    let mut frame = if structured {
+        let Ok(spec) = FrameSpec::arbitrary(&mut Unstructured::new(rest)) else {
+            return;
+        };
+        build(&spec).frame
+    } else {
+        rest.to_vec()
+    };
+    if !structured && frame.len() >= 14 {
         if flags & 0x20 != 0 {
             frame[..6].copy_from_slice(EthernetAddress::BROADCAST.as_bytes());
         } else if flags & 1 != 0 {

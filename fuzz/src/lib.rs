@@ -150,5 +150,7 @@ pub fn check_tcp(data: &[u8], pseudo: &PseudoHeader) {
     assert_eq!(TcpRepr::parse(&again).expect("emitted TCP parses"), repr);
 }
 
+pub mod frame;
 pub mod nat;
 pub mod router;
+pub mod scenario;
