@@ -84,7 +84,9 @@ const DESTINATIONS: [(u8, Ipv4Addr, u16); 16] = [
     (PROTO_TCP, ip(10, 60, 3, 4), 22),
 ];
 
-fn routing() -> RoutingState {
+/// The router interfaces and routes of the module documentation (also used by the
+/// `scenario` target, with [`nat_rules`]).
+pub fn routing() -> RoutingState {
     let iface = |id, mac, mtu, v4: Vec<(Ipv4Addr, u8)>| Interface {
         vlan: vlan(id),
         mac,
@@ -318,6 +320,33 @@ pub struct Input {
     pub frame: Vec<u8>,
     /// The transport (TCP, UDP or ICMP) checksum of the IPv4 packet was made valid.
     pub l4_valid: bool,
+}
+
+impl Input {
+    /// A frame from `port` as it is: `l4_valid` says whether it carries an IPv4 packet (after
+    /// at most one tag) whose transport checksum verifies.
+    pub fn new(port: PortId, frame: Vec<u8>) -> Input {
+        let ip = match frame.get(12..14) {
+            Some([0x81, 0x00] | [0x88, 0xa8]) if frame.get(16..18) == Some(&[0x08, 0x00]) => {
+                frame.get(18..)
+            }
+            Some([0x08, 0x00]) => frame.get(14..),
+            _ => None,
+        };
+        let l4_valid = ip
+            .and_then(|p| {
+                let packet = Ipv4Packet::new_checked(p).ok()?;
+                let ihl = usize::from(packet.header_len());
+                let p = &p[..usize::from(packet.total_len())];
+                Some(!is_later_fragment(p) && l4_checksum_at(p, ihl).is_some() && l4_checksum_ok(p))
+            })
+            .unwrap_or(false);
+        Input {
+            port,
+            frame,
+            l4_valid,
+        }
+    }
 }
 
 /// The transport checksum of the IPv4 packet `p` (header length `ihl`): where it is and

@@ -58,7 +58,9 @@ pub fn router_mac_of_port(port: u16) -> EthernetAddress {
     }
 }
 
-fn routing() -> RoutingState {
+/// The router interfaces and routes of the module documentation (also used by the
+/// `scenario` target).
+pub fn routing() -> RoutingState {
     let v4 = |a: [u8; 4], len| (Ipv4Addr::from(a), len);
     let v6 = |s: &str, len| (s.parse::<Ipv6Addr>().expect("ipv6"), len);
     let interfaces = vec![
