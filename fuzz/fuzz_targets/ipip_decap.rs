@@ -9,7 +9,11 @@
 //! 3: the source address written in the packet), bit 2 makes the outer header plausible
 //! (version 4, 20-byte header, protocol 4, the buffer's length, checksum), bit 3 the inner
 //! IPv4 header (see `fix_ipv4`, ICMP checksum included); byte 1 advances the clock
-//! (`Sim::advance`). The rest is the packet.
+//! (`Sim::advance`). The rest is the packet; when bits 4-7 of byte 0 are all set and the
+//! source is not picked from 192.168.205.x (bits 0-1 not 2), the rest is an `arbitrary`
+//! description of the packet (`tapswitch_fuzz::frame::PacketSpec`: an IPv4 or IPv6 packet,
+//! IPIP with a whole inner packet among its choices, lengths and checksums right, then a few
+//! byte edits), and the fix-ups of bits 2-3 are not applied.
 //!
 //! A packet from a source that is not a peer must be dropped as such; anything else must be a
 //! drop with a reason, a forward, a tunnel or taken by the router, all checked (see
@@ -19,9 +23,11 @@
 use std::cell::RefCell;
 use std::net::Ipv4Addr;
 
+use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tapswitch_dataplane::pipeline::{Decision, DropReason};
 use tapswitch_dataplane::wire::{IpProtocol, Ipv4Packet};
+use tapswitch_fuzz::frame::{build_packet, PacketSpec};
 use tapswitch_fuzz::router::{check, fix_ipv4, Sim, PEERS};
 
 thread_local! {
@@ -33,15 +39,23 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let select = data[0];
-    let mut packet = data[2..].to_vec();
-    if select & 0x04 != 0 && packet.len() >= 20 {
+    let structured = select & 0xf0 == 0xf0 && select & 3 != 2;
+    let mut packet = if structured {
+        let Ok(spec) = PacketSpec::arbitrary(&mut Unstructured::new(&data[2..])) else {
+            return;
+        };
+        build_packet(&spec).frame
+    } else {
+        data[2..].to_vec()
+    };
+    if !structured && select & 0x04 != 0 && packet.len() >= 20 {
         packet[0] = 0x45;
         packet[9] = u8::from(IpProtocol::IpIp);
         let total = packet.len().min(usize::from(u16::MAX)) as u16;
         packet[2..4].copy_from_slice(&total.to_be_bytes());
         Ipv4Packet::new_unchecked(&mut packet[..20]).fill_checksum();
     }
-    if select & 0x08 != 0 && packet.len() > 20 {
+    if !structured && select & 0x08 != 0 && packet.len() > 20 {
         let ihl = (usize::from(packet[0] & 0x0f) * 4).clamp(20, packet.len());
         fix_ipv4(&mut packet[ihl..]);
     }

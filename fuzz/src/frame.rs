@@ -529,7 +529,25 @@ pub struct FrameSpec {
     pub edits: Vec<Edit>,
 }
 
-/// A frame built from a [`FrameSpec`].
+/// An IP packet without a link layer (as a tunnel socket hands it over), then byte edits.
+#[derive(Arbitrary, Debug, Clone)]
+pub struct PacketSpec {
+    pub packet: IpSpec,
+    /// At most [`MAX_EDITS`] are applied.
+    pub edits: Vec<Edit>,
+}
+
+/// Builds the packet `spec` describes, edits applied.
+pub fn build_packet(spec: &PacketSpec) -> Built {
+    let mut frame = match &spec.packet {
+        IpSpec::V4(p) => build_ipv4(p, 0),
+        IpSpec::V6(p) => build_ipv6(p, 0),
+    };
+    let intact = apply_edits(&mut frame, &spec.edits);
+    Built { frame, intact }
+}
+
+/// A frame (or packet) built from a [`FrameSpec`] (or [`PacketSpec`]).
 pub struct Built {
     pub frame: Vec<u8>,
     /// No edit changed the frame: lengths and checksums are as built.

@@ -2,6 +2,10 @@
 //! `new_checked`, call every accessor, and if `Repr::parse` succeeds, emit the `Repr` into a
 //! fresh buffer of `buffer_len` bytes and assert that parsing it again gives the same `Repr`.
 //! Any panic in a parser or accessor is a bug in the parser.
+//!
+//! The modules hold what several targets share: [`frame`] (structure-aware frames built from
+//! `arbitrary` descriptions), [`router`] and [`nat`] (the switches of the router targets and
+//! their checks), [`scenario`] (switches built from the input, run through those checks).
 
 use std::hint::black_box;
 use std::net::Ipv6Addr;
