@@ -18,7 +18,7 @@
 # Setups (every name contains this script's PID; nothing touches the root namespace's links):
 #   tapswitch: namespaces tsb<PID>ta and tsb<PID>tb, each with a TAP port (tsb<PID>tapa,
 #              tsb<PID>tapb) of a `tapswitch run` daemon started by this script in the root
-#              namespace, control socket in a private temp directory.
+#              namespace, control socket and state directory in a private temp directory.
 #   bridge:    namespaces tsb<PID>ka and tsb<PID>kb, each with a veth (tsb<PID>va, tsb<PID>vb)
 #              whose peer (tsb<PID>pa, tsb<PID>pb) is enslaved to bridge tsb<PID>br, which lives
 #              in its own namespace tsb<PID>kbr.
@@ -194,6 +194,10 @@ CLK_TCK=$(getconf CLK_TCK 2>/dev/null)
 [[ $CLK_TCK =~ ^[0-9]+$ && $CLK_TCK -gt 0 ]] || die "getconf CLK_TCK gave '$CLK_TCK', not a tick rate"
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+# ts_daemon_start / ts_daemon_stop_all: start `tapswitch run` with a fresh state directory,
+# wait for its socket; stop --purge it and remove its state directory and socket.
+# shellcheck source=examples/lib.sh
+. "$ROOT/examples/lib.sh" || die "cannot read $ROOT/examples/lib.sh"
 if [[ -n ${TAPSWITCH:-} ]]; then
     [[ -x $TAPSWITCH ]] || die "TAPSWITCH=$TAPSWITCH is not an executable file"
 else
@@ -240,8 +244,7 @@ NAT_GW=10.42.0.1 NAT_CLIENT_IP=10.42.0.2 NAT_UPLINK_IP=10.200.0.1 NAT_OUTSIDE_IP
 NETNS_MADE=() # namespaces this script created, in creation order
 PIDS=()       # long-running background processes this script started (iperf3 servers)
 CUR_PID=""    # the client (timeout -> iperf3 or ping) running now, if any
-DAEMON_PIDS=()  # tapswitch daemons this script started
-DAEMON_SOCKS=() # their control sockets
+DAEMON_PIDS=()  # tapswitch daemons this script started (examples/lib.sh stops them)
 LAST_DAEMON_PID="" # the one start_daemon started last
 declare -A DAEMONS_OF=() # setup -> PIDs of the tapswitch daemons on its path (for CPU time)
 TMP=""
@@ -290,13 +293,10 @@ cleanup() {
     for pid in $CUR_PID "${PIDS[@]}"; do
         stop_pid "$pid" TERM 30
     done
-    # The daemons: SIGTERM is their clean exit (deletes their TAPs and their socket).
-    for ((i = 0; i < ${#DAEMON_PIDS[@]}; i++)); do
-        stop_pid "${DAEMON_PIDS[i]}" TERM 100
-        if [[ -n $TMP && -S ${DAEMON_SOCKS[i]} ]]; then
-            warn "tapswitch left its control socket ${DAEMON_SOCKS[i]} behind after exiting"
-        fi
-    done
+    # The daemons: `stop --purge` deletes their TAPs and forgets their saved state (a SIGTERM
+    # would leave both for a next start), then their state directories and sockets go; SIGTERM
+    # and SIGKILL only if one does not exit.
+    ts_daemon_stop_all
     # Namespaces: deleting one destroys every link in it (veth peers go with their pair, the
     # bridge with its namespace).
     for ((i = ${#NETNS_MADE[@]} - 1; i >= 0; i--)); do
@@ -358,32 +358,20 @@ run_logged() {
 # Setups
 # ---------------------------------------------------------------------------------------------
 # Starts `tapswitch run` with control socket $1 and log $2, inside namespace $3 if given (so its
-# VTEP sockets live there), and waits until the socket answers.
+# VTEP sockets live there), with a fresh state directory, and waits until the socket answers
+# (examples/lib.sh; if it does not within 10 s, or the daemon exits, the script stops there
+# with the daemon's log).
 start_daemon() { # socket log [netns]
-    local sock=$1 log=$2 ns=${3:-} pid i
-    local conf=()
+    local sock=$1 log=$2 ns=${3:-}
+    local opts=()
     if [[ -n $WORKERS ]]; then
         printf '[switch]\nworkers = %s\n' "$WORKERS" >"$sock.toml"
-        conf=(--config "$sock.toml")
+        opts+=(--config "$sock.toml")
     fi
-    if [[ -n $ns ]]; then
-        # ip netns exec execs the daemon: $! is the daemon itself.
-        ip netns exec "$ns" "$TAPSWITCH" --socket "$sock" run "${conf[@]}" >"$log" 2>&1 </dev/null &
-    else
-        "$TAPSWITCH" --socket "$sock" run "${conf[@]}" >"$log" 2>&1 </dev/null &
-    fi
-    pid=$!
-    DAEMON_PIDS+=("$pid")
-    LAST_DAEMON_PID=$pid
-    DAEMON_SOCKS+=("$sock")
-    for ((i = 0; i < 100; i++)); do
-        alive "$pid" || die "tapswitch run${ns:+ in $ns} exited: $(tail -n 5 "$log")"
-        if [[ -S $sock ]] && "$TAPSWITCH" --socket "$sock" port list >/dev/null 2>&1; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "tapswitch control socket $sock did not answer within 10 s"
+    [[ -n $ns ]] && opts+=(--netns "$ns")
+    ts_daemon_start "${opts[@]}" "$TAPSWITCH" "$sock" "$log"
+    DAEMON_PIDS+=("$TS_DAEMON_PID")
+    LAST_DAEMON_PID=$TS_DAEMON_PID
 }
 
 setup_tapswitch() {

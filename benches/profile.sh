@@ -30,6 +30,8 @@ for tool in perf iperf3 ip; do
     command -v "$tool" >/dev/null || { echo "profile: $tool not found" >&2; exit 1; }
 done
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=examples/lib.sh
+. "$ROOT/examples/lib.sh"
 TAPSWITCH=${TAPSWITCH:-$ROOT/target/release/tapswitch}
 [[ -x $TAPSWITCH ]] || cargo build --release --bin tapswitch --manifest-path "$ROOT/Cargo.toml"
 OUT=${OUT:-$(mktemp -d)}
@@ -41,26 +43,21 @@ SERVER=""
 
 cleanup() {
     [[ -n $SERVER ]] && kill "$SERVER" 2>/dev/null || true
-    if [[ -n $DAEMON ]]; then
-        kill "$DAEMON" 2>/dev/null || true
-        wait "$DAEMON" 2>/dev/null || true
-    fi
+    # stop --purge: the daemon deletes its TAPs and forgets its state, then exits; its state
+    # directory and socket go too.
+    ts_daemon_stop_all
     ip netns del "${P}a" 2>/dev/null || true
     ip netns del "${P}b" 2>/dev/null || true
 }
-trap cleanup EXIT
+ts_trap_cleanup cleanup
 
 conf=()
 if [[ -n $WORKERS ]]; then
     printf '[switch]\nworkers = %s\n' "$WORKERS" >"$OUT/switch.toml"
     conf=(--config "$OUT/switch.toml")
 fi
-"$TAPSWITCH" --socket "$SOCK" run "${conf[@]}" >"$OUT/tapswitch.log" 2>&1 </dev/null &
-DAEMON=$!
-for _ in $(seq 100); do
-    "$TAPSWITCH" --socket "$SOCK" port list >/dev/null 2>&1 && break
-    sleep 0.05
-done
+ts_daemon_start "${conf[@]}" "$TAPSWITCH" "$SOCK" "$OUT/tapswitch.log"
+DAEMON=$TS_DAEMON_PID
 for side in a b; do
     ip netns add "$P$side"
     ip -n "$P$side" link set lo up

@@ -16,26 +16,25 @@ for t in python3 curl; do
   command -v "$t" >/dev/null || { echo "this example uses $t"; exit 1; }
 done
 
+. examples/lib.sh
 tag="nat$$"
 web1="${tag}w1"; web2="${tag}w2"; client="${tag}c"; outside="${tag}o"
 sock=$(mktemp -u /tmp/tapswitch-"$tag"-XXXX.sock)
 log=/tmp/tapswitch-"$tag".log
-pids=()
-pid=""
+pids=() # the web servers
+made=() # the namespaces this run created (and so removes)
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  for ns in "$web1" "$web2" "$client" "$outside"; do ip netns del "$ns" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do if kill "$p" 2>/dev/null; then wait "$p" 2>/dev/null || true; fi; done
+  ts_daemon_stop_all # stop --purge: its TAPs go first, then the namespaces
+  for ns in "${made[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -f "$log"
 }
-trap cleanup EXIT INT TERM
+ts_trap_cleanup cleanup
 for ns in "$web1" "$web2" "$client" "$outside"; do
-  ip netns add "$ns"; ip -n "$ns" link set lo up
+  ip netns add "$ns"; made+=("$ns"); ip -n "$ns" link set lo up
 done
 
-"$bin" --socket "$sock" run --config examples/nat.toml 2>"$log" &
-pid=$!
-for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+ts_daemon_start --config examples/nat.toml "$bin" "$sock" "$log"
 ts() { "$bin" --socket "$sock" "$@"; }
 
 add_container() { # ns vlan addr/len [gateway]

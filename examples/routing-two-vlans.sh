@@ -11,24 +11,24 @@ bin=${1:-target/release/tapswitch}
 [ -x "$bin" ] || cargo build --release --bin tapswitch
 command -v ping >/dev/null || { echo "this example uses ping (apt-get install iputils-ping)"; exit 1; }
 
+. examples/lib.sh
 tag="rt$$"
 web="${tag}web"; db="${tag}db"
 sock=$(mktemp -u /tmp/tapswitch-"$tag"-XXXX.sock)
 log=/tmp/tapswitch-"$tag".log
-pid=""
+made=() # the namespaces this run created (and so removes)
+# shellcheck disable=SC2317 # run by the exit trap
 cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  for ns in "$web" "$db"; do ip netns del "$ns" 2>/dev/null || true; done
+  ts_daemon_stop_all # stop --purge: its TAPs go first, then the namespaces
+  for ns in "${made[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -f "$log"
 }
-trap cleanup EXIT INT TERM
+ts_trap_cleanup cleanup
 for ns in "$web" "$db"; do
-  ip netns add "$ns"; ip -n "$ns" link set lo up
+  ip netns add "$ns"; made+=("$ns"); ip -n "$ns" link set lo up
 done
 
-"$bin" --socket "$sock" run --config examples/routing.toml 2>"$log" &
-pid=$!
-for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+ts_daemon_start --config examples/routing.toml "$bin" "$sock" "$log"
 ts() { "$bin" --socket "$sock" "$@"; }
 
 # A container: a TAP port on a VLAN, its addresses, default routes via the gateway.

@@ -17,17 +17,20 @@ bin=${1:-target/release/tapswitch}
 [ -x "$bin" ] || cargo build --release --bin tapswitch
 command -v ping >/dev/null || { echo "this example uses ping (apt-get install iputils-ping)"; exit 1; }
 
+. examples/lib.sh
 tag="ip$$"
 h1="${tag}h1"; h2="${tag}h2"; c1="${tag}c1"; c2="${tag}c2"
 s1=$(mktemp -u /tmp/tapswitch-"$tag"-1-XXXX.sock); s2=$(mktemp -u /tmp/tapswitch-"$tag"-2-XXXX.sock)
-pids=()
+pids=() # tcpdump
+made=() # the namespaces this run created (and so removes)
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-  for ns in "$h1" "$h2" "$c1" "$c2"; do ip netns del "$ns" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do if kill "$p" 2>/dev/null; then wait "$p" 2>/dev/null || true; fi; done
+  ts_daemon_stop_all # stop --purge: their TAPs go first, then the namespaces
+  for ns in "${made[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -f /tmp/"$tag"-1.log /tmp/"$tag"-2.log /tmp/"$tag".txt
 }
-trap cleanup EXIT INT TERM
-for ns in "$h1" "$h2" "$c1" "$c2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ts_trap_cleanup cleanup
+for ns in "$h1" "$h2" "$c1" "$c2"; do ip netns add "$ns"; made+=("$ns"); ip -n "$ns" link set lo up; done
 ip -n "$h1" link add ul type veth peer name ul netns "$h2"
 ip -n "$h1" addr add 192.168.205.2/24 dev ul; ip -n "$h1" link set ul up
 ip -n "$h2" addr add 192.168.205.5/24 dev ul; ip -n "$h2" link set ul up
@@ -42,8 +45,7 @@ if $kernel_peer && ! err=$(ip -n "$h2" link add tun1 type ipip local 192.168.205
 fi
 
 # host1: tapswitch inside the host's namespace, so its raw IPIP sockets live there.
-ip netns exec "$h1" "$bin" --socket "$s1" run 2>/tmp/"$tag"-1.log & pids+=($!)
-for _ in $(seq 50); do [ -S "$s1" ] && break; sleep 0.1; done
+ts_daemon_start --netns "$h1" "$bin" "$s1" /tmp/"$tag"-1.log
 ts1() { "$bin" --socket "$s1" "$@"; }
 ts1 interface add 10 --address 10.42.0.1/24
 ts1 route add 10.42.1.0/24 --via 192.168.205.5 --encap ipip
@@ -64,8 +66,7 @@ if $kernel_peer; then
   ip -n "$h1" link set tunl0 up 2>/dev/null || true
   target=10.42.1.1; from_far="$h2"
 else
-  ip netns exec "$h2" "$bin" --socket "$s2" run 2>/tmp/"$tag"-2.log & pids+=($!)
-  for _ in $(seq 50); do [ -S "$s2" ] && break; sleep 0.1; done
+  ts_daemon_start --netns "$h2" "$bin" "$s2" /tmp/"$tag"-2.log
   "$bin" --socket "$s2" interface add 10 --address 10.42.1.1/24
   "$bin" --socket "$s2" route add 10.42.0.0/24 --via 192.168.205.2 --encap ipip
   "$bin" --socket "$s2" port add "${tag}p2" --netns "$c2" --vlan 10

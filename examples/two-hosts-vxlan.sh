@@ -13,23 +13,24 @@ bin=${1:-target/release/tapswitch}
 [ -x "$bin" ] || cargo build --release --bin tapswitch
 command -v ping >/dev/null || { echo "this example uses ping (apt-get install iputils-ping)"; exit 1; }
 
+. examples/lib.sh
 tag="vx$$"
 h1="${tag}h1"; h2="${tag}h2"; c1="${tag}c1"; c2="${tag}c2"
 s1=$(mktemp -u /tmp/tapswitch-"$tag"-1-XXXX.sock); s2=$(mktemp -u /tmp/tapswitch-"$tag"-2-XXXX.sock)
-pids=()
+made=() # the namespaces this run created (and so removes)
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
-  for ns in "$h1" "$h2" "$c1" "$c2"; do ip netns del "$ns" 2>/dev/null || true; done
+  ts_daemon_stop_all # stop --purge: their TAPs go first, then the namespaces
+  for ns in "${made[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -f /tmp/"$tag"-1.log /tmp/"$tag"-2.log
 }
-trap cleanup EXIT INT TERM
-for ns in "$h1" "$h2" "$c1" "$c2"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ts_trap_cleanup cleanup
+for ns in "$h1" "$h2" "$c1" "$c2"; do ip netns add "$ns"; made+=("$ns"); ip -n "$ns" link set lo up; done
 ip -n "$h1" link add ul type veth peer name ul netns "$h2"
 ip -n "$h1" addr add 192.168.77.1/24 dev ul; ip -n "$h1" link set ul up
 ip -n "$h2" addr add 192.168.77.2/24 dev ul; ip -n "$h2" link set ul up
 
 # host1: tapswitch, running inside the host's namespace so its VTEP socket lives there.
-ip netns exec "$h1" "$bin" --socket "$s1" run 2>/tmp/"$tag"-1.log & pids+=($!)
-for _ in $(seq 50); do [ -S "$s1" ] && break; sleep 0.1; done
+ts_daemon_start --netns "$h1" "$bin" "$s1" /tmp/"$tag"-1.log
 "$bin" --socket "$s1" port add "${tag}p1" --netns "$c1" --vlan 10
 "$bin" --socket "$s1" vxlan add 42 --vlan 10 --local 192.168.77.1 --remote 192.168.77.2
 ip -n "$c1" addr add 10.42.0.1/24 dev "${tag}p1"; ip -n "$c1" link set "${tag}p1" mtu 1450
@@ -44,8 +45,7 @@ if $kernel_peer; then
   ip netns exec "$h2" bridge fdb append 00:00:00:00:00:00 dev vx42 dst 192.168.77.1
   ip -n "$c2" addr add 10.42.0.2/24 dev eth0; ip -n "$c2" link set eth0 mtu 1450 up
 else
-  ip netns exec "$h2" "$bin" --socket "$s2" run 2>/tmp/"$tag"-2.log & pids+=($!)
-  for _ in $(seq 50); do [ -S "$s2" ] && break; sleep 0.1; done
+  ts_daemon_start --netns "$h2" "$bin" "$s2" /tmp/"$tag"-2.log
   "$bin" --socket "$s2" port add "${tag}p2" --netns "$c2" --vlan 10
   "$bin" --socket "$s2" vxlan add 42 --vlan 10 --local 192.168.77.2 --remote 192.168.77.1
   ip -n "$c2" addr add 10.42.0.2/24 dev "${tag}p2"; ip -n "$c2" link set "${tag}p2" mtu 1450
@@ -62,4 +62,3 @@ echo
 "$bin" --socket "$s1" fdb show
 echo
 "$bin" --socket "$s1" stats
-rm -f /tmp/"$tag"-1.log /tmp/"$tag"-2.log

@@ -7,19 +7,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/tapswitch}
 [ -x "$bin" ] || cargo build --release --bin tapswitch
+. examples/lib.sh
 sock=$(mktemp -u /tmp/tapswitch-example-XXXX.sock)
+log=${sock%.sock}.log
 namespaces=(ex-web ex-db ex-guest ex-router)
-pid=""
+made=() # the namespaces this run created (and so removes)
 cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
-  for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  ts_daemon_stop_all # stop --purge: its TAPs go first, then the namespaces
+  for ns in "${made[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  rm -f "$log"
 }
-trap cleanup EXIT INT TERM
-for ns in "${namespaces[@]}"; do ip netns add "$ns"; done
+ts_trap_cleanup cleanup
+for ns in "${namespaces[@]}"; do ip netns add "$ns"; made+=("$ns"); done
 
-"$bin" --socket "$sock" run --config examples/two-vlans.toml 2>/tmp/tapswitch-example.log &
-pid=$!
-for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+ts_daemon_start --config examples/two-vlans.toml "$bin" "$sock" "$log"
 ts() { "$bin" --socket "$sock" "$@"; }
 
 ip -n ex-web addr add 10.70.0.1/24 dev ex-web
