@@ -41,6 +41,10 @@ pub enum Command {
         /// state_dir` (default /var/lib/tapswitch).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Replace the tapswitch running on --socket (an upgrade in place): it hands over its
+        /// TAP queues, control socket and state, then exits; traffic pauses for a moment.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Stop the running switch: ports are released and TAPs stay, with their workloads'
     /// addresses, for the next start to adopt. Returns once the switch is done.
@@ -523,6 +527,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Run {
             config: path,
             state_dir,
+            takeover,
         } => {
             let config = match &path {
                 Some(path) => Config::load(path)?,
@@ -533,6 +538,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 config_file: path,
                 socket: socket.to_path_buf(),
                 state_dir,
+                takeover,
             };
             daemon::run(opts, |_| {})?;
             Ok(())

@@ -39,6 +39,7 @@ impl Daemon {
             config_file: None,
             socket: socket.clone(),
             state_dir: Some(socket.with_extension("state")),
+            takeover: false,
         };
         let state_dir = socket.with_extension("state");
         let thread = std::thread::spawn(move || {

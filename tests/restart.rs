@@ -226,6 +226,94 @@ fn a_planned_restart_keeps_interfaces_runtime_ports_and_a_masqueraded_stream() {
 }
 
 #[test]
+fn a_takeover_upgrade_loses_no_ping_and_no_connection() {
+    if !have_root() {
+        return;
+    }
+    let (a, outside) = (container("rta", false), container("rto", false));
+    let mut sw = Switch::with_config(CONFIG);
+    let pa = attach(&sw, &a, 10, "10.77.0.2/24", Some("10.77.0.1"));
+    let po = attach(&sw, &outside, 100, "10.177.0.254/24", None);
+    assert_eq!(ping(&a, "10.177.0.254", 2), 2);
+    // "A new binary": a copy of this one at another path.
+    let new_bin = sw.state_dir.with_extension("new-tapswitch");
+    std::fs::copy(BIN, &new_bin).unwrap();
+    let _new_bin = RemoveFile(new_bin.clone());
+    let stream = Stream::open(&a, &outside, "10.177.0.254");
+    stream.wait_for_more(256 << 10, Duration::from_secs(10));
+    let before = (interface_of(&a, &pa), interface_of(&outside, &po));
+    // Ping every 10 ms through masquerade for 3 s, the takeover in the middle.
+    let pinger = {
+        let ns = a.name().to_string();
+        std::thread::spawn(move || {
+            Command::new("ip")
+                .args([
+                    "netns", "exec", &ns, "ping", "-n", "-i", "0.01", "-c", "300",
+                ])
+                .args(["-W", "1", "10.177.0.254"])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let old_pid = sw.pid();
+    let t = Instant::now();
+    sw.take_over_with(&new_bin);
+    let took = t.elapsed();
+    assert_ne!(sw.pid(), old_pid, "another process runs the switch");
+    let out = pinger.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The longest run of missing echo replies, as a gap in milliseconds.
+    let seqs: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split("icmp_seq=").nth(1))
+        .filter_map(|r| r.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert!(seqs.len() > 200, "ping ran: {text}");
+    let gap_ms = seqs
+        .windows(2)
+        .map(|w| (w[1] - w[0] - 1) * 10)
+        .max()
+        .unwrap_or(0);
+    let lost = 300 - seqs.len() as u64;
+    eprintln!(
+        "takeover: {} ms from spawn to the new daemon answering; pings lost {lost} of 300; \
+         longest gap {gap_ms} ms",
+        took.as_millis()
+    );
+    assert!(
+        gap_ms < 200,
+        "the traffic gap is under 200 ms ({gap_ms} ms)"
+    );
+    assert_eq!(
+        (interface_of(&a, &pa), interface_of(&outside, &po)),
+        before,
+        "the same devices, MACs, addresses and routes"
+    );
+    stream.wait_for_more(256 << 10, Duration::from_secs(20));
+    let (sent, got) = stream.finish();
+    assert_eq!(
+        sent, got,
+        "the connection survived, every byte once and in order"
+    );
+    // The new process owns the socket and the state: a change is saved by it.
+    let p3 = unique("rp");
+    sw.cli(&["port", "add", &p3, "--netns", a.name()]);
+    sw.stop();
+    sw.restart();
+    assert!(listed_port(&sw, &p3)["name"] == p3.as_str());
+}
+
+/// Removes a file when dropped.
+struct RemoveFile(std::path::PathBuf);
+
+impl Drop for RemoveFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
 fn sigkill_at_random_instants_during_churn_restores_the_last_acknowledged_change() {
     if !have_root() {
         return;

@@ -52,6 +52,8 @@ pub enum Request {
         #[serde(default)]
         purge: bool,
     },
+    /// Hand the running switch over to the process asking (see [`crate::takeover`]).
+    Takeover,
     VxlanAdd {
         vxlan: VxlanConfig,
     },
@@ -162,8 +164,8 @@ pub fn handle(switch: &mut Switch, req: Request) -> Response {
         Request::FdbDel { mac, vlan } => switch.del_fdb(&mac, vlan).map(Response::ok),
         Request::Stats => switch.stats().map(Response::ok),
         Request::ConfigShow => Ok(Response::ok(switch.config().to_toml())),
-        Request::Reload | Request::Stop { .. } => {
-            return Response::error("reload and stop are carried out by the daemon")
+        Request::Reload | Request::Stop { .. } | Request::Takeover => {
+            return Response::error("reload, stop and takeover are carried out by the daemon")
         }
         Request::VxlanAdd { vxlan } => switch.add_vxlan(vxlan).map(|()| Response::ok(())),
         Request::VxlanDel { vni } => switch.del_vxlan(vni).map(|()| Response::ok(())),

@@ -15,6 +15,7 @@
 //! - SIGHUP, `tapswitch reload`: the file is applied again (merged with runtime changes).
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use crate::config::Config;
 use crate::server::{self, Access, Server};
 use crate::state::{StateError, StateStore};
 use crate::switch::{Switch, SwitchError};
+use crate::takeover;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -79,6 +81,8 @@ pub enum DaemonError {
     },
     #[error("switch.socket_group: no group named {0:?}")]
     NoSuchGroup(String),
+    #[error("takeover: {0}")]
+    Takeover(String),
     #[error("control loop: {0}")]
     Io(#[from] io::Error),
 }
@@ -93,14 +97,20 @@ pub struct RunOptions {
     pub socket: PathBuf,
     /// Overrides `[switch] state_dir`.
     pub state_dir: Option<PathBuf>,
+    /// Take over from the tapswitch running on `socket` (see [`crate::takeover`]) instead of
+    /// starting beside it.
+    pub takeover: bool,
 }
 
-/// Removes the socket file when dropped.
-struct SocketFile(PathBuf);
+/// Removes the socket file when dropped, unless disarmed (after a takeover the file is the
+/// new process's).
+struct SocketFile(Option<PathBuf>);
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -153,11 +163,39 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
         .state_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(opts.config.switch.state_dir()));
-    let listener = bind(&opts.socket)?;
-    let _socket_file = SocketFile(opts.socket.clone());
-    let store = StateStore::open(&state_dir)?;
     raise_fd_limit();
-    let mut switch = Switch::restore(opts.config.clone(), store)?;
+    let (listener, mut socket_file, mut switch) = if opts.takeover {
+        let mut handed = takeover::take_over(&opts.socket).map_err(DaemonError::Takeover)?;
+        if handed.state_dir != state_dir {
+            log::warn!(
+                "takeover: using the running switch's state directory {}",
+                handed.state_dir.display()
+            );
+        }
+        let lock = handed.lock.try_clone()?;
+        let listener = handed.listener.try_clone()?;
+        let taps = std::mem::take(&mut handed.taps).into_iter().collect();
+        let started = StateStore::from_handed_lock(&handed.state_dir, lock)
+            .map_err(SwitchError::Restore)
+            .and_then(|store| Switch::restore_handed(opts.config.clone(), store, taps));
+        match started {
+            Ok(switch) => {
+                handed.confirm(Ok(()));
+                log::info!("took over from the running tapswitch");
+                (listener, SocketFile(Some(opts.socket.clone())), switch)
+            }
+            Err(e) => {
+                handed.confirm(Err(e.to_string()));
+                return Err(e.into());
+            }
+        }
+    } else {
+        let listener = bind(&opts.socket)?;
+        let socket_file = SocketFile(Some(opts.socket.clone()));
+        let store = StateStore::open(&state_dir)?;
+        let switch = Switch::restore(opts.config.clone(), store)?;
+        (listener, socket_file, switch)
+    };
     let access = apply_access(switch.config(), &opts.socket)?;
     log::info!(
         "tapswitch running: {} ports, control socket {}, state in {}",
@@ -233,6 +271,24 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
                         Duration::from_secs(1),
                     );
                     return Ok(());
+                }
+                Ok(Request::Takeover) => {
+                    let Some(stream) = server.take(poll.registry(), req.token) else {
+                        continue;
+                    };
+                    let listener = server.listener().as_raw_fd();
+                    match takeover::hand_over(&mut switch, stream, listener) {
+                        Ok(()) => {
+                            log::info!("handed over to the new tapswitch; exiting");
+                            switch.abandon();
+                            socket_file.0 = None;
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            log::warn!("takeover refused or failed, running on: {e}");
+                            continue;
+                        }
+                    }
                 }
                 Ok(Request::Reload) => match reload(&mut switch, opts.config_file.as_deref()) {
                     Ok(summary) => {

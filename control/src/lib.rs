@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod server;
 pub mod state;
 pub mod switch;
+pub mod takeover;
 
 pub use config::{Config, ConfigError};
 pub use switch::{Switch, SwitchError};

@@ -344,6 +344,21 @@ impl Server {
         self.close(registry, token);
     }
 
+    /// Takes connection `token` out of the server (for a takeover, served apart): a
+    /// blocking stream.
+    pub fn take(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+    ) -> Option<std::os::unix::net::UnixStream> {
+        let mut conn = self.conns.remove(&token)?;
+        let _ = registry.deregister(&mut conn.stream);
+        let fd: std::os::fd::OwnedFd = conn.stream.into();
+        let stream = std::os::unix::net::UnixStream::from(fd);
+        stream.set_nonblocking(false).ok()?;
+        Some(stream)
+    }
+
     fn close(&mut self, registry: &Registry, token: Token) {
         if let Some(mut conn) = self.conns.remove(&token) {
             let _ = registry.deregister(&mut conn.stream);

@@ -203,6 +203,19 @@ impl StateStore {
         })
     }
 
+    /// The directory `dir` whose lock another process held and handed over (a takeover):
+    /// `lock` is that process's open lock file, so the lock is held without a gap.
+    pub fn from_handed_lock(dir: &Path, mut lock: File) -> Result<StateStore, StateError> {
+        let path = dir.join(LOCK_FILE);
+        lock.set_len(0).map_err(io_err(&path))?;
+        write!(lock, "{}", std::process::id()).map_err(io_err(&path))?;
+        Ok(StateStore {
+            dir: dir.to_path_buf(),
+            lock,
+            running_written: Vec::new(),
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

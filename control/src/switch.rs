@@ -365,6 +365,9 @@ pub struct Switch {
     /// Checkpoints may be written: the start restored the last one (a failed start must not
     /// overwrite it).
     checkpoints: bool,
+    /// TAP queues handed over by the process this one takes over from, used instead of
+    /// opening new queues while starting.
+    handed: HashMap<String, crate::takeover::HandedTap>,
     /// While starting: TAPs that exist are adopted, not refused, when the switch keeps state
     /// (they are what the last run left).
     starting: bool,
@@ -388,7 +391,7 @@ impl Switch {
     /// Validates `config`, creates its ports and starts the worker. On error nothing is left
     /// behind (devices created so far are removed).
     pub fn start(config: Config) -> Result<Switch, SwitchError> {
-        Self::start_with(config.clone(), config, None)
+        Self::start_with(config.clone(), config, None, HashMap::new())
     }
 
     /// Starts from the state directory `store` and the configuration file `file`: the saved
@@ -396,7 +399,17 @@ impl Switch {
     /// first start. TAPs left by the last run are adopted (their workload keeps its
     /// interface), attached interfaces attached again. A runtime port whose network namespace
     /// is gone (its workload was removed meanwhile) is dropped with a warning.
-    pub fn restore(file: Config, mut store: StateStore) -> Result<Switch, SwitchError> {
+    pub fn restore(file: Config, store: StateStore) -> Result<Switch, SwitchError> {
+        Self::restore_handed(file, store, HashMap::new())
+    }
+
+    /// [`restore`](Self::restore), taking the TAP queues in `handed` (a takeover) instead of
+    /// opening new ones.
+    pub fn restore_handed(
+        file: Config,
+        mut store: StateStore,
+        handed: HashMap<String, crate::takeover::HandedTap>,
+    ) -> Result<Switch, SwitchError> {
         file.validate()?;
         let mut running = match store.load_running().map_err(SwitchError::Restore)? {
             Some(saved) => {
@@ -443,7 +456,7 @@ impl Switch {
                 crate::checkpoint::decode,
             )
             .map_err(SwitchError::Restore)?;
-        let mut switch = Self::start_with(running, file, Some(store))?;
+        let mut switch = Self::start_with(running, file, Some(store), handed)?;
         if let Some(saved) = saved {
             let gap_ms = learned::unix_ms().saturating_sub(saved.saved_unix_ms);
             let restored = switch.import_checkpoint(saved, gap_ms);
@@ -479,6 +492,7 @@ impl Switch {
         config: Config,
         base: Config,
         store: Option<StateStore>,
+        handed: HashMap<String, crate::takeover::HandedTap>,
     ) -> Result<Switch, SwitchError> {
         config.validate()?;
         // One set of learned tables for all workers, with one clock (see SharedTables). The
@@ -498,6 +512,7 @@ impl Switch {
             shared: Arc::clone(&shared),
             epoch,
             checkpoints: false,
+            handed,
             starting: true,
             store,
             ports: Vec::new(),
@@ -517,6 +532,8 @@ impl Switch {
         }
         switch.reload(config)?;
         switch.starting = false;
+        // Queues handed over for ports that are gone close here (their TAPs stay).
+        switch.handed.clear();
         Ok(switch)
     }
 
@@ -740,14 +757,19 @@ impl Switch {
                 .flatten()
                 .any(|p| matches!(p.backend, Backend::Device(_)) && same_device(&p.spec, spec));
             if !kept {
-                created.push((
-                    spec.clone(),
-                    Backend::Device(open_device(
-                        spec,
-                        queues,
-                        self.starting && self.store.is_some(),
-                    )?),
-                ));
+                let device = match self.handed.remove(&spec.name) {
+                    Some(h) if !spec.attach && h.offload == spec.offload => {
+                        let tap = tap_spec(spec, queues, true);
+                        PortDevice::from_tap_queues(&tap, h.queues, h.uso)
+                            .map(Arc::new)
+                            .map_err(|source| SwitchError::Port {
+                                name: spec.name.clone(),
+                                source,
+                            })?
+                    }
+                    _ => open_device(spec, queues, self.starting && self.store.is_some())?,
+                };
+                created.push((spec.clone(), Backend::Device(device)));
             }
         }
         let mut tunnels = Vec::new();
@@ -1298,6 +1320,74 @@ impl Switch {
     }
 }
 
+impl Switch {
+    /// Stops the workers from reading and writing any device (a takeover's switch-over):
+    /// frames wait in the devices' queues. Tables and counters stay.
+    pub fn pause(&mut self) -> Result<(), SwitchError> {
+        let mut snapshot = self.compile();
+        if let Some(s) = Arc::get_mut(&mut snapshot) {
+            s.devices.iter_mut().for_each(|d| *d = None);
+            s.tunnels.clear();
+            s.ipip = None;
+        }
+        for w in &self.workers {
+            w.publish(Arc::clone(&snapshot), PUBLISH_TIMEOUT)
+                .map_err(SwitchError::Worker)?;
+        }
+        Ok(())
+    }
+
+    /// Undoes [`pause`](Self::pause).
+    pub fn resume(&mut self) -> Result<(), SwitchError> {
+        self.publish()
+    }
+
+    /// Every TAP port's name, queue descriptors, offloads and UDP segmentation (for a
+    /// takeover).
+    pub fn tap_queues(&self) -> Vec<(String, Vec<std::os::fd::RawFd>, bool, bool)> {
+        self.ports
+            .iter()
+            .flatten()
+            .filter_map(|p| p.backend.device())
+            .filter_map(|d| {
+                d.tap_queue_fds().map(|fds| {
+                    (
+                        d.name().to_string(),
+                        fds,
+                        d.takes_offloads(),
+                        d.takes_udp_segmentation(),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Lets go of everything after a takeover: workers stop, descriptors close, nothing is
+    /// written or removed (the new process owns the devices, the socket and the state).
+    pub fn abandon(&mut self) {
+        self.checkpoints = false;
+        self.store = None;
+        for w in &mut self.workers {
+            w.stop();
+        }
+        self.workers.clear();
+        self.ports.clear();
+    }
+}
+
+/// How to open the TAP of `spec`.
+fn tap_spec(spec: &PortSpec, queues: usize, adopt: bool) -> TapSpec {
+    TapSpec {
+        name: spec.name.clone(),
+        netns: spec.netns.clone(),
+        mac: spec.mac,
+        mtu: spec.mtu,
+        offload: spec.offload,
+        queues,
+        adopt,
+    }
+}
+
 /// Marks a removed port's device to go when its last holder drops it (see
 /// [`PortDevice::delete_on_close`]); a failure leaves the TAP behind, which is only logged:
 /// the port is gone from the switch either way.
@@ -1329,15 +1419,7 @@ fn open_device(
             queues,
         )
     } else {
-        PortDevice::create_tap(&TapSpec {
-            name: spec.name.clone(),
-            netns: spec.netns.clone(),
-            mac: spec.mac,
-            mtu: spec.mtu,
-            offload: spec.offload,
-            queues,
-            adopt,
-        })
+        PortDevice::create_tap(&tap_spec(spec, queues, adopt))
     };
     device.map(Arc::new).map_err(|source| SwitchError::Port {
         name: spec.name.clone(),

@@ -142,6 +142,49 @@ impl Switch {
         }
     }
 
+    /// Replaces the running daemon by a new process of `binary` with `run --takeover`, and
+    /// waits until the old one has exited (successfully) and the new one answers.
+    pub fn take_over_with(&mut self, binary: &std::path::Path) {
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
+        cmd.arg("--socket").arg(&self.socket).arg("run");
+        cmd.arg("--state-dir").arg(&self.state_dir);
+        if let Some(path) = &self.config_file {
+            cmd.arg("--config").arg(path);
+        }
+        cmd.arg("--takeover");
+        let new = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn tapswitch --takeover");
+        let mut old = self
+            .child
+            .replace(new)
+            .expect("a running daemon to take over from");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Ok(Some(status)) = old.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = old.kill();
+                panic!("the old daemon did not exit after the takeover");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert!(
+            status.success(),
+            "the old daemon exits 0 after a takeover: {status}"
+        );
+        self.wait_ready();
+    }
+
     /// The daemon's PID.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

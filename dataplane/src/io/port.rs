@@ -302,6 +302,70 @@ impl PortDevice {
         })
     }
 
+    /// A TAP from queue descriptors another process had open on it (a takeover hands them
+    /// over, so frames queued in them meanwhile are not lost). `spec.queues` is ignored: the
+    /// device has as many queues as descriptors; `spec.offload` must be what the descriptors
+    /// were opened with, and `uso` whether UDP segmentation offload was enabled on them.
+    pub fn from_tap_queues(
+        spec: &TapSpec,
+        queues: Vec<OwnedFd>,
+        uso: bool,
+    ) -> Result<PortDevice, PortError> {
+        let name = spec.name.as_str();
+        if !valid_ifname(name) {
+            return Err(PortError::BadName(spec.name.clone()));
+        }
+        if queues.is_empty() {
+            return Err(os("adopting the queues of", name)(io::Error::other(
+                "no queue was handed over",
+            )));
+        }
+        netns::run_in(spec.netns.as_deref(), || {
+            // Each descriptor must be a queue of this very device.
+            for fd in &queues {
+                let mut got = IfReq::new(name).map_err(io::Error::other)?;
+                got.name = [0; 16];
+                netdev::ioctl(fd, TUNGETIFF, &mut got)?;
+                let len = got.name.iter().position(|&b| b == 0).unwrap_or(16);
+                if &got.name[..len] != name.as_bytes() {
+                    return Err(io::Error::other(
+                        "a handed-over queue belongs to another device",
+                    ));
+                }
+            }
+            if queues.len() > 1 {
+                if let Err(e) = steering::load().and_then(|p| steering::attach(&queues[0], &p)) {
+                    log::warn!("{name}: queue steering by flow hash unavailable: {e}");
+                }
+            }
+            if let Some(mac) = spec.mac {
+                netdev::set_mac(name, mac)?;
+            }
+            if let Some(mtu) = spec.mtu {
+                netdev::set_mtu(name, mtu)?;
+            }
+            netdev::set_up(name)?;
+            Ok((netdev::mac(name)?, netdev::mtu(name)?))
+        })
+        .map_err(os("adopting the queues of", name))
+        .map(|(mac, mtu)| PortDevice {
+            kind: PortKind::Tap,
+            queues,
+            name: name.to_string(),
+            netns: spec.netns.clone(),
+            mac,
+            mtu,
+            vnet: spec.offload,
+            offload: spec.offload,
+            uso: uso && spec.offload,
+        })
+    }
+
+    /// The descriptors of a TAP's queues, queue 0 first (to hand over to another process).
+    pub fn tap_queue_fds(&self) -> Option<Vec<RawFd>> {
+        (self.kind == PortKind::Tap).then(|| self.queues.iter().map(AsRawFd::as_raw_fd).collect())
+    }
+
     /// Attaches to the existing interface `name` (inside `netns` when given) over AF_PACKET:
     /// up, promiscuous, every frame. `mtu` changes the interface's MTU when given.
     pub fn attach(
