@@ -70,7 +70,9 @@ pub(super) struct NatState {
     dnat: Vec<DnatSpec>,
     /// A port forward's frontend -> its position in `Config::dnat` and `dnat`.
     dnat_slots: HashMap<Frontend, usize>,
-    /// Service ids by name, and names by id, for the daemon's life.
+    /// Service ids by name, and names by id, while the Service exists. An id is never given
+    /// to another Service (ids only grow), so a deleted Service's id, whose connections are
+    /// purged with its deletion, can be forgotten: the maps stay as large as the Services.
     ids: HashMap<String, u32>,
     names: HashMap<u32, String>,
     next_id: u32,
@@ -155,6 +157,13 @@ impl NatState {
     }
 
     /// The id of Service `name`: its own if it ever had one, else the next.
+    /// Forgets the id of a deleted Service.
+    fn forget(&mut self, name: &str) {
+        if let Some(id) = self.ids.remove(name) {
+            self.names.remove(&id);
+        }
+    }
+
     fn id_of(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;
@@ -212,6 +221,7 @@ impl NatState {
         for (name, old) in &self.services {
             if !next.services.contains_key(name) {
                 purge.push(purge_service(old.compiled.id));
+                next.forget(name);
             }
         }
         for (slot, d) in v.dnat.iter().enumerate() {
@@ -629,6 +639,7 @@ impl Switch {
         let Some(installed) = self.nat.services.remove(name) else {
             return Ok(());
         };
+        self.nat.forget(name);
         self.nat.index.remove_service(&installed.spec);
         if let Some(moved) = self.config.services.get(slot) {
             if let Some(m) = self.nat.services.get_mut(&moved.name) {
@@ -1101,12 +1112,14 @@ to = "10.42.0.2:80"
     }
 
     #[test]
-    fn ids_are_stable_for_the_daemons_life() {
+    fn ids_are_stable_while_a_service_exists_and_never_reused() {
         let mut s = switch_with(3);
-        let id = compiled(&s, vip(2)).id;
+        let first = compiled(&s, vip(2)).id;
         s.del_service("svc-2").unwrap();
+        assert!(s.nat.ids.len() == 2 && s.nat.names.len() == 2, "forgotten");
         s.add_service(service(2)).unwrap();
-        assert_eq!(compiled(&s, vip(2)).id, id);
+        let id = compiled(&s, vip(2)).id;
+        assert!(id > first, "a new id, never one given before");
         let other = compiled(&s, vip(1));
 
         // A reload that changes svc-2's backends and drops svc-0 and the dnat.
