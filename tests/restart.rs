@@ -438,6 +438,22 @@ fn sigkill_at_random_instants_during_churn_restores_the_last_acknowledged_change
             1,
             "round {round}: traffic resumes"
         );
+        // No TAP without a port, no port without a TAP.
+        let mut links: Vec<String> = churn
+            .ip(&["-o", "link", "show"])
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter(|n| n.starts_with('k'))
+            .map(|n| format!("port {n}"))
+            .collect();
+        links.sort();
+        let ports: Vec<&String> = now.iter().filter(|e| e.starts_with("port ")).collect();
+        assert_eq!(
+            links.iter().collect::<Vec<_>>(),
+            ports,
+            "round {round}: the churn namespace's TAPs are the ports"
+        );
         // Start the next round from a clean slate of churn entries.
         for entry in now {
             let mut words = entry.split(' ');
@@ -552,6 +568,49 @@ fn corrupt_future_and_unwritable_state_is_refused_with_the_file_named() {
     assert!(err.contains("the change was not made"), "{err}");
     std::fs::remove_file(tmpfs.join("fill")).unwrap();
     sw.cli(&["port", "add", &p3, "--netns", ns.name()]);
+}
+
+#[test]
+fn a_tap_whose_removal_a_crash_interrupted_is_removed_at_the_next_start() {
+    if !have_root() {
+        return;
+    }
+    let ns = container("rsd", false);
+    let mut sw = Switch::start();
+    let (gone, kept) = (unique("rp"), unique("rp"));
+    sw.add_container_port(&ns, &gone, &[], &[]);
+    sw.add_container_port(&ns, &kept, &[], &[]);
+    sw.stop();
+    // What a crash right after `port del` saved its change leaves: the port gone from the
+    // configuration, its TAP still there, and the removal recorded.
+    let path = sw.state_dir.join("running.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["running"]["port"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| p["name"] != gone.as_str());
+    state["deleting"] = serde_json::json!([{ "name": gone, "netns": ns.name() }]);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    assert!(ns.ip(&["link", "show", "dev", &gone]).is_ok());
+    sw.restart();
+    assert!(
+        ns.ip(&["link", "show", "dev", &gone]).is_err(),
+        "the TAP of the deleted port is removed"
+    );
+    assert!(
+        ns.ip(&["link", "show", "dev", &kept]).is_ok(),
+        "the other stays"
+    );
+    let saved = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !saved.contains("deleting"),
+        "nothing left to delete: {saved}"
+    );
+    // A normal `port del` leaves nothing recorded either.
+    sw.cli(&["port", "del", &kept]);
+    assert!(ns.ip(&["link", "show", "dev", &kept]).is_err());
+    assert!(!std::fs::read_to_string(&path).unwrap().contains("deleting"));
 }
 
 /// Unmounts a test mount when dropped.

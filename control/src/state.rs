@@ -83,6 +83,17 @@ pub struct RunningState {
     pub base: Config,
     /// The running configuration: `base` plus every runtime change.
     pub running: Config,
+    /// TAPs whose removal was saved but may not have happened yet (a crash in between): the
+    /// next start deletes those that are still there.
+    pub deleting: Vec<TapRef>,
+}
+
+/// A TAP device by name and network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TapRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -91,6 +102,8 @@ struct RunningOut<'a> {
     version: u32,
     base: &'a Config,
     running: &'a Config,
+    #[serde(skip_serializing_if = "<[TapRef]>::is_empty")]
+    deleting: &'a [TapRef],
 }
 
 #[derive(Deserialize)]
@@ -100,6 +113,8 @@ struct RunningIn {
     version: u64,
     base: Config,
     running: Config,
+    #[serde(default)]
+    deleting: Vec<TapRef>,
 }
 
 /// Parses the bytes of a `running.json`; the error says what is wrong (for the loader, the
@@ -129,6 +144,7 @@ pub fn parse_running(bytes: &[u8]) -> Result<RunningState, ParseError> {
     Ok(RunningState {
         base: file.base,
         running: file.running,
+        deleting: file.deleting,
     })
 }
 
@@ -142,12 +158,13 @@ pub enum ParseError {
 }
 
 /// The serialized form of a running state (what [`StateStore::save_running`] writes).
-pub fn running_bytes(base: &Config, running: &Config) -> Vec<u8> {
+pub fn running_bytes(base: &Config, running: &Config, deleting: &[TapRef]) -> Vec<u8> {
     let out = RunningOut {
         format: RUNNING_FORMAT,
         version: RUNNING_VERSION,
         base,
         running,
+        deleting,
     };
     let mut bytes = serde_json::to_vec_pretty(&out).expect("a configuration serializes");
     bytes.push(b'\n');
@@ -237,8 +254,13 @@ impl StateStore {
     }
 
     /// Writes the running configuration durably, unless it is what the file holds already.
-    pub fn save_running(&mut self, base: &Config, running: &Config) -> Result<(), StateError> {
-        let bytes = running_bytes(base, running);
+    pub fn save_running(
+        &mut self,
+        base: &Config,
+        running: &Config,
+        deleting: &[TapRef],
+    ) -> Result<(), StateError> {
+        let bytes = running_bytes(base, running, deleting);
         if bytes == self.running_written {
             return Ok(());
         }
@@ -395,7 +417,7 @@ mod tests {
 
     impl StateStore {
         fn save_running_state(&mut self, s: &RunningState) -> Result<(), StateError> {
-            self.save_running(&s.base, &s.running)
+            self.save_running(&s.base, &s.running, &s.deleting)
         }
     }
 
@@ -416,6 +438,7 @@ mod tests {
         RunningState {
             base: Config::default(),
             running,
+            deleting: Vec::new(),
         }
     }
 
@@ -455,7 +478,7 @@ mod tests {
 
     #[test]
     fn future_and_foreign_files_are_refused() {
-        let good = running_bytes(&Config::default(), &state(&["a"]).running);
+        let good = running_bytes(&Config::default(), &state(&["a"]).running, &[]);
         assert!(parse_running(&good).is_ok());
         let text = String::from_utf8(good).unwrap();
         let future = text.replace("\"version\": 1", "\"version\": 7");

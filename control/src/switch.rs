@@ -26,7 +26,7 @@ use crate::config::{
     self, Config, ConfigError, FdbConfig, FdbTarget, NeighConfig, PortConfig, PortSpec,
     VxlanConfig, VxlanSpec,
 };
-use crate::state::{StateError, StateStore};
+use crate::state::{StateError, StateStore, TapRef};
 
 mod learned;
 mod nat;
@@ -365,6 +365,9 @@ pub struct Switch {
     /// Checkpoints may be written: the start restored the last one (a failed start must not
     /// overwrite it).
     checkpoints: bool,
+    /// TAPs whose removal is saved but not done yet (persisted with the configuration, so a
+    /// crash in between leaves no TAP that nothing knows about).
+    deleting: Vec<TapRef>,
     /// TAP queues handed over by the process this one takes over from, used instead of
     /// opening new queues while starting.
     handed: HashMap<String, crate::takeover::HandedTap>,
@@ -411,7 +414,20 @@ impl Switch {
         handed: HashMap<String, crate::takeover::HandedTap>,
     ) -> Result<Switch, SwitchError> {
         file.validate()?;
-        let mut running = match store.load_running().map_err(SwitchError::Restore)? {
+        let saved_state = store.load_running().map_err(SwitchError::Restore)?;
+        // Removals a crash interrupted: the TAPs go now, unless a port has the name again.
+        for tap in saved_state.iter().flat_map(|s| &s.deleting) {
+            let in_use = |c: &Config| c.ports.iter().any(|p| p.name == tap.name && !p.attach);
+            if saved_state.as_ref().is_some_and(|s| in_use(&s.running)) || in_use(&file) {
+                continue;
+            }
+            match PortDevice::delete_tap(&tap.name, tap.netns.as_deref()) {
+                Ok(true) => log::info!("TAP {}: removed (its port was deleted)", tap.name),
+                Ok(false) => {}
+                Err(e) => log::warn!("TAP {}: left in place: {e}", tap.name),
+            }
+        }
+        let mut running = match saved_state {
             Some(saved) => {
                 let merged = config::merge::merge(&saved.base, &saved.running, &file)?;
                 if let Err(e) = merged.validate() {
@@ -472,12 +488,45 @@ impl Switch {
         Ok(switch)
     }
 
+    /// Records that the TAPs among `devices` are about to be deleted (saved with the next
+    /// persist); returns how many were recorded.
+    fn mark_deleting(&mut self, devices: &[Arc<PortDevice>]) -> usize {
+        let before = self.deleting.len();
+        for d in devices.iter().filter(|d| d.tap_queue_fds().is_some()) {
+            self.deleting.push(TapRef {
+                name: d.name().to_string(),
+                netns: d.netns().map(str::to_string),
+            });
+        }
+        self.deleting.len() - before
+    }
+
+    /// Deletes the TAPs among `devices` (this holds their last reference) and forgets that
+    /// they were being deleted.
+    fn delete_devices(&mut self, devices: Vec<Arc<PortDevice>>) {
+        if devices.is_empty() {
+            return;
+        }
+        for device in devices {
+            delete_on_close(&device);
+            let was = TapRef {
+                name: device.name().to_string(),
+                netns: device.netns().map(str::to_string),
+            };
+            drop(device);
+            self.deleting.retain(|t| *t != was);
+        }
+        if let Err(e) = self.persist() {
+            log::warn!("{e}");
+        }
+    }
+
     /// Saves the running configuration (when the switch keeps state); a no-op when the file
     /// holds it already.
     fn persist(&mut self) -> Result<(), SwitchError> {
         match &mut self.store {
             Some(store) => store
-                .save_running(&self.base, &self.config)
+                .save_running(&self.base, &self.config, &self.deleting)
                 .map_err(SwitchError::State),
             None => Ok(()),
         }
@@ -512,6 +561,7 @@ impl Switch {
             shared: Arc::clone(&shared),
             epoch,
             checkpoints: false,
+            deleting: Vec::new(),
             handed,
             starting: true,
             store,
@@ -877,7 +927,9 @@ impl Switch {
         let old_routing = std::mem::replace(&mut self.routing, routing);
         let old_ipip = std::mem::replace(&mut self.ipip, ipip);
         let old_nat = nat.map(|n| std::mem::replace(&mut self.nat, n));
+        let marked = self.mark_deleting(&gone);
         if let Err(e) = self.publish() {
+            self.deleting.truncate(self.deleting.len() - marked);
             // Put back what was there; new devices and sockets are dropped with the tables.
             self.ports = old_ports;
             self.tunnels = old_tunnels;
@@ -889,12 +941,10 @@ impl Switch {
             }
             return Err(e);
         }
-        // The change is saved and published: removed TAPs go when the workers drop them.
-        for device in gone {
-            delete_on_close(&device);
-        }
+        // The change is saved and published: removed TAPs go as their last holder drops them.
         drop(old_ports);
         drop(old_tunnels);
+        self.delete_devices(gone);
         Ok((added, removed, kept))
     }
 
@@ -1046,15 +1096,17 @@ impl Switch {
         let old_config = self.config.clone();
         self.config.ports.retain(|p| p.name != name);
         self.config.fdb.retain(|e| e.port.as_deref() != Some(name));
+        let gone: Vec<_> = removed.iter().filter_map(|p| p.backend.device()).collect();
+        let marked = self.mark_deleting(&gone);
         if let Err(e) = self.publish() {
             self.ports[id.index()] = removed;
             self.config = old_config;
+            self.deleting.truncate(self.deleting.len() - marked);
             return Err(e);
         }
-        // The change is saved and published: the TAP goes when the workers drop it.
-        if let Some(device) = removed.and_then(|p| p.backend.device()) {
-            delete_on_close(&device);
-        }
+        // The change is saved and published: the TAP goes as the last holder drops it.
+        drop(removed);
+        self.delete_devices(gone);
         Ok(())
     }
 

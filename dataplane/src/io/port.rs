@@ -361,6 +361,27 @@ impl PortDevice {
         })
     }
 
+    /// Deletes the persistent TAP `name` (in `netns`) that an earlier run left, if it is
+    /// there: true when one was deleted. A device that is not such a TAP is left alone.
+    pub fn delete_tap(name: &str, netns: Option<&str>) -> Result<bool, PortError> {
+        let exists = netns::run_in(netns, || Ok(netdev::exists(name)))
+            .map_err(os("entering network namespace for", name))?;
+        if !exists {
+            return Ok(false);
+        }
+        let spec = TapSpec {
+            name: name.to_string(),
+            netns: netns.map(str::to_string),
+            queues: 1,
+            adopt: true,
+            ..TapSpec::default()
+        };
+        let tap = Self::create_tap(&spec)?;
+        tap.delete_on_close()
+            .map_err(os("deleting TAP device", name))?;
+        Ok(true)
+    }
+
     /// The descriptors of a TAP's queues, queue 0 first (to hand over to another process).
     pub fn tap_queue_fds(&self) -> Option<Vec<RawFd>> {
         (self.kind == PortKind::Tap).then(|| self.queues.iter().map(AsRawFd::as_raw_fd).collect())
