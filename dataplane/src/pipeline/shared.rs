@@ -85,6 +85,9 @@ impl SharedTables {
     }
 }
 
+/// Conntrack slots copied per hold of the lock by [`SharedTables::export`].
+const EXPORT_SLICE: usize = 4096;
+
 /// What a switch learned and tracks, as plain records with times relative to the moment of
 /// [`SharedTables::export`] (what a checkpoint keeps, so that another process, with another
 /// clock, can put it back with [`SharedTables::import`]). Port ids and Service ids are this
@@ -189,16 +192,27 @@ impl SharedTables {
                 })
             })
             .collect();
-        let connections = self
-            .conntrack()
-            .iter()
-            .filter(|e| !e.is_expired(now))
-            .map(|e| SavedConnection {
-                entry: e.clone(),
-                age_ms: now.millis_since(e.created),
-                expires_in_ms: e.expires.millis_since(now),
-            })
-            .collect();
+        // A slice of the table at a time, so that workers wait at most for one slice: a
+        // connection made meanwhile in a slice already copied waits for the next checkpoint.
+        let mut connections = Vec::new();
+        let mut at = 0;
+        loop {
+            let ct = self.conntrack();
+            let end = at + EXPORT_SLICE;
+            connections.extend(
+                ct.entries_in(at..end)
+                    .filter(|e| !e.is_expired(now))
+                    .map(|e| SavedConnection {
+                        entry: e.clone(),
+                        age_ms: now.millis_since(e.created),
+                        expires_in_ms: e.expires.millis_since(now),
+                    }),
+            );
+            if end >= ct.slot_count() {
+                break;
+            }
+            at = end;
+        }
         let affinities = self
             .balancer()
             .affinities()
@@ -314,4 +328,63 @@ impl Drop for ConntrackGuard<'_> {
 /// consistent between operations, so the others go on with it.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::conntrack::{Entry, FlowKey, ProtoState};
+    use crate::wire::VlanId;
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey {
+            src: Ipv4Addr::from(0x0a00_0000 | i),
+            dst: Ipv4Addr::new(192, 0, 2, 1),
+            sport: 40000,
+            dport: 80,
+            proto: 17,
+        }
+    }
+
+    #[test]
+    fn export_then_import_keeps_every_entry_and_its_age() {
+        let tables = SharedTables::new(1000, 100, 20_000);
+        let t0 = Timestamp::from_secs(1000);
+        let vlan = VlanId::new(10).unwrap();
+        let mac = |i: u64| EthernetAddress::from_u64(0x0200_0000_0000 | i);
+        for i in 0..10 {
+            tables
+                .macs()
+                .learn(FdbKey::new(vlan, mac(i)), PortId(1), t0, u32::MAX);
+        }
+        let neigh = NeighKey::new(vlan, "10.0.0.9".parse().unwrap());
+        assert!(tables.neighbours().restore(neigh, mac(99), t0, t0));
+        // More connections than one export slice holds.
+        for i in 0..10_000 {
+            let mut reply = key(i).reversed();
+            reply.dport = 1000 + (i % 50_000) as u16;
+            tables
+                .conntrack()
+                .insert(Entry::new(key(i), reply, ProtoState::Udp, t0), t0)
+                .unwrap();
+        }
+        let later = Timestamp::from_millis(t0.millis() + 5_000);
+        let saved = tables.export(later, 300_000);
+        assert_eq!(saved.macs.len(), 10);
+        assert!(saved.macs.iter().all(|m| m.age_ms == 5_000));
+        assert_eq!(saved.neighbours.len(), 1);
+        assert_eq!(saved.connections.len(), 10_000);
+        assert!(saved.connections.iter().all(|c| c.age_ms == 5_000));
+        let restored = SharedTables::new(1000, 100, 20_000);
+        let now = Timestamp::from_secs(50);
+        let n = restored.import(saved, now, |_| u32::MAX);
+        assert_eq!(
+            (n.macs, n.neighbours, n.connections, n.refused),
+            (10, 1, 10_000, 0)
+        );
+        let ct = restored.conntrack();
+        let e = ct.iter().next().unwrap();
+        assert_eq!(now.millis_since(e.created), 5_000, "the age is kept");
+        assert!(e.expires > now, "not expired");
+    }
 }

@@ -478,6 +478,19 @@ impl Conntrack {
         self.slots.iter().flatten()
     }
 
+    /// Slots in use or free (the bound of [`entries_in`](Self::entries_in)).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The entries in slots `range` (clipped to [`slot_count`](Self::slot_count)): for
+    /// walking the table a slice at a time, letting go of it in between.
+    pub fn entries_in(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = &Entry> + '_ {
+        let end = range.end.min(self.slots.len());
+        let start = range.start.min(end);
+        self.slots[start..end].iter().flatten()
+    }
+
     /// Bytes the table takes: the slots and the index.
     pub fn memory_bytes(&self) -> usize {
         self.slots.capacity() * std::mem::size_of::<Option<Entry>>()
