@@ -272,3 +272,70 @@ impl Switch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Instant;
+
+    use tapswitch_dataplane::tables::conntrack::{Entry, FlowKey, ProtoState};
+
+    use super::*;
+    use crate::Config;
+
+    /// A checkpoint of many connections round-trips through the file format and back into
+    /// a switch; prints what it costs (`TAPSWITCH_CHECKPOINT_N` sets the number, default
+    /// 50000; run with --release for figures).
+    #[test]
+    fn checkpoint_round_trip_and_cost() {
+        let n: u32 = std::env::var("TAPSWITCH_CHECKPOINT_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(50_000);
+        let config = Config::from_toml(&format!(
+            "[switch]\nworkers = 1\nconntrack_max = {}\n",
+            n.max(1) as usize * 2
+        ))
+        .unwrap();
+        let switch = Switch::start(config.clone()).unwrap();
+        let now = switch.now();
+        {
+            let mut ct = switch.shared.conntrack();
+            for i in 0..n {
+                let orig = FlowKey {
+                    src: Ipv4Addr::from(0x0a00_0000 | i),
+                    dst: Ipv4Addr::new(192, 0, 2, 1),
+                    sport: 40000,
+                    dport: 443,
+                    proto: 6,
+                };
+                let mut reply = orig.reversed();
+                reply.dst = Ipv4Addr::from(0xc633_6400 + i / 60_000);
+                reply.dport = (i % 60_000) as u16 + 1024;
+                ct.insert(Entry::new(orig, reply, ProtoState::Other, now), now)
+                    .unwrap();
+            }
+        }
+        let t = Instant::now();
+        let checkpoint = switch.take_checkpoint();
+        let taken = t.elapsed();
+        let t = Instant::now();
+        let bytes = checkpoint::encode(&checkpoint);
+        let encoded = t.elapsed();
+        let t = Instant::now();
+        let decoded = checkpoint::decode(&bytes).unwrap();
+        let decode = t.elapsed();
+        assert_eq!(decoded.connections.len(), n as usize);
+        let mut fresh = Switch::start(config).unwrap();
+        let t = Instant::now();
+        let restored = fresh.import_checkpoint(decoded, 1000);
+        let imported = t.elapsed();
+        assert_eq!(restored.entries, n as usize);
+        eprintln!(
+            "checkpoint of {n} connections: take {taken:?}, encode {encoded:?}, {} bytes \
+             ({} per connection), decode {decode:?}, import {imported:?}",
+            bytes.len(),
+            bytes.len() / n.max(1) as usize
+        );
+    }
+}

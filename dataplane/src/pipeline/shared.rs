@@ -85,7 +85,8 @@ impl SharedTables {
     }
 }
 
-/// Conntrack slots copied per hold of the lock by [`SharedTables::export`].
+/// Conntrack slots copied (or entries put back) per hold of the lock by
+/// [`SharedTables::export`] and [`SharedTables::import`].
 const EXPORT_SLICE: usize = 4096;
 
 /// What a switch learned and tracks, as plain records with times relative to the moment of
@@ -274,9 +275,12 @@ impl SharedTables {
                 }
             }
         }
-        {
+        // A slice at a time, as in `export`: workers forward between slices.
+        self.conntrack().reserve(state.connections.len());
+        let mut connections = state.connections.into_iter().peekable();
+        while connections.peek().is_some() {
             let mut ct = self.conntrack();
-            for c in state.connections {
+            for c in connections.by_ref().take(EXPORT_SLICE) {
                 let mut entry = c.entry;
                 entry.created = ago(c.age_ms);
                 entry.expires = ahead(c.expires_in_ms);

@@ -478,6 +478,14 @@ impl Conntrack {
         self.slots.iter().flatten()
     }
 
+    /// Makes room for `additional` more entries (within the bound) without growing the table
+    /// one step at a time.
+    pub fn reserve(&mut self, additional: usize) {
+        let n = additional.min(self.max.saturating_sub(self.len));
+        self.index.reserve(n * 2);
+        self.slots.reserve(n.saturating_sub(self.free.len()));
+    }
+
     /// Slots in use or free (the bound of [`entries_in`](Self::entries_in)).
     pub fn slot_count(&self) -> usize {
         self.slots.len()
