@@ -882,6 +882,27 @@ pub fn print_stats(data: &Value) {
             s(n, "insert_failed")
         );
     }
+    let c = &data["checkpoint"];
+    if !c.is_null() {
+        println!(
+            "checkpoint: {} written ({} failed); last: {} entries, {} bytes, {} s ago",
+            s(c, "written"),
+            s(c, "failed"),
+            s(c, "entries"),
+            s(c, "bytes"),
+            s(c, "age_secs"),
+        );
+    }
+    let c = &data["control"];
+    if !c.is_null() {
+        println!(
+            "control: {} connections open (max {}); refused {} timed out {}",
+            s(c, "connections"),
+            s(c, "max_connections"),
+            s(c, "refused"),
+            s(c, "timed_out"),
+        );
+    }
     let f = &data["fdb"];
     println!(
         "fdb: {} learned, {} static entries; learned {} moved {} aged {}; not learned: table_full {} port_limit {}",

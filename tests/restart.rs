@@ -180,6 +180,16 @@ fn a_planned_restart_keeps_interfaces_runtime_ports_and_a_masqueraded_stream() {
     stream.wait_for_more(256 << 10, Duration::from_secs(10));
     let before = (interface_of(&a, &pa), interface_of(&outside, &po));
     let conns_before = sw.json(&["conntrack", "show"]);
+    // Periodic checkpoints (checkpoint_secs = 1) are written and counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sw.json(&["stats"])["checkpoint"]["written"]
+        .as_u64()
+        .unwrap()
+        == 0
+    {
+        assert!(Instant::now() < deadline, "no periodic checkpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let status = sw.stop().unwrap();
     assert!(status.success(), "SIGTERM: clean exit ({status})");
@@ -669,6 +679,9 @@ fn many_clients_at_once_and_idle_ones_time_out() {
         stalled.read_to_string(&mut answer).unwrap();
         assert!(answer.contains("timed out"), "{answer}");
     }
+    let control = &sw.json(&["stats"])["control"];
+    assert!(control["timed_out"].as_u64().unwrap() >= 2, "{control}");
+    assert_eq!(control["max_connections"], 512);
     // A client that never finishes does not delay SIGTERM.
     let _held = UnixStream::connect(&sw.socket).unwrap();
     let t = Instant::now();

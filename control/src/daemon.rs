@@ -297,6 +297,19 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
                     }
                     Err(e) => Response::error(e),
                 },
+                Ok(Request::Stats) => match switch.stats() {
+                    Ok(stats) => {
+                        let mut v = serde_json::to_value(stats).unwrap_or_default();
+                        v["control"] = serde_json::json!({
+                            "connections": server.connections(),
+                            "max_connections": server::MAX_CONNECTIONS,
+                            "refused": server.refused,
+                            "timed_out": server.timed_out,
+                        });
+                        Response::ok(v)
+                    }
+                    Err(e) => Response::error(e),
+                },
                 Ok(req) => api::handle(&mut switch, req),
                 Err(e) => Response::error(e),
             };

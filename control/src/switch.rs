@@ -247,6 +247,22 @@ pub struct Stats {
     pub nat: NatStats,
     /// What each worker thread forwarded: frames read from ports and tunnels, frames written.
     pub workers: Vec<WorkerStats>,
+    /// The checkpoints of learned and connection state (when the switch keeps state).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointStats>,
+}
+
+/// `stats`: the checkpoints written since start.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckpointStats {
+    pub written: u64,
+    pub failed: u64,
+    /// Entries and bytes of the last one written.
+    pub entries: u64,
+    pub bytes: u64,
+    /// Seconds since the last one was written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_secs: Option<u64>,
 }
 
 /// One worker's share of the traffic (`stats`): how evenly the kernel spreads flows over
@@ -365,6 +381,9 @@ pub struct Switch {
     /// Checkpoints may be written: the start restored the last one (a failed start must not
     /// overwrite it).
     checkpoints: bool,
+    /// Checkpoints written and failed, the last one's size and time.
+    checkpoint_stats: CheckpointStats,
+    last_checkpoint: Option<Instant>,
     /// TAPs whose removal is saved but not done yet (persisted with the configuration, so a
     /// crash in between leaves no TAP that nothing knows about).
     deleting: Vec<TapRef>,
@@ -561,6 +580,8 @@ impl Switch {
             shared: Arc::clone(&shared),
             epoch,
             checkpoints: false,
+            checkpoint_stats: CheckpointStats::default(),
+            last_checkpoint: None,
             deleting: Vec::new(),
             handed,
             starting: true,
@@ -1328,6 +1349,10 @@ impl Switch {
             interfaces,
             nat: self.nat_stats()?,
             workers,
+            checkpoint: self.store.is_some().then(|| CheckpointStats {
+                age_secs: self.last_checkpoint.map(|t| t.elapsed().as_secs()),
+                ..self.checkpoint_stats.clone()
+            }),
         })
     }
 

@@ -161,14 +161,20 @@ impl Switch {
 
     /// Writes a checkpoint to the state directory (nothing when the switch keeps no state).
     /// Returns how many entries it holds.
-    pub fn checkpoint(&self) -> Result<usize, SwitchError> {
+    pub fn checkpoint(&mut self) -> Result<usize, SwitchError> {
         let Some(store) = self.store.as_ref().filter(|_| self.checkpoints) else {
             return Ok(0);
         };
         let checkpoint = self.take_checkpoint();
-        store
-            .save(CHECKPOINT_FILE, &checkpoint::encode(&checkpoint))
-            .map_err(SwitchError::State)?;
+        let bytes = checkpoint::encode(&checkpoint);
+        if let Err(e) = store.save(CHECKPOINT_FILE, &bytes) {
+            self.checkpoint_stats.failed += 1;
+            return Err(SwitchError::State(e));
+        }
+        self.checkpoint_stats.written += 1;
+        self.checkpoint_stats.entries = checkpoint.len() as u64;
+        self.checkpoint_stats.bytes = bytes.len() as u64;
+        self.last_checkpoint = Some(std::time::Instant::now());
         Ok(checkpoint.len())
     }
 
