@@ -314,6 +314,88 @@ fn a_takeover_upgrade_loses_no_ping_and_no_connection() {
     assert!(listed_port(&sw, &p3)["name"] == p3.as_str());
 }
 
+#[test]
+fn a_failed_takeover_leaves_the_running_switch_as_it_was() {
+    if !have_root() {
+        return;
+    }
+    let (a, b) = (container("rfa", false), container("rfb", false));
+    let sw = Switch::with_config(CONFIG);
+    attach(&sw, &a, 10, "10.77.0.2/24", None);
+    attach(&sw, &b, 10, "10.77.0.3/24", None);
+    assert_eq!(ping(&a, "10.77.0.3", 2), 2);
+    let ports = sw.json(&["port", "list"]);
+    // The new process cannot start: its file names a port on a VLAN that does not exist.
+    let bad = sw.state_dir.with_extension("bad.toml");
+    std::fs::write(
+        &bad,
+        format!("{CONFIG}\n[[fdb]]\nmac = \"02:00:00:00:00:09\"\nport = \"nope\"\n"),
+    )
+    .unwrap();
+    let _bad = RemoveFile(bad.clone());
+    let out = Command::new(BIN)
+        .arg("--socket")
+        .arg(&sw.socket)
+        .args(["run", "--takeover", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the new process fails");
+    assert!(err.contains("fdb[0].port"), "{err}");
+    // The old one resumed: same ports, forwarding, answering.
+    assert_eq!(sw.json(&["port", "list"]), ports);
+    assert_eq!(ping(&a, "10.77.0.3", 2), 2, "forwarding again");
+}
+
+#[test]
+fn an_attached_interface_is_released_on_stop_and_attached_again_on_start() {
+    if !have_root() {
+        return;
+    }
+    let (host, c, t) = (
+        container("rah", false),
+        container("rac", false),
+        container("rat", false),
+    );
+    let (outer, inner) = (unique("rv"), unique("rv"));
+    host.ip(&[
+        "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+    ])
+    .unwrap();
+    host.ip(&["link", "set", &inner, "netns", c.name()])
+        .unwrap();
+    c.ip(&["link", "set", &inner, "up"]).unwrap();
+    c.add_addr(&inner, "10.77.0.9/24").unwrap();
+    let mut sw = Switch::start();
+    sw.cli(&[
+        "port",
+        "add",
+        &outer,
+        "--attach",
+        "--netns",
+        host.name(),
+        "--vlan",
+        "10",
+    ]);
+    attach(&sw, &t, 10, "10.77.0.8/24", None);
+    // One promiscuous membership per packet socket (one per worker).
+    let promisc = || {
+        !host
+            .ip(&["-d", "link", "show", "dev", &outer])
+            .unwrap()
+            .contains("promiscuity 0")
+    };
+    assert!(promisc(), "attached: promiscuous");
+    assert_eq!(ping(&t, "10.77.0.9", 2), 2);
+    sw.stop();
+    assert!(!promisc(), "released on stop");
+    sw.restart();
+    assert!(promisc(), "attached again on start");
+    assert_eq!(listed_port(&sw, &outer)["kind"], "attach");
+    assert_eq!(ping(&t, "10.77.0.9", 2), 2, "forwarding through it again");
+}
+
 /// Removes a file when dropped.
 struct RemoveFile(std::path::PathBuf);
 
