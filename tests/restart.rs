@@ -166,11 +166,32 @@ fn attach(sw: &Switch, ns: &Netns, vlan: u16, cidr: &str, gw: Option<&str>) -> S
     port
 }
 
+/// How a restart scenario stops the switch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGTERM: a planned stop, with a last checkpoint.
+    Planned,
+    /// SIGKILL: a crash, after a periodic checkpoint.
+    Crash,
+}
+
 #[test]
 fn a_planned_restart_keeps_interfaces_runtime_ports_and_a_masqueraded_stream() {
-    if !have_root() {
-        return;
+    if have_root() {
+        restart_keeps_a_masqueraded_stream(Stop::Planned);
     }
+}
+
+#[test]
+fn after_a_crash_a_connection_older_than_the_last_checkpoint_keeps_working() {
+    if have_root() {
+        restart_keeps_a_masqueraded_stream(Stop::Crash);
+    }
+}
+
+/// A container with an address and a default route, an outside container, both on runtime
+/// ports, and a masqueraded TCP stream; the switch stops as `how` says and starts again.
+fn restart_keeps_a_masqueraded_stream(how: Stop) {
     let (a, outside) = (container("rsa", false), container("rso", false));
     let mut sw = Switch::with_config(CONFIG);
     let pa = attach(&sw, &a, 10, "10.77.0.2/24", Some("10.77.0.1"));
@@ -191,8 +212,14 @@ fn a_planned_restart_keeps_interfaces_runtime_ports_and_a_masqueraded_stream() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let status = sw.stop().unwrap();
-    assert!(status.success(), "SIGTERM: clean exit ({status})");
+    match how {
+        Stop::Planned => {
+            let status = sw.stop().unwrap();
+            assert!(status.success(), "SIGTERM: clean exit ({status})");
+        }
+        // The connection is older than the checkpoint counted above.
+        Stop::Crash => sw.kill(),
+    }
     // While tapswitch is down the workloads keep their interfaces.
     assert_eq!(
         (interface_of(&a, &pa), interface_of(&outside, &po)),

@@ -34,6 +34,10 @@ const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 pub struct Checkpoint {
     /// Wall-clock time of the checkpoint, in milliseconds since the Unix epoch.
     pub saved_unix_ms: u64,
+    /// Taken with the workers stopped (a planned stop, a takeover): TCP windows are exact.
+    /// A periodic checkpoint's windows may lag behind the traffic: its TCP connections are
+    /// restored with window checks off (liberal).
+    pub complete: bool,
     pub macs: Vec<MacRecord>,
     pub remotes: Vec<RemoteRecord>,
     pub neighbours: Vec<NeighRecord>,
@@ -91,6 +95,8 @@ pub enum ProtoRecord {
     Tcp {
         state: String,
         sides: [SideRecord; 2],
+        /// Window checks are off for it.
+        liberal: bool,
     },
     Udp,
     Icmp,
@@ -213,6 +219,7 @@ mod tests {
     fn sample() -> Checkpoint {
         Checkpoint {
             saved_unix_ms: 1_700_000_000_000,
+            complete: true,
             macs: vec![MacRecord {
                 vlan: 10,
                 mac: [2, 0, 0, 0, 0, 1],
@@ -243,6 +250,7 @@ mod tests {
                 },
                 proto: ProtoRecord::Tcp {
                     state: "ESTABLISHED".into(),
+                    liberal: false,
                     sides: [SideRecord {
                         end: 1,
                         maxend: 2,

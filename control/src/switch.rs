@@ -381,6 +381,9 @@ pub struct Switch {
     /// Checkpoints may be written: the start restored the last one (a failed start must not
     /// overwrite it).
     checkpoints: bool,
+    /// The workers read nothing (stopped, or paused for a takeover): a checkpoint now is
+    /// complete.
+    quiesced: bool,
     /// Checkpoints written and failed, the last one's size and time.
     checkpoint_stats: CheckpointStats,
     last_checkpoint: Option<Instant>,
@@ -581,6 +584,7 @@ impl Switch {
             epoch,
             checkpoints: false,
             checkpoint_stats: CheckpointStats::default(),
+            quiesced: false,
             last_checkpoint: None,
             deleting: Vec::new(),
             handed,
@@ -1367,6 +1371,7 @@ impl Switch {
         for w in &mut self.workers {
             w.stop();
         }
+        self.quiesced = true;
         match self.checkpoint() {
             Ok(n) if self.store.is_some() => log::info!("checkpoint: {n} entries saved"),
             Ok(_) => {}
@@ -1411,11 +1416,13 @@ impl Switch {
             w.publish(Arc::clone(&snapshot), PUBLISH_TIMEOUT)
                 .map_err(SwitchError::Worker)?;
         }
+        self.quiesced = true;
         Ok(())
     }
 
     /// Undoes [`pause`](Self::pause).
     pub fn resume(&mut self) -> Result<(), SwitchError> {
+        self.quiesced = false;
         self.publish()
     }
 

@@ -77,12 +77,14 @@ fn tcp_side(s: &SideRecord) -> TcpSide {
 impl Switch {
     /// Takes a checkpoint of the learned and connection state (in memory).
     pub fn take_checkpoint(&self) -> Checkpoint {
+        let complete = self.quiesced;
         let aging_ms = self.config.switch.mac_aging_secs * 1000;
         let state = self.shared.export(self.now(), aging_ms);
         let services = self.nat.service_names();
         let port = |id: PortId| self.port_name(id);
         Checkpoint {
             saved_unix_ms: unix_ms(),
+            complete,
             macs: state
                 .macs
                 .iter()
@@ -129,6 +131,7 @@ impl Switch {
                             ProtoState::Tcp(t) => ProtoRecord::Tcp {
                                 state: t.state.name().to_string(),
                                 sides: t.sides().map(|s| side(&s)),
+                                liberal: t.is_liberal(),
                             },
                             ProtoState::Udp => ProtoRecord::Udp,
                             ProtoState::Icmp => ProtoRecord::Icmp,
@@ -183,6 +186,7 @@ impl Switch {
     pub fn import_checkpoint(&mut self, saved: Checkpoint, gap_ms: u64) -> Restored {
         let aging_ms = self.config.switch.mac_aging_secs * 1000;
         let total = saved.len();
+        let complete = saved.complete;
         let saved = saved.aged(gap_ms, aging_ms);
         let vlan = |v: u16| VlanId::new(v);
         let key = |v: u16, mac: &[u8; 6]| {
@@ -226,11 +230,19 @@ impl Switch {
                 None => None,
             };
             let proto = match &c.proto {
-                ProtoRecord::Tcp { state, sides } => {
+                ProtoRecord::Tcp {
+                    state,
+                    sides,
+                    liberal,
+                } => {
                     let Some(state) = TcpState::from_name(state) else {
                         continue;
                     };
-                    ProtoState::Tcp(TcpTrack::from_parts(state, sides.each_ref().map(tcp_side)))
+                    let mut t = TcpTrack::from_parts(state, sides.each_ref().map(tcp_side));
+                    if *liberal || !complete {
+                        t.be_liberal();
+                    }
+                    ProtoState::Tcp(t)
                 }
                 ProtoRecord::Udp => ProtoState::Udp,
                 ProtoRecord::Icmp => ProtoState::Icmp,

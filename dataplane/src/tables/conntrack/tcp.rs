@@ -220,6 +220,10 @@ pub enum TcpInvalid {
 pub struct TcpTrack {
     pub state: TcpState,
     sides: [Side; 2],
+    /// Window checks are off (the tracking still follows the segments), as Linux does for a
+    /// connection whose windows it cannot know (`IP_CT_TCP_FLAG_BE_LIBERAL`): one restored
+    /// from a checkpoint taken while traffic flowed, whose windows may lag behind.
+    liberal: bool,
 }
 
 fn before(a: u32, b: u32) -> bool {
@@ -233,7 +237,21 @@ fn after(a: u32, b: u32) -> bool {
 impl TcpTrack {
     /// A connection's tracking from its parts (a restored checkpoint).
     pub fn from_parts(state: TcpState, sides: [Side; 2]) -> TcpTrack {
-        TcpTrack { state, sides }
+        TcpTrack {
+            state,
+            sides,
+            liberal: false,
+        }
+    }
+
+    /// Turns window checks off for this connection (see the field's docs).
+    pub fn be_liberal(&mut self) {
+        self.liberal = true;
+    }
+
+    /// Whether window checks are off.
+    pub fn is_liberal(&self) -> bool {
+        self.liberal
     }
 
     /// The original and the reply side, for checkpoints.
@@ -249,6 +267,7 @@ impl TcpTrack {
         let mut t = TcpTrack {
             state: TcpState::SynSent,
             sides: [Side::default(); 2],
+            liberal: false,
         };
         t.init_side(Dir::Original, seg);
         Some(t)
@@ -361,7 +380,7 @@ impl TcpTrack {
             && after(end, s.end.wrapping_sub(r.maxwin).wrapping_sub(1))
             && (r.maxwin == 0 || !after(ack, r.end))
             && (r.maxwin == 0 || after(ack, r.end.wrapping_sub(maxackwin).wrapping_sub(1)));
-        if !ok {
+        if !ok && !self.liberal {
             return false;
         }
         let s = &mut self.sides[si];
@@ -443,6 +462,29 @@ mod tests {
         assert_eq!(
             t.update(Dir::Original, &seg(SYN, 90_000, 0, 0)),
             Ok(TcpState::SynSent)
+        );
+    }
+
+    #[test]
+    fn a_liberal_connection_catches_up_with_windows_it_missed() {
+        // A checkpoint taken early in a connection, restored after megabytes went by.
+        let saved = handshake();
+        let far = 1001 + 8_000_000;
+        let mut strict = TcpTrack::from_parts(saved.state, saved.sides());
+        assert_eq!(
+            strict.update(Dir::Original, &seg(ACK, far, 5001, 1000)),
+            Err(TcpInvalid::Window)
+        );
+        let mut liberal = TcpTrack::from_parts(saved.state, saved.sides());
+        liberal.be_liberal();
+        assert_eq!(
+            liberal.update(Dir::Original, &seg(ACK, far, 5001, 1000)),
+            Ok(TcpState::Established)
+        );
+        assert_eq!(liberal.sides()[0].end, far + 1000, "the tracking followed");
+        assert_eq!(
+            liberal.update(Dir::Reply, &seg(ACK, 5001, far + 1000, 0)),
+            Ok(TcpState::Established)
         );
     }
 
