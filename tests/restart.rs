@@ -788,6 +788,13 @@ fn many_clients_at_once_and_idle_ones_time_out() {
         stalled.read_to_string(&mut answer).unwrap();
         assert!(answer.contains("timed out"), "{answer}");
     }
+    // A request larger than the bound is refused, not buffered.
+    let mut big = UnixStream::connect(&sw.socket).unwrap();
+    let _ = big.write_all(&vec![b'x'; 100 * 1024]);
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let _ = big.read_to_string(&mut answer);
+    assert!(answer.contains("longer than 65536 bytes"), "{answer}");
     let control = &sw.json(&["stats"])["control"];
     assert!(control["timed_out"].as_u64().unwrap() >= 2, "{control}");
     assert_eq!(control["max_connections"], 512);
