@@ -423,6 +423,55 @@ fn an_attached_interface_is_released_on_stop_and_attached_again_on_start() {
     assert_eq!(ping(&t, "10.77.0.9", 2), 2, "forwarding through it again");
 }
 
+#[test]
+fn a_file_edited_while_down_takes_effect_and_runtime_ports_stay() {
+    if !have_root() {
+        return;
+    }
+    let ns = container("rse", false);
+    let (from_file, runtime, added, dropped) =
+        (unique("rp"), unique("rp"), unique("rp"), unique("rp"));
+    let port = |name: &str| format!("[[port]]\nname = \"{name}\"\nnetns = \"{}\"\n", ns.name());
+    let mut sw = Switch::with_config(&format!(
+        "[switch]\nmac_aging_secs = 300\n{}{}",
+        port(&from_file),
+        port(&dropped)
+    ));
+    sw.add_container_port(&ns, &runtime, &[], &[]);
+    sw.stop();
+    // While down: the file gains a port, loses one, and changes [switch].
+    std::fs::write(
+        sw.config_file.as_ref().unwrap(),
+        format!(
+            "[switch]\nmac_aging_secs = 60\n{}{}",
+            port(&from_file),
+            port(&added)
+        ),
+    )
+    .unwrap();
+    sw.restart();
+    let mut names: Vec<String> = sw
+        .json(&["port", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    let mut want = vec![from_file.clone(), runtime.clone(), added.clone()];
+    want.sort();
+    assert_eq!(names, want, "the file's edits, and the runtime port");
+    assert!(
+        ns.ip(&["link", "show", "dev", &dropped]).is_err(),
+        "the port the file dropped is gone with its TAP"
+    );
+    let running = sw.cli(&["config"]);
+    assert!(running.contains("mac_aging_secs = 60"), "{running}");
+    // A reload keeps the runtime port too.
+    sw.cli(&["reload"]);
+    assert_eq!(sw.json(&["port", "list"]).as_array().unwrap().len(), 3);
+}
+
 /// Removes a file when dropped.
 struct RemoveFile(std::path::PathBuf);
 

@@ -437,19 +437,7 @@ impl Switch {
     ) -> Result<Switch, SwitchError> {
         file.validate()?;
         let saved_state = store.load_running().map_err(SwitchError::Restore)?;
-        // Removals a crash interrupted: the TAPs go now, unless a port has the name again.
-        for tap in saved_state.iter().flat_map(|s| &s.deleting) {
-            let in_use = |c: &Config| c.ports.iter().any(|p| p.name == tap.name && !p.attach);
-            if saved_state.as_ref().is_some_and(|s| in_use(&s.running)) || in_use(&file) {
-                continue;
-            }
-            match PortDevice::delete_tap(&tap.name, tap.netns.as_deref()) {
-                Ok(true) => log::info!("TAP {}: removed (its port was deleted)", tap.name),
-                Ok(false) => {}
-                Err(e) => log::warn!("TAP {}: left in place: {e}", tap.name),
-            }
-        }
-        let mut running = match saved_state {
+        let mut running = match &saved_state {
             Some(saved) => {
                 let merged = config::merge::merge(&saved.base, &saved.running, &file)?;
                 if let Err(e) = merged.validate() {
@@ -467,6 +455,31 @@ impl Switch {
             }
             None => file.clone(),
         };
+        // TAPs the last run made that the configuration no longer has: the file dropped
+        // their ports while tapswitch was down, or a crash interrupted their removal.
+        let taps = |c: &Config| -> Vec<TapRef> {
+            c.ports
+                .iter()
+                .filter(|p| !p.attach)
+                .map(|p| TapRef {
+                    name: p.name.clone(),
+                    netns: p.netns.clone(),
+                })
+                .collect()
+        };
+        let keep = taps(&running);
+        if let Some(saved) = &saved_state {
+            for tap in taps(&saved.running).iter().chain(&saved.deleting) {
+                if keep.contains(tap) {
+                    continue;
+                }
+                match PortDevice::delete_tap(&tap.name, tap.netns.as_deref()) {
+                    Ok(true) => log::info!("TAP {}: removed (its port is gone)", tap.name),
+                    Ok(false) => {}
+                    Err(e) => log::warn!("TAP {}: left in place: {e}", tap.name),
+                }
+            }
+        }
         running.ports.retain(|p| {
             let from_file = file.ports.iter().any(|f| f.name == p.name);
             let gone = p
