@@ -15,12 +15,9 @@ fuzz_target!(|data: &[u8]| {
     if which & 1 == 0 {
         match state::parse_running(bytes) {
             Ok(s) => {
-                let again = state::parse_running(&state::running_bytes(
-                    &s.base,
-                    &s.running,
-                    &s.deleting,
-                ))
-                .expect("a loaded state round-trips");
+                let again =
+                    state::parse_running(&state::running_bytes(&s.base, &s.running, &s.deleting))
+                        .expect("a loaded state round-trips");
                 assert_eq!(again, s);
             }
             Err(ParseError::Bad(reason)) => assert!(!reason.is_empty()),
