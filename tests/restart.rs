@@ -228,13 +228,7 @@ fn restart_keeps_a_masqueraded_stream(how: Stop) {
     );
     let stopped_at = Instant::now();
     sw.restart();
-    let ports: Vec<String> = sw
-        .json(&["port", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
+    let ports: Vec<String> = port_names(&sw);
     assert_eq!(ports, [pa.clone(), po.clone()], "runtime ports restored");
     assert_eq!(
         (interface_of(&a, &pa), interface_of(&outside, &po)),
@@ -450,13 +444,7 @@ fn a_file_edited_while_down_takes_effect_and_runtime_ports_stay() {
     )
     .unwrap();
     sw.restart();
-    let mut names: Vec<String> = sw
-        .json(&["port", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
+    let mut names: Vec<String> = port_names(&sw);
     names.sort();
     let mut want = vec![from_file.clone(), runtime.clone(), added.clone()];
     want.sort();
@@ -650,13 +638,7 @@ fn corrupt_future_and_unwritable_state_is_refused_with_the_file_named() {
     let newest = std::fs::read(&running).unwrap();
     std::fs::write(&running, &newest[..newest.len() / 2]).unwrap();
     sw.restart();
-    let names: Vec<String> = sw
-        .json(&["port", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["name"].as_str().unwrap().to_string())
-        .collect();
+    let names: Vec<String> = port_names(&sw);
     assert_eq!(
         names,
         std::slice::from_ref(&p1),

@@ -330,13 +330,7 @@ fn ports_come_and_go_while_traffic_flows() {
             n3.ip(&["link", "show", "dev", &p3]).is_err(),
             "TAP device deleted"
         );
-        let names: Vec<String> = switch
-            .json(&["port", "list"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["name"].as_str().unwrap().to_string())
-            .collect();
+        let names: Vec<String> = port_names(&switch);
         assert!(!names.contains(&p3));
     }
     let (_n1, r) = pinger.join().unwrap();

@@ -190,7 +190,7 @@ impl StateStore {
             .create(dir)
             .map_err(io_err(dir))?;
         let path = dir.join(LOCK_FILE);
-        let mut lock = OpenOptions::new()
+        let lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
@@ -211,17 +211,12 @@ impl StateStore {
             }
             return Err(io_err(&path)(e));
         }
-        lock.set_len(0).map_err(io_err(&path))?;
-        write!(lock, "{}", std::process::id()).map_err(io_err(&path))?;
-        Ok(StateStore {
-            dir: dir.to_path_buf(),
-            lock,
-            running_written: Vec::new(),
-        })
+        Self::from_handed_lock(dir, lock)
     }
 
-    /// The directory `dir` whose lock another process held and handed over (a takeover):
-    /// `lock` is that process's open lock file, so the lock is held without a gap.
+    /// The directory `dir` with its lock held: by [`open`](Self::open), or by another process
+    /// that handed its open lock file over (a takeover), so the lock is held without a gap.
+    /// Writes this process's id into the lock file.
     pub fn from_handed_lock(dir: &Path, mut lock: File) -> Result<StateStore, StateError> {
         let path = dir.join(LOCK_FILE);
         lock.set_len(0).map_err(io_err(&path))?;

@@ -366,6 +366,17 @@ pub fn all_drops(counters: &serde_json::Value) -> u64 {
         .sum()
 }
 
+/// The names in `port list -j`, in the switch's order.
+pub fn port_names(switch: &Switch) -> Vec<String> {
+    switch
+        .json(&["port", "list"])
+        .as_array()
+        .unwrap_or_else(|| panic!("port list is not a list"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 /// A port's entry in `port list -j`.
 pub fn listed_port(switch: &Switch, port: &str) -> serde_json::Value {
     let listed = switch.json(&["port", "list"]);
