@@ -540,6 +540,20 @@ impl<P> NeighbourTable<P> {
         self.entries.clear();
     }
 
+    /// Removes the entry of `key` unless it holds `mac` (`REACHABLE`, `STALE` or `PROBE`):
+    /// for a static neighbour that changed, or one whose resolution is pending or failed, so
+    /// that the next use resolves it afresh. Returns whether an entry was removed.
+    pub fn forget_unless(&mut self, key: &NeighKey, mac: EthernetAddress) -> bool {
+        let holds = self.entries.get(key).map(|e| match e.phase {
+            Phase::Reachable(m) | Phase::Stale(m) | Phase::Probe(m) => m == mac,
+            Phase::Incomplete | Phase::Failed => false,
+        });
+        match holds {
+            Some(false) => self.entries.remove(key).is_some(),
+            _ => false,
+        }
+    }
+
     /// The entry of `key` as `neigh show` would print it, if present.
     pub fn record(&self, key: &NeighKey, now: Timestamp) -> Option<NeighRecord> {
         match self.entries.get(key) {

@@ -394,14 +394,42 @@ impl Bridge {
         buf
     }
 
+    /// Confirms neighbour `key` with its static MAC, if it has one, releasing what was queued
+    /// on it. Returns whether it had one.
+    pub(super) fn pin_static(
+        &mut self,
+        state: &ForwardingState,
+        key: NeighKey,
+        now: Timestamp,
+    ) -> bool {
+        let Some(&mac) = state.neighbours.get(&(key.vlan, key.ip)) else {
+            return false;
+        };
+        let mut released = std::mem::take(&mut self.router.released);
+        self.shared
+            .neighbours()
+            .confirm(key, mac, now, &mut released);
+        self.router.released = released;
+        self.release(key.vlan, mac);
+        true
+    }
+
     /// Asks for the MAC of neighbour `key`: ARP request or neighbour solicitation, to
     /// `unicast` when re-confirming a known MAC, else broadcast / solicited-node multicast.
+    ///
+    /// A next hop with a static neighbour entry (`[[neigh]]` on the VLAN, as flannel programs
+    /// `nud permanent` entries for its peers' VTEP addresses) is not asked: the entry is
+    /// confirmed with the static MAC and packets queued on it leave now.
     pub(super) fn probe(
         &mut self,
         state: &ForwardingState,
         key: NeighKey,
         unicast: Option<EthernetAddress>,
+        now: Timestamp,
     ) {
+        if self.pin_static(state, key, now) {
+            return;
+        }
         let Some(iface) = state.routing.interface(key.vlan) else {
             return;
         };

@@ -355,11 +355,17 @@ impl Bridge {
             vlan: out_vlan,
             ip: next_hop,
         };
-        let found = self.shared.neighbours().lookup(key, now);
+        let mut found = self.shared.neighbours().lookup(key, now);
+        if let NeighLookup::Pending { probe: true } = found {
+            // A static neighbour resolves at once (the probe confirms it, sending nothing).
+            if self.pin_static(state, key, now) {
+                found = self.shared.neighbours().lookup(key, now);
+            }
+        }
         match found {
             NeighLookup::Known { mac, probe } => {
                 if probe {
-                    self.probe(state, key, Some(mac));
+                    self.probe(state, key, Some(mac), now);
                 }
                 frame[..6].copy_from_slice(mac.as_bytes());
                 frame[6..12].copy_from_slice(iface.mac.as_bytes());
@@ -374,7 +380,7 @@ impl Bridge {
             }
             NeighLookup::Pending { probe } => {
                 if probe {
-                    self.probe(state, key, None);
+                    self.probe(state, key, None, now);
                 }
                 if self.offload.is_some() {
                     // Queued frames leave as they are: finish them first.
@@ -448,7 +454,7 @@ impl Bridge {
             Resolve::Known { mac, probe, packet } => {
                 buf = packet;
                 if probe {
-                    self.probe(state, key, Some(mac));
+                    self.probe(state, key, Some(mac), now);
                 }
                 buf[..6].copy_from_slice(mac.as_bytes());
                 let c = self.counters.interface(key.vlan);
@@ -462,7 +468,7 @@ impl Bridge {
             }
             Resolve::Queued { probe } => {
                 if probe {
-                    self.probe(state, key, None);
+                    self.probe(state, key, None, now);
                 }
                 Ok(())
             }
@@ -637,12 +643,17 @@ impl Bridge {
         }
     }
 
-    /// The router's share of a new state: neighbours of removed interfaces are forgotten.
+    /// The router's share of a new state: neighbours of removed interfaces are forgotten, and
+    /// so are resolutions that disagree with a static neighbour (`[[neigh]]`): the next packet
+    /// to such a next hop takes the static MAC. O(static neighbours).
     pub(super) fn adopt_routing(&mut self, state: &ForwardingState) {
         let routing = &*state.routing;
         let mut neigh = self.shared.neighbours();
         neigh.set_max_entries(routing.neigh_max);
         neigh.retain(|k| routing.interface(k.vlan).is_some());
+        for (&(vlan, ip), &mac) in &state.neighbours {
+            neigh.forget_unless(&NeighKey { vlan, ip }, mac);
+        }
         drop(neigh);
         self.shared
             .conntrack()
@@ -657,7 +668,7 @@ impl Bridge {
         let mut failed = Vec::new();
         self.shared.neighbours().tick(now, &mut probes, &mut failed);
         for (key, mac) in probes {
-            self.probe(state, key, mac);
+            self.probe(state, key, mac, now);
         }
         for (key, b) in failed {
             self.counters

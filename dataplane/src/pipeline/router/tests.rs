@@ -762,3 +762,70 @@ fn frames_to_the_router_mac_on_a_vlan_without_interface_are_switched() {
     assert_eq!(out.drop, None);
     assert_eq!(out.frames.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [4]);
 }
+
+/// flannel's vxlan layout: the overlay interface holds only subnet.0/32, a remote subnet is
+/// routed via the remote's subnet.0 on that VLAN (onlink), and a static neighbour entry
+/// gives that address's MAC: no ARP is ever sent, and a changed entry takes over at once.
+#[test]
+fn static_neighbours_resolve_onlink_next_hops_without_probes() {
+    let overlay = vlan(4094);
+    let mut state = ForwardingState::with_ports(vec![port("a", 10), port("vx", 4094)]);
+    let mut r = routing(1500);
+    let mut interfaces = r.interfaces.clone();
+    interfaces.push(Interface {
+        vlan: overlay,
+        mac: mac(0x40),
+        mtu: 1450,
+        v4: vec![(Ipv4Addr::new(10, 42, 0, 0), 32)],
+        v6: vec![],
+    });
+    let mut routes: Vec<Route> = r.routes.iter().filter(|r| !r.connected).cloned().collect();
+    let gw = Ipv4Addr::new(10, 42, 7, 0);
+    routes.push(Route {
+        prefix: IpAddr::V4(Ipv4Addr::new(10, 42, 7, 0)),
+        len: 24,
+        next_hop: NextHop::Gateway {
+            vlan: overlay,
+            via: IpAddr::V4(gw),
+        },
+        connected: false,
+    });
+    r = RoutingState::build(interfaces, routes, 1024).unwrap();
+    state.routing = Arc::new(r);
+    let vtep = mac(0x77);
+    state.neighbours.insert((overlay, IpAddr::V4(gw)), vtep);
+    let bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+    let mut sim = Sim {
+        state,
+        bridge,
+        now: Timestamp::from_secs(1),
+    };
+    sim.send(
+        0,
+        &arp(ArpOperation::Request, A, A_IP, Ipv4Addr::new(10, 42, 0, 1)),
+    );
+    let far = Ipv4Addr::new(10, 42, 7, 5);
+    let out = sim.send(0, &to_router(R10, A, &ping(A_IP, far, 64, true, 8)));
+    assert_eq!(out.drop, None);
+    assert_eq!(out.frames.len(), 1, "no probe, the packet itself: {out:?}");
+    let (p, f) = &out.frames[0];
+    assert_eq!(*p, 1);
+    assert_eq!(&f[..6], vtep.as_bytes());
+    assert_eq!(&f[6..12], mac(0x40).as_bytes());
+    assert_eq!(ip_of(f).dst_addr(), far);
+    // Long past REACHABLE: the re-confirmation is the static entry again, not an ARP.
+    let out = sim.tick(40);
+    assert!(out.frames.is_empty(), "{out:?}");
+    let out = sim.send(0, &to_router(R10, A, &ping(A_IP, far, 64, true, 8)));
+    assert_eq!(out.frames.len(), 1, "{out:?}");
+    let out = sim.tick(6);
+    assert!(out.frames.iter().all(|(_, f)| !is_probe(f)), "{out:?}");
+    // The peer came back with another MAC: the next packet takes it.
+    let vtep2 = mac(0x78);
+    sim.state.neighbours.insert((overlay, IpAddr::V4(gw)), vtep2);
+    sim.bridge.adopt(&sim.state);
+    let out = sim.send(0, &to_router(R10, A, &ping(A_IP, far, 64, true, 8)));
+    assert_eq!(out.frames.len(), 1, "{out:?}");
+    assert_eq!(&out.frames[0].1[..6], vtep2.as_bytes());
+    assert_eq!(sim.bridge.counters().interface(overlay).neigh_probes.get(), 0);
+}
