@@ -230,6 +230,14 @@ pub enum RouteCmd {
         /// Drop packets to the prefix with ICMP unreachable.
         #[arg(long, conflicts_with_all = ["via", "encap"])]
         unreachable: bool,
+        /// The VLAN whose interface the gateway is reached on (default: the interface whose
+        /// subnet holds it).
+        #[arg(long)]
+        vlan: Option<u16>,
+        /// With --vlan: the gateway is on that link although no subnet of the interface
+        /// holds it (`ip route ... onlink`).
+        #[arg(long, requires = "vlan")]
+        onlink: bool,
     },
     /// Remove the static route of a prefix.
     Del { prefix: String },
@@ -348,6 +356,7 @@ impl ServiceAddArgs {
             affinity_secs: self.affinity_secs,
             node_port: self.node_port,
             backends: self.backends.into_iter().map(BackendConfig::Text).collect(),
+            owner: None,
         }
     }
 }
@@ -409,6 +418,7 @@ pub fn nat_request(cmd: Command) -> Option<(Request, Option<Printer>)> {
                     source,
                     out_vlan,
                     to,
+                    owner: None,
                 },
             },
             None,
@@ -583,6 +593,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 vlan,
                 vni,
                 remote,
+                owner: None,
             };
             api::call(socket, &Request::FdbAdd { entry })?;
             Ok(())
@@ -598,6 +609,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 allow: a.allow,
                 mtu: a.mtu,
                 ttl: a.ttl,
+                owner: None,
             };
             api::call(socket, &Request::VxlanAdd { vxlan })?;
             Ok(())
@@ -611,7 +623,12 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             api::call(
                 socket,
                 &Request::NeighAdd {
-                    neigh: NeighConfig { ip, mac, vni },
+                    neigh: NeighConfig {
+                        ip,
+                        mac,
+                        vni,
+                        owner: None,
+                    },
                 },
             )?;
             Ok(())
@@ -637,6 +654,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 address: Addresses::Many(addresses),
                 mac,
                 mtu,
+                owner: None,
             };
             api::call(socket, &Request::InterfaceAdd { interface })?;
             Ok(())
@@ -656,6 +674,8 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             mtu,
             ttl,
             unreachable,
+            vlan,
+            onlink,
         }) => {
             let route = RouteConfig {
                 prefix,
@@ -665,6 +685,9 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 mtu,
                 ttl,
                 unreachable,
+                vlan,
+                onlink,
+                owner: None,
             };
             api::call(socket, &Request::RouteAdd { route })?;
             Ok(())

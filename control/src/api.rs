@@ -123,6 +123,29 @@ pub enum Request {
         #[serde(default)]
         filter: ConntrackFilter,
     },
+    /// Many changes carried out as one (see [`crate::switch::batch`]); with `owner`, the
+    /// entries it adds belong to that agent.
+    Batch {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        requests: Vec<Request>,
+    },
+}
+
+impl Request {
+    /// The `owner` field of the entry an add request carries.
+    fn owner_mut(&mut self) -> Option<&mut Option<String>> {
+        Some(match self {
+            Request::FdbAdd { entry } => &mut entry.owner,
+            Request::VxlanAdd { vxlan } => &mut vxlan.owner,
+            Request::NeighAdd { neigh } => &mut neigh.owner,
+            Request::InterfaceAdd { interface } => &mut interface.owner,
+            Request::RouteAdd { route } => &mut route.owner,
+            Request::SnatAdd { snat } => &mut snat.owner,
+            Request::ServiceAdd { service } => &mut service.owner,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,7 +177,16 @@ impl Response {
 
 /// Carries out one request on the switch. `Reload` and `Stop` concern the daemon, which
 /// carries them out itself.
-pub fn handle(switch: &mut Switch, req: Request) -> Response {
+pub fn handle(switch: &mut Switch, mut req: Request) -> Response {
+    let acting = switch.acting_owner().map(String::from);
+    if let Some(owner) = req.owner_mut() {
+        if owner.is_some() && acting.is_none() {
+            return Response::error(
+                "owner: set by tapswitch for the entries of an agent's batch, not in a request",
+            );
+        }
+        *owner = acting;
+    }
     let result: Result<Response, SwitchError> = match req {
         Request::PortAdd { port } => switch.add_port(port).map(|()| Response::ok(())),
         Request::PortDel { name } => switch.del_port(&name).map(|()| Response::ok(())),
@@ -163,7 +195,20 @@ pub fn handle(switch: &mut Switch, req: Request) -> Response {
         Request::FdbAdd { entry } => switch.add_fdb(entry).map(|()| Response::ok(())),
         Request::FdbDel { mac, vlan } => switch.del_fdb(&mac, vlan).map(Response::ok),
         Request::Stats => switch.stats().map(Response::ok),
-        Request::ConfigShow => Ok(Response::ok(switch.config().to_toml())),
+        Request::ConfigShow => {
+            let owned = switch.config().owned_entries();
+            let mut text = switch.config().user_view().to_toml();
+            if owned > 0 {
+                text.insert_str(
+                    0,
+                    &format!(
+                        "# {owned} entries managed by agents (the cluster agent) are not shown: \
+                         they are not part of the file\n"
+                    ),
+                );
+            }
+            Ok(Response::ok(text))
+        }
         Request::Reload | Request::Stop { .. } | Request::Takeover => {
             return Response::error("reload, stop and takeover are carried out by the daemon")
         }
@@ -203,6 +248,7 @@ pub fn handle(switch: &mut Switch, req: Request) -> Response {
             .map(|()| Response::ok(())),
         Request::ConntrackShow { filter } => switch.show_conntrack(&filter).map(Response::ok),
         Request::ConntrackFlush { filter } => switch.flush_conntrack(&filter).map(Response::ok),
+        Request::Batch { owner, requests } => switch.batch(owner, requests).map(Response::ok),
     };
     result.unwrap_or_else(Response::error)
 }

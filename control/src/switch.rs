@@ -28,6 +28,7 @@ use crate::config::{
 };
 use crate::state::{StateError, StateStore, TapRef};
 
+pub mod batch;
 mod learned;
 mod nat;
 mod routing;
@@ -55,6 +56,11 @@ pub enum SwitchError {
         source: PortError,
     },
     /// The named port does not exist.
+    /// A change to an entry that another owner manages (see [`batch`]).
+    #[error("{0}")]
+    Owned(String),
+    #[error("batch: {0}")]
+    Batch(String),
     #[error("port {0}: no such port")]
     NoSuchPort(String),
     /// A port with that name exists.
@@ -410,6 +416,11 @@ pub struct Switch {
     /// NAT rules and Services, kept compiled and indexed so that one change costs O(that
     /// change) (see [`nat`]).
     nat: nat::NatState,
+    /// The agent whose `batch` is being carried out: entries added get it as their owner,
+    /// and only entries it owns may be changed (see [`batch`]).
+    acting_owner: Option<String>,
+    /// Inside a `batch`: publications wait for its end (`Some(published anything?)`).
+    deferred: Option<bool>,
 }
 
 impl Switch {
@@ -561,7 +572,7 @@ impl Switch {
     fn persist(&mut self) -> Result<(), SwitchError> {
         match &mut self.store {
             Some(store) => store
-                .save_running(&self.base, &self.config, &self.deleting)
+                .save_running(&self.base, &self.config.user_view(), &self.deleting)
                 .map_err(SwitchError::State),
             None => Ok(()),
         }
@@ -610,6 +621,8 @@ impl Switch {
             routing: Arc::new(RoutingState::default()),
             ipip: None,
             nat: nat::NatState::default(),
+            acting_owner: None,
+            deferred: None,
         };
         let snapshot = switch.compile();
         for index in 0..config.switch.workers() {
@@ -729,6 +742,10 @@ impl Switch {
     /// snapshot to every worker. A change that cannot be persisted is not published: the
     /// caller puts its state back, and the workers never saw it.
     fn publish(&mut self) -> Result<(), SwitchError> {
+        if let Some(pending) = &mut self.deferred {
+            *pending = true;
+            return Ok(());
+        }
         self.persist()?;
         let snapshot = self.compile();
         for w in &self.workers {
@@ -1013,9 +1030,10 @@ impl Switch {
 
     /// `vxlan del`: removes the VNI, its remote FDB entries and neighbour entries.
     pub fn del_vxlan(&mut self, vni: u32) -> Result<(), SwitchError> {
-        if !self.config.vxlan.iter().any(|v| v.vni == vni) {
+        let Some(v) = self.config.vxlan.iter().find(|v| v.vni == vni) else {
             return Err(SwitchError::NoSuchVni(vni));
-        }
+        };
+        self.may_change(|| format!("vxlan {vni}"), &v.owner)?;
         let mut candidate = self.config.clone();
         candidate.vxlan.retain(|v| v.vni != vni);
         candidate.fdb.retain(|e| e.vni != Some(vni));
@@ -1058,6 +1076,14 @@ impl Switch {
 
     /// `neigh del`.
     pub fn del_neigh(&mut self, ip: &str, vni: Option<u32>) -> Result<(), SwitchError> {
+        for n in self
+            .config
+            .neigh
+            .iter()
+            .filter(|n| n.ip == ip && vni.is_none_or(|v| v == n.vni))
+        {
+            self.may_change(|| format!("neigh {ip}"), &n.owner)?;
+        }
         let mut candidate = self.config.clone();
         candidate
             .neigh
@@ -1207,7 +1233,9 @@ impl Switch {
         let mut keep = Vec::new();
         for (entry, spec) in self.config.fdb.iter().zip(validated.fdb.iter()) {
             let hit = spec.mac == mac && vlan.is_none_or(|v| v == spec.vlan);
-            if !hit {
+            if hit {
+                self.may_change(|| format!("fdb {mac} vlan {}", spec.vlan), &entry.owner)?;
+            } else {
                 keep.push(entry.clone());
             }
         }

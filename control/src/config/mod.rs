@@ -234,6 +234,12 @@ pub struct FdbConfig {
     pub vni: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
+    /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
+    /// agent restores them), are left out of `tapswitch config`, and only their agent may
+    /// change or remove them. Never in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `[[vxlan]]`: a VNI extending a local VLAN to remote VTEPs over UDP (RFC 7348).
@@ -265,6 +271,12 @@ pub struct VxlanConfig {
     /// Outer IPv4 TTL; default 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u8>,
+    /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
+    /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
+    /// agent restores them), are left out of `tapswitch config`, and only their agent may
+    /// change or remove them. Never in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `[[neigh]]`: an address answered locally (ARP/ND suppression) on a VNI's VLAN.
@@ -274,6 +286,12 @@ pub struct NeighConfig {
     pub ip: String,
     pub mac: String,
     pub vni: u32,
+    /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
+    /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
+    /// agent restores them), are left out of `tapswitch config`, and only their agent may
+    /// change or remove them. Never in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A validated VXLAN port.
@@ -666,8 +684,15 @@ pub struct Validated {
 impl Config {
     /// Parses TOML text; errors say where in the text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text)
-            .map_err(|e| ConfigError::new("config", e.to_string().trim_end().to_string()))
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::new("config", e.to_string().trim_end().to_string()))?;
+        if let Some(field) = config.owner_field() {
+            return Err(ConfigError::new(
+                field,
+                "is set by tapswitch for the entries an agent manages, never in a file",
+            ));
+        }
+        Ok(config)
     }
 
     /// Reads and parses a file; errors name the file.
@@ -676,6 +701,54 @@ impl Config {
             .map_err(|e| ConfigError::new(path.display().to_string(), e.to_string()))?;
         Config::from_toml(&text)
             .map_err(|e| ConfigError::new(path.display().to_string(), e.message))
+    }
+
+    /// The configuration without the entries an agent owns (see [`RouteConfig::owner`]):
+    /// what is saved, and what `tapswitch config` prints.
+    pub fn user_view(&self) -> Config {
+        fn mine<T: Clone>(list: &[T], owner: impl Fn(&T) -> bool) -> Vec<T> {
+            list.iter().filter(|e| !owner(e)).cloned().collect()
+        }
+        Config {
+            switch: self.switch.clone(),
+            ports: self.ports.clone(),
+            fdb: mine(&self.fdb, |e| e.owner.is_some()),
+            vxlan: mine(&self.vxlan, |e| e.owner.is_some()),
+            neigh: mine(&self.neigh, |e| e.owner.is_some()),
+            interfaces: mine(&self.interfaces, |e| e.owner.is_some()),
+            routes: mine(&self.routes, |e| e.owner.is_some()),
+            snat: mine(&self.snat, |e| e.owner.is_some()),
+            dnat: self.dnat.clone(),
+            services: mine(&self.services, |e| e.owner.is_some()),
+        }
+    }
+
+    /// How many entries agents own.
+    pub fn owned_entries(&self) -> usize {
+        self.fdb.iter().filter(|e| e.owner.is_some()).count()
+            + self.vxlan.iter().filter(|e| e.owner.is_some()).count()
+            + self.neigh.iter().filter(|e| e.owner.is_some()).count()
+            + self.interfaces.iter().filter(|e| e.owner.is_some()).count()
+            + self.routes.iter().filter(|e| e.owner.is_some()).count()
+            + self.snat.iter().filter(|e| e.owner.is_some()).count()
+            + self.services.iter().filter(|e| e.owner.is_some()).count()
+    }
+
+    /// The first entry that names an owner, as a field: owners are set by the switch for an
+    /// agent's batch, never in a file or a single request.
+    pub fn owner_field(&self) -> Option<String> {
+        fn at<T>(list: &[T], name: &str, owned: impl Fn(&T) -> bool) -> Option<String> {
+            list.iter()
+                .position(owned)
+                .map(|i| format!("{name}[{i}].owner"))
+        }
+        at(&self.fdb, "fdb", |e| e.owner.is_some())
+            .or_else(|| at(&self.vxlan, "vxlan", |e| e.owner.is_some()))
+            .or_else(|| at(&self.neigh, "neigh", |e| e.owner.is_some()))
+            .or_else(|| at(&self.interfaces, "interface", |e| e.owner.is_some()))
+            .or_else(|| at(&self.routes, "route", |e| e.owner.is_some()))
+            .or_else(|| at(&self.snat, "snat", |e| e.owner.is_some()))
+            .or_else(|| at(&self.services, "service", |e| e.owner.is_some()))
     }
 
     pub fn to_toml(&self) -> String {
@@ -804,10 +877,11 @@ impl Config {
             fdb.push(spec);
         }
         let mut neigh: Vec<NeighSpec> = Vec::with_capacity(self.neigh.len());
+        let mut addresses = HashSet::with_capacity(self.neigh.len());
         for (i, n) in self.neigh.iter().enumerate() {
             let at = format!("neigh[{i}]");
             let spec = n.validate(&at, &vxlan)?;
-            if neigh.iter().any(|o| o.vlan == spec.vlan && o.ip == spec.ip) {
+            if !addresses.insert((spec.vlan, spec.ip)) {
                 return Err(ConfigError::new(
                     format!("{at}.ip"),
                     format!("{} is defined twice for VNI {}", spec.ip, n.vni),

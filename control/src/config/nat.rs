@@ -45,6 +45,12 @@ pub struct SnatConfig {
     /// A fixed source address; without it, masquerade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
+    /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
+    /// agent restores them), are left out of `tapswitch config`, and only their agent may
+    /// change or remove them. Never in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `[[dnat]]`: a port forward.
@@ -83,6 +89,12 @@ pub struct ServiceConfig {
     /// Without backends the Service rejects connections (TCP RST, ICMP port unreachable).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends: Vec<BackendConfig>,
+    /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
+    /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
+    /// agent restores them), are left out of `tapswitch config`, and only their agent may
+    /// change or remove them. Never in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One backend of a Service, as a string or as a table.

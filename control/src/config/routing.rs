@@ -48,6 +48,12 @@ pub struct InterfaceConfig {
     /// Largest IP packet routed out of this interface; default 1500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
+    /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
+    /// agent restores them), are left out of `tapswitch config`, and only their agent may
+    /// change or remove them. Never in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `[[route]]`: a static route.
@@ -75,6 +81,20 @@ pub struct RouteConfig {
     /// Instead of `via`: packets to the prefix are dropped with ICMP unreachable.
     #[serde(default, skip_serializing_if = "super::is_false")]
     pub unreachable: bool,
+    /// The VLAN whose interface `via` is reached on; default: the interface whose subnet
+    /// holds `via`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// With `vlan`: `via` is on that VLAN's link even though no subnet of its interface holds
+    /// it (like `ip route add ... via GW dev DEV onlink`; flannel's vxlan routes).
+    #[serde(default, skip_serializing_if = "super::is_false")]
+    pub onlink: bool,
+    /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
+    /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
+    /// agent restores them), are left out of `tapswitch config`, and only their agent may
+    /// change or remove them. Never in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A validated interface.
@@ -271,6 +291,16 @@ impl RouteConfig {
                 }
             }
         }
+        if ipip || self.unreachable {
+            for (key, set) in [("vlan", self.vlan.is_some()), ("onlink", self.onlink)] {
+                if set {
+                    return Err(ConfigError::new(
+                        f(key),
+                        "only for a route via a gateway (not ipip or unreachable)",
+                    ));
+                }
+            }
+        }
         if self.unreachable {
             if self.via.is_some() || ipip {
                 return Err(ConfigError::new(
@@ -341,11 +371,54 @@ impl RouteConfig {
                 format!("{via} is not of the prefix's address family"),
             ));
         }
-        let Some(iface) = interfaces.iter().find(|i| on_link(i, via)) else {
-            return Err(ConfigError::new(
-                f("via"),
-                format!("{via} is not on the subnet of any interface"),
-            ));
+        let iface = match self.vlan {
+            Some(v) => {
+                let vlan = parse_vlan(&f("vlan"), v)?;
+                let Some(iface) = interfaces.iter().find(|i| i.vlan == vlan) else {
+                    return Err(ConfigError::new(
+                        f("vlan"),
+                        format!("VLAN {vlan} has no interface"),
+                    ));
+                };
+                if self.onlink {
+                    let has_family = match via {
+                        IpAddr::V4(_) => !iface.v4.is_empty(),
+                        IpAddr::V6(_) => !iface.v6.is_empty(),
+                    };
+                    if !has_family {
+                        return Err(ConfigError::new(
+                            f("via"),
+                            format!(
+                                "the interface on VLAN {vlan} has no address of {via}'s family"
+                            ),
+                        ));
+                    }
+                } else if !on_link(iface, via) {
+                    return Err(ConfigError::new(
+                        f("via"),
+                        format!(
+                            "{via} is not on the subnet of the interface on VLAN {vlan} \
+                             (onlink = true says it is on its link anyway)"
+                        ),
+                    ));
+                }
+                iface
+            }
+            None if self.onlink => {
+                return Err(ConfigError::new(
+                    f("onlink"),
+                    "needs vlan: the interface whose link the gateway is on",
+                ))
+            }
+            None => match interfaces.iter().find(|i| on_link(i, via)) {
+                Some(iface) => iface,
+                None => {
+                    return Err(ConfigError::new(
+                        f("via"),
+                        format!("{via} is not on the subnet of any interface"),
+                    ))
+                }
+            },
         };
         Ok(RouteSpec {
             prefix,

@@ -44,7 +44,7 @@ use crate::config::{
 };
 
 /// A Service as the switch holds it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct InstalledService {
     /// Its position in `Config::services`.
     slot: usize,
@@ -53,7 +53,7 @@ struct InstalledService {
 }
 
 /// The NAT configuration, compiled and indexed. Owned by the control thread.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct NatState {
     /// What every snapshot carries (cloned: O(1)).
     pub(super) rules: NatRules,
@@ -421,11 +421,13 @@ impl Switch {
         undo: impl FnOnce(&mut Config),
     ) -> Result<(), SwitchError> {
         let old = std::mem::replace(&mut self.nat.rules, rules);
-        self.nat.purge = purge;
+        // Inside a batch, the purges of its changes ride together on its one snapshot.
+        let kept = self.nat.purge.len();
+        self.nat.purge.extend(purge);
         edit(&mut self.config);
         if let Err(e) = self.publish() {
             self.nat.rules = old;
-            self.nat.purge = Vec::new();
+            self.nat.purge.truncate(kept);
             undo(&mut self.config);
             return Err(e);
         }
@@ -465,6 +467,10 @@ impl Switch {
                 "{addr}/{len} out-vlan {out_vlan}"
             )));
         };
+        self.may_change(
+            || format!("snat {addr}/{len} out-vlan {out_vlan}"),
+            &self.config.snat[i].owner,
+        )?;
         let mut list = self.nat.snat.clone();
         list.remove(i);
         let mut rules = self.nat.rules.clone();
@@ -623,6 +629,10 @@ impl Switch {
         let Some(installed) = self.nat.services.get(name) else {
             return Err(SwitchError::NoSuchService(name.to_string()));
         };
+        self.may_change(
+            || format!("service {name}"),
+            &self.config.services[installed.slot].owner,
+        )?;
         let mut rules = self.nat.rules.clone();
         for f in installed.spec.frontends() {
             rules.frontends.remove(&f);
@@ -660,6 +670,10 @@ impl Switch {
         let Some(installed) = self.nat.services.get(name) else {
             return Err(SwitchError::NoSuchService(name.to_string()));
         };
+        self.may_change(
+            || format!("service {name}"),
+            &self.config.services[installed.slot].owner,
+        )?;
         let at = format!("service {name}");
         let specs = validate_backends(&at, &backends)?;
         let old = &installed.spec;
@@ -1089,6 +1103,7 @@ to = "10.42.0.2:80"
             source: "10.43.0.0/16".into(),
             out_vlan: 100,
             to: None,
+            ..SnatConfig::default()
         })
         .unwrap();
         assert!(s.nat.last_purge.is_empty(), "a purge is published once");
@@ -1215,6 +1230,7 @@ to = "10.42.0.2:80"
                     source: "10.42.0.0/16".into(),
                     out_vlan: 100,
                     to: Some("10.200.0.5".into()),
+                    ..SnatConfig::default()
                 }),
                 "snat.source: 10.42.0.0/16 out of VLAN 100 is defined twice",
             ),
@@ -1223,6 +1239,7 @@ to = "10.42.0.2:80"
                     source: "10.44.0.0/16".into(),
                     out_vlan: 7,
                     to: None,
+                    ..SnatConfig::default()
                 }),
                 "snat.out_vlan: VLAN 7 has no router interface",
             ),

@@ -130,6 +130,9 @@ impl Switch {
 
     /// `interface del`: fails (naming the route) while a route's next hop is on its subnet.
     pub fn del_interface(&mut self, vlan: u16) -> Result<(), SwitchError> {
+        if let Some(i) = self.config.interfaces.iter().find(|i| i.vlan == vlan) {
+            self.may_change(|| format!("interface {vlan}"), &i.owner)?;
+        }
         let mut candidate = self.config.clone();
         candidate.interfaces.retain(|i| i.vlan != vlan);
         if candidate.interfaces.len() == self.config.interfaces.len() {
@@ -181,6 +184,14 @@ impl Switch {
     /// `route del PREFIX`.
     pub fn del_route(&mut self, prefix: &str) -> Result<(), SwitchError> {
         let (addr, len) = parse_cidr("route.prefix", prefix, true)?;
+        if let Some(r) = self
+            .config
+            .routes
+            .iter()
+            .find(|r| parse_cidr("", &r.prefix, true).is_ok_and(|p| p == (addr, len)))
+        {
+            self.may_change(|| format!("route {prefix}"), &r.owner)?;
+        }
         let mut candidate = self.config.clone();
         candidate.routes.retain(|r| {
             parse_cidr("", &r.prefix, true).map_or(true, |(a, l)| (a, l) != (addr, len))

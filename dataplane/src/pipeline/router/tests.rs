@@ -822,10 +822,15 @@ fn static_neighbours_resolve_onlink_next_hops_without_probes() {
     assert!(out.frames.iter().all(|(_, f)| !is_probe(f)), "{out:?}");
     // The peer came back with another MAC: the next packet takes it.
     let vtep2 = mac(0x78);
-    sim.state.neighbours.insert((overlay, IpAddr::V4(gw)), vtep2);
+    sim.state
+        .neighbours
+        .insert((overlay, IpAddr::V4(gw)), vtep2);
     sim.bridge.adopt(&sim.state);
     let out = sim.send(0, &to_router(R10, A, &ping(A_IP, far, 64, true, 8)));
     assert_eq!(out.frames.len(), 1, "{out:?}");
     assert_eq!(&out.frames[0].1[..6], vtep2.as_bytes());
-    assert_eq!(sim.bridge.counters().interface(overlay).neigh_probes.get(), 0);
+    assert_eq!(
+        sim.bridge.counters().interface(overlay).neigh_probes.get(),
+        0
+    );
 }
