@@ -77,6 +77,9 @@ pub enum Command {
     /// Static routes and the FIB: add, del, show.
     #[command(subcommand)]
     Route(RouteCmd),
+    /// Cluster mode on etcd (the `[cluster]` section).
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Source NAT and masquerade: add, del, list.
     #[command(subcommand)]
     Snat(SnatCmd),
@@ -204,6 +207,13 @@ pub enum InterfaceCmd {
     /// List interfaces with their counters.
     #[command(alias = "show")]
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// etcd endpoints' health, this node's lease (subnet, TTL left), the peers with their
+    /// subnets, PublicIPs, backend data and when last seen, Services, the last error.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -643,6 +653,9 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Command::Stats => show(socket, &Request::Stats, cli.json, print_stats),
+        Command::Cluster(ClusterCmd::Status) => {
+            show(socket, &Request::ClusterStatus, cli.json, print_cluster)
+        }
         Command::Interface(InterfaceCmd::Add {
             vlan,
             addresses,
@@ -1016,6 +1029,83 @@ pub fn print_interfaces(data: &Value) {
             s(i, "addresses").replace('"', "")
         );
         println!("{:>5} drops: {}", "", drops_of(&i["stats"]));
+    }
+}
+
+pub fn print_cluster(d: &Value) {
+    println!("prefix {}  state {}", s(d, "prefix"), s(d, "state"));
+    for e in d["endpoints"].as_array().into_iter().flatten() {
+        let health = if e["healthy"].as_bool() == Some(true) {
+            "healthy".to_string()
+        } else {
+            format!("unhealthy: {}", s(e, "error"))
+        };
+        println!("endpoint {} {health}", s(e, "endpoint"));
+    }
+    let n = &d["network"];
+    if !n.is_null() {
+        println!(
+            "network {} subnets /{} from {} to {} backend {} pod mtu {}",
+            s(n, "network"),
+            s(n, "subnet_len"),
+            s(n, "subnet_min"),
+            s(n, "subnet_max"),
+            s(n, "backend"),
+            s(n, "pod_mtu")
+        );
+    }
+    let l = &d["lease"];
+    if !l.is_null() {
+        let mac = if l["vtep_mac"].is_null() {
+            String::new()
+        } else {
+            format!(" vtep {}", s(l, "vtep_mac"))
+        };
+        println!(
+            "lease {} gateway {} public {}{mac} ttl {}s left of {}s",
+            s(l, "subnet"),
+            s(l, "gateway"),
+            s(l, "public_ip"),
+            s(l, "ttl_left_secs"),
+            s(l, "ttl_secs")
+        );
+    }
+    let peers = d["peers"].as_array().cloned().unwrap_or_default();
+    println!("peers {}", peers.len());
+    for p in &peers {
+        let how = match p["route"].as_str() {
+            Some(r) => format!("via {r}"),
+            None => format!("ignored: {}", s(p, "ignored")),
+        };
+        let data = if p["backend_data"].is_null() {
+            String::new()
+        } else {
+            format!(" {}", p["backend_data"])
+        };
+        println!(
+            "  {} public {} {}{data} {how}, seen {}s ago",
+            s(p, "subnet"),
+            s(p, "public_ip"),
+            s(p, "backend_type"),
+            s(p, "last_seen_secs")
+        );
+    }
+    println!(
+        "services {}  revision {}  batches {} changes {} refused {}  warnings {}  reconnects {} resyncs {}",
+        s(d, "services"),
+        s(d, "revision"),
+        s(d, "batches"),
+        s(d, "changes"),
+        s(d, "refused"),
+        s(d, "warnings"),
+        s(d, "reconnects"),
+        s(d, "resyncs")
+    );
+    for w in d["recent_warnings"].as_array().into_iter().flatten() {
+        println!("  warning: {}", w.as_str().unwrap_or_default());
+    }
+    if !d["last_error"].is_null() {
+        println!("last error: {}", s(d, "last_error"));
     }
 }
 

@@ -123,6 +123,8 @@ pub enum Request {
         #[serde(default)]
         filter: ConntrackFilter,
     },
+    /// The cluster agent's view (`tapswitch cluster status`); answered by the daemon.
+    ClusterStatus,
     /// Many changes carried out as one (see [`crate::switch::batch`]); with `owner`, the
     /// entries it adds belong to that agent.
     Batch {
@@ -209,8 +211,10 @@ pub fn handle(switch: &mut Switch, mut req: Request) -> Response {
             }
             Ok(Response::ok(text))
         }
-        Request::Reload | Request::Stop { .. } | Request::Takeover => {
-            return Response::error("reload, stop and takeover are carried out by the daemon")
+        Request::Reload | Request::Stop { .. } | Request::Takeover | Request::ClusterStatus => {
+            return Response::error(
+                "reload, stop, takeover and cluster status are carried out by the daemon",
+            )
         }
         Request::VxlanAdd { vxlan } => switch.add_vxlan(vxlan).map(|()| Response::ok(())),
         Request::VxlanDel { vni } => switch.del_vxlan(vni).map(|()| Response::ok(())),

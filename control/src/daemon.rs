@@ -215,6 +215,15 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
         waker: Arc::new(Waker::new(poll.registry(), STOP)?),
         mode: Arc::new(AtomicU8::new(STOP_NONE)),
     };
+    // The cluster agent talks to this loop through the socket, like any client.
+    let agent = match &switch.config().cluster {
+        Some(c) => Some(crate::cluster::Agent::start(
+            c.validate().map_err(SwitchError::from)?,
+            opts.socket.clone(),
+            switch.store().map(|s| s.dir().to_path_buf()),
+        )),
+        None => None,
+    };
     ready(stop.clone());
     let mut events = Events::with_capacity(256);
     let mut next_deadline: Option<Instant> = None;
@@ -309,6 +318,12 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
                         Response::ok(v)
                     }
                     Err(e) => Response::error(e),
+                },
+                Ok(Request::ClusterStatus) => match &agent {
+                    Some(a) => Response::ok(a.status()),
+                    None => Response::error(
+                        "cluster mode is off: the configuration has no [cluster] section",
+                    ),
                 },
                 Ok(req) => api::handle(&mut switch, req),
                 Err(e) => Response::error(e),

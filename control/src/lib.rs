@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod server;

@@ -838,6 +838,13 @@ impl Switch {
         let queues = self.workers.len();
         // NAT: re-checked and rebuilt only when a NAT section or the interfaces changed.
         let nat = self.nat_for(&config, &validated)?;
+        if config.cluster != self.config.cluster && !self.starting {
+            return Err(ConfigError::new(
+                "cluster",
+                "cluster settings are read at start; restart tapswitch to change them",
+            )
+            .into());
+        }
         if config.switch.state_dir != self.config.switch.state_dir && !self.starting {
             return Err(ConfigError::new(
                 "switch.state_dir",

@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+pub mod cluster;
 pub mod merge;
 pub mod nat;
 mod routing;
@@ -84,6 +85,9 @@ pub struct Config {
     pub dnat: Vec<DnatConfig>,
     #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceConfig>,
+    /// Cluster mode on etcd; read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// `[switch]`: switch-wide settings.
@@ -720,6 +724,7 @@ impl Config {
             snat: mine(&self.snat, |e| e.owner.is_some()),
             dnat: self.dnat.clone(),
             services: mine(&self.services, |e| e.owner.is_some()),
+            cluster: self.cluster.clone(),
         }
     }
 
@@ -890,6 +895,9 @@ impl Config {
             neigh.push(spec);
         }
         let (interfaces, routes) = self.validate_routing()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         Ok(Validated {
             ports,
             fdb,
