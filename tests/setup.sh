@@ -2,8 +2,9 @@
 # Installs what the tests use that a fresh Debian machine may lack: iproute2 and procps
 # (namespaces), tcpdump and tshark (the VXLAN wire checks), ethtool (checksum offload on a
 # kernel VTEP's veth), and, for the end-to-end bench, iperf3, ping and nft (nftables: the kernel
-# NAT baseline); traceroute and tracepath (through NAT). Does nothing when all are there. Needs
-# root (apt-get).
+# NAT baseline); traceroute and tracepath (through NAT); protoc (protobuf-compiler: the etcd
+# client crate compiles etcd's API at build time) and a real etcd server and etcdctl (cluster
+# mode). Does nothing when all are there. Needs root (apt-get).
 set -eu
 need=""
 command -v ip >/dev/null || need="$need iproute2"
@@ -16,6 +17,9 @@ command -v ping >/dev/null || need="$need iputils-ping"
 command -v tracepath >/dev/null || need="$need iputils-tracepath"
 command -v traceroute >/dev/null || need="$need traceroute"
 command -v nft >/dev/null || need="$need nftables"
+command -v protoc >/dev/null || need="$need protobuf-compiler"
+command -v etcd >/dev/null || need="$need etcd-server"
+command -v etcdctl >/dev/null || need="$need etcd-client"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq

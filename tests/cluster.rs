@@ -1,0 +1,310 @@
+//! Cluster mode on a real etcd server: host namespaces joined by an underlay, each running a
+//! tapswitch in cluster mode with pods behind it.
+//!
+//! Needs root and Debian's `etcd-server` (`etcd` and `etcdctl`, see tests/setup.sh). etcd
+//! listens on the underlay bridge's address inside the underlay namespace; every client of it
+//! (the switches, `etcdctl`) reaches it through that namespace's network.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// The underlay: 192.168.77.0/24 on a bridge in its own namespace; etcd on .10.
+const ETCD_IP: &str = "192.168.77.10";
+
+/// A real etcd server inside namespace `ns`, removed (process and data) when dropped.
+struct Etcd {
+    child: Option<Child>,
+    ns: String,
+    data: PathBuf,
+    pub url: String,
+    peer_url: String,
+    name: String,
+}
+
+impl Etcd {
+    fn start(ns: &Netns, ip: &str) -> Etcd {
+        let name = unique("etcd");
+        let data = std::env::temp_dir().join(format!("{name}.data"));
+        // Ports from the pid, so that parallel test binaries do not meet.
+        let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let mut e = Etcd {
+            child: None,
+            ns: ns.name().to_string(),
+            data,
+            url: format!("http://{ip}:{port}"),
+            peer_url: format!("http://127.0.0.1:{}", port + 1),
+            name,
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.data.with_extension("log")).expect("etcd log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "etcd"])
+            .args(["--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &self.peer_url])
+            .args(["--initial-advertise-peer-urls", &self.peer_url])
+            .args([
+                "--initial-cluster",
+                &format!("{}={}", self.name, self.peer_url),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (apt-get install etcd-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.ctl(&["endpoint", "health"]).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `etcdctl ARGS` against this server, from inside its namespace.
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "etcdctl"])
+            .args(["--endpoints", &self.url, "--dial-timeout", "2s"])
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl (apt-get install etcd-client)");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    fn put(&self, key: &str, value: &str) {
+        self.ctl(&["put", key, value])
+            .unwrap_or_else(|e| panic!("etcdctl put {key}: {e}"));
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.data);
+        let _ = std::fs::remove_file(self.data.with_extension("log"));
+    }
+}
+
+/// The underlay namespace with its bridge, and etcd on it.
+struct Underlay {
+    ns: Netns,
+    bridge: String,
+    etcd: Etcd,
+}
+
+fn underlay() -> Underlay {
+    let ns = container("clul", false);
+    let bridge = unique("clbr");
+    ns.ip(&["link", "add", &bridge, "type", "bridge"]).unwrap();
+    ns.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", &bridge])
+        .unwrap();
+    ns.ip(&["link", "set", &bridge, "up"]).unwrap();
+    let etcd = Etcd::start(&ns, ETCD_IP);
+    Underlay { ns, bridge, etcd }
+}
+
+/// A host on the underlay: its namespace, with `ul0` at 192.168.77.`n`/24.
+fn host(ul: &Underlay, n: u8) -> Netns {
+    let h = container("clh", false);
+    let peer = unique("clv");
+    h.ip(&[
+        "link", "add", "ul0", "type", "veth", "peer", "name", &peer, "netns", ul.ns.name(),
+    ])
+    .unwrap();
+    ul.ns
+        .ip(&["link", "set", &peer, "master", &ul.bridge])
+        .unwrap();
+    ul.ns.ip(&["link", "set", &peer, "up"]).unwrap();
+    h.ip(&["addr", "add", &format!("192.168.77.{n}/24"), "dev", "ul0"])
+        .unwrap();
+    h.ip(&["link", "set", "ul0", "up"]).unwrap();
+    h
+}
+
+/// A tapswitch node in cluster mode on host `h`, with `pods` pods.
+struct Node {
+    /// The host's namespace (kept until the node goes).
+    _host: Netns,
+    switch: Switch,
+    pods: Vec<(Netns, String)>,
+}
+
+fn cluster_config(ul: &Underlay, prefix: &str, public_ip: &str, extra: &str) -> String {
+    format!(
+        r#"
+[cluster]
+etcd_endpoints = ["{url}"]
+prefix = "{prefix}"
+public_ip = "{public_ip}"
+pod_vlan = 10
+lease_ttl_secs = 5
+{extra}
+"#,
+        url = ul.etcd.url
+    )
+}
+
+fn status(s: &Switch) -> Value {
+    s.json(&["cluster", "status"])
+}
+
+fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn node(ul: &Underlay, n: u8, prefix: &str, pods: usize) -> Node {
+    let host = host(ul, n);
+    let config = cluster_config(ul, prefix, &format!("192.168.77.{n}"), "");
+    let switch = Switch::start_in(&host, Some(&config));
+    eventually("the node holds a lease", 20, || {
+        status(&switch)["lease"]["subnet"].is_string()
+    });
+    let st = status(&switch);
+    let subnet = st["lease"]["subnet"].as_str().unwrap().to_string();
+    let gateway = st["lease"]["gateway"].as_str().unwrap().to_string();
+    let base: std::net::Ipv4Addr = subnet.split('/').next().unwrap().parse().unwrap();
+    let len = subnet.split('/').nth(1).unwrap();
+    let mut out = Vec::new();
+    for i in 0..pods {
+        let pod = container("clp", false);
+        let port = unique("clt");
+        let ip = std::net::Ipv4Addr::from(u32::from(base) + 2 + i as u32).to_string();
+        switch.add_container_port(&pod, &port, &["--vlan", "10"], &[&format!("{ip}/{len}")]);
+        pod.ip(&["link", "set", &port, "mtu", "1450"]).unwrap();
+        pod.ip(&["route", "add", "default", "via", &gateway]).unwrap();
+        out.push((pod, ip));
+    }
+    Node {
+        _host: host,
+        switch,
+        pods: out,
+    }
+}
+
+fn all_pods(nodes: &[Node]) -> Vec<(&Netns, String)> {
+    nodes
+        .iter()
+        .flat_map(|n| n.pods.iter().map(|(ns, ip)| (ns, ip.clone())))
+        .collect()
+}
+
+fn assert_all_reach(nodes: &[Node]) {
+    let pods = all_pods(nodes);
+    for (from, from_ip) in &pods {
+        for (_, to_ip) in &pods {
+            if from_ip == to_ip {
+                continue;
+            }
+            let got = ping(from, to_ip, 3);
+            assert!(got > 0, "pod {from_ip} -> pod {to_ip}: no reply");
+        }
+    }
+}
+
+#[test]
+fn three_vxlan_nodes_lease_subnets_and_reach_each_other() {
+    if !have_root() {
+        return;
+    }
+    let ul = underlay();
+    let prefix = format!("/{}/network", unique("ts"));
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.42.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#,
+    );
+    let nodes: Vec<Node> = (1..=3).map(|n| node(&ul, n, &prefix, 2)).collect();
+    // Each sees the two others, programmed over vxlan.
+    for n in &nodes {
+        eventually("two peers programmed", 10, || {
+            let st = status(&n.switch);
+            let peers = st["peers"].as_array().cloned().unwrap_or_default();
+            peers.len() == 2 && peers.iter().all(|p| p["route"] == "vxlan")
+        });
+    }
+    // The leases are flannel's records.
+    let leases = ul
+        .etcd
+        .ctl(&["get", "--prefix", &format!("{prefix}/subnets/")])
+        .unwrap();
+    assert_eq!(leases.matches("\"BackendType\":\"vxlan\"").count(), 3, "{leases}");
+    assert!(leases.contains("\"VtepMAC\""), "{leases}");
+    assert_all_reach(&nodes);
+
+    // A Service written to etcd reaches backends on other nodes, from every node.
+    let backend = &nodes[2].pods[0];
+    let svc = format!(
+        r#"{{"vip":"10.96.0.10","port":7000,"protocol":"udp","backends":["{}:7000"]}}"#,
+        backend.1
+    );
+    ul.etcd.put(&format!("{prefix}/services/echo"), &svc);
+    for n in &nodes {
+        eventually("the Service is programmed", 10, || {
+            let list = n.switch.json(&["service", "list"]);
+            list.as_array()
+                .is_some_and(|l| l.iter().any(|s| s["name"] == "echo"))
+        });
+    }
+    let st = status(&nodes[0].switch);
+    assert_eq!(st["services"], 1);
+    // config shows none of it: it is the cluster's, not the file's.
+    let config = nodes[0].switch.cli(&["config"]);
+    assert!(!config.contains("10.96.0.10"), "{config}");
+    assert!(config.contains("managed by agents"), "{config}");
+
+    // A malformed record is ignored with a warning naming the key.
+    ul.etcd
+        .put(&format!("{prefix}/subnets/10.42.200.0-24"), "{not json");
+    eventually("the warning", 10, || {
+        status(&nodes[0].switch)["recent_warnings"]
+            .to_string()
+            .contains("10.42.200.0-24")
+    });
+
+    // A node stopped: its lease expires and the others drop its routes.
+    let gone_subnet = status(&nodes[2].switch)["lease"]["subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut nodes = nodes;
+    let mut last = nodes.pop().unwrap();
+    last.switch.stop();
+    for n in &nodes {
+        eventually("the stopped node's lease expires", 20, || {
+            let routes = n.switch.json(&["route", "show"]);
+            !routes.to_string().contains(&gone_subnet)
+        });
+        let peers = status(&n.switch)["peers"].as_array().unwrap().len();
+        assert_eq!(peers, 1);
+    }
+    assert_all_reach(&nodes);
+    drop(last);
+}
