@@ -308,3 +308,147 @@ fn three_vxlan_nodes_lease_subnets_and_reach_each_other() {
     assert_all_reach(&nodes);
     drop(last);
 }
+
+/// A host set up as flanneld sets one up from the same records, with no tapswitch: the
+/// kernel's vxlan device `flannel.1` (VNI 1, port 8472, no learning, subnet.0/32, its VtepMAC),
+/// a `cni0` bridge holding subnet.1 with a pod behind it, its own lease in flannel's format,
+/// and for every peer the neighbour, FDB entry and onlink route flanneld programs.
+struct FlannelHost {
+    host: Netns,
+    pod: Netns,
+    pod_ip: String,
+}
+
+const FLANNEL_SUBNET: &str = "10.42.250.0";
+const FLANNEL_MAC: &str = "02:fa:00:00:00:04";
+
+fn flannel_host(ul: &Underlay, prefix: &str, n: u8) -> FlannelHost {
+    let host = host(ul, n);
+    let public = format!("192.168.77.{n}");
+    sysctl(&host, "net.ipv4.ip_forward", "1");
+    for args in [
+        vec![
+            "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", &public, "dev",
+            "ul0", "dstport", "8472", "nolearning",
+        ],
+        vec!["link", "set", "flannel.1", "address", FLANNEL_MAC, "mtu", "1450"],
+        vec!["addr", "add", "10.42.250.0/32", "dev", "flannel.1"],
+        vec!["link", "set", "flannel.1", "up"],
+        vec!["link", "add", "cni0", "type", "bridge"],
+        vec!["addr", "add", "10.42.250.1/24", "dev", "cni0"],
+        vec!["link", "set", "cni0", "up"],
+    ] {
+        host.ip(&args)
+            .unwrap_or_else(|e| panic!("flannel host: ip {}: {e}", args.join(" ")));
+    }
+    let pod = container("clfp", false);
+    host.ip(&[
+        "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", pod.name(),
+    ])
+    .unwrap();
+    host.ip(&["link", "set", "veth0", "master", "cni0", "up"])
+        .unwrap();
+    pod.ip(&["addr", "add", "10.42.250.2/24", "dev", "eth0"])
+        .unwrap();
+    pod.ip(&["link", "set", "eth0", "mtu", "1450", "up"]).unwrap();
+    pod.ip(&["route", "add", "default", "via", "10.42.250.1"])
+        .unwrap();
+    ul.etcd.put(
+        &format!("{prefix}/subnets/{FLANNEL_SUBNET}-24"),
+        &format!(
+            r#"{{"PublicIP":"{public}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{FLANNEL_MAC}"}}}}"#
+        ),
+    );
+    FlannelHost {
+        host,
+        pod,
+        pod_ip: "10.42.250.2".into(),
+    }
+}
+
+impl FlannelHost {
+    /// What flanneld programs for a peer's lease.
+    fn add_peer(&self, subnet: &str, public_ip: &str, vtep_mac: &str) {
+        let base = subnet.split('/').next().unwrap();
+        for args in [
+            vec![
+                "neigh", "replace", base, "lladdr", vtep_mac, "dev", "flannel.1", "nud",
+                "permanent",
+            ],
+            vec!["route", "replace", subnet, "via", base, "dev", "flannel.1", "onlink"],
+        ] {
+            self.host
+                .ip(&args)
+                .unwrap_or_else(|e| panic!("ip {}: {e}", args.join(" ")));
+        }
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.host.name(), "bridge", "fdb", "append"])
+            .args([vtep_mac, "dev", "flannel.1", "dst", public_ip, "self", "permanent"])
+            .output()
+            .expect("bridge fdb");
+        assert!(
+            out.status.success(),
+            "bridge fdb append: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn tapswitch_nodes_and_a_flannel_kernel_node_share_one_pod_network() {
+    if !have_root() {
+        return;
+    }
+    let ul = underlay();
+    let prefix = format!("/{}/network", unique("ts"));
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    let flannel = flannel_host(&ul, &prefix, 4);
+    let nodes: Vec<Node> = (1..=2).map(|n| node(&ul, n, &prefix, 1)).collect();
+    for n in &nodes {
+        // The tapswitch node programmed the flannel host from its record.
+        eventually("the flannel host is a peer", 10, || {
+            status(&n.switch)["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p["subnet"] == "10.42.250.0/24" && p["route"] == "vxlan"))
+        });
+        // The flannel host programs the tapswitch node from its record, as flanneld would.
+        let lease = status(&n.switch)["lease"].clone();
+        let subnet = lease["subnet"].as_str().unwrap();
+        let key = format!(
+            "{prefix}/subnets/{}",
+            subnet.replace('/', "-")
+        );
+        let record: Value = serde_json::from_str(
+            ul.etcd
+                .ctl(&["get", &key, "--print-value-only"])
+                .unwrap()
+                .trim(),
+        )
+        .unwrap();
+        assert_eq!(record["BackendType"], "vxlan");
+        assert_eq!(record["BackendData"]["VNI"], 1);
+        flannel.add_peer(
+            subnet,
+            record["PublicIP"].as_str().unwrap(),
+            record["BackendData"]["VtepMAC"].as_str().unwrap(),
+        );
+    }
+    for n in &nodes {
+        let (pod, ip) = &n.pods[0];
+        assert!(
+            ping(pod, &flannel.pod_ip, 3) > 0,
+            "tapswitch pod {ip} -> flannel pod {}",
+            flannel.pod_ip
+        );
+        assert!(
+            ping(&flannel.pod, ip, 3) > 0,
+            "flannel pod {} -> tapswitch pod {ip}",
+            flannel.pod_ip
+        );
+    }
+    assert_all_reach(&nodes);
+    drop(flannel.host);
+}
