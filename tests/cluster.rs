@@ -182,8 +182,43 @@ fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 }
 
 fn node(ul: &Underlay, n: u8, prefix: &str, pods: usize) -> Node {
+    node_with(ul, n, prefix, pods, Backend::Kernel)
+}
+
+/// Where a node's PublicIP lives.
+#[derive(Clone, Copy)]
+enum Backend {
+    /// The host's kernel holds it (vxlan, ipip: the tunnels go through the host's stack).
+    Kernel,
+    /// tapswitch's interface on the underlay VLAN holds it (192.168.77.`100+n`), the
+    /// underlay attached to that VLAN (host-gw).
+    Underlay,
+}
+
+fn node_with(ul: &Underlay, n: u8, prefix: &str, pods: usize, backend: Backend) -> Node {
     let host = host(ul, n);
-    let config = cluster_config(ul, prefix, &format!("192.168.77.{n}"), "");
+    let config = match backend {
+        Backend::Kernel => cluster_config(ul, prefix, &format!("192.168.77.{n}"), ""),
+        Backend::Underlay => format!(
+            r#"
+[[port]]
+name = "ul0"
+attach = true
+vlan = 100
+[[interface]]
+vlan = 100
+address = "192.168.77.{}/24"
+[cluster]
+etcd_endpoints = ["{}"]
+prefix = "{prefix}"
+underlay_vlan = 100
+pod_vlan = 10
+lease_ttl_secs = 5
+"#,
+            100 + n,
+            ul.etcd.url
+        ),
+    };
     let switch = Switch::start_in(&host, Some(&config));
     eventually("the node holds a lease", 20, || {
         status(&switch)["lease"]["subnet"].is_string()
@@ -451,4 +486,38 @@ fn tapswitch_nodes_and_a_flannel_kernel_node_share_one_pod_network() {
     }
     assert_all_reach(&nodes);
     drop(flannel.host);
+}
+
+/// host-gw and ipip: three nodes each, every pod reaches every other.
+#[test]
+fn host_gw_and_ipip_nodes_reach_each_other() {
+    if !have_root() {
+        return;
+    }
+    for (kind, backend, route) in [
+        ("host-gw", Backend::Underlay, "direct"),
+        ("ipip", Backend::Kernel, "ipip"),
+    ] {
+        let ul = underlay();
+        let prefix = format!("/{}/network", unique("ts"));
+        ul.etcd.put(
+            &format!("{prefix}/config"),
+            &format!(r#"{{"Network":"10.42.0.0/16","Backend":{{"Type":"{kind}"}}}}"#),
+        );
+        let nodes: Vec<Node> = (1..=3)
+            .map(|n| node_with(&ul, n, &prefix, 2, backend))
+            .collect();
+        for n in &nodes {
+            eventually("two peers programmed", 10, || {
+                let peers = status(&n.switch)["peers"].as_array().cloned().unwrap_or_default();
+                peers.len() == 2 && peers.iter().all(|p| p["route"] == route)
+            });
+        }
+        if let Backend::Underlay = backend {
+            // The PublicIP is the underlay interface's address.
+            let st = status(&nodes[0].switch);
+            assert_eq!(st["lease"]["public_ip"], "192.168.77.101", "{st}");
+        }
+        assert_all_reach(&nodes);
+    }
 }
