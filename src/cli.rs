@@ -1299,7 +1299,8 @@ mod tests {
                 snat: SnatConfig {
                     source: "10.42.0.0/16".into(),
                     out_vlan: 100,
-                    to: None
+                    to: None,
+                    owner: None
                 }
             }
         );
@@ -1383,6 +1384,7 @@ mod tests {
                         "10.42.1.3:8080,weight=3".into(),
                         "10.42.1.4:8080,drain".into()
                     ],
+                    owner: None,
                 }
             }
         );

@@ -133,7 +133,16 @@ fn host(ul: &Underlay, n: u8) -> Netns {
     let h = container("clh", false);
     let peer = unique("clv");
     h.ip(&[
-        "link", "add", "ul0", "type", "veth", "peer", "name", &peer, "netns", ul.ns.name(),
+        "link",
+        "add",
+        "ul0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+        "netns",
+        ul.ns.name(),
     ])
     .unwrap();
     ul.ns
@@ -235,7 +244,8 @@ lease_ttl_secs = 5
         let ip = std::net::Ipv4Addr::from(u32::from(base) + 2 + i as u32).to_string();
         switch.add_container_port(&pod, &port, &["--vlan", "10"], &[&format!("{ip}/{len}")]);
         pod.ip(&["link", "set", &port, "mtu", "1450"]).unwrap();
-        pod.ip(&["route", "add", "default", "via", &gateway]).unwrap();
+        pod.ip(&["route", "add", "default", "via", &gateway])
+            .unwrap();
         out.push((pod, ip));
     }
     Node {
@@ -290,7 +300,11 @@ fn three_vxlan_nodes_lease_subnets_and_reach_each_other() {
         .etcd
         .ctl(&["get", "--prefix", &format!("{prefix}/subnets/")])
         .unwrap();
-    assert_eq!(leases.matches("\"BackendType\":\"vxlan\"").count(), 3, "{leases}");
+    assert_eq!(
+        leases.matches("\"BackendType\":\"vxlan\"").count(),
+        3,
+        "{leases}"
+    );
     assert!(leases.contains("\"VtepMAC\""), "{leases}");
     assert_all_reach(&nodes);
 
@@ -363,10 +377,30 @@ fn flannel_host(ul: &Underlay, prefix: &str, n: u8) -> FlannelHost {
     sysctl(&host, "net.ipv4.ip_forward", "1");
     for args in [
         vec![
-            "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", &public, "dev",
-            "ul0", "dstport", "8472", "nolearning",
+            "link",
+            "add",
+            "flannel.1",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "local",
+            &public,
+            "dev",
+            "ul0",
+            "dstport",
+            "8472",
+            "nolearning",
         ],
-        vec!["link", "set", "flannel.1", "address", FLANNEL_MAC, "mtu", "1450"],
+        vec![
+            "link",
+            "set",
+            "flannel.1",
+            "address",
+            FLANNEL_MAC,
+            "mtu",
+            "1450",
+        ],
         vec!["addr", "add", "10.42.250.0/32", "dev", "flannel.1"],
         vec!["link", "set", "flannel.1", "up"],
         vec!["link", "add", "cni0", "type", "bridge"],
@@ -378,14 +412,24 @@ fn flannel_host(ul: &Underlay, prefix: &str, n: u8) -> FlannelHost {
     }
     let pod = container("clfp", false);
     host.ip(&[
-        "link", "add", "veth0", "type", "veth", "peer", "name", "eth0", "netns", pod.name(),
+        "link",
+        "add",
+        "veth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
     ])
     .unwrap();
     host.ip(&["link", "set", "veth0", "master", "cni0", "up"])
         .unwrap();
     pod.ip(&["addr", "add", "10.42.250.2/24", "dev", "eth0"])
         .unwrap();
-    pod.ip(&["link", "set", "eth0", "mtu", "1450", "up"]).unwrap();
+    pod.ip(&["link", "set", "eth0", "mtu", "1450", "up"])
+        .unwrap();
     pod.ip(&["route", "add", "default", "via", "10.42.250.1"])
         .unwrap();
     ul.etcd.put(
@@ -407,10 +451,26 @@ impl FlannelHost {
         let base = subnet.split('/').next().unwrap();
         for args in [
             vec![
-                "neigh", "replace", base, "lladdr", vtep_mac, "dev", "flannel.1", "nud",
+                "neigh",
+                "replace",
+                base,
+                "lladdr",
+                vtep_mac,
+                "dev",
+                "flannel.1",
+                "nud",
                 "permanent",
             ],
-            vec!["route", "replace", subnet, "via", base, "dev", "flannel.1", "onlink"],
+            vec![
+                "route",
+                "replace",
+                subnet,
+                "via",
+                base,
+                "dev",
+                "flannel.1",
+                "onlink",
+            ],
         ] {
             self.host
                 .ip(&args)
@@ -418,7 +478,15 @@ impl FlannelHost {
         }
         let out = Command::new("ip")
             .args(["netns", "exec", self.host.name(), "bridge", "fdb", "append"])
-            .args([vtep_mac, "dev", "flannel.1", "dst", public_ip, "self", "permanent"])
+            .args([
+                vtep_mac,
+                "dev",
+                "flannel.1",
+                "dst",
+                public_ip,
+                "self",
+                "permanent",
+            ])
             .output()
             .expect("bridge fdb");
         assert!(
@@ -445,17 +513,15 @@ fn tapswitch_nodes_and_a_flannel_kernel_node_share_one_pod_network() {
     for n in &nodes {
         // The tapswitch node programmed the flannel host from its record.
         eventually("the flannel host is a peer", 10, || {
-            status(&n.switch)["peers"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|p| p["subnet"] == "10.42.250.0/24" && p["route"] == "vxlan"))
+            status(&n.switch)["peers"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p["subnet"] == "10.42.250.0/24" && p["route"] == "vxlan")
+            })
         });
         // The flannel host programs the tapswitch node from its record, as flanneld would.
         let lease = status(&n.switch)["lease"].clone();
         let subnet = lease["subnet"].as_str().unwrap();
-        let key = format!(
-            "{prefix}/subnets/{}",
-            subnet.replace('/', "-")
-        );
+        let key = format!("{prefix}/subnets/{}", subnet.replace('/', "-"));
         let record: Value = serde_json::from_str(
             ul.etcd
                 .ctl(&["get", &key, "--print-value-only"])
@@ -509,7 +575,10 @@ fn host_gw_and_ipip_nodes_reach_each_other() {
             .collect();
         for n in &nodes {
             eventually("two peers programmed", 10, || {
-                let peers = status(&n.switch)["peers"].as_array().cloned().unwrap_or_default();
+                let peers = status(&n.switch)["peers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 peers.len() == 2 && peers.iter().all(|p| p["route"] == route)
             });
         }

@@ -192,7 +192,6 @@ impl Agent {
     pub fn status(&self) -> ClusterStatus {
         lock(&self.status).clone()
     }
-
 }
 
 impl Drop for Agent {
@@ -430,7 +429,10 @@ impl Node {
         if self.lease_id == 0 || self.revision == 0 {
             // A full list: everything below the prefix, at one revision.
             let listed = match client
-                .get(format!("{}/", self.spec.prefix), Some(GetOptions::new().with_prefix()))
+                .get(
+                    format!("{}/", self.spec.prefix),
+                    Some(GetOptions::new().with_prefix()),
+                )
                 .await
             {
                 Ok(r) => r,
@@ -465,7 +467,10 @@ impl Node {
 
     async fn session_after_lease(&mut self, mut client: Client) -> Ended {
         let listed = match client
-            .get(format!("{}/", self.spec.prefix), Some(GetOptions::new().with_prefix()))
+            .get(
+                format!("{}/", self.spec.prefix),
+                Some(GetOptions::new().with_prefix()),
+            )
             .await
         {
             Ok(r) => r,
@@ -595,10 +600,7 @@ impl Node {
         let free = |s: &Subnet| !taken.keys().any(|t| t.overlaps(s));
         let mut choice = cached.filter(|s| free(s) || ours(s));
         if choice.is_none() {
-            choice = taken
-                .keys()
-                .find(|s| network.leases(s) && ours(s))
-                .copied();
+            choice = taken.keys().find(|s| network.leases(s) && ours(s)).copied();
         }
         if choice.is_none() {
             let candidates: Vec<Subnet> = network.subnets().filter(|s| free(s)).take(100).collect();
@@ -609,8 +611,9 @@ impl Node {
                     taken.len()
                 ));
             }
-            let pick = (now_secs() as usize ^ std::process::id() as usize ^ u32::from(public_ip) as usize)
-                % candidates.len();
+            let pick =
+                (now_secs() as usize ^ std::process::id() as usize ^ u32::from(public_ip) as usize)
+                    % candidates.len();
             choice = Some(candidates[pick]);
         }
         let subnet = choice.unwrap_or_else(|| unreachable!());
@@ -636,13 +639,11 @@ impl Node {
             Some((_, rev)) => Compare::mod_revision(key.clone(), CompareOp::Equal, *rev),
             None => Compare::version(key.clone(), CompareOp::Equal, 0),
         };
-        let txn = Txn::new()
-            .when([guard])
-            .and_then([TxnOp::put(
-                key.clone(),
-                value,
-                Some(PutOptions::new().with_lease(id)),
-            )]);
+        let txn = Txn::new().when([guard]).and_then([TxnOp::put(
+            key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(id)),
+        )]);
         let done = client
             .txn(txn)
             .await
@@ -651,7 +652,9 @@ impl Node {
             let _ = client.lease_revoke(id).await;
             // Someone took it first: the next session lists and tries again.
             self.lease_id = 0;
-            return Err(format!("{key} was taken by another node first; trying again"));
+            return Err(format!(
+                "{key} was taken by another node first; trying again"
+            ));
         }
         log::info!(
             "cluster: leased {subnet} ({key}), PublicIP {public_ip}, backend {}",
@@ -661,7 +664,11 @@ impl Node {
         self.lease_expiry = Instant::now() + Duration::from_secs(self.spec.lease_ttl);
         if self.local.as_ref().is_some_and(|l| *l != local) && self.own_programmed {
             // Another subnet than before: the old own entries go first.
-            let old = self.local.take().map(|l| l.own_removal()).unwrap_or_default();
+            let old = self
+                .local
+                .take()
+                .map(|l| l.own_removal())
+                .unwrap_or_default();
             self.send(old);
             self.own_programmed = false;
         }
@@ -778,7 +785,9 @@ impl Node {
             return Some(if ok {
                 Record::Service(name.to_string())
             } else {
-                Record::Bad(format!("{name:?} is not a Service name ([A-Za-z0-9._-], 1 to 63)"))
+                Record::Bad(format!(
+                    "{name:?} is not a Service name ([A-Za-z0-9._-], 1 to 63)"
+                ))
             });
         }
         None

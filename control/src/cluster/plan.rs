@@ -130,7 +130,8 @@ impl Local {
         if peer.subnet == self.subnet {
             return Err("this node's own subnet".into());
         }
-        if !self.network.network.contains(peer.subnet.addr) || peer.subnet.len != self.network.subnet_len
+        if !self.network.network.contains(peer.subnet.addr)
+            || peer.subnet.len != self.network.subnet_len
         {
             return Err(format!(
                 "{} is not a /{} subnet of the network {}",
@@ -306,7 +307,11 @@ mod tests {
             r#"{{"PublicIP":"{}","BackendType":"{kind}","BackendData":{{"VNI":1,"VtepMAC":"02:bb:00:00:00:{n:02x}"}}}}"#,
             Ipv4Addr::from(ip)
         );
-        Lease::parse(Subnet::new(Ipv4Addr::new(10, 42, n, 0), 24), text.as_bytes()).unwrap()
+        Lease::parse(
+            Subnet::new(Ipv4Addr::new(10, 42, n, 0), 24),
+            text.as_bytes(),
+        )
+        .unwrap()
     }
 
     /// Applies requests to a configuration the way the switch's batch does, then validates.
@@ -332,8 +337,14 @@ mod tests {
         let mut reqs = l.own();
         reqs.extend(l.peer_entries(&p, reach));
         let c = apply(reqs);
-        assert_eq!(c.interfaces[0].address, Addresses::One("10.42.1.1/24".into()));
-        assert_eq!(c.interfaces[1].address, Addresses::One("10.42.1.0/32".into()));
+        assert_eq!(
+            c.interfaces[0].address,
+            Addresses::One("10.42.1.1/24".into())
+        );
+        assert_eq!(
+            c.interfaces[1].address,
+            Addresses::One("10.42.1.0/32".into())
+        );
         assert_eq!(c.routes[0].via.as_deref(), Some("10.42.7.0"));
         assert!(c.routes[0].onlink);
         assert_eq!(c.fdb[0].remote.as_deref(), Some("192.168.9.7"));
@@ -357,13 +368,19 @@ mod tests {
     #[test]
     fn direct_routing_host_gw_and_ipip() {
         let l = local(r#"{"Type":"vxlan","DirectRouting":true,"Port":47912}"#);
-        assert_eq!(l.reach(&peer(3, [192, 168, 205, 3], "vxlan")), Ok(Reach::Direct));
+        assert_eq!(
+            l.reach(&peer(3, [192, 168, 205, 3], "vxlan")),
+            Ok(Reach::Direct)
+        );
         assert!(matches!(
             l.reach(&peer(4, [192, 168, 9, 4], "vxlan")),
             Ok(Reach::Vxlan { .. })
         ));
         let l = local(r#"{"Type":"host-gw"}"#);
-        assert_eq!(l.reach(&peer(3, [192, 168, 205, 3], "host-gw")), Ok(Reach::Direct));
+        assert_eq!(
+            l.reach(&peer(3, [192, 168, 205, 3], "host-gw")),
+            Ok(Reach::Direct)
+        );
         let e = l.reach(&peer(4, [192, 168, 9, 4], "host-gw")).unwrap_err();
         assert!(e.contains("underlay interface (VLAN 100)"), "{e}");
         let e = l.reach(&peer(4, [192, 168, 9, 4], "vxlan")).unwrap_err();
@@ -379,7 +396,10 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Conflicts and strangers are not programmed.
-        assert!(l.reach(&peer(1, [192, 168, 9, 9], "ipip")).is_err(), "own subnet");
+        assert!(
+            l.reach(&peer(1, [192, 168, 9, 9], "ipip")).is_err(),
+            "own subnet"
+        );
         assert!(l
             .reach(&peer(6, [192, 168, 205, 2], "ipip"))
             .unwrap_err()

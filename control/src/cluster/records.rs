@@ -137,12 +137,13 @@ fn err<T>(msg: impl Into<String>) -> Result<T, RecordError> {
 
 /// The member `name` of `obj`, any case.
 fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
-    obj.get(name).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    })
-    .filter(|v| !v.is_null())
+    obj.get(name)
+        .or_else(|| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+        .filter(|v| !v.is_null())
 }
 
 fn object(bytes: &[u8]) -> Result<Map<String, Value>, RecordError> {
@@ -395,8 +396,8 @@ mod tests {
 
     #[test]
     fn network_config_with_flannel_defaults() {
-        let n = Network::parse(br#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#)
-            .unwrap();
+        let n =
+            Network::parse(br#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(n.subnet_len, 24);
         assert_eq!(n.subnet_min, Ipv4Addr::new(10, 42, 1, 0));
         assert_eq!(n.subnet_max, Ipv4Addr::new(10, 42, 255, 0));
@@ -426,8 +427,7 @@ mod tests {
                 direct_routing: true
             }
         );
-        let n = Network::parse(br#"{"Network":"10.42.0.0/23","Backend":{"Type":"ipip"}}"#)
-            .unwrap();
+        let n = Network::parse(br#"{"Network":"10.42.0.0/23","Backend":{"Type":"ipip"}}"#).unwrap();
         assert_eq!((n.subnet_len, n.backend), (25, Backend::Ipip));
         assert_eq!(
             Network::parse(br#"{"Network":"10.42.0.0/16","Backend":{"Type":"host-gw"}}"#)
@@ -443,9 +443,15 @@ mod tests {
             (&b"nope"[..], "not JSON"),
             (b"[]", "not a JSON object"),
             (b"{}", "Network: missing"),
-            (br#"{"Network":"10.42.0.1/16"}"#, "Network: \"10.42.0.1/16\""),
+            (
+                br#"{"Network":"10.42.0.1/16"}"#,
+                "Network: \"10.42.0.1/16\"",
+            ),
             (br#"{"Network":"10.42.0.0/30"}"#, "too small"),
-            (br#"{"Network":"10.42.0.0/16","SubnetLen":17}"#, "SubnetLen: 17"),
+            (
+                br#"{"Network":"10.42.0.0/16","SubnetLen":17}"#,
+                "SubnetLen: 17",
+            ),
             (
                 br#"{"Network":"10.42.0.0/16","SubnetMin":"10.43.0.0"}"#,
                 "SubnetMin: 10.43.0.0 is not a /24 subnet",
@@ -487,8 +493,11 @@ mod tests {
         assert_eq!(l.vtep_mac.unwrap().to_string(), "0a:1b:2c:3d:4e:5f");
         assert_eq!(l.to_json().as_bytes(), &flannel[..]);
         assert_eq!(Lease::parse(s, l.to_json().as_bytes()).unwrap(), l);
-        let hostgw = Lease::parse(s, br#"{"PublicIP":"192.168.205.3","BackendType":"host-gw"}"#)
-            .unwrap();
+        let hostgw = Lease::parse(
+            s,
+            br#"{"PublicIP":"192.168.205.3","BackendType":"host-gw"}"#,
+        )
+        .unwrap();
         assert_eq!(hostgw.vtep_mac, None);
         for (text, want) in [
             (&br#"{"BackendType":"vxlan"}"#[..], "PublicIP: missing"),
@@ -512,10 +521,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.name.as_str(), s.port, s.backends.len()), ("web", 80, 2));
-        assert!(parse_service("web", br#"{"name":"api","vip":"10.96.0.10","port":80}"#)
-            .unwrap_err()
-            .0
-            .contains("not the key's name"));
+        assert!(
+            parse_service("web", br#"{"name":"api","vip":"10.96.0.10","port":80}"#)
+                .unwrap_err()
+                .0
+                .contains("not the key's name")
+        );
         assert!(parse_service("web", br#"{"vip":"10.96.0.10","prot":80}"#)
             .unwrap_err()
             .0
