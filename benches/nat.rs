@@ -224,6 +224,7 @@ fn nat_rules(services: Option<usize>) -> NatRules {
             source_len: 16,
             out_vlan: vlan(100),
             to: None,
+            except: None,
         }]),
         frontends,
         conntrack_max: DEFAULT_MAX,

@@ -270,6 +270,9 @@ pub enum SnatCmd {
         /// Fixed source address; without it, masquerade.
         #[arg(long)]
         to: Option<String>,
+        /// Connections to this prefix keep their source (10.42.0.0/16: pod to pod).
+        #[arg(long)]
+        except: Option<String>,
     },
     /// Remove the rule of a source prefix and VLAN.
     Del {
@@ -422,12 +425,14 @@ pub fn nat_request(cmd: Command) -> Option<(Request, Option<Printer>)> {
             source,
             out_vlan,
             to,
+            except,
         }) => (
             Request::SnatAdd {
                 snat: SnatConfig {
                     source,
                     out_vlan,
                     to,
+                    except,
                     owner: None,
                 },
             },
@@ -1140,7 +1145,16 @@ pub fn print_snat(data: &Value) {
         } else {
             format!("to {}", s(r, "to"))
         };
-        println!("{} out-vlan {} {action}", s(r, "source"), s(r, "out_vlan"));
+        let except = if r["except"].is_null() {
+            String::new()
+        } else {
+            format!(" except to {}", s(r, "except"))
+        };
+        println!(
+            "{} out-vlan {} {action}{except}",
+            s(r, "source"),
+            s(r, "out_vlan")
+        );
     }
 }
 
@@ -1300,6 +1314,7 @@ mod tests {
                     source: "10.42.0.0/16".into(),
                     out_vlan: 100,
                     to: None,
+                    except: None,
                     owner: None
                 }
             }

@@ -97,6 +97,7 @@ impl Local {
                 snat: SnatConfig {
                     source: self.network.network.to_string(),
                     out_vlan: out_vlan.get(),
+                    except: Some(self.network.network.to_string()),
                     ..Default::default()
                 },
             });
@@ -314,9 +315,15 @@ mod tests {
         .unwrap()
     }
 
+    /// A switch with the underlay interface the node's masquerade leaves by.
+    fn switch() -> crate::Switch {
+        let c = Config::from_toml("[[interface]]\nvlan = 100\naddress = \"192.168.205.2/24\"\n");
+        crate::Switch::start(c.unwrap()).unwrap()
+    }
+
     /// Applies requests to a configuration the way the switch's batch does, then validates.
     fn apply(reqs: Vec<Request>) -> Config {
-        let mut s = crate::Switch::start(Config::default()).unwrap();
+        let mut s = switch();
         let r = s.batch(Some("cluster".into()), reqs).unwrap();
         assert_eq!(r.failed, 0, "{:?}", r.results);
         s.config().clone()
@@ -324,7 +331,9 @@ mod tests {
 
     #[test]
     fn vxlan_peers_get_flannels_three_entries() {
-        let l = local(r#"{"Type":"vxlan","Port":47911}"#);
+        let mut l = local(r#"{"Type":"vxlan","Port":47911}"#);
+        // The VTEP's socket is bound to the PublicIP: one this host has.
+        l.public_ip = Ipv4Addr::LOCALHOST;
         let p = peer(7, [192, 168, 9, 7], "vxlan");
         let reach = l.reach(&p).unwrap();
         assert_eq!(
@@ -338,11 +347,11 @@ mod tests {
         reqs.extend(l.peer_entries(&p, reach));
         let c = apply(reqs);
         assert_eq!(
-            c.interfaces[0].address,
+            c.interfaces[1].address,
             Addresses::One("10.42.1.1/24".into())
         );
         assert_eq!(
-            c.interfaces[1].address,
+            c.interfaces[2].address,
             Addresses::One("10.42.1.0/32".into())
         );
         assert_eq!(c.routes[0].via.as_deref(), Some("10.42.7.0"));
@@ -350,8 +359,9 @@ mod tests {
         assert_eq!(c.fdb[0].remote.as_deref(), Some("192.168.9.7"));
         assert_eq!(c.neigh[0].ip, "10.42.7.0");
         assert_eq!(c.snat[0].source, "10.42.0.0/16");
+        assert_eq!(c.snat[0].except.as_deref(), Some("10.42.0.0/16"));
         // Removal leaves nothing of the peer, and then nothing of the node.
-        let mut s = crate::Switch::start(Config::default()).unwrap();
+        let mut s = switch();
         let mut reqs = l.own();
         reqs.extend(l.peer_entries(&p, reach));
         s.batch(Some("cluster".into()), reqs).unwrap();
@@ -359,7 +369,7 @@ mod tests {
             .batch(Some("cluster".into()), l.peer_removal(&p, reach))
             .unwrap();
         assert_eq!(r.failed, 0, "{:?}", r.results);
-        assert_eq!(s.config().owned_entries(), 5);
+        assert_eq!(s.config().owned_entries(), 4, "the node's own four");
         let r = s.batch(Some("cluster".into()), l.own_removal()).unwrap();
         assert_eq!(r.failed, 0, "{:?}", r.results);
         assert_eq!(s.config().owned_entries(), 0);

@@ -357,17 +357,20 @@ impl Lease {
         })
     }
 
-    /// The value flannel writes for this lease.
+    /// The value flannel writes for this lease, byte for byte (its fields in its order).
     pub fn to_json(&self) -> String {
-        let mut v = serde_json::json!({
-            "PublicIP": self.public_ip.to_string(),
-            "PublicIPv6": null,
-            "BackendType": self.backend_type,
-        });
+        let mut out = format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":{}"#,
+            self.public_ip,
+            Value::String(self.backend_type.clone())
+        );
         if let (Some(vni), Some(mac)) = (self.vni, self.vtep_mac) {
-            v["BackendData"] = serde_json::json!({"VNI": vni, "VtepMAC": mac.to_string()});
+            out.push_str(&format!(
+                r#","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}"#
+            ));
         }
-        v.to_string()
+        out.push('}');
+        out
     }
 }
 

@@ -45,6 +45,10 @@ pub struct SnatConfig {
     /// A fixed source address; without it, masquerade.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// Connections to this prefix keep their source (`"10.42.0.0/16"`: pod to pod is not
+    /// translated, like flannel's `-s Network -d Network -j RETURN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except: Option<String>,
     /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
     /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
     /// agent restores them), are left out of `tapswitch config`, and only their agent may
@@ -600,11 +604,17 @@ impl SnatConfig {
                 ),
             ));
         }
+        let except = self
+            .except
+            .as_deref()
+            .map(|e| parse_source(&f("except"), e))
+            .transpose()?;
         Ok(SnatRule {
             source,
             source_len,
             out_vlan,
             to,
+            except,
         })
     }
 }

@@ -254,6 +254,9 @@ pub struct SnatInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     pub masquerade: bool,
+    /// Destinations that keep their source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub except: Option<String>,
 }
 
 /// One line of `dnat list`.
@@ -496,6 +499,7 @@ impl Switch {
                 out_vlan: r.out_vlan.get(),
                 to: r.to.map(|a| a.to_string()),
                 masquerade: r.to.is_none(),
+                except: r.except.map(|(a, l)| format!("{a}/{l}")),
             })
             .collect()
     }

@@ -321,16 +321,25 @@ pub struct SnatRule {
     pub source_len: u8,
     pub out_vlan: VlanId,
     pub to: Option<Ipv4Addr>,
+    /// Destinations in this prefix keep their source (flannel's "pod to pod: no NAT").
+    pub except: Option<(Ipv4Addr, u8)>,
+}
+
+fn in_prefix(addr: Ipv4Addr, prefix: Ipv4Addr, len: u8) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    u32::from(addr) & mask == u32::from(prefix) & mask
 }
 
 impl SnatRule {
-    pub fn matches(&self, src: Ipv4Addr, out_vlan: VlanId) -> bool {
-        let mask = if self.source_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.source_len.min(32)))
-        };
-        out_vlan == self.out_vlan && u32::from(src) & mask == u32::from(self.source) & mask
+    /// Whether a connection from `src` to `dst` leaving through `out_vlan` is translated.
+    pub fn matches(&self, src: Ipv4Addr, dst: Ipv4Addr, out_vlan: VlanId) -> bool {
+        out_vlan == self.out_vlan
+            && in_prefix(src, self.source, self.source_len)
+            && !self.except.is_some_and(|(p, l)| in_prefix(dst, p, l))
     }
 }
 
@@ -498,9 +507,20 @@ mod tests {
             source_len: 16,
             out_vlan: VlanId::new(100).unwrap(),
             to: None,
+            except: Some((Ipv4Addr::new(10, 42, 0, 0), 16)),
         };
-        assert!(r.matches(Ipv4Addr::new(10, 42, 9, 9), VlanId::new(100).unwrap()));
-        assert!(!r.matches(Ipv4Addr::new(10, 43, 0, 1), VlanId::new(100).unwrap()));
-        assert!(!r.matches(Ipv4Addr::new(10, 42, 0, 1), VlanId::new(10).unwrap()));
+        let out = Ipv4Addr::new(198, 51, 100, 1);
+        let v100 = VlanId::new(100).unwrap();
+        assert!(r.matches(Ipv4Addr::new(10, 42, 9, 9), out, v100));
+        assert!(!r.matches(Ipv4Addr::new(10, 43, 0, 1), out, v100));
+        assert!(!r.matches(Ipv4Addr::new(10, 42, 0, 1), out, VlanId::new(10).unwrap()));
+        assert!(
+            !r.matches(
+                Ipv4Addr::new(10, 42, 9, 9),
+                Ipv4Addr::new(10, 42, 7, 2),
+                v100
+            ),
+            "the exempt destinations"
+        );
     }
 }

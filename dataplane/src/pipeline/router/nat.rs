@@ -375,7 +375,11 @@ impl Bridge {
             if nat & NAT_DNAT != 0 && Some(out_vlan) == in_vlan {
                 // Hairpin: the answer must come back through the router.
                 snat_to = masquerade_addr(routing, out_vlan, hop);
-            } else if let Some(rule) = state.nat.snat.iter().find(|r| r.matches(key.src, out_vlan))
+            } else if let Some(rule) = state
+                .nat
+                .snat
+                .iter()
+                .find(|r| r.matches(key.src, key.dst, out_vlan))
             {
                 snat_to = rule.to.or_else(|| masquerade_addr(routing, out_vlan, hop));
             }
@@ -579,7 +583,7 @@ impl Bridge {
                 .nat
                 .snat
                 .iter()
-                .any(|r| r.matches(p.key.src, out_vlan))
+                .any(|r| r.matches(p.key.src, p.key.dst, out_vlan))
         });
         if would_snat {
             return Err(DropReason::NatFragment);

@@ -47,6 +47,7 @@ fn masquerade(sim: &mut Sim) {
         source_len: 16,
         out_vlan: vlan(100),
         to: None,
+        except: None,
     }]);
 }
 
