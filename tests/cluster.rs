@@ -1,9 +1,11 @@
 //! Cluster mode on a real etcd server: host namespaces joined by an underlay, each running a
 //! tapswitch in cluster mode with pods behind it.
 //!
-//! Needs root and Debian's `etcd-server` (`etcd` and `etcdctl`, see tests/setup.sh). etcd
-//! listens on the underlay bridge's address inside the underlay namespace; every client of it
-//! (the switches, `etcdctl`) reaches it through that namespace's network.
+//! Needs root and Debian's `etcd-server` (`etcd` and `etcdctl`, see tests/setup.sh). The
+//! underlay namespace holds two bridges: the data underlay (192.168.77.0/24) that tunnels and
+//! host-gw routes cross, and a management network (192.168.78.0/24) where etcd listens, so
+//! that a test can cut a node off etcd without cutting its pods off each other. Every client
+//! of etcd (the switches, `etcdctl`) reaches it through those namespaces.
 
 mod common;
 
@@ -14,8 +16,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// The underlay: 192.168.77.0/24 on a bridge in its own namespace; etcd on .10.
-const ETCD_IP: &str = "192.168.77.10";
+/// etcd's address on the management network.
+const ETCD_IP: &str = "192.168.78.10";
 
 /// A real etcd server inside namespace `ns`, removed (process and data) when dropped.
 struct Etcd {
@@ -110,48 +112,58 @@ impl Drop for Etcd {
     }
 }
 
-/// The underlay namespace with its bridge, and etcd on it.
+/// The underlay namespace with its two bridges (data, management), and etcd.
 struct Underlay {
     ns: Netns,
     bridge: String,
+    mgmt: String,
     etcd: Etcd,
 }
 
 fn underlay() -> Underlay {
     let ns = container("clul", false);
     let bridge = unique("clbr");
-    ns.ip(&["link", "add", &bridge, "type", "bridge"]).unwrap();
-    ns.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", &bridge])
+    let mgmt = unique("clmg");
+    for b in [&bridge, &mgmt] {
+        ns.ip(&["link", "add", b, "type", "bridge"]).unwrap();
+        ns.ip(&["link", "set", b, "up"]).unwrap();
+    }
+    ns.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", &mgmt])
         .unwrap();
-    ns.ip(&["link", "set", &bridge, "up"]).unwrap();
     let etcd = Etcd::start(&ns, ETCD_IP);
-    Underlay { ns, bridge, etcd }
+    Underlay {
+        ns,
+        bridge,
+        mgmt,
+        etcd,
+    }
 }
 
-/// A host on the underlay: its namespace, with `ul0` at 192.168.77.`n`/24.
+/// A host: its namespace, with `ul0` at 192.168.77.`n`/24 on the data underlay and `mg0` at
+/// 192.168.78.`n`/24 on the management network.
 fn host(ul: &Underlay, n: u8) -> Netns {
     let h = container("clh", false);
-    let peer = unique("clv");
-    h.ip(&[
-        "link",
-        "add",
-        "ul0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &peer,
-        "netns",
-        ul.ns.name(),
-    ])
-    .unwrap();
-    ul.ns
-        .ip(&["link", "set", &peer, "master", &ul.bridge])
+    for (dev, bridge, net) in [("ul0", &ul.bridge, 77), ("mg0", &ul.mgmt, 78)] {
+        let peer = unique("clv");
+        h.ip(&[
+            "link",
+            "add",
+            dev,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            ul.ns.name(),
+        ])
         .unwrap();
-    ul.ns.ip(&["link", "set", &peer, "up"]).unwrap();
-    h.ip(&["addr", "add", &format!("192.168.77.{n}/24"), "dev", "ul0"])
-        .unwrap();
-    h.ip(&["link", "set", "ul0", "up"]).unwrap();
+        ul.ns.ip(&["link", "set", &peer, "master", bridge]).unwrap();
+        ul.ns.ip(&["link", "set", &peer, "up"]).unwrap();
+        h.ip(&["addr", "add", &format!("192.168.{net}.{n}/24"), "dev", dev])
+            .unwrap();
+        h.ip(&["link", "set", dev, "up"]).unwrap();
+    }
     h
 }
 
@@ -163,7 +175,7 @@ struct Node {
     pods: Vec<(Netns, String)>,
 }
 
-fn cluster_config(ul: &Underlay, prefix: &str, public_ip: &str, extra: &str) -> String {
+fn cluster_config(ul: &Underlay, prefix: &str, public_ip: &str, ttl: u64) -> String {
     format!(
         r#"
 [cluster]
@@ -171,8 +183,7 @@ etcd_endpoints = ["{url}"]
 prefix = "{prefix}"
 public_ip = "{public_ip}"
 pod_vlan = 10
-lease_ttl_secs = 5
-{extra}
+lease_ttl_secs = {ttl}
 "#,
         url = ul.etcd.url
     )
@@ -194,11 +205,16 @@ fn node(ul: &Underlay, n: u8, prefix: &str, pods: usize) -> Node {
     node_with(ul, n, prefix, pods, Backend::Kernel)
 }
 
+/// A lease TTL short enough for a test to see one expire.
+const SHORT_TTL: u64 = 5;
+
 /// Where a node's PublicIP lives.
 #[derive(Clone, Copy)]
 enum Backend {
     /// The host's kernel holds it (vxlan, ipip: the tunnels go through the host's stack).
     Kernel,
+    /// As `Kernel`, with a lease that outlives a test's outages.
+    LongLease,
     /// tapswitch's interface on the underlay VLAN holds it (192.168.77.`100+n`), the
     /// underlay attached to that VLAN (host-gw).
     Underlay,
@@ -207,7 +223,8 @@ enum Backend {
 fn node_with(ul: &Underlay, n: u8, prefix: &str, pods: usize, backend: Backend) -> Node {
     let host = host(ul, n);
     let config = match backend {
-        Backend::Kernel => cluster_config(ul, prefix, &format!("192.168.77.{n}"), ""),
+        Backend::Kernel => cluster_config(ul, prefix, &format!("192.168.77.{n}"), SHORT_TTL),
+        Backend::LongLease => cluster_config(ul, prefix, &format!("192.168.77.{n}"), 60),
         Backend::Underlay => format!(
             r#"
 [[port]]
@@ -589,4 +606,171 @@ fn host_gw_and_ipip_nodes_reach_each_other() {
         }
         assert_all_reach(&nodes);
     }
+}
+
+/// etcd stopped for 10 s under traffic: nothing is lost, the nodes reconnect. Then one node is
+/// cut off etcd while a Service is written and the history compacted: when it is back, it
+/// lists everything again and the Service arrives.
+#[test]
+fn etcd_outages_keep_forwarding_and_catch_up() {
+    if !have_root() {
+        return;
+    }
+    let mut ul = underlay();
+    let prefix = format!("/{}/network", unique("ts"));
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    let nodes: Vec<Node> = (1..=2)
+        .map(|n| node_with(&ul, n, &prefix, 1, Backend::LongLease))
+        .collect();
+    for n in &nodes {
+        eventually("the peer programmed", 10, || {
+            status(&n.switch)["peers"][0]["route"] == "vxlan"
+        });
+    }
+    let (a, b) = (&nodes[0].pods[0], &nodes[1].pods[0]);
+    let target: std::net::Ipv4Addr = b.1.parse().unwrap();
+    let count = 260; // 13 s at 50 ms
+    let result = std::thread::scope(|s| {
+        let pinger = s.spawn(|| {
+            probe::ping(
+                &a.0,
+                target.into(),
+                count,
+                Duration::from_millis(50),
+                Duration::from_secs(2),
+            )
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        ul.etcd.stop();
+        std::thread::sleep(Duration::from_secs(10));
+        ul.etcd.spawn();
+        pinger.join().unwrap().expect("ping")
+    });
+    assert_eq!(
+        result.received, count,
+        "pod to pod while etcd was down: {} of {} answered",
+        result.received, result.sent
+    );
+    for n in &nodes {
+        eventually("the node is back on etcd", 20, || {
+            let st = status(&n.switch);
+            st["state"] == "running" && st["reconnects"].as_u64().unwrap_or(0) >= 1
+        });
+    }
+
+    // Node 1 cut off etcd; a Service is written and the history compacted meanwhile.
+    let node1 = &nodes[0];
+    let resyncs = status(&node1.switch)["resyncs"].as_u64().unwrap();
+    node1._host.ip(&["link", "set", "mg0", "down"]).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let svc = format!(
+        r#"{{"vip":"10.96.0.20","port":80,"backends":["{}:80"]}}"#,
+        b.1
+    );
+    ul.etcd.put(&format!("{prefix}/services/late"), &svc);
+    // One more revision, and everything before it compacted away: the Service's put is gone
+    // from the history node 1 would resume from.
+    let out = ul
+        .etcd
+        .ctl(&["-w", "json", "put", &format!("{prefix}/unrelated"), "x"])
+        .unwrap();
+    let revision = serde_json::from_str::<Value>(&out).unwrap()["header"]["revision"]
+        .as_u64()
+        .unwrap();
+    ul.etcd.ctl(&["compact", &revision.to_string()]).unwrap();
+    eventually("node 2 has the Service at once", 10, || {
+        nodes[1]
+            .switch
+            .json(&["service", "list"])
+            .to_string()
+            .contains("late")
+    });
+    assert!(!node1
+        .switch
+        .json(&["service", "list"])
+        .to_string()
+        .contains("late"));
+    std::thread::sleep(Duration::from_secs(6));
+    node1._host.ip(&["link", "set", "mg0", "up"]).unwrap();
+    eventually("node 1 catches up after the outage", 30, || {
+        node1
+            .switch
+            .json(&["service", "list"])
+            .to_string()
+            .contains("late")
+    });
+    let st = status(&node1.switch);
+    assert!(
+        st["resyncs"].as_u64().unwrap() > resyncs,
+        "a compacted revision means listing again: {st}"
+    );
+    assert!(ping(&a.0, &b.1, 3) > 0);
+}
+
+/// What is refused and what is ignored: a config that changes the Network, and two leases with
+/// one PublicIP.
+#[test]
+fn network_changes_are_refused_and_duplicate_public_ips_ignored() {
+    if !have_root() {
+        return;
+    }
+    let ul = underlay();
+    let prefix = format!("/{}/network", unique("ts"));
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    let nodes: Vec<Node> = (1..=2).map(|n| node(&ul, n, &prefix, 1)).collect();
+    for n in &nodes {
+        eventually("the peer programmed", 10, || {
+            status(&n.switch)["peers"][0]["route"] == "vxlan"
+        });
+    }
+    let routes_before = nodes[0].switch.json(&["route", "show"]);
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.43.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    eventually("the change is refused", 10, || {
+        status(&nodes[0].switch)["last_error"]
+            .to_string()
+            .contains("refused while running")
+    });
+    assert_eq!(nodes[0].switch.json(&["route", "show"]), routes_before);
+    assert_all_reach(&nodes);
+
+    // Someone else's record claims node 2's PublicIP.
+    let node2 = status(&nodes[1].switch)["lease"].clone();
+    let fake = format!("{prefix}/subnets/10.42.222.0-24");
+    ul.etcd.put(
+        &fake,
+        &format!(
+            r#"{{"PublicIP":"{}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"02:de:ad:00:00:01"}}}}"#,
+            node2["public_ip"].as_str().unwrap()
+        ),
+    );
+    eventually("node 1 programs neither", 10, || {
+        let peers = status(&nodes[0].switch)["peers"].clone();
+        peers.as_array().is_some_and(|p| {
+            p.len() == 2
+                && p.iter()
+                    .all(|p| p["ignored"].to_string().contains("one PublicIP"))
+        })
+    });
+    eventually("node 2 names the claim", 10, || {
+        status(&nodes[1].switch)["recent_warnings"]
+            .to_string()
+            .contains("10.42.222.0-24")
+    });
+    ul.etcd.ctl(&["del", &fake]).unwrap();
+    eventually("node 1 programs node 2 again", 10, || {
+        let peers = status(&nodes[0].switch)["peers"].clone();
+        peers
+            .as_array()
+            .is_some_and(|p| p.len() == 1 && p[0]["route"] == "vxlan")
+    });
+    assert_all_reach(&nodes);
 }

@@ -309,6 +309,12 @@ fn attached_veth_with_two_queues_spreads_flows_symmetrically() {
     assert_eq!(dev.queues(), 2);
     assert_ne!(dev.queue_fd(0), dev.queue_fd(1));
     assert_eq!(dev.queue_fd(2), None);
+    // Frames sent before the pair's carrier is up are dropped by the veth: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ns.ip(&["link", "show", &a]).unwrap().contains("LOWER_UP") {
+        assert!(Instant::now() < deadline, "veth {a} never came up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 
     let peer = Ipv4Addr::new(10, 72, 0, 2);
     let flows = send_flows(&ns, Ipv4Addr::new(10, 72, 0, 1), (peer, DST_PORT));

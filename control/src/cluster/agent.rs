@@ -886,10 +886,22 @@ impl Node {
             subnet,
             peer.lease.public_ip
         );
-        match peer.reach {
+        let mut reqs = match peer.reach {
             Ok(r) => local.peer_removal(&peer.lease, r),
             Err(_) => Vec::new(),
+        };
+        // A peer left out for sharing this one's PublicIP may be reachable now.
+        let blocked: Vec<Lease> = self
+            .peers
+            .values()
+            .filter(|p| p.lease.public_ip == peer.lease.public_ip && p.reach.is_err())
+            .map(|p| p.lease.clone())
+            .collect();
+        for lease in blocked {
+            self.peers.remove(&lease.subnet);
+            reqs.extend(self.peer_put(lease));
         }
+        reqs
     }
 
     fn service_put(&mut self, svc: ServiceConfig) -> Vec<Request> {
