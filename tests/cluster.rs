@@ -27,21 +27,147 @@ struct Etcd {
     pub url: String,
     peer_url: String,
     name: String,
+    /// With TLS: the test's CA, and clients must show a certificate it signed.
+    pki: Option<Pki>,
+}
+
+/// A CA made by the test, a server certificate for etcd's address and a client certificate,
+/// in a directory removed when dropped.
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    fn file(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    /// `ca.pem`, `server.pem` + `server-key.pem` (for `ip`), `client.pem` + `client-key.pem`
+    /// signed by the CA, and `rogue.pem` + `rogue-key.pem` signed by nobody.
+    fn make(ip: &str) -> Pki {
+        let dir = std::env::temp_dir().join(unique("pki"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = Pki { dir };
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&pki.dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = |name: &str| {
+            run(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                name,
+            ])
+        };
+        key("ca-key.pem");
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca-key.pem",
+            "-subj",
+            "/CN=tapswitch test CA",
+            "-days",
+            "2",
+            "-out",
+            "ca.pem",
+        ]);
+        let signed = |name: &str, cn: &str, ext: &str| {
+            key(&format!("{name}-key.pem"));
+            run(&[
+                "req",
+                "-new",
+                "-key",
+                &format!("{name}-key.pem"),
+                "-subj",
+                &format!("/CN={cn}"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            std::fs::write(pki.dir.join(format!("{name}.ext")), ext).unwrap();
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca-key.pem",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.pem"),
+            ]);
+        };
+        signed(
+            "server",
+            "etcd",
+            &format!(
+                "subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n"
+            ),
+        );
+        signed(
+            "client",
+            "tapswitch",
+            "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n",
+        );
+        key("rogue-key.pem");
+        run(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "rogue-key.pem",
+            "-subj",
+            "/CN=rogue",
+            "-days",
+            "2",
+            "-out",
+            "rogue.pem",
+        ]);
+        pki
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Etcd {
-    fn start(ns: &Netns, ip: &str) -> Etcd {
+    fn start_with(ns: &Netns, ip: &str, pki: Option<Pki>) -> Etcd {
         let name = unique("etcd");
         let data = std::env::temp_dir().join(format!("{name}.data"));
         // Ports from the pid, so that parallel test binaries do not meet.
         let port = 20_000 + (std::process::id() % 20_000) as u16;
+        let scheme = if pki.is_some() { "https" } else { "http" };
         let mut e = Etcd {
             child: None,
             ns: ns.name().to_string(),
             data,
-            url: format!("http://{ip}:{port}"),
+            url: format!("{scheme}://{ip}:{port}"),
             peer_url: format!("http://127.0.0.1:{}", port + 1),
             name,
+            pki,
         };
         e.spawn();
         e
@@ -49,8 +175,17 @@ impl Etcd {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.data.with_extension("log")).expect("etcd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcd"])
+        let mut cmd = Command::new("ip");
+        if let Some(p) = &self.pki {
+            cmd.args(["netns", "exec", &self.ns, "etcd"])
+                .args(["--cert-file", &p.file("server.pem")])
+                .args(["--key-file", &p.file("server-key.pem")])
+                .args(["--trusted-ca-file", &p.file("ca.pem")])
+                .arg("--client-cert-auth");
+        } else {
+            cmd.args(["netns", "exec", &self.ns, "etcd"]);
+        }
+        let child = cmd
             .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data)
@@ -84,9 +219,19 @@ impl Etcd {
 
     /// `etcdctl ARGS` against this server, from inside its namespace.
     fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "etcdctl"])
-            .args(["--endpoints", &self.url, "--dial-timeout", "2s"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns, "etcdctl"]).args([
+            "--endpoints",
+            &self.url,
+            "--dial-timeout",
+            "2s",
+        ]);
+        if let Some(p) = &self.pki {
+            cmd.args(["--cacert", &p.file("ca.pem")])
+                .args(["--cert", &p.file("client.pem")])
+                .args(["--key", &p.file("client-key.pem")]);
+        }
+        let out = cmd
             .args(args)
             .env("ETCDCTL_API", "3")
             .output()
@@ -121,6 +266,12 @@ struct Underlay {
 }
 
 fn underlay() -> Underlay {
+    underlay_with(false)
+}
+
+/// The underlay; with `tls`, etcd speaks https only to clients with a certificate from the
+/// test's CA.
+fn underlay_with(tls: bool) -> Underlay {
     let ns = container("clul", false);
     let bridge = unique("clbr");
     let mgmt = unique("clmg");
@@ -130,7 +281,7 @@ fn underlay() -> Underlay {
     }
     ns.ip(&["addr", "add", &format!("{ETCD_IP}/24"), "dev", &mgmt])
         .unwrap();
-    let etcd = Etcd::start(&ns, ETCD_IP);
+    let etcd = Etcd::start_with(&ns, ETCD_IP, tls.then(|| Pki::make(ETCD_IP)));
     Underlay {
         ns,
         bridge,
@@ -773,4 +924,128 @@ fn network_changes_are_refused_and_duplicate_public_ips_ignored() {
             .is_some_and(|p| p.len() == 1 && p[0]["route"] == "vxlan")
     });
     assert_all_reach(&nodes);
+}
+
+/// TLS with client certificates: a node with the test CA's client certificate leases and
+/// programs its peer; one with a certificate nobody signed gets nothing, and says why.
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    if !have_root() {
+        return;
+    }
+    let ul = underlay_with(true);
+    let pki = ul.etcd.pki.as_ref().unwrap();
+    let prefix = format!("/{}/network", unique("ts"));
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    let config = |n: u8, cert: &str| {
+        format!(
+            r#"
+[cluster]
+etcd_endpoints = ["{url}"]
+etcd_ca = "{ca}"
+etcd_cert = "{cert_file}"
+etcd_key = "{key_file}"
+prefix = "{prefix}"
+public_ip = "192.168.77.{n}"
+pod_vlan = 10
+lease_ttl_secs = {SHORT_TTL}
+"#,
+            url = ul.etcd.url,
+            ca = pki.file("ca.pem"),
+            cert_file = pki.file(&format!("{cert}.pem")),
+            key_file = pki.file(&format!("{cert}-key.pem")),
+        )
+    };
+    let hosts: Vec<Netns> = (1..=3).map(|n| host(&ul, n)).collect();
+    let good: Vec<Switch> = (0..2)
+        .map(|i| Switch::start_in(&hosts[i], Some(&config(i as u8 + 1, "client"))))
+        .collect();
+    for s in &good {
+        eventually("a lease over TLS, and the peer", 20, || {
+            let st = status(s);
+            st["lease"]["subnet"].is_string() && st["peers"][0]["route"] == "vxlan"
+        });
+        assert_eq!(status(s)["endpoints"][0]["healthy"], true);
+    }
+    let rogue = Switch::start_in(&hosts[2], Some(&config(3, "rogue")));
+    eventually("the rogue node says why it has no lease", 20, || {
+        let st = status(&rogue);
+        st["lease"].is_null() && !st["last_error"].is_null()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let st = status(&rogue);
+    assert!(st["lease"].is_null(), "{st}");
+    assert_eq!(st["endpoints"][0]["healthy"], false, "{st}");
+    let leases = ul
+        .etcd
+        .ctl(&[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("{prefix}/subnets/"),
+        ])
+        .unwrap();
+    assert_eq!(
+        leases.lines().filter(|l| !l.is_empty()).count(),
+        2,
+        "{leases}"
+    );
+}
+
+/// A node restarted while etcd is down forwards as it last knew (its cache), gets its subnet
+/// back when etcd returns, and `stop --purge` leaves the cluster at once (the lease revoked,
+/// not left to expire).
+#[test]
+fn a_restart_while_etcd_is_down_forwards_from_the_cache() {
+    if !have_root() {
+        return;
+    }
+    let mut ul = underlay();
+    let prefix = format!("/{}/network", unique("ts"));
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    let mut nodes: Vec<Node> = (1..=2)
+        .map(|n| node_with(&ul, n, &prefix, 1, Backend::LongLease))
+        .collect();
+    for n in &nodes {
+        eventually("the peer programmed", 10, || {
+            status(&n.switch)["peers"][0]["route"] == "vxlan"
+        });
+    }
+    let subnet = status(&nodes[0].switch)["lease"]["subnet"].clone();
+    // Let the cache be written (every 2 s at most).
+    std::thread::sleep(Duration::from_secs(3));
+    ul.etcd.stop();
+    nodes[0].switch.stop();
+    nodes[0].switch.restart();
+    let st = status(&nodes[0].switch);
+    assert!(st["state"].as_str().unwrap().contains("last known"), "{st}");
+    let (a, b) = (&nodes[0].pods[0], &nodes[1].pods[0]);
+    assert!(
+        ping(&a.0, &b.1, 3) > 0,
+        "pod to pod from the cache, etcd down"
+    );
+    assert!(ping(&b.0, &a.1, 3) > 0);
+    ul.etcd.spawn();
+    eventually("back on etcd", 20, || {
+        status(&nodes[0].switch)["state"] == "running"
+    });
+    assert_eq!(status(&nodes[0].switch)["lease"]["subnet"], subnet);
+    assert!(ping(&a.0, &b.1, 3) > 0);
+
+    // Leaving: node 2 purged; node 1 drops it long before its 60 s lease would expire.
+    let gone = nodes.pop().unwrap();
+    let started = Instant::now();
+    drop(gone);
+    eventually("node 2's lease revoked", 10, || {
+        status(&nodes[0].switch)["peers"]
+            .as_array()
+            .is_some_and(|p| p.is_empty())
+    });
+    assert!(started.elapsed() < Duration::from_secs(30));
 }

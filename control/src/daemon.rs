@@ -272,6 +272,7 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
                 Ok(Request::Stop { purge }) => {
                     let how = if purge { STOP_PURGE } else { STOP_RELEASE };
                     stop.mode.fetch_max(how, Ordering::SeqCst);
+                    leave_if_purged(agent.as_ref(), stop.mode.load(Ordering::SeqCst));
                     finish(&mut switch, stop.mode.load(Ordering::SeqCst));
                     server.respond_now(
                         poll.registry(),
@@ -332,6 +333,7 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
         }
         let mode = stop.mode.load(Ordering::SeqCst);
         if mode != STOP_NONE {
+            leave_if_purged(agent.as_ref(), mode);
             finish(&mut switch, mode);
             return Ok(());
         }
@@ -344,6 +346,14 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
             let every = Duration::from_secs(switch.config().switch.checkpoint_secs().max(1));
             next_checkpoint = Some(at.max(now - every) + every);
         }
+    }
+}
+
+/// A purge also leaves the cluster: the lease is revoked (the others drop this node at once).
+/// A planned stop keeps it, so that the next start gets the same subnet back.
+fn leave_if_purged(agent: Option<&crate::cluster::Agent>, mode: u8) {
+    if let (Some(a), STOP_PURGE) = (agent, mode) {
+        a.leave(Duration::from_secs(3));
     }
 }
 

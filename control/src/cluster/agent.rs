@@ -128,19 +128,31 @@ pub struct PeerStatus {
 }
 
 /// What the agent keeps in the state directory: the subnet it held and its VTEP MAC, so that
-/// a restart gets both back.
+/// a restart gets both back, and the last known network, peers and Services (the etcd
+/// records as they were), so that a restart while etcd is away forwards as before.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Cache {
     #[serde(default)]
     subnet: Option<String>,
     #[serde(default)]
     vtep_mac: Option<String>,
+    /// `<prefix>/config` as it was.
+    #[serde(default)]
+    network: Option<String>,
+    /// Peers' lease values by subnet key name (`10.42.3.0-24`).
+    #[serde(default)]
+    peers: BTreeMap<String, String>,
+    /// Services' records by name.
+    #[serde(default)]
+    services: BTreeMap<String, String>,
 }
 
 /// The running agent.
 pub struct Agent {
     status: Arc<Mutex<ClusterStatus>>,
     stop: Arc<AtomicBool>,
+    leave: Arc<AtomicBool>,
+    done: std::sync::mpsc::Receiver<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -163,7 +175,9 @@ impl Agent {
             ..Default::default()
         }));
         let stop = Arc::new(AtomicBool::new(false));
-        let (st, sp) = (Arc::clone(&status), Arc::clone(&stop));
+        let leave = Arc::new(AtomicBool::new(false));
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let (st, sp, lv) = (Arc::clone(&status), Arc::clone(&stop), Arc::clone(&leave));
         let thread = std::thread::Builder::new()
             .name("cluster-agent".into())
             .spawn(move || {
@@ -177,15 +191,26 @@ impl Agent {
                         return;
                     }
                 };
-                let mut node = Node::new(spec, socket, state_dir, st, sp);
+                let mut node = Node::new(spec, socket, state_dir, st, sp, lv);
                 rt.block_on(node.run());
+                let _ = done_tx.send(());
             })
             .ok();
         Agent {
             status,
             stop,
+            leave,
+            done,
             thread,
         }
+    }
+
+    /// Leaves the cluster (`tapswitch stop --purge`): the lease is revoked, so that the
+    /// others drop this node at once, and the cache forgotten. Waits up to `wait` for it.
+    pub fn leave(&self, wait: Duration) {
+        self.leave.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.done.recv_timeout(wait);
     }
 
     /// A copy of the status, TTL left computed now.
@@ -232,6 +257,10 @@ struct Node {
     state_dir: Option<PathBuf>,
     status: Arc<Mutex<ClusterStatus>>,
     stop: Arc<AtomicBool>,
+    leave: Arc<AtomicBool>,
+    /// The cache has changes not written yet; when it was last written.
+    cache_dirty: bool,
+    cache_saved: Instant,
     network: Option<Network>,
     local: Option<Local>,
     /// Whether `local`'s own entries are programmed.
@@ -257,6 +286,7 @@ impl Node {
         state_dir: Option<PathBuf>,
         status: Arc<Mutex<ClusterStatus>>,
         stop: Arc<AtomicBool>,
+        leave: Arc<AtomicBool>,
     ) -> Node {
         let cache = state_dir
             .as_ref()
@@ -269,6 +299,9 @@ impl Node {
             state_dir,
             status,
             stop,
+            leave,
+            cache_dirty: false,
+            cache_saved: Instant::now(),
             network: None,
             local: None,
             own_programmed: false,
@@ -370,6 +403,7 @@ impl Node {
     }
 
     async fn run(&mut self) {
+        self.restore_cache();
         let mut backoff = Duration::from_millis(100);
         loop {
             if self.stopping() {
@@ -383,7 +417,11 @@ impl Node {
                 Ended::Stop => return,
                 Ended::Lost(e) => {
                     self.error(e);
-                    self.set_state("reconnecting");
+                    self.set_state(if self.local.is_some() {
+                        "reconnecting (forwarding as last known)"
+                    } else {
+                        "reconnecting"
+                    });
                     lock(&self.status).reconnects += 1;
                     self.check_endpoints().await;
                     if self.pause(backoff).await {
@@ -412,6 +450,8 @@ impl Node {
                         Some(kv) => match Network::parse(kv.value()) {
                             Ok(n) => {
                                 self.network = Some(n);
+                                self.cache.network =
+                                    Some(String::from_utf8_lossy(kv.value()).into_owned());
                                 break;
                             }
                             Err(e) => self.error(format!("{}: {e}", self.key("config"))),
@@ -554,7 +594,87 @@ impl Node {
         mac
     }
 
-    fn save_cache(&self) {
+    /// Revokes the lease (its key goes with it) and forgets the cache.
+    async fn leave_cluster(&mut self, client: &mut Client) {
+        if self.lease_id != 0 {
+            match client.lease_revoke(self.lease_id).await {
+                Ok(_) => log::info!("cluster: left the cluster (lease revoked)"),
+                Err(e) => log::warn!("cluster: revoking the lease: {e}"),
+            }
+        }
+        if let Some(dir) = &self.state_dir {
+            let _ = std::fs::remove_file(dir.join(CACHE_FILE));
+        }
+    }
+
+    /// Programs what the cache says (before etcd answers): this node's own entries, its peers
+    /// and the Services, as they were when it last knew.
+    fn restore_cache(&mut self) {
+        let Some(network) = self
+            .cache
+            .network
+            .as_deref()
+            .and_then(|n| Network::parse(n.as_bytes()).ok())
+        else {
+            return;
+        };
+        let Some(subnet) = self
+            .cache
+            .subnet
+            .as_deref()
+            .and_then(|s| parse_subnet_key(&s.replace('/', "-")))
+        else {
+            return;
+        };
+        let Ok(public_ip) = self.public_ip() else {
+            return;
+        };
+        let vtep_mac = self.vtep_mac();
+        self.network = Some(network.clone());
+        self.local = Some(Local {
+            network,
+            subnet,
+            public_ip,
+            vtep_mac,
+            pod_vlan: self.spec.pod_vlan,
+            overlay_vlan: self.spec.overlay_vlan,
+            underlay_vlan: self.spec.underlay_vlan,
+            underlay: self.underlay(),
+            masquerade: self.spec.masquerade,
+        });
+        let mut reqs = self.local.as_ref().map(Local::own).unwrap_or_default();
+        self.own_programmed = true;
+        let peers = std::mem::take(&mut self.cache.peers);
+        for (name, value) in &peers {
+            if let Some(s) = parse_subnet_key(name) {
+                if let Ok(l) = Lease::parse(s, value.as_bytes()) {
+                    reqs.extend(self.peer_put(l));
+                }
+            }
+        }
+        self.cache.peers = peers;
+        let services = std::mem::take(&mut self.cache.services);
+        for (name, value) in &services {
+            if let Ok(svc) = parse_service(name, value.as_bytes()) {
+                reqs.extend(self.service_put(svc));
+            }
+        }
+        self.cache.services = services;
+        let n = reqs.len();
+        self.send(reqs);
+        log::info!(
+            "cluster: restored {subnet}, {} peers and {} Services from {CACHE_FILE} ({n} changes) \
+             while etcd is asked",
+            self.peers.len(),
+            self.services.len()
+        );
+        self.set_state("connecting (forwarding as last known)");
+        self.refresh_status();
+    }
+
+    fn save_cache(&mut self) {
+        self.cache_dirty = false;
+        self.cache_saved = Instant::now();
         let Some(dir) = &self.state_dir else { return };
         let bytes = serde_json::to_vec_pretty(&self.cache).unwrap_or_default();
         if let Err(e) = crate::state::write_atomic(dir, CACHE_FILE, &bytes) {
@@ -866,6 +986,10 @@ impl Node {
                 }
             }
         }
+        self.cache
+            .peers
+            .insert(lease.subnet.key_name(), lease.to_json());
+        self.cache_dirty = true;
         self.peers.insert(
             lease.subnet,
             Peer {
@@ -878,7 +1002,10 @@ impl Node {
     }
 
     fn peer_gone(&mut self, subnet: Subnet) -> Vec<Request> {
-        let (Some(peer), Some(local)) = (self.peers.remove(&subnet), &self.local) else {
+        if self.cache.peers.remove(&subnet.key_name()).is_some() {
+            self.cache_dirty = true;
+        }
+        let (Some(peer), Some(local)) = (self.peers.remove(&subnet), self.local.clone()) else {
             return Vec::new();
         };
         log::info!(
@@ -929,11 +1056,18 @@ impl Node {
                 service: svc.clone(),
             }],
         };
+        if let Ok(v) = serde_json::to_string(&svc) {
+            self.cache.services.insert(name.clone(), v);
+            self.cache_dirty = true;
+        }
         self.services.insert(name, svc);
         reqs
     }
 
     fn service_gone(&mut self, name: &str) -> Vec<Request> {
+        if self.cache.services.remove(name).is_some() {
+            self.cache_dirty = true;
+        }
         match self.services.remove(name) {
             Some(_) => vec![Request::ServiceDel { name: name.into() }],
             None => Vec::new(),
@@ -1115,7 +1249,14 @@ impl Node {
                 _ = health.tick() => self.check_endpoints().await,
                 _ = check.tick() => {
                     if self.stopping() {
+                        if self.leave.load(Ordering::SeqCst) {
+                            self.leave_cluster(&mut client).await;
+                        }
                         return Ended::Stop;
+                    }
+                    // The cache is rewritten whole: at most every 2 s.
+                    if self.cache_dirty && self.cache_saved.elapsed() >= Duration::from_secs(2) {
+                        self.save_cache();
                     }
                 }
             }
