@@ -1041,6 +1041,12 @@ impl Switch {
             return Err(SwitchError::NoSuchVni(vni));
         };
         self.may_change(|| format!("vxlan {vni}"), &v.owner)?;
+        for e in self.config.fdb.iter().filter(|e| e.vni == Some(vni)) {
+            self.may_change(|| format!("fdb {} (vni {vni})", e.mac), &e.owner)?;
+        }
+        for n in self.config.neigh.iter().filter(|n| n.vni == vni) {
+            self.may_change(|| format!("neigh {} (vni {vni})", n.ip), &n.owner)?;
+        }
         let mut candidate = self.config.clone();
         candidate.vxlan.retain(|v| v.vni != vni);
         candidate.fdb.retain(|e| e.vni != Some(vni));

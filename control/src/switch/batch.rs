@@ -148,7 +148,10 @@ impl Switch {
                 command_name(r)
             )));
         }
-        let save = SavePoint {
+        // What to put back if the batch cannot be saved. An agent's batch changes only its
+        // own entries, which are not saved: nothing to save, nothing that can fail to be, so
+        // no copy (O(the configuration)) is made for it.
+        let save = owner.is_none().then(|| SavePoint {
             config: self.config.clone(),
             routing: std::sync::Arc::clone(&self.routing),
             nat: self.nat.clone(),
@@ -156,7 +159,7 @@ impl Switch {
             tunnels: self.tunnels.clone(),
             ipip: self.ipip.clone(),
             deleting: self.deleting.len(),
-        };
+        });
         self.acting_owner = owner;
         self.deferred = Some(false);
         let mut results: Vec<Option<Response>> = vec![None; requests.len()];
@@ -191,13 +194,15 @@ impl Switch {
         let pending = self.deferred.take().unwrap_or(false);
         if pending {
             if let Err(e) = self.publish() {
-                self.config = save.config;
-                self.routing = save.routing;
-                self.nat = save.nat;
-                self.ports = save.ports;
-                self.tunnels = save.tunnels;
-                self.ipip = save.ipip;
-                self.deleting.truncate(save.deleting);
+                if let Some(save) = save {
+                    self.config = save.config;
+                    self.routing = save.routing;
+                    self.nat = save.nat;
+                    self.ports = save.ports;
+                    self.tunnels = save.tunnels;
+                    self.ipip = save.ipip;
+                    self.deleting.truncate(save.deleting);
+                }
                 return Err(e);
             }
         }
@@ -224,6 +229,13 @@ impl Switch {
                     return Err(SwitchError::NoSuchVni(vni));
                 };
                 self.may_change(|| format!("vxlan {vni}"), &v.owner)?;
+                // Its FDB and neighbour entries go with it: they must be the asker's too.
+                for e in candidate.fdb.iter().filter(|e| e.vni == Some(vni)) {
+                    self.may_change(|| format!("fdb {} (vni {vni})", e.mac), &e.owner)?;
+                }
+                for n in candidate.neigh.iter().filter(|n| n.vni == vni) {
+                    self.may_change(|| format!("neigh {} (vni {vni})", n.ip), &n.owner)?;
+                }
                 candidate.vxlan.retain(|v| v.vni != vni);
                 candidate.fdb.retain(|e| e.vni != Some(vni));
                 candidate.neigh.retain(|n| n.vni != vni);
