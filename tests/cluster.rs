@@ -423,6 +423,42 @@ lease_ttl_secs = 5
     }
 }
 
+/// Connects from `client` to `vip` over TCP; a server on `server_ip`:8080 in `server` answers
+/// with its own address. Returns what the client read.
+fn service_answer(
+    server: &Netns,
+    server_ip: std::net::Ipv4Addr,
+    client: &Netns,
+    vip: &str,
+) -> String {
+    use std::io::{Read, Write};
+    let listener = server
+        .run(|| std::net::TcpListener::bind((server_ip, 8080)))
+        .expect("listen");
+    let answer = server_ip.to_string();
+    let srv = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(answer.as_bytes());
+        }
+    });
+    let vip: std::net::SocketAddr = vip.parse().unwrap();
+    let mut got = String::new();
+    let stream = client.run(|| std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5)));
+    match stream {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.read_to_string(&mut got);
+        }
+        Err(e) => {
+            // Let the server thread go.
+            let _ = server.run(|| std::net::TcpStream::connect((server_ip, 8080)));
+            panic!("connect to {vip}: {e}");
+        }
+    }
+    srv.join().unwrap();
+    got
+}
+
 fn all_pods(nodes: &[Node]) -> Vec<(&Netns, String)> {
     nodes
         .iter()
@@ -479,16 +515,21 @@ fn three_vxlan_nodes_lease_subnets_and_reach_each_other() {
     // A Service written to etcd reaches backends on other nodes, from every node.
     let backend = &nodes[2].pods[0];
     let svc = format!(
-        r#"{{"vip":"10.96.0.10","port":7000,"protocol":"udp","backends":["{}:7000"]}}"#,
+        r#"{{"vip":"10.96.0.10","port":80,"backends":["{}:8080"]}}"#,
         backend.1
     );
-    ul.etcd.put(&format!("{prefix}/services/echo"), &svc);
+    ul.etcd.put(&format!("{prefix}/services/web"), &svc);
     for n in &nodes {
         eventually("the Service is programmed", 10, || {
             let list = n.switch.json(&["service", "list"]);
             list.as_array()
-                .is_some_and(|l| l.iter().any(|s| s["name"] == "echo"))
+                .is_some_and(|l| l.iter().any(|s| s["name"] == "web"))
         });
+    }
+    let backend_ip: std::net::Ipv4Addr = backend.1.parse().unwrap();
+    for n in &nodes[..2] {
+        let got = service_answer(&backend.0, backend_ip, &n.pods[0].0, "10.96.0.10:80");
+        assert_eq!(got, backend.1, "the VIP from node pod {}", n.pods[0].1);
     }
     let st = status(&nodes[0].switch);
     assert_eq!(st["services"], 1);
@@ -513,12 +554,33 @@ fn three_vxlan_nodes_lease_subnets_and_reach_each_other() {
         .to_string();
     let mut nodes = nodes;
     let mut last = nodes.pop().unwrap();
+    let gone_ip = "192.168.77.3";
+    let gone_base = gone_subnet.split('/').next().unwrap().to_string();
+    for n in &nodes {
+        assert!(n
+            .switch
+            .json(&["fdb", "show"])
+            .to_string()
+            .contains(gone_ip));
+    }
     last.switch.stop();
     for n in &nodes {
         eventually("the stopped node's lease expires", 20, || {
             let routes = n.switch.json(&["route", "show"]);
             !routes.to_string().contains(&gone_subnet)
         });
+        // Its neighbour and FDB entries went with the route.
+        let fdb = n.switch.json(&["fdb", "show"]).to_string();
+        assert!(!fdb.contains(gone_ip), "{fdb}");
+        let neigh = n.switch.json(&["neigh", "show"]);
+        assert!(
+            !neigh
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["ip"] == gone_base.as_str() && e["state"] == "PERMANENT"),
+            "{neigh}"
+        );
         let peers = status(&n.switch)["peers"].as_array().unwrap().len();
         assert_eq!(peers, 1);
     }
@@ -1048,4 +1110,48 @@ fn a_restart_while_etcd_is_down_forwards_from_the_cache() {
             .is_some_and(|p| p.is_empty())
     });
     assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+/// A node started before etcd: it says so and keeps retrying, its pods still switch among
+/// themselves; once etcd answers it waits for the network config, then leases.
+#[test]
+fn a_node_started_before_etcd_waits_then_joins() {
+    if !have_root() {
+        return;
+    }
+    let mut ul = underlay();
+    ul.etcd.stop();
+    let prefix = format!("/{}/network", unique("ts"));
+    let host = host(&ul, 1);
+    let switch = Switch::start_in(
+        &host,
+        Some(&cluster_config(&ul, &prefix, "192.168.77.1", SHORT_TTL)),
+    );
+    eventually("the node says etcd is away", 20, || {
+        let st = status(&switch);
+        st["state"] == "reconnecting"
+            && st["endpoints"][0]["healthy"] == false
+            && st["last_error"].to_string().contains("connect")
+    });
+    // Local traffic: two pods on the pod VLAN reach each other meanwhile.
+    let (p1, p2) = (container("clp", false), container("clp", false));
+    let (t1, t2) = (unique("clt"), unique("clt"));
+    switch.add_container_port(&p1, &t1, &["--vlan", "10"], &["192.168.199.1/24"]);
+    switch.add_container_port(&p2, &t2, &["--vlan", "10"], &["192.168.199.2/24"]);
+    assert!(ping(&p1, "192.168.199.2", 3) > 0);
+    ul.etcd.spawn();
+    eventually("waiting for the network config", 20, || {
+        status(&switch)["state"]
+            .to_string()
+            .contains(&format!("waiting for {prefix}/config"))
+    });
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
+    );
+    eventually("the lease", 20, || {
+        status(&switch)["lease"]["subnet"].is_string()
+    });
+    assert_eq!(status(&switch)["state"], "running");
+    assert!(ping(&p1, "192.168.199.2", 3) > 0);
 }
