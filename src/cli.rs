@@ -1129,6 +1129,12 @@ pub fn print_routes(data: &Value) {
                 if !r["encap"].is_null() {
                     line.push_str(&format!(" encap {} mtu {}", s(r, "encap"), s(r, "mtu")));
                 }
+                if r["onlink"].as_bool() == Some(true) {
+                    line.push_str(" onlink");
+                }
+                if !r["owner"].is_null() {
+                    line.push_str(&format!(" owner {}", s(r, "owner")));
+                }
                 if r["type"].as_str() == Some("connected") {
                     line.push_str(" proto kernel scope link");
                 }

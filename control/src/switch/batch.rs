@@ -440,6 +440,8 @@ address = "10.42.1.1/24"
             (route.via.as_deref(), route.vlan),
             (Some("10.42.7.0"), Some(4094))
         );
+        assert!(route.onlink);
+        assert_eq!(route.owner.as_deref(), Some("cluster"));
         // Nobody else changes them.
         let e = s.del_route("10.42.7.0/24").unwrap_err().to_string();
         assert!(e.contains("managed by the cluster agent"), "{e}");

@@ -1,9 +1,10 @@
 //! The router's share of the [`Switch`]: interfaces, routes, neighbours and their counters.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use serde::Serialize;
-use tapswitch_dataplane::pipeline::{DropReason, InterfaceCounters, NextHop};
+use tapswitch_dataplane::pipeline::{DropReason, InterfaceCounters, NextHop, Route};
 
 use super::{Switch, SwitchError};
 use crate::config::{parse_cidr, ConfigError, InterfaceConfig, RouteConfig};
@@ -80,6 +81,12 @@ pub struct RouteInfo {
     pub encap: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// A gateway on the VLAN's link that no subnet of its interface holds.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub onlink: bool,
+    /// The agent that manages the route (`"cluster"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// One line of `neigh show`: a static suppression entry (`[[neigh]]`, state "PERMANENT") or
@@ -213,45 +220,28 @@ impl Switch {
         routes.sort_by(|a, b| {
             (a.prefix.is_ipv6(), a.prefix, a.len).cmp(&(b.prefix.is_ipv6(), b.prefix, b.len))
         });
+        // The configured routes' onlink flag and owner, by prefix.
+        let configured: hashbrown::HashMap<(IpAddr, u8), (bool, Option<String>)> = self
+            .config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                let p = parse_cidr("", &r.prefix, true).ok()?;
+                Some((p, (r.onlink, r.owner.clone())))
+            })
+            .collect();
         routes
             .into_iter()
             .map(|r| {
-                let prefix = format!("{}/{}", r.prefix, r.len);
-                let kind = if r.connected { "connected" } else { "static" };
-                match r.next_hop {
-                    NextHop::Connected { vlan } => RouteInfo {
-                        prefix,
-                        kind,
-                        via: None,
-                        vlan: Some(vlan.get()),
-                        encap: None,
-                        mtu: None,
-                    },
-                    NextHop::Gateway { vlan, via } => RouteInfo {
-                        prefix,
-                        kind,
-                        via: Some(via.to_string()),
-                        vlan: Some(vlan.get()),
-                        encap: None,
-                        mtu: None,
-                    },
-                    NextHop::Ipip { remote, mtu, .. } => RouteInfo {
-                        prefix,
-                        kind,
-                        via: Some(remote.to_string()),
-                        vlan: None,
-                        encap: Some("ipip"),
-                        mtu: Some(mtu),
-                    },
-                    NextHop::Unreachable => RouteInfo {
-                        prefix,
-                        kind: "unreachable",
-                        via: None,
-                        vlan: None,
-                        encap: None,
-                        mtu: None,
-                    },
-                }
+                let (onlink, owner) = configured
+                    .get(&(r.prefix, r.len))
+                    .filter(|_| !r.connected)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut info = route_info(r);
+                info.onlink = onlink;
+                info.owner = owner;
+                info
             })
             .collect()
     }
@@ -302,5 +292,42 @@ impl Switch {
             s.add(&w.counters().ipip);
         }
         s
+    }
+}
+
+/// A FIB entry as `route show` prints it.
+fn route_info(r: &Route) -> RouteInfo {
+    let prefix = format!("{}/{}", r.prefix, r.len);
+    let kind = if r.connected { "connected" } else { "static" };
+    let base = RouteInfo {
+        prefix,
+        kind,
+        via: None,
+        vlan: None,
+        encap: None,
+        mtu: None,
+        onlink: false,
+        owner: None,
+    };
+    match r.next_hop {
+        NextHop::Connected { vlan } => RouteInfo {
+            vlan: Some(vlan.get()),
+            ..base
+        },
+        NextHop::Gateway { vlan, via } => RouteInfo {
+            via: Some(via.to_string()),
+            vlan: Some(vlan.get()),
+            ..base
+        },
+        NextHop::Ipip { remote, mtu, .. } => RouteInfo {
+            via: Some(remote.to_string()),
+            encap: Some("ipip"),
+            mtu: Some(mtu),
+            ..base
+        },
+        NextHop::Unreachable => RouteInfo {
+            kind: "unreachable",
+            ..base
+        },
     }
 }
