@@ -459,6 +459,27 @@ fn service_answer(
     got
 }
 
+/// A fresh prefix with `<prefix>/config` written: 10.42.0.0/16 with `backend`.
+fn network(ul: &Underlay, backend: &str) -> String {
+    let prefix = format!("/{}/network", unique("ts"));
+    ul.etcd.put(
+        &format!("{prefix}/config"),
+        &format!(r#"{{"Network":"10.42.0.0/16","Backend":{{"Type":"{backend}"}}}}"#),
+    );
+    prefix
+}
+
+/// Waits until each of `nodes` has programmed its `peers` peers, all reached by `route`.
+fn wait_peers(nodes: &[Node], peers: usize, route: &str) {
+    for n in nodes {
+        eventually("the peers programmed", 10, || {
+            let st = status(&n.switch);
+            let list = st["peers"].as_array().cloned().unwrap_or_default();
+            list.len() == peers && list.iter().all(|p| p["route"] == route)
+        });
+    }
+}
+
 fn all_pods(nodes: &[Node]) -> Vec<(&Netns, String)> {
     nodes
         .iter()
@@ -733,11 +754,7 @@ fn tapswitch_nodes_and_a_flannel_kernel_node_share_one_pod_network() {
         return;
     }
     let ul = underlay();
-    let prefix = format!("/{}/network", unique("ts"));
-    ul.etcd.put(
-        &format!("{prefix}/config"),
-        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    );
+    let prefix = network(&ul, "vxlan");
     let flannel = flannel_host(&ul, &prefix, 4);
     let nodes: Vec<Node> = (1..=2).map(|n| node(&ul, n, &prefix, 1)).collect();
     for n in &nodes {
@@ -830,19 +847,11 @@ fn etcd_outages_keep_forwarding_and_catch_up() {
         return;
     }
     let mut ul = underlay();
-    let prefix = format!("/{}/network", unique("ts"));
-    ul.etcd.put(
-        &format!("{prefix}/config"),
-        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    );
+    let prefix = network(&ul, "vxlan");
     let nodes: Vec<Node> = (1..=2)
         .map(|n| node_with(&ul, n, &prefix, 1, Backend::LongLease))
         .collect();
-    for n in &nodes {
-        eventually("the peer programmed", 10, || {
-            status(&n.switch)["peers"][0]["route"] == "vxlan"
-        });
-    }
+    wait_peers(&nodes, 1, "vxlan");
     let (a, b) = (&nodes[0].pods[0], &nodes[1].pods[0]);
     let target: std::net::Ipv4Addr = b.1.parse().unwrap();
     let count = 260; // 13 s at 50 ms
@@ -931,17 +940,9 @@ fn network_changes_are_refused_and_duplicate_public_ips_ignored() {
         return;
     }
     let ul = underlay();
-    let prefix = format!("/{}/network", unique("ts"));
-    ul.etcd.put(
-        &format!("{prefix}/config"),
-        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    );
+    let prefix = network(&ul, "vxlan");
     let nodes: Vec<Node> = (1..=2).map(|n| node(&ul, n, &prefix, 1)).collect();
-    for n in &nodes {
-        eventually("the peer programmed", 10, || {
-            status(&n.switch)["peers"][0]["route"] == "vxlan"
-        });
-    }
+    wait_peers(&nodes, 1, "vxlan");
     let routes_before = nodes[0].switch.json(&["route", "show"]);
     ul.etcd.put(
         &format!("{prefix}/config"),
@@ -997,11 +998,7 @@ fn etcd_over_tls_with_client_certificates() {
     }
     let ul = underlay_with(true);
     let pki = ul.etcd.pki.as_ref().unwrap();
-    let prefix = format!("/{}/network", unique("ts"));
-    ul.etcd.put(
-        &format!("{prefix}/config"),
-        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    );
+    let prefix = network(&ul, "vxlan");
     let config = |n: u8, cert: &str| {
         format!(
             r#"
@@ -1066,19 +1063,11 @@ fn a_restart_while_etcd_is_down_forwards_from_the_cache() {
         return;
     }
     let mut ul = underlay();
-    let prefix = format!("/{}/network", unique("ts"));
-    ul.etcd.put(
-        &format!("{prefix}/config"),
-        r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#,
-    );
+    let prefix = network(&ul, "vxlan");
     let mut nodes: Vec<Node> = (1..=2)
         .map(|n| node_with(&ul, n, &prefix, 1, Backend::LongLease))
         .collect();
-    for n in &nodes {
-        eventually("the peer programmed", 10, || {
-            status(&n.switch)["peers"][0]["route"] == "vxlan"
-        });
-    }
+    wait_peers(&nodes, 1, "vxlan");
     let subnet = status(&nodes[0].switch)["lease"]["subnet"].clone();
     // Let the cache be written (every 2 s at most).
     std::thread::sleep(Duration::from_secs(3));

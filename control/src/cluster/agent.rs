@@ -233,6 +233,9 @@ fn lock(m: &Mutex<ClusterStatus>) -> std::sync::MutexGuard<'_, ClusterStatus> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A listed key: its name, value and mod revision.
+type Record3 = (String, Vec<u8>, i64);
+
 /// A peer as the agent knows it.
 struct Peer {
     lease: Lease,
@@ -466,57 +469,42 @@ impl Node {
             }
             lock(&self.status).last_error = None;
         }
-        if self.lease_id == 0 || self.revision == 0 {
-            // A full list: everything below the prefix, at one revision.
-            let listed = match client
-                .get(
-                    format!("{}/", self.spec.prefix),
-                    Some(GetOptions::new().with_prefix()),
-                )
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => return Ended::Lost(format!("listing {}/: {e}", self.spec.prefix)),
+        if self.lease_id == 0 {
+            let records = match self.list(&mut client).await {
+                Ok((records, _)) => records,
+                Err(e) => return Ended::Lost(e),
             };
-            let revision = listed.header().map_or(0, |h| h.revision());
-            let records: Vec<(String, Vec<u8>, i64)> = listed
-                .kvs()
-                .iter()
-                .map(|kv| {
-                    (
-                        String::from_utf8_lossy(kv.key()).into_owned(),
-                        kv.value().to_vec(),
-                        kv.mod_revision(),
-                    )
-                })
-                .collect();
-            if self.lease_id == 0 {
-                self.set_state("leasing");
-                if let Err(e) = self.acquire(&mut client, &records).await {
-                    return Ended::Lost(e);
-                }
-                // The listing may predate our own write: list again from now on.
-                return Box::pin(self.session_after_lease(client)).await;
+            self.set_state("leasing");
+            if let Err(e) = self.acquire(&mut client, &records).await {
+                return Ended::Lost(e);
             }
-            self.resync(&records);
-            self.revision = revision;
-            lock(&self.status).resyncs += 1;
+            // That listing predates our own write: the one below is from now on.
+            self.revision = 0;
+        }
+        if self.revision == 0 {
+            match self.list(&mut client).await {
+                Ok((records, revision)) => {
+                    self.resync(&records);
+                    self.revision = revision;
+                    lock(&self.status).resyncs += 1;
+                }
+                Err(e) => return Ended::Lost(e),
+            }
         }
         self.watch(client).await
     }
 
-    async fn session_after_lease(&mut self, mut client: Client) -> Ended {
-        let listed = match client
+    /// Everything below the prefix, at one revision: each key with its value and mod
+    /// revision, and the revision.
+    async fn list(&self, client: &mut Client) -> Result<(Vec<Record3>, i64), String> {
+        let listed = client
             .get(
                 format!("{}/", self.spec.prefix),
                 Some(GetOptions::new().with_prefix()),
             )
             .await
-        {
-            Ok(r) => r,
-            Err(e) => return Ended::Lost(format!("listing {}/: {e}", self.spec.prefix)),
-        };
-        let records: Vec<(String, Vec<u8>, i64)> = listed
+            .map_err(|e| format!("listing {}/: {e}", self.spec.prefix))?;
+        let records = listed
             .kvs()
             .iter()
             .map(|kv| {
@@ -527,10 +515,7 @@ impl Node {
                 )
             })
             .collect();
-        self.resync(&records);
-        self.revision = listed.header().map_or(0, |h| h.revision());
-        lock(&self.status).resyncs += 1;
-        self.watch(client).await
+        Ok((records, listed.header().map_or(0, |h| h.revision())))
     }
 
     /// This node's PublicIP: configured, else the underlay interface's first address, else
@@ -683,11 +668,7 @@ impl Node {
     }
 
     /// Leases a subnet (see the module documentation).
-    async fn acquire(
-        &mut self,
-        client: &mut Client,
-        records: &[(String, Vec<u8>, i64)],
-    ) -> Result<(), String> {
+    async fn acquire(&mut self, client: &mut Client, records: &[Record3]) -> Result<(), String> {
         let Some(network) = self.network.clone() else {
             return Err("no network".into());
         };
@@ -834,7 +815,7 @@ impl Node {
     }
 
     /// Applies a full listing: every peer and Service that changed, appeared or went away.
-    fn resync(&mut self, records: &[(String, Vec<u8>, i64)]) {
+    fn resync(&mut self, records: &[Record3]) {
         let mut peers = BTreeMap::new();
         let mut services = BTreeMap::new();
         for (key, value, _) in records {
