@@ -616,17 +616,7 @@ impl Node {
         };
         let vtep_mac = self.vtep_mac();
         self.network = Some(network.clone());
-        self.local = Some(Local {
-            network,
-            subnet,
-            public_ip,
-            vtep_mac,
-            pod_vlan: self.spec.pod_vlan,
-            overlay_vlan: self.spec.overlay_vlan,
-            underlay_vlan: self.spec.underlay_vlan,
-            underlay: self.underlay(),
-            masquerade: self.spec.masquerade,
-        });
+        self.local = Some(self.local_for(network, subnet, public_ip, vtep_mac));
         let mut reqs = self.local.as_ref().map(Local::own).unwrap_or_default();
         self.own_programmed = true;
         let peers = std::mem::take(&mut self.cache.peers);
@@ -664,6 +654,27 @@ impl Node {
         let bytes = serde_json::to_vec_pretty(&self.cache).unwrap_or_default();
         if let Err(e) = crate::state::write_atomic(dir, CACHE_FILE, &bytes) {
             self.error(format!("saving {}: {e}", dir.join(CACHE_FILE).display()));
+        }
+    }
+
+    /// This node as it is with `subnet` of `network`.
+    fn local_for(
+        &self,
+        network: Network,
+        subnet: Subnet,
+        public_ip: Ipv4Addr,
+        vtep_mac: EthernetAddress,
+    ) -> Local {
+        Local {
+            network,
+            subnet,
+            public_ip,
+            vtep_mac,
+            pod_vlan: self.spec.pod_vlan,
+            overlay_vlan: self.spec.overlay_vlan,
+            underlay_vlan: self.spec.underlay_vlan,
+            underlay: self.underlay(),
+            masquerade: self.spec.masquerade,
         }
     }
 
@@ -718,17 +729,7 @@ impl Node {
             choice = Some(candidates[pick]);
         }
         let subnet = choice.unwrap_or_else(|| unreachable!());
-        let local = Local {
-            network: network.clone(),
-            subnet,
-            public_ip,
-            vtep_mac,
-            pod_vlan: self.spec.pod_vlan,
-            overlay_vlan: self.spec.overlay_vlan,
-            underlay_vlan: self.spec.underlay_vlan,
-            underlay: self.underlay(),
-            masquerade: self.spec.masquerade,
-        };
+        let local = self.local_for(network.clone(), subnet, public_ip, vtep_mac);
         let value = local.lease().to_json();
         let key = format!("{subnets_prefix}{}", subnet.key_name());
         let grant = client
