@@ -113,7 +113,8 @@ pub enum PortCmd {
 #[derive(Debug, Args)]
 pub struct PortAddArgs {
     pub name: String,
-    /// Named network namespace to create the TAP in (or where the attached interface is).
+    /// Network namespace to create the TAP in (or where the attached interface is): a name
+    /// as `ip netns` knows it, or the path of a namespace file.
     #[arg(long)]
     pub netns: Option<String>,
     /// Attach to an existing interface over AF_PACKET instead of creating a TAP.
@@ -140,6 +141,24 @@ pub struct PortAddArgs {
     /// 64 KiB super-frames to its device.
     #[arg(long)]
     pub no_offload: bool,
+    /// The TAP's name inside its namespace (default: the port's name), e.g. eth0.
+    #[arg(long)]
+    pub ifname: Option<String>,
+    /// The container that owns the port (shown by `port list`).
+    #[arg(long)]
+    pub container_id: Option<String>,
+    /// An address of the port (10.42.0.5/24), repeatable or comma separated.
+    #[arg(long = "address", value_delimiter = ',')]
+    pub addresses: Vec<String>,
+    /// A label KEY=VALUE, repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -585,6 +604,10 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 native_vlan: a.native_vlan,
                 max_macs: a.max_macs,
                 offload: a.no_offload.then_some(false),
+                ifname: a.ifname,
+                container_id: a.container_id,
+                addresses: a.addresses,
+                labels: a.labels.into_iter().collect(),
             };
             api::call(socket, &Request::PortAdd { port })?;
             Ok(())
@@ -778,8 +801,27 @@ pub fn print_ports(data: &Value) {
         } else {
             format!("trunk {} native {}", s(p, "trunk"), s(p, "native_vlan"))
         };
+        let mut extra = String::new();
+        if !p["ifname"].is_null() {
+            extra.push_str(&format!("  ifname {}", s(p, "ifname")));
+        }
+        if !p["container_id"].is_null() {
+            let id = s(p, "container_id");
+            extra.push_str(&format!("  container {}", &id[..id.len().min(12)]));
+        }
+        if let Some(a) = p["addresses"].as_array().filter(|a| !a.is_empty()) {
+            let a: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+            extra.push_str(&format!("  addresses {}", a.join(",")));
+        }
+        if let Some(labels) = p["labels"].as_object() {
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            extra.push_str(&format!("  labels {}", l.join(",")));
+        }
         println!(
-            "{:<16} {:>4} {:<7} {:<12} {:<18} {:>6}  {}",
+            "{:<16} {:>4} {:<7} {:<12} {:<18} {:>6}  {}{extra}",
             s(p, "name"),
             s(p, "id"),
             s(p, "kind"),

@@ -180,6 +180,7 @@ fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
         mode: PortMode::Access(v.vlan),
         max_macs: u32::MAX,
         offload: false,
+        device: v.port_name(),
     }
 }
 
@@ -335,6 +336,16 @@ pub struct PortInfo {
     pub max_macs: Option<u32>,
     /// Super-frames and partial checksums are handed to the device.
     pub offload: bool,
+    /// The device's name inside its namespace, when it is not the port's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// The container that owns the port (set by the CNI plugin).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// One line of `vxlan list`.
@@ -473,7 +484,7 @@ impl Switch {
                 .iter()
                 .filter(|p| !p.attach)
                 .map(|p| TapRef {
-                    name: p.name.clone(),
+                    name: p.ifname.clone().unwrap_or_else(|| p.name.clone()),
                     netns: p.netns.clone(),
                 })
                 .collect()
@@ -854,6 +865,7 @@ impl Switch {
         }
         let same_device = |a: &PortSpec, b: &PortSpec| {
             a.name == b.name
+                && a.device == b.device
                 && a.netns == b.netns
                 && a.attach == b.attach
                 && a.mac == b.mac
@@ -1188,6 +1200,12 @@ impl Switch {
     }
 
     pub fn list_ports(&self) -> Vec<PortInfo> {
+        let configured: HashMap<&str, &PortConfig> = self
+            .config
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p))
+            .collect();
         self.ports
             .iter()
             .enumerate()
@@ -1213,6 +1231,18 @@ impl Switch {
                     native_vlan: native,
                     max_macs: (p.spec.max_macs != u32::MAX).then_some(p.spec.max_macs),
                     offload: p.backend.device().is_some_and(|d| d.takes_offloads()),
+                    ifname: (p.spec.device != p.spec.name).then(|| p.spec.device.clone()),
+                    container_id: configured
+                        .get(p.spec.name.as_str())
+                        .and_then(|c| c.container_id.clone()),
+                    addresses: configured
+                        .get(p.spec.name.as_str())
+                        .map(|c| c.addresses.clone())
+                        .unwrap_or_default(),
+                    labels: configured
+                        .get(p.spec.name.as_str())
+                        .map(|c| c.labels.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect()
@@ -1516,7 +1546,7 @@ impl Switch {
 /// How to open the TAP of `spec`.
 fn tap_spec(spec: &PortSpec, queues: usize, adopt: bool) -> TapSpec {
     TapSpec {
-        name: spec.name.clone(),
+        name: spec.device.clone(),
         netns: spec.netns.clone(),
         mac: spec.mac,
         mtu: spec.mtu,

@@ -217,6 +217,20 @@ pub struct PortConfig {
     /// and a TAP is opened without the virtio-net header. Default `true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offload: Option<bool>,
+    /// The device's name inside its namespace (`eth0` in a container); default: the port's
+    /// name. Ports are named uniquely in the switch; devices only within their namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// The container the port belongs to (the CNI plugin sets it), as `port list` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The port's addresses (`10.42.0.5/24`), as recorded by whoever made it (the CNI plugin
+    /// records what IPAM gave).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// Labels (`app = "web"`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -439,6 +453,8 @@ pub struct PortSpec {
     /// Frames with offloads left to do (64 KiB TCP super-frames, partial checksums) may be
     /// handed to this port's device.
     pub offload: bool,
+    /// The device's name in its namespace (`ifname`, else the port's name).
+    pub device: String,
 }
 
 /// A validated static FDB entry.
@@ -486,10 +502,57 @@ impl PortConfig {
             ));
         }
         if let Some(ns) = &self.netns {
-            if ns.is_empty() || ns.contains('/') || ns == "." || ns == ".." {
+            // A name as `ip netns` knows it, or the path of a namespace file
+            // (`/run/netns/cni-…`, `/proc/PID/ns/net`), as CNI runtimes give it.
+            let path_ok = ns.starts_with('/') && !ns.contains("/../") && !ns.ends_with("/..");
+            if ns.is_empty()
+                || (ns.contains('/') && !path_ok)
+                || ns == "."
+                || ns == ".."
+                || ns.contains(['\n', '\0'])
+            {
                 return Err(ConfigError::new(
                     f("netns"),
-                    format!("{ns:?} is not a namespace name"),
+                    format!("{ns:?} is not a namespace name or an absolute namespace path"),
+                ));
+            }
+        }
+        if let Some(ifname) = &self.ifname {
+            if !valid_ifname(ifname) {
+                return Err(ConfigError::new(
+                    f("ifname"),
+                    format!("{ifname:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)"),
+                ));
+            }
+            if self.attach {
+                return Err(ConfigError::new(
+                    f("ifname"),
+                    "not with attach: the port is named for the interface it attaches",
+                ));
+            }
+        }
+        if let Some(id) = &self.container_id {
+            if id.is_empty() || id.len() > 256 || id.contains(['\n', '\0']) {
+                return Err(ConfigError::new(
+                    f("container_id"),
+                    "1 to 256 bytes, no newline",
+                ));
+            }
+        }
+        for a in &self.addresses {
+            routing::parse_cidr(&f("addresses"), a, false)?;
+        }
+        for (k, v) in &self.labels {
+            let ok = |s: &str, max: usize| {
+                !s.is_empty()
+                    && s.len() <= max
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+            };
+            if !ok(k, 253) || !(v.is_empty() || ok(v, 63)) {
+                return Err(ConfigError::new(
+                    f("labels"),
+                    format!("{k:?} = {v:?}: keys and values are letters, digits and ._-/"),
                 ));
             }
         }
@@ -555,6 +618,7 @@ impl PortConfig {
             mode,
             max_macs: self.max_macs.unwrap_or(u32::MAX),
             offload: self.offload.unwrap_or(true),
+            device: self.ifname.clone().unwrap_or_else(|| self.name.clone()),
         })
     }
 }

@@ -13,14 +13,18 @@ use std::path::PathBuf;
 /// Where `ip netns` keeps named namespaces.
 pub const NETNS_RUN_DIR: &str = "/run/netns";
 
-/// The path of a named namespace.
+/// The path of a named namespace; an absolute path (`/proc/PID/ns/net`, a CNI runtime's
+/// `/run/netns/cni-…`) is taken as it is.
 pub fn path(name: &str) -> PathBuf {
+    if name.starts_with('/') {
+        return PathBuf::from(name);
+    }
     PathBuf::from(NETNS_RUN_DIR).join(name)
 }
 
-/// Whether `name` is a namespace `ip netns` knows.
+/// Whether `name` is a namespace `ip netns` knows, or the path of one.
 pub fn exists(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && path(name).exists()
+    !name.is_empty() && (!name.contains('/') || name.starts_with('/')) && path(name).exists()
 }
 
 /// Runs `f` inside namespace `netns` (or right here when `None`) and returns its result.
