@@ -1,5 +1,6 @@
 //! The `tapswitch` binary: `run` (the daemon), the CLI verbs that talk to it over the control
-//! socket, and `demo`.
+//! socket, and `demo`. Run by a container runtime with `CNI_COMMAND` set (installed into a
+//! CNI plugin directory as `tapswitch`), it is the CNI plugin (`tapswitch_control::cni`).
 
 mod cli;
 mod demo;
@@ -9,6 +10,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cni();
+    }
     let args = cli::Cli::parse();
     if !matches!(args.command, cli::Command::Run { .. } | cli::Command::Demo) {
         // A listing piped into `head` ends quietly when the reader goes, as `ip` does.
@@ -32,5 +36,22 @@ fn main() -> ExitCode {
             eprintln!("tapswitch: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The CNI plugin: the configuration on stdin, the result or error object on stdout.
+fn cni() -> ExitCode {
+    use std::io::{Read, Write};
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    let env = tapswitch_control::cni::Env::from_process();
+    let (out, code) = tapswitch_control::cni::run(&env, &stdin);
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(out.as_bytes());
+    let _ = stdout.flush();
+    if code == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(code as u8)
     }
 }

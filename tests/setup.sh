@@ -4,7 +4,9 @@
 # kernel VTEP's veth), and, for the end-to-end bench, iperf3, ping and nft (nftables: the kernel
 # NAT baseline); traceroute and tracepath (through NAT); protoc (protobuf-compiler: the etcd
 # client crate compiles etcd's API at build time) and a real etcd server and etcdctl (cluster
-# mode), openssl (the cluster tests make a CA for etcd over TLS). Does nothing when all are there. Needs root (apt-get).
+# mode), openssl (the cluster tests make a CA for etcd over TLS), the reference CNI plugins
+# (host-local IPAM for the CNI plugin's tests). Does nothing when all are there. Needs root
+# (apt-get).
 set -eu
 need=""
 command -v ip >/dev/null || need="$need iproute2"
@@ -21,6 +23,7 @@ command -v protoc >/dev/null || need="$need protobuf-compiler"
 command -v etcd >/dev/null || need="$need etcd-server"
 command -v etcdctl >/dev/null || need="$need etcd-client"
 command -v openssl >/dev/null || need="$need openssl"
+[ -x /usr/lib/cni/host-local ] || need="$need containernetworking-plugins"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq

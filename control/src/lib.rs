@@ -16,6 +16,7 @@
 pub mod api;
 pub mod checkpoint;
 pub mod cluster;
+pub mod cni;
 pub mod config;
 pub mod daemon;
 pub mod server;
