@@ -473,6 +473,7 @@ pub fn nat_request(cmd: Command) -> Option<(Request, Option<Printer>)> {
                     address,
                     port,
                     to,
+                    container_id: None,
                 },
             },
             None,
@@ -1399,7 +1400,8 @@ mod tests {
                     protocol: Some("udp".into()),
                     address: "10.200.0.1".into(),
                     port: 53,
-                    to: "10.42.0.3:5353".into()
+                    to: "10.42.0.3:5353".into(),
+                    container_id: None
                 }
             }
         );

@@ -382,3 +382,103 @@ fn fifty_adds_and_dels_in_parallel() {
     let left = port_names(&switch);
     assert!(!left.iter().any(|n| n.starts_with("ts")), "{left:?}");
 }
+
+/// A TCP server on `ip`:`port` inside `server` answers one connection with `reply`; connects
+/// from `client` to `to` and returns what it read.
+fn tcp_once(server: &Netns, ip: &str, port: u16, client: &Netns, to: &str, reply: &str) -> String {
+    use std::io::{Read, Write};
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let listener = server
+        .run(|| std::net::TcpListener::bind((ip, port)))
+        .expect("listen");
+    let reply = reply.to_string();
+    let srv = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    let mut got = String::new();
+    match client.run(|| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))) {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.read_to_string(&mut got);
+        }
+        Err(e) => {
+            let _ = server.run(|| std::net::TcpStream::connect((ip, port)));
+            srv.join().unwrap();
+            panic!("connect to {to}: {e}");
+        }
+    }
+    srv.join().unwrap();
+    got
+}
+
+#[test]
+fn port_mappings_forward_and_go_with_the_container() {
+    if !have_root() || !have_host_local() {
+        return;
+    }
+    let switch = Switch::start();
+    let data = TempDir(std::env::temp_dir().join(unique("cniipam")));
+    let base = conf(&switch.socket, &data.0, "10.76.0");
+    let (web, other) = (container("cnim", false), container("cnim", false));
+    let (pw, po) = (
+        format!("/run/netns/{}", web.name()),
+        format!("/run/netns/{}", other.name()),
+    );
+    let mut with_ports: serde_json::Value = serde_json::from_str(&base).unwrap();
+    with_ports["runtimeConfig"] = serde_json::json!({"portMappings": [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8443, "containerPort": 443, "protocol": "tcp", "hostIP": "10.76.0.1"}
+    ]});
+    let (rw, code) = cni("ADD", "web", &pw, &with_ports.to_string());
+    assert_eq!(code, 0, "{rw}");
+    assert_eq!(cni("ADD", "other", &po, &base).1, 0);
+    let web_ip = rw["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let forwards = switch.json(&["dnat", "list"]);
+    let list = forwards.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{forwards}");
+    assert!(
+        list.iter().all(|d| d["container_id"] == "web"),
+        "{forwards}"
+    );
+    assert!(list
+        .iter()
+        .any(|d| d["address"] == "0.0.0.0" && d["port"] == 8080));
+    assert!(list
+        .iter()
+        .any(|d| d["address"] == "10.76.0.1" && d["port"] == 8443));
+    // From another container on the host (hairpin through the router), on the gateway's
+    // address: the mapping without hostIP answers on every router address.
+    let got = tcp_once(
+        &web,
+        &web_ip,
+        80,
+        &other,
+        "10.76.0.1:8080",
+        "hello from web",
+    );
+    assert_eq!(got, "hello from web");
+    let got = tcp_once(&web, &web_ip, 443, &other, "10.76.0.1:8443", "tls-ish");
+    assert_eq!(got, "tls-ish");
+    // DEL takes the forwards with the port.
+    assert_eq!(cni("DEL", "web", &pw, &with_ports.to_string()).1, 0);
+    assert_eq!(switch.json(&["dnat", "list"]), serde_json::json!([]));
+    // A mapping that cannot be made undoes the whole ADD.
+    let mut clash = with_ports.clone();
+    clash["runtimeConfig"]["portMappings"] = serde_json::json!([{"hostPort": 8080, "containerPort": 80}, {"hostPort": 8080, "containerPort": 81}]);
+    let (out, code) = cni("ADD", "web", &pw, &clash.to_string());
+    assert_eq!(code, 1, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("8080"), "{out}");
+    assert_eq!(switch.json(&["dnat", "list"]), serde_json::json!([]));
+    assert!(!port_names(&switch).contains(&tapswitch_control::cni::port_name("web", "eth0")));
+    assert_eq!(leases(&data.0).len(), 1, "only the other container's lease");
+}

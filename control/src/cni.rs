@@ -111,6 +111,21 @@ struct Attachment {
 struct RuntimeConfig {
     #[serde(default)]
     mac: Option<String>,
+    #[serde(default, rename = "portMappings")]
+    port_mappings: Vec<PortMapping>,
+}
+
+/// One entry of the `portMappings` capability.
+#[derive(Debug, Clone, Deserialize)]
+struct PortMapping {
+    #[serde(rename = "hostPort")]
+    host_port: u32,
+    #[serde(rename = "containerPort")]
+    container_port: u32,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(default, rename = "hostIP")]
+    host_ip: Option<String>,
 }
 
 /// The plugin's configuration (one entry of a conflist, with `name` and `cniVersion`).
@@ -424,15 +439,77 @@ fn add_leased(env: &Env, conf: &NetConf, socket: &Path, lease: &Value) -> Result
         ..PortConfig::default()
     };
     call(socket, &Request::PortAdd { port })?;
-    let configured = configure(env, conf, socket, vlan, &ips, lease);
+    let configured = configure(env, conf, socket, vlan, &ips, lease)
+        .and_then(|r| forward(env, conf, socket, &ips).map(|()| r));
     let result = match configured {
         Ok(r) => r,
         Err(e) => {
+            let _ = remove_forwards(socket, &env.container_id);
             let _ = call(socket, &Request::PortDel { name });
             return Err(e);
         }
     };
     Ok(result.to_string())
+}
+
+/// The `portMappings` capability: a port forward per mapping, to the container's first IPv4
+/// address, on `hostIP` or (without one) on every address of the router's interfaces.
+fn forward(env: &Env, conf: &NetConf, socket: &Path, ips: &[Ip]) -> Result<(), CniError> {
+    let mappings = &conf.runtime_config.port_mappings;
+    if mappings.is_empty() {
+        return Ok(());
+    }
+    let Some(target) = ips
+        .iter()
+        .filter_map(|i| i.address.split('/').next())
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+    else {
+        return Err(CniError::new(
+            7,
+            "runtimeConfig.portMappings: the container has no IPv4 address to forward to",
+        ));
+    };
+    for m in mappings {
+        let protocol = m
+            .protocol
+            .clone()
+            .unwrap_or_else(|| "tcp".into())
+            .to_lowercase();
+        let dnat = crate::config::DnatConfig {
+            protocol: Some(protocol),
+            address: m
+                .host_ip
+                .clone()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "0.0.0.0".into()),
+            port: m.host_port,
+            to: format!("{target}:{}", m.container_port),
+            container_id: Some(env.container_id.clone()),
+        };
+        call(socket, &Request::DnatAdd { dnat })?;
+    }
+    Ok(())
+}
+
+/// Removes the port forwards of `container`.
+fn remove_forwards(socket: &Path, container: &str) -> Result<(), CniError> {
+    let list = call(socket, &Request::DnatList)?;
+    for d in list.as_array().into_iter().flatten() {
+        if d["container_id"] != container {
+            continue;
+        }
+        let req = Request::DnatDel {
+            protocol: d["protocol"].as_str().map(String::from),
+            address: d["address"].as_str().unwrap_or_default().to_string(),
+            port: d["port"].as_u64().unwrap_or(0) as u32,
+        };
+        match api::call(socket, &req) {
+            Ok(_) => {}
+            Err(ClientError::Refused(m)) if m.contains("no such") => {}
+            Err(e) => return Err(daemon_error(socket, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Inside the container: addresses, routes; on the switch: the gateway's interface. Returns
@@ -573,6 +650,7 @@ fn del(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
     ])?;
     let socket = conf.socket();
     let name = port_name(&env.container_id, &env.ifname);
+    remove_forwards(&socket, &env.container_id)?;
     match api::call(&socket, &Request::PortDel { name }) {
         Ok(_) => {}
         Err(ClientError::Refused(m)) if m.contains("no such port") => {}
@@ -685,6 +763,9 @@ fn gc(env: &Env, conf: &NetConf, stdin: &[u8]) -> Result<(), CniError> {
         let ifname = p["ifname"].as_str().unwrap_or(name);
         if port_name(id, ifname) != name || keep.contains(name) {
             continue;
+        }
+        if let Err(e) = remove_forwards(&socket, id) {
+            first_error.get_or_insert(e);
         }
         if let Err(e) = call(&socket, &Request::PortDel { name: name.into() }) {
             first_error.get_or_insert(e);

@@ -68,6 +68,10 @@ pub struct DnatConfig {
     pub port: u32,
     /// `"IP:PORT"`, or `"IP"` for the same port.
     pub to: String,
+    /// The container whose port mapping this is (the CNI plugin sets it, and removes the
+    /// container's forwards with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// `[[service]]`: a load-balanced Service.
@@ -555,8 +559,15 @@ impl DnatConfig {
     pub fn validate(&self, at: &str, interfaces: &[Interface]) -> Result<DnatSpec, ConfigError> {
         let f = |key: &str| format!("{at}.{key}");
         let proto = parse_protocol(&f("protocol"), self.protocol.as_deref())?;
-        let address = parse_unicast_v4(&f("address"), &self.address)?;
-        check_on_subnet(&f("address"), address, interfaces)?;
+        // 0.0.0.0: every address of the router's interfaces, as `docker run -p` listens on
+        // every address of the host.
+        let address = if self.address == "0.0.0.0" {
+            Ipv4Addr::UNSPECIFIED
+        } else {
+            let a = parse_unicast_v4(&f("address"), &self.address)?;
+            check_on_subnet(&f("address"), a, interfaces)?;
+            a
+        };
         let port = parse_port(&f("port"), self.port)?;
         let to = if self.to.contains(':') {
             parse_socket(&f("to"), &self.to)?
@@ -800,6 +811,14 @@ impl NatIndex {
         spec: &DnatSpec,
         interfaces: &[Interface],
     ) -> Result<(), ConfigError> {
+        if spec.address.is_unspecified() {
+            return self.check_node_port(
+                format!("{at}.address"),
+                spec.proto,
+                spec.port,
+                interfaces,
+            );
+        }
         self.check_frontend(format!("{at}.address"), spec.frontend(), interfaces)
     }
 

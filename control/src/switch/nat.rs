@@ -268,6 +268,9 @@ pub struct DnatInfo {
     pub to: String,
     /// Connections tracked through this port forward now.
     pub connections: u64,
+    /// The container whose port mapping this is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
 }
 
 /// One Service of `service list`.
@@ -579,6 +582,10 @@ impl Switch {
                         port: e.orig.dport,
                     };
                     *counts.entry(f).or_default() += 1;
+                    // A forward on every router address counts them all.
+                    *counts
+                        .entry(Frontend::node_port(f.proto, f.port))
+                        .or_default() += 1;
                 }
             }
         }
@@ -586,12 +593,14 @@ impl Switch {
             .nat
             .dnat
             .iter()
-            .map(|d| DnatInfo {
+            .zip(&self.config.dnat)
+            .map(|(d, c)| DnatInfo {
                 protocol: protocol_name(d.proto),
                 address: d.address.to_string(),
                 port: d.port,
                 to: d.to.to_string(),
                 connections: counts.get(&d.frontend()).copied().unwrap_or(0),
+                container_id: c.container_id.clone(),
             })
             .collect())
     }
@@ -1218,6 +1227,7 @@ to = "10.42.0.2:80"
                     address: "10.96.0.2".into(),
                     port: 80,
                     to: "10.42.0.9".into(),
+                    container_id: None,
                 }),
                 "dnat.address: tcp 10.96.0.2:80 is already the frontend of service svc-1",
             ),
@@ -1291,6 +1301,7 @@ to = "10.42.0.2:80"
                 address: "10.200.0.1".into(),
                 port: 30080,
                 to: "10.42.0.9".into(),
+                container_id: None,
             })
             .unwrap_err()
             .to_string();
@@ -1365,6 +1376,7 @@ to = "10.42.0.2:80"
             address: "10.200.0.1".into(),
             port: 53,
             to: "10.42.0.3".into(),
+            container_id: None,
         })
         .unwrap();
         s.del_dnat(None, "10.200.0.1", 8080).unwrap();
