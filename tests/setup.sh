@@ -5,7 +5,8 @@
 # NAT baseline); traceroute and tracepath (through NAT); protoc (protobuf-compiler: the etcd
 # client crate compiles etcd's API at build time) and a real etcd server and etcdctl (cluster
 # mode), openssl (the cluster tests make a CA for etcd over TLS), the reference CNI plugins
-# (host-local IPAM for the CNI plugin's tests). Does nothing when all are there. Needs root
+# (host-local IPAM for the CNI plugin's tests), podman with runc and busybox-static (the CNI
+# plugin driven by a real runtime, containers made from busybox). Does nothing when all are there. Needs root
 # (apt-get).
 set -eu
 need=""
@@ -24,6 +25,9 @@ command -v etcd >/dev/null || need="$need etcd-server"
 command -v etcdctl >/dev/null || need="$need etcd-client"
 command -v openssl >/dev/null || need="$need openssl"
 [ -x /usr/lib/cni/host-local ] || need="$need containernetworking-plugins"
+command -v podman >/dev/null || need="$need podman"
+command -v runc >/dev/null || need="$need runc"
+dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq
