@@ -80,6 +80,22 @@ default_subnet = "10.199.0.0/24"
             ),
         )
         .unwrap();
+        // The same network with the reference tuning, bandwidth and portmap plugins chained
+        // after tapswitch.
+        std::fs::write(
+            dir.join("cni-conf/tschain.conflist"),
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"tschain","plugins":[
+ {{"type":"tapswitch","socket":"{sock}","vlan":10,"mtu":1500,
+  "ipam":{{"type":"host-local","dataDir":"{d}/ipam","ranges":[[{{"subnet":"{subnet}.0/24","gateway":"{subnet}.1"}}]]}},
+  "capabilities":{{"portMappings":true,"mac":true,"ips":true}}}},
+ {{"type":"tuning","sysctl":{{"net.ipv4.conf.eth0.arp_notify":"1"}}}},
+ {{"type":"bandwidth","capabilities":{{"bandwidth":true}}}},
+ {{"type":"portmap","capabilities":{{"portMappings":true}},"snat":false}}]}}"#,
+                sock = switch.socket.display()
+            ),
+        )
+        .unwrap();
         std::fs::write(
             dir.join("www/index.html"),
             "hello from a tapswitch container\n",
@@ -139,12 +155,14 @@ default_subnet = "10.199.0.0/24"
         self.run(&args)
     }
 
-    /// The address podman reports for `name` on `tsnet`.
+    /// The address podman reports for `name` (on its one network).
     fn address(&self, name: &str) -> String {
         let v: Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
-        v[0]["NetworkSettings"]["Networks"]["tsnet"]["IPAddress"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no tsnet address for {name}: {v}"))
+        v[0]["NetworkSettings"]["Networks"]
+            .as_object()
+            .and_then(|n| n.values().next())
+            .and_then(|n| n["IPAddress"].as_str())
+            .unwrap_or_else(|| panic!("no address for {name}"))
             .to_string()
     }
 
@@ -334,4 +352,62 @@ fn dockers_network_modes_through_podman() {
         ports_before
     );
     assert_eq!(pm.leases(), 0);
+}
+
+/// `--ip` and `--mac-address` reach IPAM and the port; a conflist may chain the reference
+/// tuning, bandwidth and portmap plugins after tapswitch; ports survive a restart of
+/// tapswitch with their containers running.
+#[test]
+fn podman_capabilities_chaining_and_a_restart() {
+    if !have_root() || !have_podman() {
+        return;
+    }
+    let mut switch = Switch::start();
+    let pm = Podman::new(&switch, "10.45.0");
+    pm.start(
+        "fixed",
+        &[
+            "--network",
+            "tsnet",
+            "--ip",
+            "10.45.0.77",
+            "--mac-address",
+            "02:45:00:00:00:77",
+        ],
+        &["sleep", "3600"],
+    );
+    assert_eq!(pm.address("fixed"), "10.45.0.77");
+    let link = pm
+        .exec("fixed", &["ip", "-o", "link", "show", "eth0"])
+        .unwrap();
+    assert!(link.contains("02:45:00:00:00:77"), "{link}");
+    // Chained: tuning's sysctl is set, the container is on tapswitch, -p still works.
+    pm.start(
+        "chained",
+        &["--network", "tschain", "-p", "9090:80"],
+        &["httpd", "-f", "-p", "80", "-h", "/etc"],
+    );
+    let sysctl = pm
+        .exec(
+            "chained",
+            &["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"],
+        )
+        .unwrap();
+    assert_eq!(sysctl.trim(), "1");
+    let chained = pm.address("chained");
+    pm.ok(&["exec", "fixed", "ping", "-c", "2", "-W", "2", &chained]);
+    // A restart of tapswitch: the containers keep their interfaces and reach each other.
+    switch.stop();
+    switch.restart();
+    pm.ok(&["exec", "fixed", "ping", "-c", "2", "-W", "2", &chained]);
+    for name in ["fixed", "chained"] {
+        pm.ok(&["rm", "-f", "-t", "0", name]);
+    }
+    assert_eq!(pm.leases(), 0);
+    assert!(switch
+        .json(&["port", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["container_id"].is_null()));
 }

@@ -415,8 +415,12 @@ fn add_leased(env: &Env, conf: &NetConf, socket: &Path, lease: &Value) -> Result
     let vlan = conf.vlan.unwrap_or(1);
     let name = port_name(&env.container_id, &env.ifname);
     let mut labels = conf.labels.clone();
+    // The MAC: the `mac` capability, else `MAC=` in CNI_ARGS (as the reference plugins take
+    // it, and as podman passes `--mac-address`).
+    let mut mac = conf.runtime_config.mac.clone();
     for kv in env.args.split(';') {
         match kv.split_once('=') {
+            Some(("MAC", v)) if !v.is_empty() && mac.is_none() => mac = Some(v.into()),
             Some(("K8S_POD_NAMESPACE", v)) if !v.is_empty() => {
                 labels.insert("namespace".into(), v.into());
             }
@@ -432,7 +436,7 @@ fn add_leased(env: &Env, conf: &NetConf, socket: &Path, lease: &Value) -> Result
         ifname: Some(env.ifname.clone()),
         vlan: Some(vlan),
         mtu: conf.mtu,
-        mac: conf.runtime_config.mac.clone(),
+        mac,
         container_id: Some(env.container_id.clone()),
         addresses: ips.iter().map(|i| i.address.clone()).collect(),
         labels,
