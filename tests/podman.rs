@@ -411,3 +411,95 @@ fn podman_capabilities_chaining_and_a_restart() {
         .iter()
         .all(|p| p["container_id"].is_null()));
 }
+
+/// An uplink to an outside namespace (VLAN 100, router address 10.200.0.1, masquerade of the
+/// containers' subnet): a container reaches the outside through masquerade, and the outside
+/// host reaches a published port on the router's uplink address.
+#[test]
+fn podman_masquerade_out_and_published_ports_in() {
+    use std::io::{Read, Write};
+    if !have_root() || !have_podman() {
+        return;
+    }
+    let switch = Switch::start();
+    let outside = container("pmout", false);
+    let (up, out_if) = (unique("pmup"), unique("pmou"));
+    ip(&[
+        "link",
+        "add",
+        &up,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &out_if,
+        "netns",
+        outside.name(),
+    ])
+    .unwrap();
+    ip(&["link", "set", &up, "up"]).unwrap();
+    outside.add_addr(&out_if, "10.200.0.254/24").unwrap();
+    outside.ip(&["link", "set", &out_if, "up"]).unwrap();
+    switch.cli(&["port", "add", &up, "--attach", "--vlan", "100"]);
+    switch.cli(&["interface", "add", "100", "--address", "10.200.0.1/24"]);
+    switch.cli(&[
+        "snat",
+        "add",
+        "--source",
+        "10.46.0.0/24",
+        "--out-vlan",
+        "100",
+    ]);
+    let pm = Podman::new(&switch, "10.46.0");
+    let inspect = pm.ok(&["network", "inspect", "tsnet"]);
+    // podman knows the network by its plugin (it shows subnets only for its own drivers).
+    assert!(inspect.contains(r#""driver": "tapswitch""#), "{inspect}");
+    let volume = format!("{}:/www", pm.dir.join("www").display());
+    pm.start(
+        "web",
+        &["--network", "tsnet", "-p", "8080:80", "-v", &volume],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    pm.start("client", &["--network", "tsnet"], &["sleep", "3600"]);
+
+    // Out through masquerade: the outside sees the uplink address.
+    let listener = outside
+        .run(|| std::net::TcpListener::bind(("10.200.0.254", 7000)))
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        (peer, got)
+    });
+    pm.ok(&[
+        "exec",
+        "client",
+        "sh",
+        "-c",
+        "echo out-through-nat | nc -w 2 10.200.0.254 7000",
+    ]);
+    let (peer, got) = server.join().unwrap();
+    assert_eq!(got.trim(), "out-through-nat");
+    assert_eq!(peer.ip().to_string(), "10.200.0.1", "masqueraded");
+
+    // In through the published port, from the outside host, on the router's uplink address.
+    let page = outside
+        .run(|| {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &"10.200.0.1:8080".parse().unwrap(),
+                Duration::from_secs(5),
+            )?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            Ok(body)
+        })
+        .unwrap();
+    assert!(page.contains("hello from a tapswitch container"), "{page}");
+    for name in ["web", "client"] {
+        pm.ok(&["rm", "-f", "-t", "0", name]);
+    }
+    switch.cli(&["port", "del", &up]);
+}
