@@ -3,7 +3,8 @@
 //! registry), on a network `tsnet` whose plugin is tapswitch.
 //!
 //! Everything podman keeps (storage, run state, the CNI configuration, host-local's leases)
-//! lives in a directory of the test's own, removed afterwards; podman's configuration comes
+//! lives in a directory of the test's own, removed afterwards; published ports differ from
+//! test to test (podman holds each host port open in the host's namespace); podman's configuration comes
 //! from `CONTAINERS_CONF` (runc, the ulimits this kind of machine needs, the CNI backend, the
 //! plugin directory holding the tapswitch binary as `tapswitch`).
 
@@ -232,7 +233,7 @@ fn podman_containers_on_tapswitch() {
     let volume = format!("{www}:/www");
     pm.start(
         "web",
-        &["--network", "tsnet", "-p", "8080:80", "-v", &volume],
+        &["--network", "tsnet", "-p", "18080:80", "-v", &volume],
         &["httpd", "-f", "-p", "80", "-h", "/www"],
     );
     pm.start("client", &["--network", "tsnet"], &["sleep", "3600"]);
@@ -272,11 +273,11 @@ fn podman_containers_on_tapswitch() {
         .unwrap();
     assert_eq!(got, payload, "the stream arrived whole");
 
-    // -p 8080:80: from another container, on the gateway's address (every router address).
+    // -p 18080:80: from another container, on the gateway's address (every router address).
     wait_for("the port mapping", || {
         pm.exec(
             "client",
-            &["wget", "-q", "-O", "-", "http://10.43.0.1:8080/"],
+            &["wget", "-q", "-O", "-", "http://10.43.0.1:18080/"],
         )
         .is_ok_and(|b| b.contains("hello from a tapswitch container"))
     });
@@ -286,7 +287,7 @@ fn podman_containers_on_tapswitch() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["port"] == 8080 && d["container_id"] == id.as_str()),
+            .any(|d| d["port"] == 18080 && d["container_id"] == id.as_str()),
         "{forwards}"
     );
 
@@ -384,7 +385,7 @@ fn podman_capabilities_chaining_and_a_restart() {
     // Chained: tuning's sysctl is set, the container is on tapswitch, -p still works.
     pm.start(
         "chained",
-        &["--network", "tschain", "-p", "9090:80"],
+        &["--network", "tschain", "-p", "19090:80"],
         &["httpd", "-f", "-p", "80", "-h", "/etc"],
     );
     let sysctl = pm
@@ -457,7 +458,7 @@ fn podman_masquerade_out_and_published_ports_in() {
     let volume = format!("{}:/www", pm.dir.join("www").display());
     pm.start(
         "web",
-        &["--network", "tsnet", "-p", "8080:80", "-v", &volume],
+        &["--network", "tsnet", "-p", "18081:80", "-v", &volume],
         &["httpd", "-f", "-p", "80", "-h", "/www"],
     );
     pm.start("client", &["--network", "tsnet"], &["sleep", "3600"]);
@@ -487,7 +488,7 @@ fn podman_masquerade_out_and_published_ports_in() {
     let page = outside
         .run(|| {
             let mut s = std::net::TcpStream::connect_timeout(
-                &"10.200.0.1:8080".parse().unwrap(),
+                &"10.200.0.1:18081".parse().unwrap(),
                 Duration::from_secs(5),
             )?;
             s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
