@@ -331,7 +331,7 @@ mod tests {
 
     #[test]
     fn vxlan_peers_get_flannels_three_entries() {
-        let mut l = local(r#"{"Type":"vxlan","Port":47911}"#);
+        let mut l = local(r#"{"Type":"vxlan","Port":31011}"#);
         // The VTEP's socket is bound to the PublicIP: one this host has.
         l.public_ip = Ipv4Addr::LOCALHOST;
         let p = peer(7, [192, 168, 9, 7], "vxlan");
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn direct_routing_host_gw_and_ipip() {
-        let l = local(r#"{"Type":"vxlan","DirectRouting":true,"Port":47912}"#);
+        let l = local(r#"{"Type":"vxlan","DirectRouting":true,"Port":31012}"#);
         assert_eq!(
             l.reach(&peer(3, [192, 168, 205, 3], "vxlan")),
             Ok(Reach::Direct)

@@ -364,7 +364,8 @@ address = "10.42.1.1/24"
         Switch::start(Config::from_toml(BASE).unwrap()).unwrap()
     }
 
-    /// What the cluster agent programs for one vxlan peer, plus the overlay itself.
+    /// What the cluster agent programs for one vxlan peer, plus the overlay itself. Its UDP
+    /// port is below the ephemeral range, where no other test's sending sockets land.
     fn overlay(udp: u16) -> Vec<Request> {
         vec![
             Request::InterfaceAdd {
@@ -421,7 +422,7 @@ address = "10.42.1.1/24"
     fn an_owned_batch_is_applied_as_one_and_stays_its_owners() {
         let mut s = switch();
         let generation = s.generation;
-        let r = s.batch(Some("cluster".into()), overlay(47_901)).unwrap();
+        let r = s.batch(Some("cluster".into()), overlay(31_001)).unwrap();
         ok(&r);
         assert_eq!(r.applied, 5);
         assert_eq!(s.generation, generation + 1, "one publication");
@@ -469,7 +470,7 @@ address = "10.42.1.1/24"
             .unwrap()
             .contains("not managed by the cluster agent"));
         // An owner in a plain request is refused.
-        let mut add = overlay(47_901).remove(4);
+        let mut add = overlay(31_001).remove(4);
         if let Request::RouteAdd { route } = &mut add {
             route.prefix = "10.42.8.0/24".into();
             route.owner = Some("cluster".into());
@@ -503,7 +504,7 @@ address = "10.42.1.1/24"
     #[test]
     fn each_request_has_its_own_verdict() {
         let mut s = switch();
-        let mut reqs = overlay(47_902);
+        let mut reqs = overlay(31_002);
         // A route via an address no interface reaches, and a duplicate neighbour.
         reqs.push(Request::RouteAdd {
             route: RouteConfig {
@@ -561,7 +562,7 @@ address = "10.42.1.1/24"
             .batch(
                 None,
                 vec![
-                    overlay(47_903).remove(0),
+                    overlay(31_003).remove(0),
                     Request::PortDel { name: "x".into() },
                 ],
             )
@@ -582,7 +583,7 @@ address = "10.42.1.1/24"
         assert!(s.batch(Some("a b".into()), vec![]).is_err());
         assert_eq!(s.config().interfaces.len(), 1, "nothing changed");
         // Without an owner, a batch changes user entries, which are saved as usual.
-        let r = s.batch(None, overlay(47_903)).unwrap();
+        let r = s.batch(None, overlay(31_003)).unwrap();
         ok(&r);
         assert_eq!(s.config().owned_entries(), 0);
         assert_eq!(s.config().user_view().routes.len(), 1);
