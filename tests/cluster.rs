@@ -1074,8 +1074,12 @@ fn a_restart_while_etcd_is_down_forwards_from_the_cache() {
     ul.etcd.stop();
     nodes[0].switch.stop();
     nodes[0].switch.restart();
-    let st = status(&nodes[0].switch);
-    assert!(st["state"].as_str().unwrap().contains("last known"), "{st}");
+    // The agent programs its cache as it starts (its own thread, through the socket).
+    eventually("forwarding from the cache", 10, || {
+        status(&nodes[0].switch)["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("last known"))
+    });
     let (a, b) = (&nodes[0].pods[0], &nodes[1].pods[0]);
     assert!(
         ping(&a.0, &b.1, 3) > 0,
