@@ -204,10 +204,16 @@ pub fn run(env: &Env, stdin: &[u8]) -> (String, i32) {
     }
 }
 
-fn dispatch(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
+/// Decodes and checks a network configuration as every verb but VERSION does first: the
+/// error a runtime would get, or `Ok`. Touches nothing (the fuzz target's entry).
+pub fn check_config(stdin: &[u8]) -> Result<(), CniError> {
+    parse(stdin).map(|_| ())
+}
+
+fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
     let raw: Value = serde_json::from_slice(stdin)
         .map_err(|e| CniError::new(6, format!("the configuration on stdin is not JSON: {e}")))?;
-    let conf: NetConf = serde_json::from_value(raw.clone())
+    let conf: NetConf = serde_json::from_value(raw)
         .map_err(|e| CniError::new(6, format!("the configuration: {e}")))?;
     if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
         return Err(CniError::new(
@@ -227,6 +233,11 @@ fn dispatch(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
             ));
         }
     }
+    Ok(conf)
+}
+
+fn dispatch(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
+    let conf = parse(stdin)?;
     match env.command.as_str() {
         "ADD" => add(env, &conf, stdin),
         "DEL" => del(env, &conf, stdin).map(|()| String::new()),
