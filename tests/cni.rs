@@ -317,6 +317,24 @@ fn cni_errors_leave_nothing_behind() {
     }
 }
 
+/// `cmd` for container `par-I` in each of `containers`, all at once, as a kubelet does;
+/// the results in order.
+fn in_parallel(cmd: &str, containers: &[Netns], conf: &str) -> Vec<(serde_json::Value, i32)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = containers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                s.spawn(move || {
+                    let netns = format!("/run/netns/{}", c.name());
+                    cni(cmd, &format!("par-{i}"), &netns, conf)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 #[test]
 fn fifty_adds_and_dels_in_parallel() {
     if !have_root() || !have_host_local() {
@@ -326,24 +344,7 @@ fn fifty_adds_and_dels_in_parallel() {
     let data = TempDir(std::env::temp_dir().join(unique("cniipam")));
     let conf = conf(&switch.socket, &data.0, "10.79.0");
     let containers: Vec<Netns> = (0..50).map(|_| container("cnip", false)).collect();
-    let results: Vec<(serde_json::Value, i32)> = std::thread::scope(|s| {
-        let handles: Vec<_> = containers
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let conf = &conf;
-                s.spawn(move || {
-                    cni(
-                        "ADD",
-                        &format!("par-{i}"),
-                        &format!("/run/netns/{}", c.name()),
-                        conf,
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = in_parallel("ADD", &containers, &conf);
     let mut addresses = std::collections::HashSet::new();
     for (i, (out, code)) in results.iter().enumerate() {
         assert_eq!(*code, 0, "ADD {i}: {out}");
@@ -358,25 +359,10 @@ fn fifty_adds_and_dels_in_parallel() {
     }
     assert_eq!(leases(&data.0).len(), 50);
     assert!(ping(&containers[0], "10.79.0.1", 2) > 0);
-    let dels: Vec<i32> = std::thread::scope(|s| {
-        let handles: Vec<_> = containers
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let conf = &conf;
-                s.spawn(move || {
-                    cni(
-                        "DEL",
-                        &format!("par-{i}"),
-                        &format!("/run/netns/{}", c.name()),
-                        conf,
-                    )
-                    .1
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let dels: Vec<i32> = in_parallel("DEL", &containers, &conf)
+        .into_iter()
+        .map(|(_, code)| code)
+        .collect();
     assert!(dels.iter().all(|c| *c == 0), "{dels:?}");
     assert!(leases(&data.0).is_empty());
     let left = port_names(&switch);

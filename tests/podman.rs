@@ -70,33 +70,27 @@ default_subnet = "10.199.0.0/24"
             ),
         )
         .unwrap();
-        std::fs::write(
-            dir.join("cni-conf/tsnet.conflist"),
-            format!(
-                r#"{{"cniVersion":"1.0.0","name":"tsnet","plugins":[
- {{"type":"tapswitch","socket":"{sock}","vlan":10,"mtu":1500,
+        // The network, and the same with the reference tuning, bandwidth and portmap plugins
+        // chained after tapswitch.
+        let tapswitch = format!(
+            r#"{{"type":"tapswitch","socket":"{sock}","vlan":10,"mtu":1500,
   "ipam":{{"type":"host-local","dataDir":"{d}/ipam","ranges":[[{{"subnet":"{subnet}.0/24","gateway":"{subnet}.1"}}]]}},
-  "capabilities":{{"portMappings":true,"mac":true,"ips":true}}}}]}}"#,
-                sock = switch.socket.display()
-            ),
-        )
-        .unwrap();
-        // The same network with the reference tuning, bandwidth and portmap plugins chained
-        // after tapswitch.
-        std::fs::write(
-            dir.join("cni-conf/tschain.conflist"),
-            format!(
-                r#"{{"cniVersion":"1.0.0","name":"tschain","plugins":[
- {{"type":"tapswitch","socket":"{sock}","vlan":10,"mtu":1500,
-  "ipam":{{"type":"host-local","dataDir":"{d}/ipam","ranges":[[{{"subnet":"{subnet}.0/24","gateway":"{subnet}.1"}}]]}},
-  "capabilities":{{"portMappings":true,"mac":true,"ips":true}}}},
- {{"type":"tuning","sysctl":{{"net.ipv4.conf.eth0.arp_notify":"1"}}}},
- {{"type":"bandwidth","capabilities":{{"bandwidth":true}}}},
- {{"type":"portmap","capabilities":{{"portMappings":true}},"snat":false}}]}}"#,
-                sock = switch.socket.display()
-            ),
-        )
-        .unwrap();
+  "capabilities":{{"portMappings":true,"mac":true,"ips":true}}}}"#,
+            sock = switch.socket.display()
+        );
+        let chained = r#"{"type":"tuning","sysctl":{"net.ipv4.conf.eth0.arp_notify":"1"}},
+ {"type":"bandwidth","capabilities":{"bandwidth":true}},
+ {"type":"portmap","capabilities":{"portMappings":true},"snat":false}"#;
+        for (name, plugins) in [
+            ("tsnet", tapswitch.clone()),
+            ("tschain", format!("{tapswitch},\n {chained}")),
+        ] {
+            std::fs::write(
+                dir.join(format!("cni-conf/{name}.conflist")),
+                format!(r#"{{"cniVersion":"1.0.0","name":"{name}","plugins":[{plugins}]}}"#),
+            )
+            .unwrap();
+        }
         std::fs::write(
             dir.join("www/index.html"),
             "hello from a tapswitch container\n",
