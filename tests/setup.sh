@@ -6,7 +6,8 @@
 # client crate compiles etcd's API at build time) and a real etcd server and etcdctl (cluster
 # mode), openssl (the cluster tests make a CA for etcd over TLS), the reference CNI plugins
 # (host-local IPAM for the CNI plugin's tests), podman with runc and busybox-static (the CNI
-# plugin driven by a real runtime, containers made from busybox). Does nothing when all are there. Needs root
+# plugin driven by a real runtime, containers made from busybox), prometheus (promtool checks
+# the metrics). Does nothing when all are there. Needs root
 # (apt-get).
 set -eu
 need=""
@@ -28,6 +29,7 @@ command -v openssl >/dev/null || need="$need openssl"
 command -v podman >/dev/null || need="$need podman"
 command -v runc >/dev/null || need="$need runc"
 dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
+command -v promtool >/dev/null || need="$need prometheus"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq

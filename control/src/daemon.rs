@@ -83,6 +83,8 @@ pub enum DaemonError {
     NoSuchGroup(String),
     #[error("takeover: {0}")]
     Takeover(String),
+    #[error("metrics.listen {0}: {1}")]
+    Metrics(String, #[source] io::Error),
     #[error("control loop: {0}")]
     Io(#[from] io::Error),
 }
@@ -215,7 +217,18 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
         waker: Arc::new(Waker::new(poll.registry(), STOP)?),
         mode: Arc::new(AtomicU8::new(STOP_NONE)),
     };
-    // The cluster agent talks to this loop through the socket, like any client.
+    // The metrics server and the cluster agent talk to this loop through the socket, like
+    // any client.
+    let _metrics = match &switch.config().metrics {
+        Some(m) => {
+            let listen = m.listen().map_err(SwitchError::from)?;
+            let server = crate::metrics::MetricsServer::start(listen, opts.socket.clone())
+                .map_err(|e| DaemonError::Metrics(listen.to_string(), e))?;
+            log::info!("metrics on http://{}/metrics", server.addr);
+            Some(server)
+        }
+        None => None,
+    };
     let agent = match &switch.config().cluster {
         Some(c) => Some(crate::cluster::Agent::start(
             c.validate().map_err(SwitchError::from)?,

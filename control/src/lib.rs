@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod cni;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod switch;

@@ -849,6 +849,13 @@ impl Switch {
         let queues = self.workers.len();
         // NAT: re-checked and rebuilt only when a NAT section or the interfaces changed.
         let nat = self.nat_for(&config, &validated)?;
+        if config.metrics != self.config.metrics && !self.starting {
+            return Err(ConfigError::new(
+                "metrics",
+                "metrics settings are read at start; restart tapswitch to change them",
+            )
+            .into());
+        }
         if config.cluster != self.config.cluster && !self.starting {
             return Err(ConfigError::new(
                 "cluster",

@@ -88,6 +88,34 @@ pub struct Config {
     /// Cluster mode on etcd; read at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<cluster::ClusterConfig>,
+    /// The Prometheus metrics server; read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `[metrics]`: `/metrics` in the Prometheus text format (see [`crate::metrics`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `"127.0.0.1:9469"` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    /// The address to listen on.
+    pub fn listen(&self) -> Result<std::net::SocketAddr, ConfigError> {
+        let text = self
+            .listen
+            .as_deref()
+            .unwrap_or(crate::metrics::DEFAULT_LISTEN);
+        text.parse().map_err(|_| {
+            ConfigError::new(
+                "metrics.listen",
+                format!("{text:?} is not an address and port like 127.0.0.1:9469"),
+            )
+        })
+    }
 }
 
 /// `[switch]`: switch-wide settings.
@@ -789,6 +817,7 @@ impl Config {
             dnat: self.dnat.clone(),
             services: mine(&self.services, |e| e.owner.is_some()),
             cluster: self.cluster.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -961,6 +990,9 @@ impl Config {
         let (interfaces, routes) = self.validate_routing()?;
         if let Some(c) = &self.cluster {
             c.validate()?;
+        }
+        if let Some(m) = &self.metrics {
+            m.listen()?;
         }
         Ok(Validated {
             ports,

@@ -1,0 +1,114 @@
+//! The metrics server, scraped during real traffic and checked with Prometheus's own parser
+//! (`promtool check metrics`, from Debian's prometheus package).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+
+/// GET `path` from `addr`: (status line, body).
+fn get(addr: &str, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("the metrics server");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// The value of the sample `name{labels}` in `text`.
+fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_move_with_the_traffic_and_prometheus_parses_them() {
+    if !have_root() {
+        return;
+    }
+    let port = 21_000 + (std::process::id() % 5_000) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let switch = Switch::with_config(&format!("[metrics]\nlisten = \"{addr}\"\n"));
+    let (c1, c2) = (container("mtc", false), container("mtc", false));
+    let (p1, p2) = (unique("mtp"), unique("mtp"));
+    switch.add_container_port(&c1, &p1, &["--vlan", "10"], &["10.66.0.1/24"]);
+    switch.add_container_port(&c2, &p2, &["--vlan", "10"], &["10.66.0.2/24"]);
+    assert_eq!(ping(&c1, "10.66.0.2", 20), 20);
+
+    let (status, body) = get(&addr, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    let rx = format!("tapswitch_port_rx_packets_total{{port=\"{p1}\"}}");
+    let first = sample(&body, &rx).unwrap_or_else(|| panic!("{rx} missing:\n{body}"));
+    assert!(first >= 20.0, "{rx} {first}");
+    assert!(
+        body.contains("tapswitch_fdb_entries{type=\"learned\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE tapswitch_port_rx_bytes_total counter"),
+        "{body}"
+    );
+    assert!(!body.contains("# EOF"), "the classic format without Accept");
+    // Prometheus's own checker accepts it.
+    if which("promtool") {
+        let mut check = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is missing: apt-get install prometheus"
+        );
+    }
+    // More traffic: the counter moves by at least as much.
+    assert_eq!(ping(&c1, "10.66.0.2", 10), 10);
+    let (_, again) = get(&addr, "/metrics");
+    let second = sample(&again, &rx).unwrap();
+    assert!(second >= first + 10.0, "{first} -> {second}");
+    // A scraper that asks for OpenMetrics gets it.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n"
+    )
+    .unwrap();
+    let mut om = String::new();
+    s.read_to_string(&mut om).unwrap();
+    assert!(om.contains("application/openmetrics-text"), "{om}");
+    assert!(om.contains("# TYPE tapswitch_port_rx_bytes counter") && om.ends_with("# EOF\n"));
+    // Anything else is not found.
+    assert!(get(&addr, "/other").0.contains("404"));
+}
+
+fn which(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
