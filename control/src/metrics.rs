@@ -179,38 +179,44 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     };
     s.counter(
         "tapswitch_port_rx_packets",
-        "Frames received on a port.",
+        "Frames received on a port",
         per_port("rx_packets"),
     );
     s.counter(
         "tapswitch_port_rx_bytes",
-        "Bytes received on a port.",
+        "Bytes received on a port",
         per_port("rx_bytes"),
     );
     s.counter(
         "tapswitch_port_tx_packets",
-        "Frames sent on a port.",
+        "Frames sent on a port",
         per_port("tx_packets"),
     );
     s.counter(
         "tapswitch_port_tx_bytes",
-        "Bytes sent on a port.",
+        "Bytes sent on a port",
         per_port("tx_bytes"),
     );
     s.counter(
         "tapswitch_port_tx_errors",
-        "Frames a port's device refused.",
+        "Frames a port's device refused",
         per_port("tx_errors"),
     );
     s.counter(
         "tapswitch_port_tx_oversized",
-        "Frames too large for the egress MTU.",
+        "Frames too large for the egress MTU",
         per_port("tx_oversized"),
     );
     // Drops by reason: ports, the tunnel sockets and the router interfaces.
     let mut drops = Vec::new();
     let mut push_drops = |labels: Labels, d: &Value| {
-        for (reason, n) in d.as_object().into_iter().flatten() {
+        // Reasons that never happened are left out (dozens per port).
+        for (reason, n) in d
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| u(n) > 0)
+        {
             let mut l = labels.clone();
             l.push(label("reason", reason));
             drops.push((l, u(n)));
@@ -227,7 +233,7 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     }
     s.counter(
         "tapswitch_port_drops",
-        "Frames dropped, by where they came in and why.",
+        "Frames dropped, by where they came in and why",
         drops,
     );
     let mut iface_drops = Vec::new();
@@ -237,7 +243,12 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
         .flatten()
         .collect();
     for i in &ifaces {
-        for (reason, n) in i["drops"].as_object().into_iter().flatten() {
+        for (reason, n) in i["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(_, n)| u(n) > 0)
+        {
             iface_drops.push((
                 vec![label("vlan", &i["vlan"]), label("reason", reason)],
                 u(n),
@@ -246,7 +257,7 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     }
     s.counter(
         "tapswitch_interface_drops",
-        "Packets the router dropped, by interface and why.",
+        "Packets the router dropped, by interface and why",
         iface_drops,
     );
     let per_iface = |key: &str| -> Vec<(Labels, u64)> {
@@ -257,31 +268,31 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     };
     s.counter(
         "tapswitch_interface_rx_packets",
-        "Packets routed in by an interface.",
+        "Packets routed in by an interface",
         per_iface("rx_packets"),
     );
     s.counter(
         "tapswitch_interface_tx_packets",
-        "Packets routed out of an interface.",
+        "Packets routed out of an interface",
         per_iface("tx_packets"),
     );
     for tunnel in ["vxlan", "ipip"] {
         let t = &stats[tunnel];
         s.counter(
             &format!("tapswitch_{tunnel}_rx_packets"),
-            "Outer packets received by the tunnel sockets.",
+            "Outer packets received by the tunnel sockets",
             vec![(vec![], u(&t["rx_packets"]))],
         );
         s.counter(
             &format!("tapswitch_{tunnel}_tx_packets"),
-            "Outer packets sent by the tunnel sockets.",
+            "Outer packets sent by the tunnel sockets",
             vec![(vec![], u(&t["tx_packets"]))],
         );
     }
     let fdb = &stats["fdb"];
     s.gauge(
         "tapswitch_fdb_entries",
-        "MAC table entries, learned and static.",
+        "MAC table entries, learned and static",
         vec![
             (
                 vec![label("type", "learned")],
@@ -294,15 +305,15 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
         ],
     );
     for (key, help) in [
-        ("learned", "MACs learned."),
-        ("moved", "Learned MACs that moved to another port."),
-        ("aged", "Learned MACs aged out."),
-        ("table_full", "MACs not learned because the table was full."),
-        ("port_limit", "MACs not learned because of a port's bound."),
-        ("remote_learned", "MACs learned behind remote VTEPs."),
+        ("learned", "MACs learned"),
+        ("moved", "Learned MACs that moved to another port"),
+        ("aged", "Learned MACs aged out"),
+        ("table_full", "MACs not learned because the table was full"),
+        ("port_limit", "MACs not learned because of a port's bound"),
+        ("remote_learned", "MACs learned behind remote VTEPs"),
         (
             "neigh_suppressed",
-            "ARP/ND requests answered by suppression.",
+            "ARP/ND requests answered by suppression",
         ),
     ] {
         s.counter(
@@ -314,54 +325,54 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     let nat = &stats["nat"];
     s.gauge(
         "tapswitch_conntrack_entries",
-        "Connections tracked now.",
+        "Connections tracked now",
         vec![(vec![], nat["entries"].as_i64().unwrap_or(0))],
     );
     s.gauge(
         "tapswitch_conntrack_max",
-        "The bound of the connection tracking table.",
+        "The bound of the connection tracking table",
         vec![(vec![], nat["max"].as_i64().unwrap_or(0))],
     );
     for (key, name, help) in [
         (
             "connections",
             "tapswitch_conntrack_inserts",
-            "Connections tracked so far.",
+            "Connections tracked so far",
         ),
         (
             "insert_failed",
             "tapswitch_conntrack_insert_failed",
-            "Connections not tracked: the table was full.",
+            "Connections not tracked: the table was full",
         ),
         (
             "translated",
             "tapswitch_nat_translations",
-            "Packets whose addresses or ports were rewritten.",
+            "Packets whose addresses or ports were rewritten",
         ),
         (
             "icmp_translated",
             "tapswitch_nat_icmp_translations",
-            "ICMP errors about translated connections, translated.",
+            "ICMP errors about translated connections, translated",
         ),
         (
             "rejected",
             "tapswitch_nat_rejected",
-            "Connections to a Service without backends, refused.",
+            "Connections to a Service without backends, refused",
         ),
         (
             "invalid",
             "tapswitch_conntrack_invalid",
-            "Segments refused by the TCP state machine or window.",
+            "Segments refused by the TCP state machine or window",
         ),
     ] {
         s.counter(name, help, vec![(vec![], u(&nat[key]))]);
     }
     let workers: Vec<&Value> = stats["workers"].as_array().into_iter().flatten().collect();
     for (key, help) in [
-        ("rx_packets", "Frames a worker read."),
-        ("rx_bytes", "Bytes a worker read."),
-        ("tx_packets", "Frames a worker wrote."),
-        ("tx_bytes", "Bytes a worker wrote."),
+        ("rx_packets", "Frames a worker read"),
+        ("rx_bytes", "Bytes a worker read"),
+        ("tx_packets", "Frames a worker wrote"),
+        ("tx_bytes", "Bytes a worker wrote"),
     ] {
         s.counter(
             &format!("tapswitch_worker_{key}"),
@@ -386,18 +397,18 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     }
     s.gauge(
         "tapswitch_service_backend_connections",
-        "Connections tracked now to each backend of each Service.",
+        "Connections tracked now to each backend of each Service",
         backends,
     );
     let control = &stats["control"];
     s.gauge(
         "tapswitch_control_connections",
-        "Control socket connections open now.",
+        "Control socket connections open now",
         vec![(vec![], control["connections"].as_i64().unwrap_or(0))],
     );
     s.counter(
         "tapswitch_control_refused",
-        "Control socket connections refused (access, limits).",
+        "Control socket connections refused (access, limits)",
         vec![(vec![], u(&control["refused"]))],
     );
     let mut out = String::new();
