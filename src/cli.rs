@@ -25,6 +25,10 @@ pub struct Cli {
     /// Print JSON (for listings and stats).
     #[arg(short = 'j', long = "json", global = true)]
     pub json: bool,
+    /// The log's format: `text` (default) or `json` (one object per line: ts, level, target,
+    /// msg), for log collectors.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -112,3 +112,47 @@ fn which(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success())
 }
+
+/// `--log-format json`: every line the daemon logs is one JSON object with its time, level,
+/// target and message.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    if !have_root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("tslog"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("s.sock");
+    let child = std::process::Command::new(BIN)
+        .args(["--log-format", "json", "--socket"])
+        .arg(&socket)
+        .arg("run")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cli(&socket, &["port", "list"]).status.code() != Some(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cli(&socket, &["stop", "--purge"]);
+    assert!(out.status.success());
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 2, "{text}");
+    for line in lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        for key in ["ts", "level", "target", "msg"] {
+            assert!(v[key].is_string(), "{key} in {line}");
+        }
+    }
+    assert!(text.contains("tapswitch running"), "{text}");
+}
