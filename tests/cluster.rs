@@ -423,42 +423,6 @@ lease_ttl_secs = 5
     }
 }
 
-/// Connects from `client` to `vip` over TCP; a server on `server_ip`:8080 in `server` answers
-/// with its own address. Returns what the client read.
-fn service_answer(
-    server: &Netns,
-    server_ip: std::net::Ipv4Addr,
-    client: &Netns,
-    vip: &str,
-) -> String {
-    use std::io::{Read, Write};
-    let listener = server
-        .run(|| std::net::TcpListener::bind((server_ip, 8080)))
-        .expect("listen");
-    let answer = server_ip.to_string();
-    let srv = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = listener.accept() {
-            let _ = s.write_all(answer.as_bytes());
-        }
-    });
-    let vip: std::net::SocketAddr = vip.parse().unwrap();
-    let mut got = String::new();
-    let stream = client.run(|| std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(5)));
-    match stream {
-        Ok(mut s) => {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let _ = s.read_to_string(&mut got);
-        }
-        Err(e) => {
-            // Let the server thread go.
-            let _ = server.run(|| std::net::TcpStream::connect((server_ip, 8080)));
-            panic!("connect to {vip}: {e}");
-        }
-    }
-    srv.join().unwrap();
-    got
-}
-
 /// A fresh prefix with `<prefix>/config` written: 10.42.0.0/16 with `backend`.
 fn network(ul: &Underlay, backend: &str) -> String {
     let prefix = format!("/{}/network", unique("ts"));
@@ -547,9 +511,16 @@ fn three_vxlan_nodes_lease_subnets_and_reach_each_other() {
                 .is_some_and(|l| l.iter().any(|s| s["name"] == "web"))
         });
     }
-    let backend_ip: std::net::Ipv4Addr = backend.1.parse().unwrap();
     for n in &nodes[..2] {
-        let got = service_answer(&backend.0, backend_ip, &n.pods[0].0, "10.96.0.10:80");
+        // The backend answers with its own address: the VIP led there.
+        let got = tcp_once(
+            &backend.0,
+            &backend.1,
+            8080,
+            &n.pods[0].0,
+            "10.96.0.10:80",
+            &backend.1,
+        );
         assert_eq!(got, backend.1, "the VIP from node pod {}", n.pods[0].1);
     }
     let st = status(&nodes[0].switch);

@@ -484,7 +484,7 @@ impl Switch {
                 .iter()
                 .filter(|p| !p.attach)
                 .map(|p| TapRef {
-                    name: p.ifname.clone().unwrap_or_else(|| p.name.clone()),
+                    name: p.device().to_string(),
                     netns: p.netns.clone(),
                 })
                 .collect()
@@ -1226,6 +1226,7 @@ impl Switch {
                         native.map(VlanId::get),
                     ),
                 };
+                let c = configured.get(p.spec.name.as_str());
                 PortInfo {
                     name: p.spec.name.clone(),
                     id: i as u16,
@@ -1239,17 +1240,9 @@ impl Switch {
                     max_macs: (p.spec.max_macs != u32::MAX).then_some(p.spec.max_macs),
                     offload: p.backend.device().is_some_and(|d| d.takes_offloads()),
                     ifname: (p.spec.device != p.spec.name).then(|| p.spec.device.clone()),
-                    container_id: configured
-                        .get(p.spec.name.as_str())
-                        .and_then(|c| c.container_id.clone()),
-                    addresses: configured
-                        .get(p.spec.name.as_str())
-                        .map(|c| c.addresses.clone())
-                        .unwrap_or_default(),
-                    labels: configured
-                        .get(p.spec.name.as_str())
-                        .map(|c| c.labels.clone())
-                        .unwrap_or_default(),
+                    container_id: c.and_then(|c| c.container_id.clone()),
+                    addresses: c.map(|c| c.addresses.clone()).unwrap_or_default(),
+                    labels: c.map(|c| c.labels.clone()).unwrap_or_default(),
                 }
             })
             .collect()

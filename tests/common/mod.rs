@@ -392,3 +392,42 @@ pub fn drops(switch: &Switch, port: &str, reason: &str) -> u64 {
         .as_u64()
         .unwrap_or(0)
 }
+
+/// A TCP server on `ip`:`port` inside `server` answers one connection with `reply`; connects
+/// from `client` to `to` and returns what it read.
+pub fn tcp_once(
+    server: &Netns,
+    ip: &str,
+    port: u16,
+    client: &Netns,
+    to: &str,
+    reply: &str,
+) -> String {
+    use std::io::{Read, Write};
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let listener = server
+        .run(|| std::net::TcpListener::bind((ip, port)))
+        .expect("listen");
+    let reply = reply.to_string();
+    let srv = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        if let Ok((mut s, _)) = listener.accept() {
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    let mut got = String::new();
+    match client.run(|| std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))) {
+        Ok(mut s) => {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.read_to_string(&mut got);
+        }
+        Err(e) => {
+            let _ = server.run(|| std::net::TcpStream::connect((ip, port)));
+            srv.join().unwrap();
+            panic!("connect to {to}: {e}");
+        }
+    }
+    srv.join().unwrap();
+    got
+}

@@ -516,6 +516,11 @@ pub fn parse_mac(field: &str, s: &str) -> Result<EthernetAddress, ConfigError> {
 }
 
 impl PortConfig {
+    /// The device's name in its namespace: `ifname`, else the port's name.
+    pub fn device(&self) -> &str {
+        self.ifname.as_deref().unwrap_or(&self.name)
+    }
+
     /// Checks this port on its own; `at` is how errors name it (`port[0] (tap-c1)` or
     /// `port tap-c1`).
     pub fn validate(&self, at: &str) -> Result<PortSpec, ConfigError> {
@@ -646,7 +651,7 @@ impl PortConfig {
             mode,
             max_macs: self.max_macs.unwrap_or(u32::MAX),
             offload: self.offload.unwrap_or(true),
-            device: self.ifname.clone().unwrap_or_else(|| self.name.clone()),
+            device: self.device().to_string(),
         })
     }
 }
