@@ -21,9 +21,10 @@
 //! updates run). As in `benches/routing.rs` the router rewrites a frame in place, so each
 //! packet is copied from one of 16k precomputed templates (one cache line each, cycled
 //! through, in shuffled order) into a reused buffer; one iteration is a batch of 1024 packets
-//! (throughput = 1024 elements), each through `Bridge::process` and what the worker's
-//! `send_decision` does with the decision (`Egress::frame_for`, MTU check, tx counters, drain
-//! of `take_generated`, which stays empty). Batches are timed with `iter_custom`, so work
+//! (throughput = 1024 elements), each through `Pipeline::receive` as the worker calls it:
+//! `Bridge::process`, then the egress stage (each egress port's view of the frame, MTU check,
+//! tx counters, one transmit to the bench's output, the drain of the router's generated
+//! frames, which stays empty). Batches are timed with `iter_custom`, so work
 //! between batches (the table resets below) is not measured.
 //!
 //! - `nat/hit/{udp,tcp}_{out,in}/N`: packets of established masqueraded connections: 16k UDP
@@ -77,8 +78,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tapswitch_dataplane::pipeline::bridge::Targets;
 use tapswitch_dataplane::pipeline::routing::NEIGH_MAX_DEFAULT;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Interface, NextHop, PortMode, PortState, Route,
-    RoutingState, WorkerCounters,
+    Bridge, Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
+    RoutingState, RxMeta, WorkerCounters,
 };
 use tapswitch_dataplane::tables::conntrack::{ProtoState, TcpState, DEFAULT_MAX};
 use tapswitch_dataplane::tables::service::PROTO_UDP;
@@ -89,12 +90,11 @@ use tapswitch_dataplane::tables::{
 use tapswitch_dataplane::wire::builder::ethernet_frame;
 use tapswitch_dataplane::wire::checksum;
 use tapswitch_dataplane::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
-use tapswitch_dataplane::wire::vlan::TAG_LEN;
 use tapswitch_dataplane::wire::{
     ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, IpProtocol, Ipv4Packet, VlanId,
 };
 
-use common::shuffled;
+use common::{shuffled, Discard};
 
 /// Every measured frame: 14 Ethernet + 20 IPv4 + 8 UDP + 22 payload, or 20 TCP + 10 payload.
 const FRAME_LEN: usize = 64;
@@ -394,46 +394,27 @@ fn drain(bridge: &mut Bridge) -> usize {
     n
 }
 
-/// What the worker does with a decision about `frame`, minus the I/O (as in
-/// `benches/routing.rs`): for a `Forward`, each egress port's view of the frame, the MTU check
-/// and the tx counters; then the drain of the router's generated frames (none in these
-/// benches' steady state, checked after each bench). Returns the number of packets sent.
+/// What the worker does with one frame received on `port`, minus the I/O (as in
+/// `benches/routing.rs`): [`Pipeline::receive`] into an output that counts each transmit (the
+/// egress stage's view of the frame per egress port, the MTU check and the tx counters; then
+/// the drain of the router's generated frames, none in these benches' steady state, checked
+/// after each bench). Returns the number of transmits.
 #[inline(always)]
-fn send(
-    bridge: &mut Bridge,
+fn receive(
+    pipeline: &mut Pipeline,
     state: &ForwardingState,
-    decision: Decision<'_>,
-    frame: &[u8],
+    port: PortId,
+    frame: &mut [u8],
 ) -> usize {
-    let mut sent = 0;
-    if let Decision::Forward(egress) = decision {
-        for member in egress.ports() {
-            let out = egress.frame_for(member, frame);
-            let c = bridge.counters().port(member.port);
-            let mtu = state.port(member.port).map_or(u16::MAX, |p| p.mtu);
-            let max_len =
-                mtu as usize + ETHERNET_HEADER_LEN + if member.tagged { TAG_LEN } else { 0 };
-            if out.len() > max_len {
-                c.tx_oversized.add(1);
-                continue;
-            }
-            black_box(&out);
-            c.tx_packets.add(1);
-            c.tx_bytes.add(out.len() as u64);
-            sent += 1;
-        }
-    }
-    while let Some(g) = bridge.take_generated() {
-        black_box(&g);
-        bridge.recycle(g);
-    }
-    sent
+    let mut out = Discard::default();
+    pipeline.receive(state, port, frame, &RxMeta::default(), NOW, &mut out);
+    out.sent
 }
 
 /// The switch with its NAT rules, every host resolved.
 struct Setup {
     state: ForwardingState,
-    bridge: Bridge,
+    pipeline: Pipeline,
 }
 
 impl Setup {
@@ -478,14 +459,17 @@ impl Setup {
             CONTAINERS + PODS + 1,
             "every host is a neighbour"
         );
-        let setup = Setup { state, bridge };
+        let setup = Setup {
+            state,
+            pipeline: Pipeline::new(bridge),
+        };
         setup.check_clean();
         setup
     }
 
     /// No drop, probe, ICMP error, rejected or invalid packet, failed insert, nothing queued.
     fn check_clean(&self) {
-        let c = self.bridge.counters();
+        let c = self.pipeline.bridge().counters();
         for v in [10, 100] {
             let i = c.interface(vlan(v));
             assert_eq!(i.drops.iter().map(|d| d.get()).sum::<u64>(), 0, "VLAN {v}");
@@ -502,8 +486,8 @@ impl Setup {
             nat.invalid.get() + nat.rejected.get() + nat.insert_failed.get(),
             0
         );
-        assert_eq!(self.bridge.conntrack().stats.insert_failed, 0);
-        assert_eq!(self.bridge.conntrack().stats.early_drops, 0);
+        assert_eq!(self.pipeline.bridge().conntrack().stats.insert_failed, 0);
+        assert_eq!(self.pipeline.bridge().conntrack().stats.early_drops, 0);
     }
 
     /// Runs one frame through from `port_in` and checks that it was routed, untagged, to
@@ -517,7 +501,10 @@ impl Setup {
         router: EthernetAddress,
     ) -> (Vec<u8>, EthernetAddress) {
         let mut f = frame.to_vec();
-        let d = self.bridge.process(&self.state, port_in, &mut f, NOW);
+        let d = self
+            .pipeline
+            .bridge_mut()
+            .process(&self.state, port_in, &mut f, NOW);
         let Decision::Forward(e) = d else {
             panic!("not forwarded: {d:?}")
         };
@@ -526,7 +513,7 @@ impl Setup {
         };
         assert_eq!((m.port, m.tagged), (port_out, false));
         let out = e.frame_for(m, &f).to_vec();
-        assert_eq!(drain(&mut self.bridge), 0, "nothing generated");
+        assert_eq!(drain(self.pipeline.bridge_mut()), 0, "nothing generated");
         assert_eq!(out.len(), FRAME_LEN);
         assert_eq!(&out[6..12], router.as_bytes());
         let ip = out[ETHERNET_HEADER_LEN..].to_vec();
@@ -637,7 +624,7 @@ fn establish(setup: &mut Setup, nat: bool) -> Established {
         e.tcp_out.push(template(out));
         e.tcp_in.push(template(back));
     }
-    let ct = setup.bridge.conntrack();
+    let ct = setup.pipeline.bridge().conntrack();
     if nat {
         assert_eq!(ct.len(), 2 * TEMPLATES);
         for entry in ct.iter() {
@@ -654,7 +641,7 @@ fn establish(setup: &mut Setup, nat: bool) -> Established {
 }
 
 /// Runs `BATCH` packets per iteration from `port`, cycling through `templates`, each through
-/// `Bridge::process` and `send`. `on_wrap` runs, untimed, before each pass over the templates.
+/// `Pipeline::receive`. `on_wrap` runs, untimed, before each pass over the templates.
 /// Returns (packets, sent).
 fn bench_batches(
     c: &mut Criterion,
@@ -670,7 +657,7 @@ fn bench_batches(
     group.throughput(Throughput::Elements(BATCH as u64));
     let (mut packets, mut sent) = (0usize, 0usize);
     {
-        let Setup { state, bridge } = setup;
+        let Setup { state, pipeline } = setup;
         let mut buf = templates[0];
         let mut next = 0;
         group.bench_function(id, |b| {
@@ -678,7 +665,7 @@ fn bench_batches(
                 let mut elapsed = Duration::ZERO;
                 for _ in 0..iters {
                     if next == 0 {
-                        on_wrap(bridge);
+                        on_wrap(pipeline.bridge_mut());
                     }
                     let start = Instant::now();
                     let mut n = 0;
@@ -686,8 +673,7 @@ fn bench_batches(
                         // The router rewrites the packet in place: start from a fresh copy.
                         buf = *t;
                         let f = black_box(&mut buf.0);
-                        let d = bridge.process(state, port, f, NOW);
-                        n += send(bridge, state, d, &buf.0);
+                        n += receive(pipeline, state, port, f);
                     }
                     elapsed += start.elapsed();
                     next = (next + BATCH) % templates.len();
@@ -739,7 +725,7 @@ fn new_connections(
     services: usize,
     spread: usize,
 ) {
-    let tracked = setup.bridge.conntrack().len();
+    let tracked = setup.pipeline.bridge().conntrack().len();
     let (templates, svc) = new_flows(services, spread);
     for (t, &r) in templates.iter().zip(&svc) {
         let (ip, mac) = setup.route_one(CLIENT_PORT, &t.0, POD_PORT, R10);
@@ -752,10 +738,13 @@ fn new_connections(
         assert_eq!(mac, pod((2 * r + b) % PODS).mac);
         assert_eq!(*sock(&ip, true).ip(), GW10, "hairpin masquerade");
     }
-    assert_eq!(setup.bridge.conntrack().len(), tracked + TEMPLATES);
-    forget_service_flows(&mut setup.bridge);
-    assert_eq!(setup.bridge.conntrack().len(), tracked);
-    let before = setup.bridge.counters().nat.connections.get();
+    assert_eq!(
+        setup.pipeline.bridge().conntrack().len(),
+        tracked + TEMPLATES
+    );
+    forget_service_flows(setup.pipeline.bridge_mut());
+    assert_eq!(setup.pipeline.bridge().conntrack().len(), tracked);
+    let before = setup.pipeline.bridge().counters().nat.connections.get();
     let (packets, _) = bench_batches(
         c,
         group,
@@ -765,21 +754,21 @@ fn new_connections(
         &templates,
         forget_service_flows,
     );
-    let made = setup.bridge.counters().nat.connections.get() - before;
+    let made = setup.pipeline.bridge().counters().nat.connections.get() - before;
     assert_eq!(
         made, packets as u64,
         "every measured packet made a connection"
     );
-    assert!(setup.bridge.conntrack().len() <= tracked + TEMPLATES);
-    forget_service_flows(&mut setup.bridge);
+    assert!(setup.pipeline.bridge().conntrack().len() <= tracked + TEMPLATES);
+    forget_service_flows(setup.pipeline.bridge_mut());
 }
 
 fn per_size(c: &mut Criterion) {
     for (label, n) in SERVICE_SIZES {
         let mut setup = Setup::new(Some(n));
         let est = establish(&mut setup, true);
-        let tracked = setup.bridge.conntrack().len();
-        let connections = setup.bridge.counters().nat.connections.get();
+        let tracked = setup.pipeline.bridge().conntrack().len();
+        let connections = setup.pipeline.bridge().counters().nat.connections.get();
 
         // (a) Conntrack hits.
         let cases = [
@@ -791,8 +780,8 @@ fn per_size(c: &mut Criterion) {
         for (group, port, templates) in cases {
             let id = BenchmarkId::from_parameter(label);
             bench_batches(c, group, id, &mut setup, port, templates, |_| {});
-            assert_eq!(setup.bridge.conntrack().len(), tracked);
-            let counters = setup.bridge.counters();
+            assert_eq!(setup.pipeline.bridge().conntrack().len(), tracked);
+            let counters = setup.pipeline.bridge().counters();
             assert_eq!(counters.nat.connections.get(), connections, "hits only");
         }
 
@@ -802,7 +791,7 @@ fn per_size(c: &mut Criterion) {
         let label_id = BenchmarkId::from_parameter(label);
         new_connections(c, "nat/new/udp_service", label_id.clone(), &mut setup, n, n);
         new_connections(c, "nat/new/udp_service_hot10", label_id, &mut setup, n, 10);
-        assert_eq!(setup.bridge.conntrack().len(), tracked);
+        assert_eq!(setup.pipeline.bridge().conntrack().len(), tracked);
 
         // (c) The frontend lookup alone.
         let rules = &setup.state.nat;
@@ -846,7 +835,7 @@ fn baseline(c: &mut Criterion) {
         &est.udp_out,
         |_| {},
     );
-    assert!(setup.bridge.conntrack().is_empty());
+    assert!(setup.pipeline.bridge().conntrack().is_empty());
 }
 
 fn service_change(c: &mut Criterion) {

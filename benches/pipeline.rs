@@ -1,9 +1,10 @@
 //! Per-frame cost of the sans-IO packet path, and of the learned MAC table at scale.
 //!
 //! `pipeline/*` measures what a worker does for one received frame, minus the syscalls:
-//! `Bridge::process`, then for every egress port of the decision `Egress::frame_for` and the tx
-//! counter updates. Frames are 64 bytes (Ethernet header + 50 bytes of payload, no FCS),
-//! untagged, on four access ports of VLAN 1.
+//! `Pipeline::receive` (the bridge's decision, then for every egress port its view of the
+//! frame, the MTU check and the tx counters) into an output that counts each transmit.
+//! Frames are 64 bytes (Ethernet header + 50 bytes of payload, no FCS), untagged, on four
+//! access ports of VLAN 1.
 //!
 //! Before measuring, `n` hosts (1k or 100k) are learned by sending one broadcast from each:
 //! host `i` sits on port `i % 4`. The measured frames then come in on their source's own port,
@@ -30,13 +31,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tapswitch_dataplane::pipeline::bridge::Targets;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, PortMode, PortState, WorkerCounters,
+    Bridge, Decision, ForwardingState, Pipeline, PortMode, PortState, RxMeta, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, MacTable, PortId, Timestamp};
 use tapswitch_dataplane::wire::builder::ethernet_frame;
 use tapswitch_dataplane::wire::{EtherType, EthernetAddress, VlanId};
 
-use common::shuffled;
+use common::{shuffled, Discard};
 
 const FRAME_LEN: usize = 64;
 const PAYLOAD_LEN: usize = FRAME_LEN - 14;
@@ -79,7 +80,7 @@ fn frame(dst: EthernetAddress, src: EthernetAddress) -> Frame {
 /// A bridge with four access ports in one VLAN and `hosts` MACs learned on them.
 struct Setup {
     state: ForwardingState,
-    bridge: Bridge,
+    pipeline: Pipeline,
 }
 
 impl Setup {
@@ -105,38 +106,27 @@ impl Setup {
         }
         assert_eq!(bridge.mac_table().len(), hosts);
         assert_eq!(bridge.counters().learn.learned.get(), hosts as u64);
-        Setup { state, bridge }
+        Setup {
+            state,
+            pipeline: Pipeline::new(bridge),
+        }
     }
 }
 
-/// What the worker does with one received frame, minus the I/O: decide, then build each
-/// egress port's view of the frame and count it. Returns the number of egress frames. (The
-/// frame is mutable because `Bridge::process` rewrites routed frames in place; no router is
-/// configured here, so it never changes.)
+/// What the worker does with one received frame, minus the I/O: [`Pipeline::receive`] with
+/// an output that counts each transmit. Returns the number of transmits. (The frame is mutable
+/// because the router rewrites routed frames in place; no router is configured here, so it
+/// never changes.)
 #[inline(always)]
 fn forward(
-    bridge: &mut Bridge,
+    pipeline: &mut Pipeline,
     state: &ForwardingState,
     ingress: PortId,
     frame: &mut [u8],
 ) -> usize {
-    match bridge.process(state, ingress, frame, NOW) {
-        Decision::Forward(egress) => {
-            let mut sent = 0;
-            for member in egress.ports() {
-                let out = egress.frame_for(member, frame);
-                let c = bridge.counters().port(member.port);
-                c.tx_packets.add(1);
-                c.tx_bytes.add(out.len() as u64);
-                black_box(&out);
-                sent += 1;
-            }
-            sent
-        }
-        Decision::Drop(_) => 0,
-        Decision::Reply(..) => unreachable!("no neighbour suppression in these benches"),
-        Decision::Local | Decision::Tunnel(_) => unreachable!("no router in these benches"),
-    }
+    let mut out = Discard::default();
+    pipeline.receive(state, ingress, frame, &RxMeta::default(), NOW, &mut out);
+    out.sent
 }
 
 /// The frames a pipeline bench cycles through, each with its ingress port.
@@ -181,10 +171,13 @@ impl Workload {
     /// Sends every frame once and checks that each goes where the bench says it goes and that
     /// nothing is learned anew, moved or dropped.
     fn check(&mut self, kind: Kind, setup: &mut Setup) {
-        let learn = &setup.bridge.counters().learn;
+        let learn = &setup.pipeline.bridge().counters().learn;
         let (learned, moved) = (learn.learned.get(), learn.moved.get());
         for (&ingress, f) in self.ingress.iter().zip(self.frames.iter_mut()) {
-            let d = setup.bridge.process(&setup.state, ingress, &mut f.0, NOW);
+            let d = setup
+                .pipeline
+                .bridge_mut()
+                .process(&setup.state, ingress, &mut f.0, NOW);
             let Decision::Forward(e) = d else {
                 panic!("dropped: {d:?}")
             };
@@ -201,7 +194,7 @@ impl Workload {
                 (_, t) => panic!("unexpected targets {t:?}"),
             }
         }
-        let learn = &setup.bridge.counters().learn;
+        let learn = &setup.pipeline.bridge().counters().learn;
         assert_eq!(learn.learned.get(), learned, "sources are only refreshed");
         assert_eq!(learn.moved.get(), moved, "sources are only refreshed");
     }
@@ -209,7 +202,7 @@ impl Workload {
 
 fn no_drops(setup: &Setup) {
     for p in 0..PORTS {
-        let c = setup.bridge.counters().port(PortId(p));
+        let c = setup.pipeline.bridge().counters().port(PortId(p));
         assert_eq!(c.drops.iter().map(|d| d.get()).sum::<u64>(), 0);
     }
 }
@@ -221,12 +214,12 @@ fn pipeline_group(c: &mut Criterion, name: &str, kind: Kind, sizes: &[(&str, usi
         let mut setup = Setup::new(hosts);
         let mut work = Workload::new(kind, hosts);
         work.check(kind, &mut setup);
-        let Setup { state, bridge } = &mut setup;
+        let Setup { state, pipeline } = &mut setup;
         group.bench_function(BenchmarkId::from_parameter(label), |b| {
             let mut i = 0;
             b.iter(|| {
                 let n = forward(
-                    bridge,
+                    pipeline,
                     state,
                     work.ingress[i],
                     black_box(&mut work.frames[i].0[..]),
@@ -238,10 +231,10 @@ fn pipeline_group(c: &mut Criterion, name: &str, kind: Kind, sizes: &[(&str, usi
                 n
             })
         });
-        let learn = &setup.bridge.counters().learn;
+        let learn = &setup.pipeline.bridge().counters().learn;
         assert_eq!(learn.learned.get(), hosts as u64, "nothing new was learned");
         assert_eq!(learn.moved.get() + learn.table_full.get(), 0);
-        assert_eq!(setup.bridge.mac_table().len(), hosts);
+        assert_eq!(setup.pipeline.bridge().mac_table().len(), hosts);
         no_drops(&setup);
     }
     group.finish();

@@ -22,10 +22,12 @@
 //! copy per packet, measured alone as `routing/template_copy` so it can be subtracted.
 //! Sources and destinations are drawn in shuffled order. One iteration is a batch of 1024
 //! packets (throughput = 1024 elements), each going through what the worker does for it minus
-//! the syscalls: `Bridge::process` (L2 classification and source refresh, the router's header
-//! checks, FIB lookup, neighbour lookup, TTL decrement, MAC rewrite, egress MAC lookup), then
-//! for a `Forward` `Egress::frame_for`, the MTU check and the tx counters, for a `Tunnel` the
-//! IPIP socket's tx counters, and the drain of `Bridge::take_generated` (empty).
+//! the syscalls: `Pipeline::receive` (or `Pipeline::receive_ipip`), that is `Bridge::process`
+//! (L2 classification and source refresh, the router's header checks, FIB lookup, neighbour
+//! lookup, TTL decrement, MAC rewrite, egress MAC lookup), then the egress stage: for a
+//! forwarded frame its view per egress port, the MTU check and the tx counters, for an IPIP
+//! route the IPIP counters, one transmit to the bench's output, and the drain of the router's
+//! generated frames (empty).
 //!
 //! - `routing/forward/{10,100k}`: to a destination behind a gateway route. The FIB holds the
 //!   three connected routes plus 10 or 100k /24 routes (11.0.0.0/24, 11.0.1.0/24, ... up to
@@ -59,19 +61,18 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tapswitch_dataplane::pipeline::bridge::Targets;
 use tapswitch_dataplane::pipeline::routing::NEIGH_MAX_DEFAULT;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Interface, NextHop, PortMode, PortState, Route,
-    RoutingState, WorkerCounters,
+    Bridge, Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
+    RoutingState, RxMeta, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{Fib, NeighKey, NeighState, PortId, Timestamp};
 use tapswitch_dataplane::wire::builder::ethernet_frame;
 use tapswitch_dataplane::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use tapswitch_dataplane::wire::ipip::{self, OUTER_LEN};
-use tapswitch_dataplane::wire::vlan::TAG_LEN;
 use tapswitch_dataplane::wire::{
     ArpOperation, ArpPacket, ArpRepr, EtherType, EthernetAddress, IpProtocol, Ipv4Packet, VlanId,
 };
 
-use common::shuffled;
+use common::{shuffled, Discard};
 
 /// A routed frame: 14 Ethernet + 20 IPv4 + 8 UDP + 22 payload.
 const FRAME_LEN: usize = 64;
@@ -287,58 +288,42 @@ fn drain(bridge: &mut Bridge) -> usize {
     n
 }
 
-/// What the worker does with a decision about `frame`, minus the I/O: for a `Forward`, each
-/// egress port's view of the frame, the MTU check and the tx counters; for a `Tunnel`, the
-/// IPIP socket's tx counters; then the drain of the router's generated frames (sent like a
-/// `Forward` by the worker; there are none in these benches' steady state, which is checked
-/// after each bench). Returns the number of packets that would be sent.
+/// What the worker does with one frame received on the containers' port, minus the I/O:
+/// [`Pipeline::receive`] into an output that counts each transmit (the egress stage's view
+/// of the frame per egress port, MTU check and tx counters; for an IPIP route the outer
+/// header and the IPIP counters; then the drain of the router's generated frames, none in
+/// these benches' steady state, checked after each bench). Returns the number of transmits.
 #[inline(always)]
-fn send(
-    bridge: &mut Bridge,
+fn receive(pipeline: &mut Pipeline, state: &ForwardingState, frame: &mut [u8]) -> usize {
+    let mut out = Discard::default();
+    pipeline.receive(
+        state,
+        CONTAINER_PORT,
+        frame,
+        &RxMeta::default(),
+        NOW,
+        &mut out,
+    );
+    out.sent
+}
+
+/// The same for a packet the IPIP socket received from `src`: [`Pipeline::receive_ipip`].
+#[inline(always)]
+fn receive_ipip(
+    pipeline: &mut Pipeline,
     state: &ForwardingState,
-    decision: Decision<'_>,
-    frame: &[u8],
+    src: Ipv4Addr,
+    packet: &mut [u8],
 ) -> usize {
-    let mut sent = 0;
-    match decision {
-        Decision::Forward(egress) => {
-            for member in egress.ports() {
-                let out = egress.frame_for(member, frame);
-                let c = bridge.counters().port(member.port);
-                let mtu = state.port(member.port).map_or(u16::MAX, |p| p.mtu);
-                let max_len =
-                    mtu as usize + ETHERNET_HEADER_LEN + if member.tagged { TAG_LEN } else { 0 };
-                if out.len() > max_len {
-                    c.tx_oversized.add(1);
-                    continue;
-                }
-                black_box(&out);
-                c.tx_packets.add(1);
-                c.tx_bytes.add(out.len() as u64);
-                sent += 1;
-            }
-        }
-        Decision::Tunnel(t) => {
-            let inner = &frame[t.start..t.start + t.len];
-            black_box((t.remote, &t.outer, inner));
-            let c = &bridge.counters().ipip;
-            c.tx_packets.add(1);
-            c.tx_bytes.add((OUTER_LEN + inner.len()) as u64);
-            sent += 1;
-        }
-        Decision::Reply(..) | Decision::Local | Decision::Drop(_) => {}
-    }
-    while let Some(g) = bridge.take_generated() {
-        black_box(&g);
-        bridge.recycle(g);
-    }
-    sent
+    let mut out = Discard::default();
+    pipeline.receive_ipip(state, src, packet, false, NOW, &mut out);
+    out.sent
 }
 
 /// A switch with three routed VLANs, its containers and gateways resolved.
 struct Setup {
     state: ForwardingState,
-    bridge: Bridge,
+    pipeline: Pipeline,
 }
 
 impl Setup {
@@ -382,7 +367,10 @@ impl Setup {
             assert!(matches!(d, Decision::Local), "gateway ARP reply: {d:?}");
             assert_eq!(drain(&mut bridge), 0);
         }
-        let setup = Setup { state, bridge };
+        let setup = Setup {
+            state,
+            pipeline: Pipeline::new(bridge),
+        };
         setup.check_steady();
         setup
     }
@@ -390,7 +378,7 @@ impl Setup {
     /// Every container and gateway is learned and a REACHABLE neighbour; nothing was dropped,
     /// probed, queued or answered with an ICMP error.
     fn check_steady(&self) {
-        let bridge = &self.bridge;
+        let bridge = self.pipeline.bridge();
         let c = bridge.counters();
         assert_eq!(bridge.mac_table().len(), CONTAINERS + GATEWAYS);
         assert_eq!(c.learn.learned.get(), (CONTAINERS + GATEWAYS) as u64);
@@ -461,14 +449,14 @@ fn bench_batches<T: Copy>(
     id: BenchmarkId,
     setup: &mut Setup,
     templates: &[T],
-    mut one: impl FnMut(&mut Bridge, &ForwardingState, usize, &mut T) -> usize,
+    mut one: impl FnMut(&mut Pipeline, &ForwardingState, usize, &mut T) -> usize,
 ) {
     assert_eq!(templates.len() % BATCH, 0);
     let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements(BATCH as u64));
     let (mut packets, mut sent) = (0usize, 0usize);
     {
-        let Setup { state, bridge } = setup;
+        let Setup { state, pipeline } = setup;
         let mut buf = templates[0];
         let mut next = 0;
         group.bench_function(id, |b| {
@@ -477,7 +465,7 @@ fn bench_batches<T: Copy>(
                 for (i, t) in templates.iter().enumerate().skip(next).take(BATCH) {
                     // The router rewrites the packet in place: start from a fresh copy.
                     buf = *t;
-                    n += one(bridge, state, i, black_box(&mut buf));
+                    n += one(pipeline, state, i, black_box(&mut buf));
                 }
                 next = (next + BATCH) % templates.len();
                 packets += BATCH;
@@ -505,7 +493,8 @@ fn forward(c: &mut Criterion) {
             .map(|&(s, r)| routed_frame(s, route_host(r), 40_000 + s as u16, 5_000 + r as u16))
             .collect();
         {
-            let Setup { state, bridge } = &mut setup;
+            let Setup { state, pipeline } = &mut setup;
+            let bridge = pipeline.bridge_mut();
             for (t, &(_, r)) in templates.iter().zip(&picks) {
                 let mut f = *t;
                 let d = bridge.process(state, CONTAINER_PORT, &mut f.0, NOW);
@@ -522,10 +511,7 @@ fn forward(c: &mut Criterion) {
             BenchmarkId::from_parameter(label),
             &mut setup,
             &templates,
-            |bridge, state, _, f| {
-                let d = bridge.process(state, CONTAINER_PORT, &mut f.0, NOW);
-                send(bridge, state, d, &f.0)
-            },
+            |pipeline, state, _, f| receive(pipeline, state, &mut f.0),
         );
     }
 }
@@ -544,7 +530,8 @@ fn ipip_encap(c: &mut Criterion) {
         .map(|(i, &(s, j))| routed_frame(s, pod(j, i), 40_000 + s as u16, 5_000 + j as u16))
         .collect();
     {
-        let Setup { state, bridge } = &mut setup;
+        let Setup { state, pipeline } = &mut setup;
+        let bridge = pipeline.bridge_mut();
         for (i, (t, &(_, j))) in templates.iter().zip(&picks).enumerate() {
             let mut f = *t;
             let d = bridge.process(state, CONTAINER_PORT, &mut f.0, NOW);
@@ -574,10 +561,7 @@ fn ipip_encap(c: &mut Criterion) {
         BenchmarkId::from_parameter(IPIP_LABEL),
         &mut setup,
         &templates,
-        |bridge, state, _, f| {
-            let d = bridge.process(state, CONTAINER_PORT, &mut f.0, NOW);
-            send(bridge, state, d, &f.0)
-        },
+        |pipeline, state, _, f| receive(pipeline, state, &mut f.0),
     );
 }
 
@@ -596,7 +580,8 @@ fn ipip_decap(c: &mut Criterion) {
         .collect();
     let from: Vec<Ipv4Addr> = picks.iter().map(|&(j, _)| node(j)).collect();
     {
-        let Setup { state, bridge } = &mut setup;
+        let Setup { state, pipeline } = &mut setup;
+        let bridge = pipeline.bridge_mut();
         for (t, &(j, d)) in templates.iter().zip(&picks) {
             let mut p = *t;
             let (start, decision) = bridge.ipip_in(state, node(j), &mut p.0, NOW);
@@ -620,10 +605,7 @@ fn ipip_decap(c: &mut Criterion) {
         BenchmarkId::from_parameter(IPIP_LABEL),
         &mut setup,
         &templates,
-        |bridge, state, i, p| {
-            let (start, d) = bridge.ipip_in(state, from[i], &mut p.0, NOW);
-            send(bridge, state, d, &p.0[start..])
-        },
+        |pipeline, state, i, p| receive_ipip(pipeline, state, from[i], &mut p.0),
     );
 }
 

@@ -20,15 +20,17 @@
 //! frame only refreshes what was learned (checked before and after).
 //!
 //! - `vxlan/decap/1k`: a VXLAN payload (8-byte header + the 64-byte inner frame, 72 bytes)
-//!   from a remote host's VTEP to a local host: `Bridge::decap` (VNI lookup, checks, remote
-//!   refresh) and then what the worker's `forward` does with the inner frame: `Bridge::process`
-//!   on the VXLAN port (one learned-source refresh, one destination lookup) and, for the one
-//!   egress port, `Egress::frame_for`, the MTU check and the tx counters (no `writev`).
+//!   from a remote host's VTEP to a local host, through `Pipeline::receive_vxlan` and
+//!   `Pipeline::flush` as the worker calls them: `Bridge::decap` (VNI lookup, checks, remote
+//!   refresh), the receive coalescer (a UDP frame goes on alone), `Bridge::process` on the
+//!   VXLAN port (one learned-source refresh, one destination lookup) and the egress stage
+//!   for the one egress port: its view of the frame, the MTU check, the tx counters, one
+//!   transmit to the bench's output (no `writev`).
 //! - `vxlan/encap/known_unicast/1k`: a frame from a local host to a remote host, on the access
-//!   port: `Bridge::process` (to the VXLAN port), then what the worker's `encap` does:
-//!   `inner_flow_hash`, `Bridge::remotes_for` (a learned remote: one VTEP),
-//!   `outer_headers` with `Bridge::next_ip_ident`, and the port and tunnel tx counters (no
-//!   `sendmsg`). Like the worker, it clones the counters' `Arc` once per frame.
+//!   port, through `Pipeline::receive`: `Bridge::process` (to the VXLAN port), then the egress
+//!   stage's encapsulation: `inner_flow_hash`, `Bridge::remotes_for` (a learned remote: one
+//!   VTEP), `outer_headers` with `Bridge::next_ip_ident`, the port and tunnel tx counters, one
+//!   transmit (no `sendmsg`).
 //! - `vxlan/encap/flood_4/1k`: the same from a local host to the broadcast address:
 //!   `remotes_for` returns the flood list, so four outer headers are built and counted
 //!   (head-end replication) for one inner frame.
@@ -47,21 +49,19 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tapswitch_dataplane::pipeline::bridge::Targets;
-use tapswitch_dataplane::pipeline::tunnel::{Remotes, OUTER_LEN};
+use tapswitch_dataplane::pipeline::tunnel::Remotes;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, PortMode, PortState, TunnelEndpoint, VxlanPort,
-    WorkerCounters,
+    Bridge, Decision, ForwardingState, Pipeline, PortMode, PortState, RxMeta, TunnelEndpoint,
+    VxlanPort, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{PortId, Timestamp};
 use tapswitch_dataplane::wire::builder::ethernet_frame;
-use tapswitch_dataplane::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
-use tapswitch_dataplane::wire::vlan::TAG_LEN;
 use tapswitch_dataplane::wire::vxlan;
 use tapswitch_dataplane::wire::{
     EtherType, EthernetAddress, IpProtocol, Ipv4Packet, VlanId, Vni, VxlanHeader, VxlanRepr,
 };
 
-use common::shuffled;
+use common::{shuffled, Discard};
 
 /// The inner frame: 14 Ethernet + 20 IPv4 + 8 UDP + 22 payload.
 const FRAME_LEN: usize = 64;
@@ -172,7 +172,7 @@ fn vxlan_payload(inner: &Frame) -> Payload {
 /// the access port and `HOSTS` remote hosts learned behind the VXLAN port.
 struct Setup {
     state: ForwardingState,
-    bridge: Bridge,
+    pipeline: Pipeline,
 }
 
 impl Setup {
@@ -223,12 +223,15 @@ impl Setup {
         let learn = &bridge.counters().learn;
         assert_eq!(learn.learned.get(), 2 * HOSTS as u64);
         assert_eq!(learn.remote_learned.get(), HOSTS as u64);
-        Setup { state, bridge }
+        Setup {
+            state,
+            pipeline: Pipeline::new(bridge),
+        }
     }
 
     /// Nothing new learned, moved or dropped since the setup.
     fn check_steady(&self) {
-        let learn = &self.bridge.counters().learn;
+        let learn = &self.pipeline.bridge().counters().learn;
         assert_eq!(
             learn.learned.get(),
             2 * HOSTS as u64,
@@ -246,9 +249,9 @@ impl Setup {
                 + learn.remote_table_full.get(),
             0
         );
-        assert_eq!(self.bridge.mac_table().len(), 2 * HOSTS);
-        assert_eq!(self.bridge.remote_table().len(), HOSTS);
-        let c = self.bridge.counters();
+        assert_eq!(self.pipeline.bridge().mac_table().len(), 2 * HOSTS);
+        assert_eq!(self.pipeline.bridge().remote_table().len(), HOSTS);
+        let c = self.pipeline.bridge().counters();
         for counters in [c.port(ACCESS), c.port(VXLAN), &c.tunnel] {
             assert_eq!(counters.drops.iter().map(|d| d.get()).sum::<u64>(), 0);
             assert_eq!(counters.tx_oversized.get(), 0);
@@ -256,83 +259,37 @@ impl Setup {
     }
 }
 
-/// What the worker's `encap` does for a frame switched to the VXLAN port, minus `sendmsg`:
-/// returns the number of outer packets built.
-#[inline(always)]
-fn encap(bridge: &mut Bridge, state: &ForwardingState, frame: &[u8], out_len: usize) -> usize {
-    let mut sent = 0;
-    bridge.encapsulate(
-        state,
-        VXLAN,
-        frame,
-        out_len,
-        NOW,
-        |remote, outer, counters| {
-            black_box((remote, outer));
-            let c = counters.port(VXLAN);
-            c.tx_packets.add(1);
-            c.tx_bytes.add(out_len as u64);
-            counters.tunnel.tx_packets.add(1);
-            counters.tunnel.tx_bytes.add((OUTER_LEN + out_len) as u64);
-            sent += 1;
-        },
-    );
-    sent
-}
-
-/// What the worker's `forward` does with one frame received on `ingress`, minus the I/O:
-/// decide, then for each egress port build its view of the frame, check the MTU, and count it
-/// (a VXLAN port goes through [`encap`]). Returns the number of packets that would be sent.
-/// (The frame is mutable because `Bridge::process` rewrites routed frames in place; no router
-/// is configured here, so it never changes.)
+/// What the worker does with one frame received on `ingress`, minus the I/O:
+/// [`Pipeline::receive`] (decision; for each egress port its view of the frame and the MTU
+/// check; for the VXLAN port the remote choice, outer headers and tunnel counters) into an
+/// output that counts each transmit. Returns the number of transmits. (The frame is mutable
+/// because the router rewrites routed frames in place; no router is configured here.)
 #[inline(always)]
 fn forward(
-    bridge: &mut Bridge,
+    pipeline: &mut Pipeline,
     state: &ForwardingState,
     ingress: PortId,
     frame: &mut [u8],
 ) -> usize {
-    let egress = match bridge.process(state, ingress, frame, NOW) {
-        Decision::Forward(egress) => egress,
-        Decision::Drop(_) => return 0,
-        Decision::Reply(..) => unreachable!("no neighbour suppression in these benches"),
-        Decision::Local | Decision::Tunnel(_) => unreachable!("no router in these benches"),
-    };
-    let frame = &*frame;
-    let mut sent = 0;
-    for member in egress.ports() {
-        let out = egress.frame_for(member, frame);
-        let c = bridge.counters().port(member.port);
-        let mtu = state.port(member.port).map_or(u16::MAX, |p| p.mtu);
-        let max_len = mtu as usize + ETHERNET_HEADER_LEN + if member.tagged { TAG_LEN } else { 0 };
-        if out.len() > max_len {
-            c.tx_oversized.add(1);
-            continue;
-        }
-        if state.vxlan_port(member.port).is_some() {
-            sent += encap(bridge, state, frame, out.len());
-            continue;
-        }
-        black_box(&out);
-        c.tx_packets.add(1);
-        c.tx_bytes.add(out.len() as u64);
-        sent += 1;
-    }
-    sent
+    let mut out = Discard::default();
+    pipeline.receive(state, ingress, frame, &RxMeta::default(), NOW, &mut out);
+    out.sent
 }
 
-/// What the worker does with one packet read from the tunnel socket, minus the read.
+/// What the worker does with one packet read from the tunnel socket, minus the read:
+/// [`Pipeline::receive_vxlan`] (decapsulation, the receive coalescer, the inner frame's
+/// switching), then [`Pipeline::flush`] as at the end of a batch.
 #[inline(always)]
 fn receive(
-    bridge: &mut Bridge,
+    pipeline: &mut Pipeline,
     state: &ForwardingState,
     src: Ipv4Addr,
     payload: &mut [u8],
 ) -> usize {
-    match bridge.decap(state, ENDPOINT, src, payload, NOW) {
-        Ok((port, inner)) => forward(bridge, state, port, inner),
-        Err(_) => 0,
-    }
+    let mut out = Discard::default();
+    pipeline.receive_vxlan(state, ENDPOINT, src, payload, None, false, NOW, &mut out);
+    pipeline.flush(state, NOW, &mut out);
+    out.sent
 }
 
 fn decap(c: &mut Criterion) {
@@ -350,7 +307,8 @@ fn decap(c: &mut Criterion) {
     }
     // Each packet decapsulates, refreshes its remote, and goes to the access port alone.
     for (&src, p) in from.iter().zip(payloads.iter_mut()) {
-        let Setup { state, bridge } = &mut setup;
+        let Setup { state, pipeline } = &mut setup;
+        let bridge = pipeline.bridge_mut();
         let (port, inner) = bridge
             .decap(state, ENDPOINT, src, &mut p.0, NOW)
             .expect("decap");
@@ -367,11 +325,11 @@ fn decap(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("vxlan/decap");
     group.throughput(Throughput::Elements(1));
-    let Setup { state, bridge } = &mut setup;
+    let Setup { state, pipeline } = &mut setup;
     group.bench_function(BenchmarkId::from_parameter(LABEL), |b| {
         let mut i = 0;
         b.iter(|| {
-            let n = receive(bridge, state, from[i], black_box(&mut payloads[i].0[..]));
+            let n = receive(pipeline, state, from[i], black_box(&mut payloads[i].0[..]));
             i += 1;
             if i == payloads.len() {
                 i = 0;
@@ -381,7 +339,7 @@ fn decap(c: &mut Criterion) {
     });
     group.finish();
     setup.check_steady();
-    let c = setup.bridge.counters();
+    let c = setup.pipeline.bridge().counters();
     assert_eq!(
         c.tunnel.rx_packets.get(),
         c.port(ACCESS).tx_packets.get() + HOSTS as u64 * 2
@@ -421,9 +379,10 @@ fn encap_group(c: &mut Criterion) {
             .collect();
         // Every frame goes to the VXLAN port alone, then to the right VTEPs.
         {
-            let Setup { state, bridge } = &mut setup;
+            let Setup { state, pipeline } = &mut setup;
             let vx = state.vxlan_port(VXLAN).expect("the VXLAN port");
             for (f, &d) in frames.iter_mut().zip(&dsts) {
+                let bridge = pipeline.bridge_mut();
                 let Decision::Forward(e) = bridge.process(state, ACCESS, &mut f.0, NOW) else {
                     panic!("dropped")
                 };
@@ -436,16 +395,16 @@ fn encap_group(c: &mut Criterion) {
                     (k, r) => panic!("{k:?}: unexpected remotes {r:?}"),
                 }
                 let want = if kind == Kind::Flood { 4 } else { 1 };
-                assert_eq!(forward(bridge, state, ACCESS, &mut f.0), want);
+                assert_eq!(forward(pipeline, state, ACCESS, &mut f.0), want);
             }
         }
         setup.check_steady();
 
-        let Setup { state, bridge } = &mut setup;
+        let Setup { state, pipeline } = &mut setup;
         group.bench_function(BenchmarkId::new(name, LABEL), |b| {
             let mut i = 0;
             b.iter(|| {
-                let n = forward(bridge, state, ACCESS, black_box(&mut frames[i].0[..]));
+                let n = forward(pipeline, state, ACCESS, black_box(&mut frames[i].0[..]));
                 i += 1;
                 if i == frames.len() {
                     i = 0;

@@ -20,6 +20,8 @@ use std::mem;
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
+pub use crate::pipeline::Sent;
+
 /// Messages read or sent per system call, at most.
 pub const BATCH: usize = 32;
 /// Room for one received message: a run of datagrams the kernel joined (`UDP_GRO`, at most
@@ -177,17 +179,6 @@ struct Packet {
 pub struct TxBatch {
     data: Vec<u8>,
     packets: Vec<Packet>,
-}
-
-/// What a [`TxBatch::send`] did, in packets on the wire.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    pub packets: u64,
-    /// Bytes, with `overhead` (what the kernel adds to each) counted.
-    pub bytes: u64,
-    /// Refused as larger than the route's MTU.
-    pub oversized: u64,
-    pub errors: u64,
 }
 
 impl TxBatch {

@@ -3,13 +3,14 @@
 //! A switch runs one or more workers. Worker `i` reads and writes queue `i` of every device
 //! (a device with fewer queues is read by the first workers only; the IPIP socket by the
 //! first), so the kernel spreads flows over workers and a flow stays on one. The worker owns
-//! its [`Bridge`] (counters, router buffers) and its receive buffer; the learned tables are
+//! its [`Pipeline`] (counters, router buffers) and its receive buffer; the learned tables are
 //! the switch's [`SharedTables`], and the first worker keeps their time (aging, expiry,
 //! probes) and applies a snapshot's changes to them. It takes commands from the control thread
 //! over a bounded channel, woken by a mio [`Waker`], and handles them only between batches, so
 //! every frame is processed against one whole [`Snapshot`]. Per frame it does no allocation:
-//! read, `Bridge::process` (one short lock of the MAC table; the router's tables when routed),
-//! `writev` to each egress device.
+//! read, [`Pipeline::receive`] (one short lock of the MAC table; the router's tables when
+//! routed), and its output writes each transmit: `writev` to a device, a VXLAN or IPIP batch
+//! for `sendmmsg` at the end of the round.
 //!
 //! Readiness is edge-triggered, so a port stays on the `ready` list until a read says
 //! `WouldBlock`; each turn reads at most [`BATCH`] frames per port so one busy port cannot
@@ -29,17 +30,12 @@ use super::batch::{self, RxBatch, Sent, TxBatch};
 use super::ipip::IpipSocket;
 use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
-use crate::pipeline::bridge::Egress;
-use crate::pipeline::bridge::EgressFrame;
-use crate::pipeline::gro::{Coalescer, Push};
-use crate::pipeline::offload::{complete_checksum, segment, Offload};
+use crate::pipeline::offload::Offload;
 use crate::pipeline::{
-    Bridge, Decision, DropReason, ForwardingState, Generated, SharedTables, WorkerCounters,
+    Bridge, ForwardingState, Output, Pipeline, RxMeta, SharedTables, Transmit, TunnelEndpoint,
+    WorkerCounters,
 };
-use crate::pipeline::{PortCounters, TunnelEndpoint, VlanMember};
 use crate::tables::{ConntrackStats, CtEntry, CtFilter, FdbKey, NeighRecord, PortId, Timestamp};
-use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
-use crate::wire::vlan::TAG_LEN;
 use crate::wire::{EthernetAddress, VlanId};
 
 /// Frames read from one port before the worker looks at its other ports and its commands.
@@ -167,7 +163,7 @@ impl WorkerHandle {
             index,
             poll,
             commands: rx,
-            bridge: Bridge::with_shared(Arc::clone(&counters), shared),
+            pipeline: Pipeline::new(Bridge::with_shared(Arc::clone(&counters), shared)),
             snapshot: Arc::new(Snapshot::default()),
             registered: Vec::new(),
             registered_tunnels: Vec::new(),
@@ -176,8 +172,6 @@ impl WorkerHandle {
             ipip_ready: false,
             ready: Vec::new(),
             is_ready: vec![false; PortId::MAX_PORTS],
-            scratch: Vec::with_capacity(MAX_FRAME),
-            gro: Coalescer::new(),
             rx: RxBatch::default(),
             tx: Tx::default(),
             adopted: Arc::clone(&adopted),
@@ -319,7 +313,7 @@ struct Worker {
     index: usize,
     poll: Poll,
     commands: Receiver<WorkerCommand>,
-    bridge: Bridge,
+    pipeline: Pipeline,
     snapshot: Arc<Snapshot>,
     /// The device registered with the poll for each port id.
     registered: Vec<Option<Arc<PortDevice>>>,
@@ -334,10 +328,6 @@ struct Worker {
     /// Ports that may have frames to read.
     ready: Vec<PortId>,
     is_ready: Vec<bool>,
-    /// Reused for segments of super-frames.
-    scratch: Vec<u8>,
-    /// Joins TCP segments decapsulated from one batch of tunnel packets.
-    gro: Coalescer,
     /// Receive buffers of the tunnel sockets (one `recvmmsg` fills them).
     rx: RxBatch,
     /// Outer packets of the tunnels, sent in batches.
@@ -395,11 +385,9 @@ impl Worker {
                 if self.index == 0 {
                     let now = self.now();
                     let snapshot = Arc::clone(&self.snapshot);
-                    self.bridge.age(&snapshot.forwarding, now);
-                    self.bridge.tick(&snapshot.forwarding, now);
                     let mut out = self.tx.out(&snapshot, self.index);
-                    send_generated(&mut self.bridge, &mut out, now);
-                    out.flush(self.bridge.counters());
+                    self.pipeline.tick(&snapshot.forwarding, now, &mut out);
+                    out.flush(self.pipeline.bridge().counters());
                 }
                 next_aging = Instant::now() + AGING_TICK;
             }
@@ -432,18 +420,17 @@ impl Worker {
         }
     }
 
-    /// Reads up to a batch of packets (one `recvmmsg`) from each ready tunnel socket,
-    /// decapsulates and switches them.
+    /// Reads up to a batch of packets (one `recvmmsg`) from each ready tunnel socket and
+    /// passes them to the pipeline.
     fn service_tunnels(&mut self) {
         let now = self.now();
         let snapshot = Arc::clone(&self.snapshot);
+        let state = &snapshot.forwarding;
         let Worker {
             index,
             registered_tunnels,
             ready_tunnels,
-            bridge,
-            gro,
-            scratch,
+            pipeline,
             rx,
             tx,
             ..
@@ -464,31 +451,10 @@ impl Worker {
             };
             for k in 0..n {
                 let (message, src, cut, segment) = rx.get(k);
-                if cut {
-                    let c = &bridge.counters().tunnel;
-                    c.rx_packets.add(1);
-                    c.drop(DropReason::Oversized);
-                    continue;
-                }
-                // A message is one datagram, or a run of them the kernel joined (UDP GRO).
-                let size = segment.unwrap_or(message.len()).max(1);
-                for payload in message.chunks_mut(size) {
-                    let Ok((port, inner)) =
-                        bridge.decap(&snapshot.forwarding, socket.endpoint(), src, payload, now)
-                    else {
-                        continue;
-                    };
-                    // Consecutive segments of one TCP flow are joined (GRO); anything else
-                    // goes on alone, after what was joined before it.
-                    if gro.push(port.0, inner) == Push::Alone {
-                        flush_gro(gro, bridge, &mut out, scratch, now);
-                        if gro.push(port.0, inner) == Push::Alone {
-                            forward(bridge, &mut out, port, inner, now);
-                        }
-                    }
-                }
+                let endpoint = socket.endpoint();
+                pipeline.receive_vxlan(state, endpoint, src, message, segment, cut, now, &mut out);
             }
-            flush_gro(gro, bridge, &mut out, scratch, now);
+            pipeline.flush(state, now, &mut out);
             // Fewer than a whole batch: the socket is empty for now.
             if n < batch::BATCH {
                 ready_tunnels.swap_remove(i);
@@ -496,11 +462,11 @@ impl Worker {
                 i += 1;
             }
         }
-        out.flush(bridge.counters());
+        out.flush(pipeline.bridge().counters());
     }
 
-    /// Reads up to a batch of packets (one `recvmmsg`) from the IPIP socket and routes their
-    /// inner packets.
+    /// Reads up to a batch of packets (one `recvmmsg`) from the IPIP socket and passes them
+    /// to the pipeline.
     fn service_ipip(&mut self) {
         let now = self.now();
         let snapshot = Arc::clone(&self.snapshot);
@@ -510,7 +476,7 @@ impl Worker {
         };
         let Worker {
             index,
-            bridge,
+            pipeline,
             rx,
             tx,
             ipip_ready,
@@ -526,22 +492,16 @@ impl Worker {
         };
         for k in 0..n {
             let (packet, src, cut, _) = rx.get(k);
-            if cut {
-                let c = &bridge.counters().ipip;
-                c.rx_packets.add(1);
-                c.drop(DropReason::Oversized);
-                continue;
-            }
-            let (start, decision) = bridge.ipip_in(&snapshot.forwarding, src, packet, now);
-            send_decision(bridge, &mut out, decision, &packet[start..], now);
+            pipeline.receive_ipip(&snapshot.forwarding, src, packet, cut, now, &mut out);
         }
         if n < batch::BATCH {
             *ipip_ready = false;
         }
-        out.flush(bridge.counters());
+        out.flush(pipeline.bridge().counters());
     }
 
-    /// Returns true when the port has nothing more to read (or is gone).
+    /// Reads up to [`BATCH`] frames from `port` and passes them to the pipeline. Returns true
+    /// when the port has nothing more to read (or is gone).
     fn service_port(&mut self, port: PortId, buf: &mut [u8], now: Timestamp) -> bool {
         let snapshot = Arc::clone(&self.snapshot);
         let Some(device) = snapshot.device(port) else {
@@ -549,8 +509,7 @@ impl Worker {
         };
         let Worker {
             index,
-            bridge,
-            scratch,
+            pipeline,
             tx,
             ..
         } = self;
@@ -570,37 +529,14 @@ impl Worker {
                 }
             };
             let frame = &mut buf[rx.start..rx.start + rx.len];
-            let offload = rx.offload;
-            let bad = if rx.truncated {
-                Some(DropReason::Oversized)
-            } else if offload.gso_unsupported {
-                Some(DropReason::BadOffload)
-            } else if offload.is_pending()
-                && forward_offloaded(bridge, &mut out, port, frame, &offload, scratch, now)
-            {
-                None
-            } else if offload.gso_size.is_some() {
-                segment(frame, &offload, scratch, |seg| {
-                    forward(bridge, &mut out, port, seg, now)
-                })
-                .err()
-            } else if let Some((start, offset)) = offload.csum {
-                complete_checksum(frame, start, offset).err().or_else(|| {
-                    forward(bridge, &mut out, port, frame, now);
-                    None
-                })
-            } else {
-                forward(bridge, &mut out, port, frame, now);
-                None
+            let meta = RxMeta {
+                offload: rx.offload,
+                truncated: rx.truncated,
+                len: rx.len,
             };
-            if let Some(reason) = bad {
-                let c = bridge.counters().port(port);
-                c.rx_packets.add(1);
-                c.rx_bytes.add(rx.len as u64);
-                c.drop(reason);
-            }
+            pipeline.receive(&snapshot.forwarding, port, frame, &meta, now, &mut out);
         }
-        out.flush(bridge.counters());
+        out.flush(pipeline.bridge().counters());
         drained
     }
 
@@ -617,7 +553,8 @@ impl Worker {
                     let now = self.now();
                     let aging = self.snapshot.forwarding.mac_aging_ms;
                     let mut records: Vec<FdbRecord> = self
-                        .bridge
+                        .pipeline
+                        .bridge()
                         .mac_table()
                         .iter()
                         .filter(|(_, e)| now.millis_since(e.last_seen) < aging)
@@ -631,7 +568,7 @@ impl Worker {
                         .collect();
                     // One table locked at a time: the remote VTEPs after the MACs.
                     let forwarding = &self.snapshot.forwarding;
-                    let remotes = self.bridge.remote_table();
+                    let remotes = self.pipeline.bridge().remote_table();
                     for r in &mut records {
                         if forwarding.vxlan_port(r.port).is_some() {
                             let k = FdbKey::new(r.vlan, r.mac);
@@ -647,21 +584,36 @@ impl Worker {
                 }
                 WorkerCommand::DumpNeighbours(reply) => {
                     let now = self.now();
-                    let records = self.bridge.shared().neighbours().records(now).collect();
+                    let records = self
+                        .pipeline
+                        .bridge()
+                        .shared()
+                        .neighbours()
+                        .records(now)
+                        .collect();
                     let _ = reply.send(records);
                 }
                 WorkerCommand::FlushFdb { vlan, mac, reply } => {
                     let hit = |k: FdbKey| {
                         vlan.is_none_or(|v| v == k.vlan()) && mac.is_none_or(|m| m == k.mac())
                     };
-                    let n = self.bridge.shared().macs().retain(|k, _| !hit(k));
+                    let n = self
+                        .pipeline
+                        .bridge()
+                        .shared()
+                        .macs()
+                        .retain(|k, _| !hit(k));
                     // Where the MAC was learned behind a VTEP, forget that too.
-                    self.bridge.shared().remotes().retain(|k, _| !hit(k));
+                    self.pipeline
+                        .bridge()
+                        .shared()
+                        .remotes()
+                        .retain(|k, _| !hit(k));
                     let _ = reply.send(n);
                 }
                 WorkerCommand::DumpConntrack(reply) => {
                     let now = self.now();
-                    let ct = self.bridge.conntrack();
+                    let ct = self.pipeline.bridge().conntrack();
                     let _ = reply.send(ConntrackDump {
                         entries: ct.iter().filter(|e| !e.is_expired(now)).cloned().collect(),
                         now,
@@ -672,7 +624,7 @@ impl Worker {
                     });
                 }
                 WorkerCommand::ConntrackSummary { backends, reply } => {
-                    let ct = self.bridge.conntrack();
+                    let ct = self.pipeline.bridge().conntrack();
                     let _ = reply.send(ConntrackDump {
                         entries: Vec::new(),
                         now: self.now(),
@@ -686,7 +638,11 @@ impl Worker {
                     });
                 }
                 WorkerCommand::FlushConntrack { filter, reply } => {
-                    let n = self.bridge.conntrack().remove_where(|e| filter.matches(e));
+                    let n = self
+                        .pipeline
+                        .bridge()
+                        .conntrack()
+                        .remove_where(|e| filter.matches(e));
                     let _ = reply.send(n);
                 }
                 WorkerCommand::Stop => return false,
@@ -793,9 +749,12 @@ impl Worker {
         // The shared tables follow the new state once, by the first worker (control publishes
         // to it first and waits).
         if self.index == 0 {
-            self.bridge.adopt(&snapshot.forwarding);
+            self.pipeline.bridge_mut().adopt(&snapshot.forwarding);
             for filter in &snapshot.purge {
-                self.bridge.conntrack().remove_where(|e| filter.matches(e));
+                self.pipeline
+                    .bridge()
+                    .conntrack()
+                    .remove_where(|e| filter.matches(e));
             }
         }
         self.adopted
@@ -803,30 +762,6 @@ impl Worker {
         self.snapshot = snapshot;
         result
     }
-}
-
-/// Sends on what the receive coalescer joined: a super-frame with its offloads left to the
-/// egress (or finished here where the egress cannot take them), or a lone segment.
-fn flush_gro(
-    gro: &mut Coalescer,
-    bridge: &mut Bridge,
-    out: &mut Out<'_>,
-    scratch: &mut Vec<u8>,
-    now: Timestamp,
-) {
-    gro.take(|tag, frame, offload| {
-        let port = PortId(tag);
-        match offload {
-            None => forward(bridge, out, port, frame, now),
-            Some(o) => {
-                if !forward_offloaded(bridge, out, port, frame, &o, scratch, now) {
-                    let _ = segment(frame, &o, scratch, |seg| {
-                        forward(bridge, out, port, seg, now)
-                    });
-                }
-            }
-        }
-    });
 }
 
 /// A worker's batch of outer IPIP packets, reused from round to round.
@@ -845,80 +780,7 @@ impl Tx {
     }
 }
 
-/// Runs one finished frame through the pipeline and sends what it decided, then whatever the
-/// router generated on the way.
-fn forward(bridge: &mut Bridge, out: &mut Out<'_>, port: PortId, frame: &mut [u8], now: Timestamp) {
-    let snapshot = out.snapshot;
-    let decision = bridge.process(&snapshot.forwarding, port, frame, now);
-    send_decision(bridge, out, decision, frame, now);
-}
-
-/// Sends `frame` as `decision` says, then the router's generated frames.
-fn send_decision(
-    bridge: &mut Bridge,
-    out: &mut Out<'_>,
-    decision: Decision<'_>,
-    frame: &[u8],
-    now: Timestamp,
-) {
-    match decision {
-        Decision::Forward(egress) => send_egress(bridge, out, &egress, frame, now),
-        Decision::Reply(egress, built) => send_egress(bridge, out, &egress, built.as_bytes(), now),
-        Decision::Tunnel(t) => {
-            let inner = &frame[t.start..t.start + t.len];
-            send_ipip(bridge.counters(), out, &t.outer, inner, t.remote);
-        }
-        Decision::Local | Decision::Drop(_) => {}
-    }
-    send_generated(bridge, out, now);
-}
-
-/// Sends every frame the router has generated (replies, ICMP errors, probes, packets released
-/// by a resolved neighbour).
-fn send_generated(bridge: &mut Bridge, out: &mut Out<'_>, now: Timestamp) {
-    let snapshot = out.snapshot;
-    while let Some(generated) = bridge.take_generated() {
-        match &generated {
-            Generated::Frame { vlan, bytes } => {
-                let egress = bridge.router_egress(&snapshot.forwarding, *vlan, bytes, now);
-                send_egress(bridge, out, &egress, bytes, now);
-            }
-            Generated::Ipip {
-                remote,
-                outer,
-                bytes,
-                start,
-            } => send_ipip(bridge.counters(), out, outer, &bytes[*start..], *remote),
-        }
-        bridge.recycle(generated);
-    }
-}
-
-/// Queues an IPIP packet for the host's IPIP socket.
-fn send_ipip(
-    counters: &WorkerCounters,
-    out: &mut Out<'_>,
-    outer: &[u8],
-    inner: &[u8],
-    remote: std::net::Ipv4Addr,
-) {
-    let Some(socket) = &out.snapshot.ipip else {
-        counters.ipip.tx_errors.add(1);
-        return;
-    };
-    let sent = socket.send(out.ipip, outer, inner, remote);
-    count_sent(&counters.ipip, sent);
-}
-
-/// Adds what a batch send did to a tunnel's counters.
-fn count_sent(c: &PortCounters, sent: Sent) {
-    c.tx_packets.add(sent.packets);
-    c.tx_bytes.add(sent.bytes);
-    c.tx_oversized.add(sent.oversized);
-    c.tx_errors.add(sent.errors);
-}
-
-/// Where a worker's frames go: the devices of `snapshot`, through this worker's queue of
+/// Where a worker's transmits go: the devices of `snapshot`, through this worker's queue of
 /// each; the tunnels' outer packets into batches (the VXLAN endpoints keep one per worker),
 /// sent with `sendmmsg` when full and at the end of each round ([`flush`](Out::flush)).
 struct Out<'a> {
@@ -927,197 +789,61 @@ struct Out<'a> {
     ipip: &'a mut TxBatch,
 }
 
+impl Output for Out<'_> {
+    fn takes_offloads(&self, port: PortId, offload: &Offload) -> bool {
+        self.snapshot
+            .device(port)
+            .is_some_and(|d| d.takes_offloads() && (!offload.gso_udp || d.takes_udp_segmentation()))
+    }
+
+    fn send(&mut self, transmit: Transmit<'_>) -> Sent {
+        match transmit {
+            Transmit::Device { port, frame, vnet } => {
+                let Some(device) = self.snapshot.device(port) else {
+                    return Sent::default();
+                };
+                let sent = match vnet {
+                    Some(h) => device.send_with(self.queue, &frame, &h),
+                    None => device.send(self.queue, &frame),
+                };
+                match sent {
+                    Ok(()) => Sent::one(frame.len()),
+                    Err(_) => Sent::error(),
+                }
+            }
+            Transmit::Vxlan {
+                endpoint,
+                remote,
+                outer,
+                inner,
+                ..
+            } => match self.snapshot.tunnel(endpoint) {
+                Some(socket) => socket.send(self.queue, outer, &inner, remote),
+                None => Sent::default(),
+            },
+            Transmit::Ipip {
+                remote,
+                outer,
+                inner,
+            } => match &self.snapshot.ipip {
+                Some(socket) => socket.send(self.ipip, outer, inner, remote),
+                None => Sent::error(),
+            },
+        }
+    }
+}
+
 impl Out<'_> {
     /// Sends what the tunnel batches hold.
     fn flush(&mut self, counters: &WorkerCounters) {
         for t in &self.snapshot.tunnels {
-            count_sent(&counters.tunnel, t.flush(self.queue));
+            t.flush(self.queue).count(&counters.tunnel);
         }
         if !self.ipip.is_empty() {
             match &self.snapshot.ipip {
-                Some(s) => count_sent(&counters.ipip, s.flush(self.ipip)),
+                Some(s) => s.flush(self.ipip).count(&counters.ipip),
                 None => self.ipip.clear(),
             }
         }
     }
-}
-
-/// Writes `frame` to each egress port of `egress`. A frame larger than an egress port's MTU
-/// is not sent there (counted as `tx_oversized`), as the Linux bridge does.
-fn send_egress(
-    bridge: &mut Bridge,
-    out: &mut Out<'_>,
-    egress: &Egress<'_>,
-    frame: &[u8],
-    now: Timestamp,
-) {
-    for member in egress.ports() {
-        send_member(bridge, out, egress, member, frame, None, now);
-    }
-}
-
-/// Sends `frame` out of one member of its egress set: a finished frame, or (`pending`) one
-/// with its checksum or segmentation left to the egress device, with the virtio-net header
-/// moved for the VLAN tag the egress adds or removes.
-#[allow(clippy::too_many_arguments)]
-fn send_member(
-    bridge: &mut Bridge,
-    out: &mut Out<'_>,
-    egress: &Egress<'_>,
-    member: VlanMember,
-    frame: &[u8],
-    pending: Option<&Offload>,
-    now: Timestamp,
-) {
-    let snapshot = out.snapshot;
-    let out_frame = egress.frame_for(member, frame);
-    let c = bridge.counters().port(member.port);
-    let mtu = snapshot
-        .forwarding
-        .port(member.port)
-        .map_or(u16::MAX, |p| p.mtu);
-    let tag = if member.tagged { TAG_LEN } else { 0 };
-    let max_len = mtu as usize + ETHERNET_HEADER_LEN + tag;
-    // Where the EtherType moves to: a tag inserted or removed shifts the L3 header.
-    let delta = (ETHERNET_HEADER_LEN - 2 + tag) as isize - egress.inner_offset as isize;
-    let wire_len = match pending {
-        Some(o) => (o.wire_len(frame) as isize + delta) as usize,
-        None => out_frame.len(),
-    };
-    if wire_len > max_len {
-        c.tx_oversized.add(1);
-        return;
-    }
-    if pending.is_none() && snapshot.forwarding.vxlan_port(member.port).is_some() {
-        encap(bridge, out, member.port, frame, &out_frame, now);
-        return;
-    }
-    let Some(device) = snapshot.device(member.port) else {
-        return;
-    };
-    let sent = match pending {
-        Some(o) => device.send_with(out.queue, &out_frame, &o.header_moved(delta)),
-        None => device.send(out.queue, &out_frame),
-    };
-    match sent {
-        Ok(()) => {
-            c.tx_packets.add(1);
-            c.tx_bytes.add(out_frame.len() as u64);
-        }
-        Err(_) => c.tx_errors.add(1),
-    }
-}
-
-/// Whether a frame with `offload` left to do may go out of `port` as it is.
-fn takes_offloads(snapshot: &Snapshot, port: PortId, offload: &Offload) -> bool {
-    snapshot.forwarding.vxlan_port(port).is_none()
-        && snapshot
-            .device(port)
-            .is_some_and(|d| d.takes_offloads() && (!offload.gso_udp || d.takes_udp_segmentation()))
-}
-
-/// Switches a frame whose checksum or TCP segmentation is still to do (`offload`) without
-/// doing it, where that is possible: it is switched whole, members whose device takes
-/// offloads get it as it is (one write for up to 64 KiB), the others (VXLAN, ports with
-/// offloads off) get the finished frames, cut here in software. Returns false, having done
-/// nothing, when the frame is for the router: then the caller finishes the offloads first.
-#[allow(clippy::too_many_arguments)]
-fn forward_offloaded(
-    bridge: &mut Bridge,
-    out: &mut Out<'_>,
-    port: PortId,
-    frame: &mut [u8],
-    offload: &Offload,
-    scratch: &mut Vec<u8>,
-    now: Timestamp,
-) -> bool {
-    let snapshot = out.snapshot;
-    let wire_len = offload.wire_len(frame);
-    let Some(decision) =
-        bridge.process_offloaded(&snapshot.forwarding, port, frame, offload, wire_len, now)
-    else {
-        return false;
-    };
-    let Decision::Forward(egress) = decision else {
-        // The router cut what it could not send whole into generated frames.
-        send_decision(bridge, out, decision, frame, now);
-        return true;
-    };
-    let mut finish = false;
-    for member in egress.ports() {
-        if takes_offloads(snapshot, member.port, offload) {
-            send_member(bridge, out, &egress, member, frame, Some(offload), now);
-        } else {
-            finish = true;
-        }
-    }
-    if !finish {
-        send_generated(bridge, out, now);
-        return true;
-    }
-    let mut emit = |done: &mut [u8]| {
-        for member in egress.ports() {
-            if !takes_offloads(snapshot, member.port, offload) {
-                send_member(bridge, out, &egress, member, done, None, now);
-            }
-        }
-    };
-    let result = match (offload.gso_size, offload.csum) {
-        (Some(_), _) => segment(frame, offload, scratch, emit),
-        (None, Some((start, offset))) => {
-            scratch.clear();
-            scratch.extend_from_slice(frame);
-            complete_checksum(scratch, start, offset).map(|()| emit(scratch))
-        }
-        (None, None) => {
-            emit(frame);
-            Ok(())
-        }
-    };
-    if let Err(reason) = result {
-        bridge.counters().port(port).drop(reason);
-    }
-    send_generated(bridge, out, now);
-    true
-}
-
-/// Sends a frame out of a VXLAN port: to the remote its destination is known behind, or to
-/// every remote of the flood list (head-end replication). An outer packet too large for the
-/// underlay is not fragmented: the kernel refuses it and it counts as `tx_oversized` on the
-/// tunnel.
-fn encap(
-    bridge: &mut Bridge,
-    out: &mut Out<'_>,
-    port: PortId,
-    frame: &[u8],
-    out_frame: &EgressFrame<'_>,
-    now: Timestamp,
-) {
-    let snapshot = out.snapshot;
-    let forwarding = &snapshot.forwarding;
-    let Some(socket) = forwarding
-        .vxlan_port(port)
-        .and_then(|vx| snapshot.tunnel(vx.endpoint))
-    else {
-        return;
-    };
-    let len = out_frame.len();
-    let queue = out.queue;
-    // The port counts frames handed to the tunnel; the tunnel counts outer packets sent.
-    bridge.encapsulate(
-        forwarding,
-        port,
-        frame,
-        len,
-        now,
-        |remote, outer, counters| {
-            let c = counters.port(port);
-            c.tx_packets.add(1);
-            c.tx_bytes.add(len as u64);
-            count_sent(
-                &counters.tunnel,
-                socket.send(queue, outer, out_frame, remote),
-            );
-        },
-    );
 }

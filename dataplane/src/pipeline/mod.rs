@@ -1,20 +1,22 @@
 //! The sans-IO packet path.
 //!
-//! [`Bridge::process`] takes one received frame, the ingress port, the published
-//! [`ForwardingState`] and `now`, and returns a [`Decision`]: drop (with a counted
-//! [`DropReason`]) or forward to one port or flood to the members of a VLAN, each with its
-//! egress tagging. It does no I/O and allocates nothing, so tests drive it without root on a
-//! fake clock and benches measure it without syscalls.
-//!
-//! Stages, in order: parse (Ethernet, 802.1Q) -> ingress VLAN classification by port mode ->
-//! source checks and MAC learning -> frames for a router interface go to the L3 stage
-//! ([`router`]: ARP/ND, ICMP, longest-prefix-match forwarding, IPIP) -> destination lookup
-//! (static FDB, then learned) -> egress set. VXLAN ([`tunnel`]) wraps and unwraps frames of
-//! the VNI ports around this.
+//! [`Pipeline`] is one worker's whole path, composed in [`datapath`] in the order a frame
+//! meets its stages: receive (a device's frame with its offload metadata, a VXLAN datagram
+//! through [`tunnel`] decapsulation and [`gro`], an IPIP packet) -> [`offload`] (switch a
+//! super-frame whole, or finish it first) -> the [`Bridge`] (parse, 802.1Q, VLAN
+//! classification by port mode, source checks and MAC learning, ARP/ND suppression
+//! ([`suppress`]), destination lookup, or the [`router`]: ARP/ND, ICMP, conntrack and
+//! [`nat`], longest-prefix-match forwarding, [`fragment`]ation, IPIP) -> [`egress`] (MTU,
+//! VLAN tag, VXLAN encapsulation, software offload fallbacks, the router's generated frames).
+//! Everything leaves as a [`Transmit`] to the caller's [`Output`]; every drop is counted with
+//! a [`DropReason`]. It does no I/O and allocates nothing per frame in steady state, so tests
+//! drive it without root on a fake clock and benches measure it without syscalls.
 
 pub mod bridge;
 pub mod counters;
+pub mod datapath;
 pub mod drop;
+pub mod egress;
 pub mod fragment;
 pub mod gro;
 pub mod icmp;
@@ -31,7 +33,9 @@ pub use bridge::{Bridge, Decision, Egress};
 pub use counters::{
     Counter, InterfaceCounters, LearnCounters, NatCounters, PortCounters, WorkerCounters,
 };
+pub use datapath::{Pipeline, RxMeta};
 pub use drop::DropReason;
+pub use egress::{Output, Sent, Transmit};
 pub use router::{Generated, IpipEgress};
 pub use routing::{Interface, NextHop, Route, RoutingState};
 pub use shared::{

@@ -1,0 +1,350 @@
+//! The egress stage: from a decision to ready-to-send transmits.
+//!
+//! The earlier stages decide where a frame goes ([`Decision`]); this stage turns that into
+//! [`Transmit`]s, each complete: which device, VXLAN endpoint or the IPIP socket, the buffer
+//! pieces as they go on the wire (addresses, an 802.1Q tag put in or left out, the rest), the
+//! virtio-net header of a frame whose checksum or segmentation is left to the device, the
+//! outer headers of a tunnel. It checks each egress port's MTU, takes the VXLAN branch
+//! (remote choice and outer headers from [`tunnel`](super::tunnel)), finishes offloads in
+//! software for an egress that cannot take them, and drains what the router generated on
+//! the way. Every transmit goes to one [`Output`], the only way out of the pipeline; the
+//! worker's output writes to devices and sockets, a trace's records them.
+
+use std::net::Ipv4Addr;
+
+use super::bridge::{Egress, EgressFrame};
+use super::offload::{complete_checksum, segment, Offload, VNET_HDR_LEN};
+use super::tunnel::OUTER_LEN;
+use super::{
+    Bridge, Decision, ForwardingState, Generated, PortCounters, TunnelEndpoint, VlanMember,
+};
+use crate::tables::{PortId, Timestamp};
+use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
+use crate::wire::vlan::TAG_LEN;
+
+/// One packet ready to go on the wire, as the pipeline hands it to its [`Output`].
+#[derive(Debug, Clone, Copy)]
+pub enum Transmit<'a> {
+    /// A frame for the device of `port`. `vnet`: the virtio-net header of a frame whose
+    /// checksum or segmentation the device is to finish; `None` for a finished frame.
+    Device {
+        port: PortId,
+        frame: EgressFrame<'a>,
+        vnet: Option<[u8; VNET_HDR_LEN]>,
+    },
+    /// A VXLAN packet to `remote` through `endpoint`'s socket: the outer IPv4, UDP and VXLAN
+    /// headers, then the inner frame as the VXLAN port `port` sends it.
+    Vxlan {
+        port: PortId,
+        endpoint: TunnelEndpoint,
+        remote: Ipv4Addr,
+        outer: &'a [u8; OUTER_LEN],
+        inner: EgressFrame<'a>,
+    },
+    /// An IPv4 packet for the host's IPIP socket: the outer header, then the inner packet.
+    Ipip {
+        remote: Ipv4Addr,
+        outer: &'a [u8],
+        inner: &'a [u8],
+    },
+}
+
+impl Transmit<'_> {
+    /// The bytes this transmit puts on its device or socket, outer headers included.
+    pub fn len(&self) -> usize {
+        match self {
+            Transmit::Device { frame, .. } => frame.len(),
+            Transmit::Vxlan { outer, inner, .. } => outer.len() + inner.len(),
+            Transmit::Ipip { outer, inner, .. } => outer.len() + inner.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What an [`Output`] did with transmits, in packets on the wire (a batching output may
+/// report, on one call, what an earlier batch did).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub packets: u64,
+    /// Bytes, with what the kernel adds to each packet counted where it adds something.
+    pub bytes: u64,
+    /// Refused as larger than the route's MTU.
+    pub oversized: u64,
+    pub errors: u64,
+}
+
+impl Sent {
+    /// One packet of `bytes` sent.
+    pub fn one(bytes: usize) -> Sent {
+        Sent {
+            packets: 1,
+            bytes: bytes as u64,
+            ..Sent::default()
+        }
+    }
+
+    /// One packet that could not be sent.
+    pub fn error() -> Sent {
+        Sent {
+            errors: 1,
+            ..Sent::default()
+        }
+    }
+
+    /// Adds what was sent to a port's (or tunnel's) transmit counters.
+    pub fn count(self, c: &PortCounters) {
+        c.tx_packets.add(self.packets);
+        c.tx_bytes.add(self.bytes);
+        c.tx_oversized.add(self.oversized);
+        c.tx_errors.add(self.errors);
+    }
+}
+
+/// Where the pipeline's transmits go.
+pub trait Output {
+    /// Whether `port`'s device finishes a frame with `offload` left to do (checksum,
+    /// segmentation); when not, the pipeline finishes it in software first.
+    fn takes_offloads(&self, port: PortId, offload: &Offload) -> bool;
+
+    /// Sends (or queues) one transmit; returns what went on the wire. A port with no device
+    /// sends nothing and reports nothing.
+    fn send(&mut self, transmit: Transmit<'_>) -> Sent;
+}
+
+/// Sends `frame` as `decision` says, then the router's generated frames.
+pub(super) fn send_decision<O: Output>(
+    bridge: &mut Bridge,
+    out: &mut O,
+    state: &ForwardingState,
+    decision: Decision<'_>,
+    frame: &[u8],
+    now: Timestamp,
+) {
+    match decision {
+        Decision::Forward(egress) => send_egress(bridge, out, state, &egress, frame, now),
+        Decision::Reply(egress, built) => {
+            send_egress(bridge, out, state, &egress, built.as_bytes(), now)
+        }
+        Decision::Tunnel(t) => {
+            let inner = &frame[t.start..t.start + t.len];
+            send_ipip(bridge, out, &t.outer, inner, t.remote);
+        }
+        Decision::Local | Decision::Drop(_) => {}
+    }
+    send_generated(bridge, out, state, now);
+}
+
+/// Sends every frame the router has generated (replies, ICMP errors, probes, packets released
+/// by a resolved neighbour).
+pub(super) fn send_generated<O: Output>(
+    bridge: &mut Bridge,
+    out: &mut O,
+    state: &ForwardingState,
+    now: Timestamp,
+) {
+    while let Some(generated) = bridge.take_generated() {
+        match &generated {
+            Generated::Frame { vlan, bytes } => {
+                let egress = bridge.router_egress(state, *vlan, bytes, now);
+                send_egress(bridge, out, state, &egress, bytes, now);
+            }
+            Generated::Ipip {
+                remote,
+                outer,
+                bytes,
+                start,
+            } => send_ipip(bridge, out, outer, &bytes[*start..], *remote),
+        }
+        bridge.recycle(generated);
+    }
+}
+
+fn send_ipip<O: Output>(
+    bridge: &Bridge,
+    out: &mut O,
+    outer: &[u8],
+    inner: &[u8],
+    remote: Ipv4Addr,
+) {
+    let sent = out.send(Transmit::Ipip {
+        remote,
+        outer,
+        inner,
+    });
+    sent.count(&bridge.counters().ipip);
+}
+
+/// Writes `frame` to each egress port of `egress`.
+pub(super) fn send_egress<O: Output>(
+    bridge: &mut Bridge,
+    out: &mut O,
+    state: &ForwardingState,
+    egress: &Egress<'_>,
+    frame: &[u8],
+    now: Timestamp,
+) {
+    for member in egress.ports() {
+        send_member(bridge, out, state, egress, member, frame, None, now);
+    }
+}
+
+/// Sends `frame` out of one member of its egress set: a finished frame, or (`pending`) one
+/// with its checksum or segmentation left to the egress device, with the virtio-net header
+/// moved for the VLAN tag the egress adds or removes. A frame larger than the member's MTU
+/// is not sent there (counted as `tx_oversized`), as the Linux bridge does.
+#[allow(clippy::too_many_arguments)]
+fn send_member<O: Output>(
+    bridge: &mut Bridge,
+    out: &mut O,
+    state: &ForwardingState,
+    egress: &Egress<'_>,
+    member: VlanMember,
+    frame: &[u8],
+    pending: Option<&Offload>,
+    now: Timestamp,
+) {
+    let out_frame = egress.frame_for(member, frame);
+    let mtu = state.port(member.port).map_or(u16::MAX, |p| p.mtu);
+    let tag = if member.tagged { TAG_LEN } else { 0 };
+    let max_len = mtu as usize + ETHERNET_HEADER_LEN + tag;
+    // Where the EtherType moves to: a tag inserted or removed shifts the L3 header.
+    let delta = (ETHERNET_HEADER_LEN - 2 + tag) as isize - egress.inner_offset as isize;
+    let wire_len = match pending {
+        Some(o) => (o.wire_len(frame) as isize + delta) as usize,
+        None => out_frame.len(),
+    };
+    if wire_len > max_len {
+        bridge.counters().port(member.port).tx_oversized.add(1);
+        return;
+    }
+    if pending.is_none() && state.vxlan_port(member.port).is_some() {
+        encap(bridge, out, state, member.port, frame, &out_frame, now);
+        return;
+    }
+    let sent = out.send(Transmit::Device {
+        port: member.port,
+        frame: out_frame,
+        vnet: pending.map(|o| o.header_moved(delta)),
+    });
+    sent.count(bridge.counters().port(member.port));
+}
+
+/// Whether a frame with `offload` left to do may go out of `port` as it is: not into a
+/// tunnel, and only to a device that finishes it.
+fn takes_offloads<O: Output>(
+    out: &O,
+    state: &ForwardingState,
+    port: PortId,
+    offload: &Offload,
+) -> bool {
+    state.vxlan_port(port).is_none() && out.takes_offloads(port, offload)
+}
+
+/// Switches a frame whose checksum or TCP segmentation is still to do (`offload`) without
+/// doing it, where that is possible: it is switched whole, members whose device takes
+/// offloads get it as it is (one write for up to 64 KiB), the others (VXLAN, ports with
+/// offloads off) get the finished frames, cut here in software. Returns false, having done
+/// nothing, when the frame is for the router: then the caller finishes the offloads first.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward_offloaded<O: Output>(
+    bridge: &mut Bridge,
+    out: &mut O,
+    state: &ForwardingState,
+    port: PortId,
+    frame: &mut [u8],
+    offload: &Offload,
+    scratch: &mut Vec<u8>,
+    now: Timestamp,
+) -> bool {
+    let wire_len = offload.wire_len(frame);
+    let Some(decision) = bridge.process_offloaded(state, port, frame, offload, wire_len, now)
+    else {
+        return false;
+    };
+    let Decision::Forward(egress) = decision else {
+        // The router cut what it could not send whole into generated frames.
+        send_decision(bridge, out, state, decision, frame, now);
+        return true;
+    };
+    let mut finish = false;
+    for member in egress.ports() {
+        if takes_offloads(out, state, member.port, offload) {
+            send_member(
+                bridge,
+                out,
+                state,
+                &egress,
+                member,
+                frame,
+                Some(offload),
+                now,
+            );
+        } else {
+            finish = true;
+        }
+    }
+    if !finish {
+        send_generated(bridge, out, state, now);
+        return true;
+    }
+    let mut emit = |done: &mut [u8]| {
+        for member in egress.ports() {
+            if !takes_offloads(out, state, member.port, offload) {
+                send_member(bridge, out, state, &egress, member, done, None, now);
+            }
+        }
+    };
+    let result = match (offload.gso_size, offload.csum) {
+        (Some(_), _) => segment(frame, offload, scratch, emit),
+        (None, Some((start, offset))) => {
+            scratch.clear();
+            scratch.extend_from_slice(frame);
+            complete_checksum(scratch, start, offset).map(|()| emit(scratch))
+        }
+        (None, None) => {
+            emit(frame);
+            Ok(())
+        }
+    };
+    if let Err(reason) = result {
+        bridge.counters().port(port).drop(reason);
+    }
+    send_generated(bridge, out, state, now);
+    true
+}
+
+/// Sends a frame out of a VXLAN port: to the remote its destination is known behind, or to
+/// every remote of the flood list (head-end replication). The port counts frames handed to
+/// the tunnel; the tunnel counts outer packets sent. An outer packet too large for the
+/// underlay is not fragmented: the kernel refuses it and it counts as `tx_oversized` on the
+/// tunnel.
+fn encap<O: Output>(
+    bridge: &mut Bridge,
+    out: &mut O,
+    state: &ForwardingState,
+    port: PortId,
+    frame: &[u8],
+    out_frame: &EgressFrame<'_>,
+    now: Timestamp,
+) {
+    let Some(endpoint) = state.vxlan_port(port).map(|vx| vx.endpoint) else {
+        return;
+    };
+    let len = out_frame.len();
+    bridge.encapsulate(state, port, frame, len, now, |remote, outer, counters| {
+        let c = counters.port(port);
+        c.tx_packets.add(1);
+        c.tx_bytes.add(len as u64);
+        let sent = out.send(Transmit::Vxlan {
+            port,
+            endpoint,
+            remote,
+            outer,
+            inner: *out_frame,
+        });
+        sent.count(&counters.tunnel);
+    });
+}
