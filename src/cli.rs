@@ -96,6 +96,10 @@ pub enum Command {
     /// Tracked connections: show, flush.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
+    /// What the pipeline does with a packet, stage by stage: a dry run of a described packet
+    /// (or a hex dump, or a packet of a pcap file) against the live tables, changing nothing;
+    /// or, with --live, the path of real packets as they pass.
+    Trace(TraceArgs),
     /// The running configuration (file plus runtime changes) as TOML.
     Config,
     /// Re-read the configuration file and apply the differences (as SIGHUP does); learned
@@ -568,6 +572,28 @@ pub enum FdbCmd {
     },
 }
 
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The packet, described: `tcp 10.42.0.2:40000 > 10.96.0.10:80 syn`, `udp A:P > B:P`,
+    /// `icmp A > B`, `icmp6 A > B`, `arp who-has B tell A`, `arp reply A to B`; before the
+    /// protocol `vlan N` (an 802.1Q tag), `src-mac MAC`, `dst-mac MAC`; after it `ttl N`,
+    /// `len N` (payload bytes). Without MACs, the switch picks them (the sender's, and the
+    /// router's for a routed packet). Quote it, or give it as several words.
+    pub packet: Vec<String>,
+    /// The port the packet arrives on (dry run).
+    #[arg(long = "in-port")]
+    pub in_port: Option<String>,
+    /// The frame as a hex dump (plain hex, or `tcpdump -xx` / `xxd` output).
+    #[arg(long, conflicts_with_all = ["packet", "pcap"])]
+    pub hex: Option<String>,
+    /// The frame from a pcap or pcapng file (an Ethernet capture).
+    #[arg(long, conflicts_with = "packet")]
+    pub pcap: Option<PathBuf>,
+    /// Which packet of the --pcap file, counting from 1.
+    #[arg(long, default_value_t = 1, requires = "pcap")]
+    pub index: usize,
+}
+
 pub type Error = Box<dyn std::error::Error>;
 
 pub fn execute(cli: Cli) -> Result<(), Error> {
@@ -751,6 +777,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
+        Command::Trace(a) => trace(socket, a, cli.json),
         Command::Config => {
             let v = api::call(socket, &Request::ConfigShow)?;
             print!("{}", v.as_str().unwrap_or_default());
@@ -768,6 +795,37 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             None => Ok(()),
         },
     }
+}
+
+fn trace(socket: &Path, a: TraceArgs, json: bool) -> Result<(), Error> {
+    let Some(port) = a.in_port else {
+        return Err("trace: --in-port PORT names the port the packet arrives on".into());
+    };
+    let (packet, frame) = match (a.hex, a.pcap) {
+        (Some(hex), _) => (None, Some(hex)),
+        (None, Some(path)) => {
+            let bytes = tapswitch_control::trace::read_capture(&path, a.index)?;
+            (None, Some(tapswitch_control::trace::to_hex(&bytes)))
+        }
+        (None, None) if !a.packet.is_empty() => (Some(a.packet.join(" ")), None),
+        (None, None) => {
+            return Err("trace: describe the packet, or give --hex or --pcap".into());
+        }
+    };
+    let report = api::call(
+        socket,
+        &Request::Trace {
+            port,
+            packet,
+            frame,
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", tapswitch_control::trace::render(&report));
+    }
+    Ok(())
 }
 
 fn show(socket: &Path, req: &Request, json: bool, table: Printer) -> Result<(), Error> {

@@ -125,6 +125,16 @@ pub enum Request {
     },
     /// The cluster agent's view (`tapswitch cluster status`); answered by the daemon.
     ClusterStatus,
+    /// A dry run: what the pipeline would do with one frame arriving on `port`, given as
+    /// `packet` (a description, see [`crate::trace::Probe`]) or `frame` (hex). Nothing is
+    /// learned, tracked, counted or sent.
+    Trace {
+        port: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packet: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        frame: Option<String>,
+    },
     /// Many changes carried out as one (see [`crate::switch::batch`]); with `owner`, the
     /// entries it adds belong to that agent.
     Batch {
@@ -253,6 +263,16 @@ pub fn handle(switch: &mut Switch, mut req: Request) -> Response {
         Request::ConntrackShow { filter } => switch.show_conntrack(&filter).map(Response::ok),
         Request::ConntrackFlush { filter } => switch.flush_conntrack(&filter).map(Response::ok),
         Request::Batch { owner, requests } => switch.batch(owner, requests).map(Response::ok),
+        Request::Trace {
+            port,
+            packet,
+            frame,
+        } => match frame.as_deref().map(crate::trace::from_hex).transpose() {
+            Ok(frame) => switch
+                .trace(&port, packet.as_deref(), frame)
+                .map(Response::ok),
+            Err(e) => Err(SwitchError::Invalid(e)),
+        },
     };
     result.unwrap_or_else(Response::error)
 }

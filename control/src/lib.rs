@@ -24,6 +24,7 @@ pub mod server;
 pub mod state;
 pub mod switch;
 pub mod takeover;
+pub mod trace;
 
 pub use config::{Config, ConfigError};
 pub use switch::{Switch, SwitchError};

@@ -32,6 +32,7 @@ pub mod batch;
 mod learned;
 mod nat;
 mod routing;
+mod trace;
 pub use learned::Restored;
 pub use nat::{
     BackendInfo, ConnectionInfo, ConntrackShow, ConntrackSummary, DnatInfo, NatStats, ServiceInfo,
@@ -55,12 +56,14 @@ pub enum SwitchError {
         #[source]
         source: PortError,
     },
-    /// The named port does not exist.
     /// A change to an entry that another owner manages (see [`batch`]).
     #[error("{0}")]
     Owned(String),
     #[error("batch: {0}")]
     Batch(String),
+    /// A request that cannot be carried out as asked (the message names the field).
+    #[error("{0}")]
+    Invalid(String),
     #[error("port {0}: no such port")]
     NoSuchPort(String),
     /// A port with that name exists.
@@ -432,6 +435,8 @@ pub struct Switch {
     acting_owner: Option<String>,
     /// Inside a `batch`: publications wait for its end (`Some(published anything?)`).
     deferred: Option<bool>,
+    /// What the workers forward with now (a dry-run trace reads it).
+    published: Arc<Snapshot>,
 }
 
 impl Switch {
@@ -634,8 +639,10 @@ impl Switch {
             nat: nat::NatState::default(),
             acting_owner: None,
             deferred: None,
+            published: Arc::default(),
         };
         let snapshot = switch.compile();
+        switch.published = Arc::clone(&snapshot);
         for index in 0..config.switch.workers() {
             let worker =
                 WorkerHandle::spawn(index, Arc::clone(&snapshot), Arc::clone(&shared), epoch)
@@ -759,6 +766,7 @@ impl Switch {
         }
         self.persist()?;
         let snapshot = self.compile();
+        self.published = Arc::clone(&snapshot);
         for w in &self.workers {
             w.publish(Arc::clone(&snapshot), PUBLISH_TIMEOUT)
                 .map_err(SwitchError::Worker)?;
@@ -1496,6 +1504,7 @@ impl Switch {
             s.tunnels.clear();
             s.ipip = None;
         }
+        self.published = Arc::clone(&snapshot);
         for w in &self.workers {
             w.publish(Arc::clone(&snapshot), PUBLISH_TIMEOUT)
                 .map_err(SwitchError::Worker)?;

@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use super::egress::{self, Output};
 use super::gro::{Coalescer, Push};
 use super::offload::{complete_checksum, segment, Offload};
+use super::trace::{Stage, Trace};
 use super::{Bridge, DropReason, ForwardingState, TunnelEndpoint};
 use crate::tables::{PortId, Timestamp};
 
@@ -81,6 +82,17 @@ impl Pipeline {
             bridge, scratch, ..
         } = self;
         let offload = &meta.offload;
+        if let Some(t) = bridge.trace_mut() {
+            let s = t.step(Stage::Receive, "frame");
+            s.with("port", state.port(port).map_or("?", |p| p.name.as_str()))
+                .with("len", meta.len.max(frame.len()));
+            if let Some(mss) = offload.gso_size {
+                s.with("gso_size", mss);
+            }
+            if offload.csum.is_some() {
+                s.with("checksum", "partial");
+            }
+        }
         let bad = if meta.truncated {
             Some(DropReason::Oversized)
         } else if offload.gso_unsupported {
@@ -108,7 +120,29 @@ impl Pipeline {
             c.rx_packets.add(1);
             c.rx_bytes.add(meta.len as u64);
             c.drop(reason);
+            if let Some(t) = bridge.trace_mut() {
+                t.dropped(reason);
+            }
         }
+    }
+
+    /// [`receive`](Self::receive) with every stage's decision recorded: what a frame meets,
+    /// as `tapswitch trace` shows it. What it sends goes to `out` as usual.
+    #[allow(clippy::too_many_arguments)]
+    pub fn trace<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        now: Timestamp,
+        out: &mut O,
+    ) -> Trace {
+        self.bridge.trace_on();
+        self.receive(state, port, frame, meta, now, out);
+        // What the receive coalescer held back goes now: a trace is of one frame.
+        self.flush(state, now, out);
+        self.bridge.take_trace().map(|t| *t).unwrap_or_default()
     }
 
     /// One message a VXLAN endpoint received from `src`: a datagram, or a run of datagrams

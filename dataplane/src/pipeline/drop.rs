@@ -1,6 +1,8 @@
 //! Why a frame was dropped. Every drop on the forwarding path is one of these, counted per
 //! ingress port.
 
+use super::trace::Stage;
+
 /// A counted reason for dropping a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -162,6 +164,28 @@ impl DropReason {
 
     pub const fn index(self) -> usize {
         self as usize
+    }
+
+    /// The pipeline stage that drops for this reason.
+    pub const fn stage(self) -> Stage {
+        use DropReason::*;
+        match self {
+            Runt | BadVlanTag | StackedVlan | Oversized | BadOffload | UnknownPort => Stage::Parse,
+            VlanNotAllowed | UntaggedOnTrunk | BadSourceMac => Stage::Ingress,
+            LinkLocal | SamePort => Stage::L2,
+            IpHeaderBad | Martian | TtlExceeded | NoRoute | FragNeeded | NeighbourFailed
+            | NeighbourQueueFull | NeighbourTableFull | LocalUnsupported | L3Unsupported => {
+                Stage::L3
+            }
+            ConntrackInvalid | ConntrackFull | ServiceNoBackend | NatNoPort | NatMalformed
+            | NatFragment => Stage::Nat,
+            VxlanTruncated
+            | VxlanBadFlags
+            | VxlanUnknownVni
+            | VxlanSourceNotAllowed
+            | IpipMalformed
+            | IpipSourceNotAllowed => Stage::Tunnel,
+        }
     }
 }
 

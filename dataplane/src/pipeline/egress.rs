@@ -14,6 +14,7 @@ use std::net::Ipv4Addr;
 
 use super::bridge::{Egress, EgressFrame};
 use super::offload::{complete_checksum, segment, Offload, VNET_HDR_LEN};
+use super::trace::{record, Stage};
 use super::tunnel::OUTER_LEN;
 use super::{
     Bridge, Decision, ForwardingState, Generated, PortCounters, TunnelEndpoint, VlanMember,
@@ -146,6 +147,12 @@ pub(super) fn send_generated<O: Output>(
     now: Timestamp,
 ) {
     while let Some(generated) = bridge.take_generated() {
+        record(&mut bridge.trace, Stage::L3, "generated", |s| {
+            match &generated {
+                Generated::Frame { vlan, bytes } => s.with("vlan", vlan).with("len", bytes.len()),
+                Generated::Ipip { remote, .. } => s.with("remote", remote),
+            };
+        });
         match &generated {
             Generated::Frame { vlan, bytes } => {
                 let egress = bridge.router_egress(state, *vlan, bytes, now);
@@ -163,7 +170,7 @@ pub(super) fn send_generated<O: Output>(
 }
 
 fn send_ipip<O: Output>(
-    bridge: &Bridge,
+    bridge: &mut Bridge,
     out: &mut O,
     outer: &[u8],
     inner: &[u8],
@@ -173,6 +180,11 @@ fn send_ipip<O: Output>(
         remote,
         outer,
         inner,
+    });
+    record(&mut bridge.trace, Stage::Egress, "transmit", |s| {
+        s.with("to", "ipip")
+            .with("remote", remote)
+            .with("len", outer.len() + inner.len());
     });
     sent.count(&bridge.counters().ipip);
 }
@@ -218,6 +230,11 @@ fn send_member<O: Output>(
     };
     if wire_len > max_len {
         bridge.counters().port(member.port).tx_oversized.add(1);
+        record(&mut bridge.trace, Stage::Egress, "oversized", |s| {
+            s.with("port", port_name(state, member.port))
+                .with("len", wire_len)
+                .with("max", max_len);
+        });
         return;
     }
     if pending.is_none() && state.vxlan_port(member.port).is_some() {
@@ -228,6 +245,19 @@ fn send_member<O: Output>(
         port: member.port,
         frame: out_frame,
         vnet: pending.map(|o| o.header_moved(delta)),
+    });
+    record(&mut bridge.trace, Stage::Egress, "transmit", |s| {
+        s.with("to", "port")
+            .with("port", port_name(state, member.port))
+            .with("vlan", egress.vlan);
+        match out_frame.tag {
+            Some(_) => s.with("tag", egress.vlan),
+            None => s.with("tag", "none"),
+        };
+        s.with("len", out_frame.len());
+        if pending.is_some() {
+            s.with("offload", "left to the device");
+        }
     });
     sent.count(bridge.counters().port(member.port));
 }
@@ -334,6 +364,8 @@ fn encap<O: Output>(
         return;
     };
     let len = out_frame.len();
+    // The remotes sent to, kept only for a trace.
+    let mut remotes: Option<Vec<Ipv4Addr>> = bridge.trace.is_some().then(Vec::new);
     bridge.encapsulate(state, port, frame, len, now, |remote, outer, counters| {
         let c = counters.port(port);
         c.tx_packets.add(1);
@@ -346,5 +378,22 @@ fn encap<O: Output>(
             inner: *out_frame,
         });
         sent.count(&counters.tunnel);
+        if let Some(r) = &mut remotes {
+            r.push(remote);
+        }
     });
+    if let (Some(t), Some(remotes)) = (bridge.trace.as_deref_mut(), remotes) {
+        for remote in remotes {
+            t.step(Stage::Egress, "transmit")
+                .with("to", "vxlan")
+                .with("port", port_name(state, port))
+                .with("remote", remote)
+                .with("len", super::tunnel::OUTER_LEN + len);
+        }
+    }
+}
+
+/// A port's name, for a trace.
+fn port_name(state: &ForwardingState, port: PortId) -> &str {
+    state.port(port).map_or("?", |p| p.name.as_str())
 }

@@ -27,6 +27,7 @@ pub mod routing;
 pub mod shared;
 pub mod state;
 pub mod suppress;
+pub mod trace;
 pub mod tunnel;
 
 pub use bridge::{Bridge, Decision, Egress};
@@ -46,3 +47,4 @@ pub use state::{
     ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint, VlanMember, VlanSet,
     VxlanPort,
 };
+pub use trace::{Stage, Step, Trace};

@@ -56,6 +56,20 @@ impl SharedTables {
         }
     }
 
+    /// A copy of every table, taken one table at a time under its lock (as a dump is): for a
+    /// dry run that may learn, track and queue into the copy and leave these untouched.
+    pub fn copy(&self) -> SharedTables {
+        let conntrack = self.conntrack().clone();
+        SharedTables {
+            macs: Mutex::new(self.macs().clone()),
+            remotes: Mutex::new(self.remotes().clone()),
+            neigh: Mutex::new(self.neighbours().clone()),
+            tracked: AtomicUsize::new(conntrack.len()),
+            conntrack: Mutex::new(conntrack),
+            balancer: Mutex::new(self.balancer().clone()),
+        }
+    }
+
     pub fn macs(&self) -> MutexGuard<'_, MacTable> {
         lock(&self.macs)
     }

@@ -8,6 +8,7 @@
 
 use std::net::Ipv4Addr;
 
+use super::trace::{record, Stage};
 use super::{
     Bridge, DropReason, ForwardingState, PortMode, TunnelEndpoint, VxlanPort, WorkerCounters,
 };
@@ -66,9 +67,18 @@ impl Bridge {
             Ok(ok) => ok,
             Err(reason) => {
                 self.counters().tunnel.drop(reason);
+                if let Some(t) = self.trace_mut() {
+                    t.step(Stage::Tunnel, "vxlan_decap").with("remote", src);
+                    t.dropped(reason);
+                }
                 return Err(reason);
             }
         };
+        record(&mut self.trace, Stage::Tunnel, "vxlan_decap", |s| {
+            s.with("remote", src)
+                .with("vni", state.vxlan_port(port).map_or(0, |vx| vx.vni))
+                .with("port", state.port(port).map_or("?", |p| p.name.as_str()));
+        });
         let inner = &mut payload[vxlan::HEADER_LEN..];
         if let (Some(vx), Some(vlan)) = (state.vxlan_port(port), port_vlan(state, port)) {
             let inner_src = EthernetFrame::new_unchecked(&inner[..]).src_addr();
@@ -153,7 +163,25 @@ impl Bridge {
         };
         let dst = EthernetAddress::from_bytes(&frame[..6]);
         let hash = vxlan::inner_flow_hash(frame);
-        for remote in self.remotes_for(state, vx, vlan, dst, now).iter() {
+        let remotes = self.remotes_for(state, vx, vlan, dst, now);
+        record(&mut self.trace, Stage::Tunnel, "vxlan_encap", |s| {
+            s.with("vni", vx.vni)
+                .with("port", state.port(port).map_or("?", |p| p.name.as_str()));
+            match remotes {
+                Remotes::One(ip) => {
+                    let table = if state.static_remotes.contains_key(&FdbKey::new(vlan, dst)) {
+                        "static_fdb"
+                    } else {
+                        "remote_table"
+                    };
+                    s.with("remote", ip).with("table", table);
+                }
+                Remotes::Flood(list) => {
+                    s.with("table", "flood_list").with("remotes", list.len());
+                }
+            }
+        });
+        for remote in remotes.iter() {
             let outer = outer_headers(vx, remote, out_len, hash, self.next_ip_ident());
             send(remote, &outer, &self.counters);
         }

@@ -57,6 +57,7 @@ pub enum LearnOutcome {
     PortLimit,
 }
 
+#[derive(Clone)]
 pub struct MacTable {
     entries: HashMap<FdbKey, MacEntry>,
     per_port: Box<[u32]>,

@@ -235,6 +235,7 @@ enum Phase {
     Failed,
 }
 
+#[derive(Clone)]
 struct Entry<P> {
     phase: Phase,
     /// Last confirmation or update: starts the REACHABLE and FAILED timers.
@@ -335,6 +336,7 @@ enum Step {
 /// `Vec<u8>` by default; a default type parameter is not used for inference, so write
 /// `NeighbourTable::<Vec<u8>>::new(n)` or annotate the binding. At most
 /// `max_entries * QUEUE_MAX` packets are held at once.
+#[derive(Clone)]
 pub struct NeighbourTable<P = Vec<u8>> {
     entries: HashMap<NeighKey, Entry<P>>,
     max_entries: usize,

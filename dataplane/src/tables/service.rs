@@ -363,6 +363,15 @@ impl Default for NatRules {
 }
 
 impl NatRules {
+    /// The name of the Service with id `id` (a walk over every frontend: for tools, not for
+    /// packets).
+    pub fn service_name(&self, id: u32) -> Option<&str> {
+        self.frontends.iter().find_map(|(_, t)| match t {
+            Target::Service(s) if s.id == id => Some(s.name.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether any rule needs connection tracking.
     pub fn is_active(&self) -> bool {
         !self.snat.is_empty() || !self.frontends.is_empty()

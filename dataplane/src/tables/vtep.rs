@@ -29,6 +29,7 @@ pub enum RemoteLearn {
     TableFull,
 }
 
+#[derive(Clone)]
 pub struct RemoteTable {
     entries: HashMap<FdbKey, RemoteEntry>,
     max_entries: usize,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::router::{self, IpipEgress, Router};
 use super::shared::{ConntrackGuard, SharedTables};
 use super::suppress::{self, ReplyFrame};
+use super::trace::{record, Stage, Trace};
 use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
 use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
 use crate::wire::ethernet::HEADER_LEN;
@@ -128,6 +129,8 @@ pub struct Bridge {
     /// The offloads still to do on the frame being routed (a TCP super-frame, a partial
     /// checksum), while [`process_offloaded`](Self::process_offloaded) has one in the router.
     pub(super) offload: Option<Offload>,
+    /// The record of the frame being traced, while one is ([`trace_on`](Self::trace_on)).
+    pub(super) trace: Option<Box<Trace>>,
 }
 
 impl Bridge {
@@ -149,7 +152,27 @@ impl Bridge {
             ident: 0,
             router: Router::new(),
             offload: None,
+            trace: None,
         }
+    }
+
+    /// Records what every stage decides about the frames that follow, until
+    /// [`take_trace`](Self::take_trace).
+    pub fn trace_on(&mut self) {
+        match &mut self.trace {
+            Some(t) => t.clear(),
+            None => self.trace = Some(Box::default()),
+        }
+    }
+
+    /// Stops recording and returns the record.
+    pub fn take_trace(&mut self) -> Option<Box<Trace>> {
+        self.trace.take()
+    }
+
+    /// The record being made, if tracing is on.
+    pub fn trace_mut(&mut self) -> Option<&mut Trace> {
+        self.trace.as_deref_mut()
     }
 
     pub fn counters(&self) -> &Arc<WorkerCounters> {
@@ -242,24 +265,34 @@ impl Bridge {
         // Split borrows: the tables are used while the counters are read, with no refcount
         // traffic per frame.
         let Bridge {
-            shared, counters, ..
+            shared,
+            counters,
+            trace,
+            ..
         } = self;
         let port_counters = counters.port(ingress);
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
         let wire_len = frame.len();
-        let (vlan, inner_offset) =
-            match Self::decide(shared, counters, state, ingress, frame, wire_len, now) {
-                Ok(Step::Done(decision)) => return decision,
-                Ok(Step::Route { vlan, inner_offset }) => (vlan, inner_offset),
-                Err(reason) => {
-                    port_counters.drop(reason);
-                    return Decision::Drop(reason);
+        let (vlan, inner_offset) = match Self::decide(
+            shared, counters, trace, state, ingress, frame, wire_len, now,
+        ) {
+            Ok(Step::Done(decision)) => return decision,
+            Ok(Step::Route { vlan, inner_offset }) => (vlan, inner_offset),
+            Err(reason) => {
+                port_counters.drop(reason);
+                if let Some(t) = trace {
+                    t.dropped(reason);
                 }
-            };
+                return Decision::Drop(reason);
+            }
+        };
         let decision = self.route_in(state, vlan, inner_offset, frame, now);
         if let Decision::Drop(reason) = decision {
             self.counters.port(ingress).drop(reason);
+            if let Some(t) = self.trace_mut() {
+                t.dropped(reason);
+            }
         }
         decision
     }
@@ -283,9 +316,15 @@ impl Bridge {
         now: Timestamp,
     ) -> Option<Decision<'s>> {
         let Bridge {
-            shared, counters, ..
+            shared,
+            counters,
+            trace,
+            ..
         } = self;
-        let decision = match Self::decide(shared, counters, state, ingress, frame, wire_len, now) {
+        let traced = trace.is_some();
+        let decision = match Self::decide(
+            shared, counters, trace, state, ingress, frame, wire_len, now,
+        ) {
             Ok(Step::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
             Ok(Step::Route { vlan, inner_offset })
                 if matches!(
@@ -300,17 +339,31 @@ impl Bridge {
                 self.offload = None;
                 if let Decision::Drop(reason) = decision {
                     self.counters.port(ingress).drop(reason);
+                    if let Some(t) = self.trace_mut() {
+                        t.dropped(reason);
+                    }
                 }
                 return Some(decision);
             }
-            Ok(_) => return None,
+            Ok(_) => {
+                // Decided again, frame by frame, once the offloads are done.
+                if traced {
+                    if let Some(t) = self.trace_mut() {
+                        t.clear();
+                    }
+                }
+                return None;
+            }
             Err(reason) => Decision::Drop(reason),
         };
-        let port_counters = counters.port(ingress);
+        let port_counters = self.counters.port(ingress);
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
         if let Decision::Drop(reason) = decision {
             port_counters.drop(reason);
+            if let Some(t) = self.trace.as_deref_mut() {
+                t.dropped(reason);
+            }
         }
         Some(decision)
     }
@@ -320,6 +373,7 @@ impl Bridge {
     fn decide<'s>(
         shared: &SharedTables,
         counters: &WorkerCounters,
+        trace: &mut Option<Box<Trace>>,
         state: &'s ForwardingState,
         ingress: PortId,
         frame: &[u8],
@@ -368,6 +422,20 @@ impl Bridge {
             (PortMode::Trunk { allowed, .. }, Some(t)) if allowed.contains(t) => t,
             (PortMode::Trunk { .. }, Some(_)) => return Err(DropReason::VlanNotAllowed),
         };
+        record(trace, Stage::Ingress, "classified", |s| {
+            s.with("port", &port.name).with("vlan", vlan);
+            match tag_vid {
+                Some(t) => s.with("tag", t),
+                None => s.with("tag", "none"),
+            };
+            s.with(
+                "mode",
+                match port.mode {
+                    PortMode::Access(_) => "access",
+                    PortMode::Trunk { .. } => "trunk",
+                },
+            );
+        });
 
         // Source checks and learning.
         let src = eth.src_addr();
@@ -377,24 +445,51 @@ impl Bridge {
         let src_key = FdbKey::new(vlan, src);
         // Held until the destination is looked up: one lock per frame.
         let mut macs = shared.macs();
-        if !state.static_fdb.contains_key(&src_key) {
+        let learned = if !state.static_fdb.contains_key(&src_key) {
             let learn = &counters.learn;
-            match macs.learn(src_key, ingress, now, port.max_macs) {
+            let outcome = macs.learn(src_key, ingress, now, port.max_macs);
+            match outcome {
                 LearnOutcome::Refreshed => {}
                 LearnOutcome::Learned => learn.learned.add(1),
                 LearnOutcome::Moved { .. } => learn.moved.add(1),
                 LearnOutcome::TableFull => learn.table_full.add(1),
                 LearnOutcome::PortLimit => learn.port_limit.add(1),
             }
-        }
+            Some(outcome)
+        } else {
+            None
+        };
+        record(trace, Stage::L2, "learn", |s| {
+            s.with("mac", src).with(
+                "outcome",
+                match learned {
+                    None => "static",
+                    Some(LearnOutcome::Refreshed) => "refreshed",
+                    Some(LearnOutcome::Learned) => "learned",
+                    Some(LearnOutcome::Moved { .. }) => "moved",
+                    Some(LearnOutcome::TableFull) => "table_full",
+                    Some(LearnOutcome::PortLimit) => "port_limit",
+                },
+            );
+        });
 
         // The router interface of this VLAN, if any, takes what is addressed to it.
         if router::for_router(&state.routing, vlan, frame, inner_offset) {
+            record(trace, Stage::L2, "to_router", |s| {
+                s.with("vlan", vlan);
+                if let Some(i) = state.routing.interface(vlan) {
+                    s.with("interface_mac", i.mac);
+                }
+            });
             return Ok(Step::Route { vlan, inner_offset });
         }
 
         // ARP/ND suppression: answer for addresses in the neighbour table.
         if let Some(reply) = suppress::reply_for(state, vlan, frame, inner_offset) {
+            record(trace, Stage::L2, "suppressed", |s| {
+                s.with("table", "neigh")
+                    .with("reply_len", reply.as_bytes().len());
+            });
             counters.learn.neigh_suppressed.add(1);
             let back = VlanMember {
                 port: ingress,
@@ -433,6 +528,32 @@ impl Bridge {
                 None => flood,
             }
         };
+        record(trace, Stage::L2, "lookup", |s| {
+            s.with("dst", dst);
+            match targets {
+                Targets::One(m) => {
+                    let table = if state.static_fdb.contains_key(&FdbKey::new(vlan, dst)) {
+                        "static_fdb"
+                    } else {
+                        "mac_table"
+                    };
+                    s.with("result", "hit")
+                        .with("table", table)
+                        .with("port", state.port(m.port).map_or("?", |p| p.name.as_str()));
+                }
+                Targets::Flood { members, .. } => {
+                    let why = if dst.is_broadcast() {
+                        "broadcast"
+                    } else if dst.is_multicast() {
+                        "multicast"
+                    } else {
+                        "unknown_unicast"
+                    };
+                    let n = members.iter().filter(|m| m.port != ingress).count();
+                    s.with("result", "flood").with("why", why).with("ports", n);
+                }
+            }
+        });
         Ok(Step::Done(Decision::Forward(Egress {
             vlan,
             inner_offset,

@@ -91,6 +91,17 @@ impl Bridge {
         }
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
         let outer = self.outer(tunnel, &frame[l3..l3 + total]);
+        crate::pipeline::trace::record(
+            &mut self.trace,
+            crate::pipeline::Stage::Tunnel,
+            "ipip_encap",
+            |s| {
+                s.with("remote", tunnel.remote).with("ttl", frame[l3 + 8]);
+                if let Some(l) = tunnel.local {
+                    s.with("local", l);
+                }
+            },
+        );
         Decision::Tunnel(IpipEgress {
             remote: tunnel.remote,
             outer,
@@ -126,6 +137,14 @@ impl Bridge {
         c.rx_bytes.add(packet.len() as u64);
         let decision = match self.check_ipip(state, src, packet) {
             Ok(start) => {
+                crate::pipeline::trace::record(
+                    &mut self.trace,
+                    crate::pipeline::Stage::Tunnel,
+                    "ipip_decap",
+                    |s| {
+                        s.with("remote", src);
+                    },
+                );
                 let frame = &mut packet[start - super::L2..];
                 frame[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
                 let d = self.ipv4_in(state, None, 12, frame, now);
@@ -139,6 +158,9 @@ impl Bridge {
                 return match d {
                     Decision::Drop(r) => {
                         self.counters.ipip.drop(r);
+                        if let Some(t) = self.trace_mut() {
+                            t.dropped(r);
+                        }
                         (start - super::L2, d)
                     }
                     d => (start - super::L2, d),
@@ -148,6 +170,9 @@ impl Bridge {
         };
         if let Decision::Drop(r) = decision {
             self.counters.ipip.drop(r);
+            if let Some(t) = self.trace_mut() {
+                t.dropped(r);
+            }
         }
         (0, decision)
     }

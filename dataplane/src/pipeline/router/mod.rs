@@ -39,7 +39,8 @@ use super::bridge::{Egress, Targets};
 use super::fragment::fragment_ipv4;
 use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
 use super::offload::{complete_checksum, segment};
-use super::routing::{NextHop, RoutingState};
+use super::routing::{NextHop, Route, RoutingState};
+use super::trace::{record, Stage};
 use super::{Bridge, Decision, DropReason, ForwardingState, VlanMember};
 use crate::tables::{NeighKey, NeighLookup, PortId, Resolve, Timestamp};
 use crate::wire::{EtherType, EthernetAddress, Ipv4Packet, VlanId};
@@ -109,6 +110,29 @@ impl Default for Router {
     }
 }
 
+/// A route as a trace names it: `route` (prefix/len), `via`, `vlan`, `kind`.
+fn describe_route(s: &mut super::Step, r: &Route) {
+    s.with("route", format_args!("{}/{}", r.prefix, r.len));
+    match r.next_hop {
+        NextHop::Connected { vlan } => s.with("kind", "connected").with("vlan", vlan),
+        NextHop::Gateway { vlan, via } => s
+            .with("kind", "gateway")
+            .with("via", via)
+            .with("vlan", vlan),
+        NextHop::Ipip { remote, .. } => s.with("kind", "ipip").with("remote", remote),
+        NextHop::Unreachable => s.with("kind", "unreachable"),
+    };
+}
+
+fn ethertype_name(t: EtherType) -> &'static str {
+    match t {
+        EtherType::Arp => "arp",
+        EtherType::Ipv4 => "ipv4",
+        EtherType::Ipv6 => "ipv6",
+        _ => "other",
+    }
+}
+
 /// Whether a frame classified into `vlan` is for the router: addressed to the interface's MAC,
 /// or an ARP request / neighbour solicitation for one of its addresses.
 #[inline]
@@ -149,6 +173,10 @@ impl Bridge {
             frame[inner_offset],
             frame[inner_offset + 1],
         ]));
+        record(&mut self.trace, Stage::L3, "received", |s| {
+            s.with("vlan", vlan)
+                .with("ethertype", ethertype_name(ethertype));
+        });
         let decision = match ethertype {
             EtherType::Arp => self.arp_in(state, vlan, inner_offset, frame, now),
             EtherType::Ipv4 => self.ipv4_in(state, Some(vlan), inner_offset, frame, now),
@@ -217,7 +245,17 @@ impl Bridge {
             frame[l3 + 19],
         ]);
         let routing = &*state.routing;
-        let Some(route) = routing.lookup(IpAddr::V4(dst)) else {
+        let found = routing.lookup(IpAddr::V4(dst));
+        record(&mut self.trace, Stage::L3, "route", |s| {
+            s.with("dst", dst);
+            match found {
+                Some(r) => describe_route(s, r),
+                None => {
+                    s.with("route", "none");
+                }
+            }
+        });
+        let Some(route) = found else {
             self.icmpv4_error(
                 state,
                 in_vlan,
@@ -332,6 +370,9 @@ impl Bridge {
             return self.fragment_out(state, out_vlan, next_hop, &frame[l3..l3 + total], now);
         }
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
+        record(&mut self.trace, Stage::L3, "ttl", |s| {
+            s.with("ttl", frame[l3 + 8]);
+        });
         self.output(state, out_vlan, next_hop, off, l3 + total, frame, now)
     }
 
@@ -362,6 +403,18 @@ impl Bridge {
                 found = self.shared.neighbours().lookup(key, now);
             }
         }
+        record(&mut self.trace, Stage::L3, "neighbour", |s| {
+            s.with("vlan", out_vlan).with("next_hop", next_hop);
+            match found {
+                NeighLookup::Known { mac, .. } => s.with("result", "resolved").with("mac", mac),
+                NeighLookup::Pending { .. } => s.with("result", "resolving"),
+                NeighLookup::Failed => s.with("result", "failed"),
+                NeighLookup::TableFull => s.with("result", "table_full"),
+            };
+            if state.neighbours.contains_key(&(out_vlan, next_hop)) {
+                s.with("table", "static");
+            }
+        });
         match found {
             NeighLookup::Known { mac, probe } => {
                 if probe {

@@ -61,6 +61,7 @@ type FragmentKey = (Ipv4Addr, Ipv4Addr, u8, u16);
 type FragmentTranslation = (Ipv4Addr, Ipv4Addr, Timestamp);
 
 /// What Service schedulers and fragment translation remember between packets.
+#[derive(Clone)]
 pub struct Balancer {
     round_robin: HashMap<u32, u64>,
     affinity: HashMap<(u32, Ipv4Addr), (SocketAddrV4, Timestamp)>,
@@ -293,6 +294,30 @@ impl Bridge {
             }
             e.seen(dir, total, now);
             let to = e.translated(dir);
+            crate::pipeline::trace::record(
+                &mut self.trace,
+                crate::pipeline::Stage::Nat,
+                "conntrack_hit",
+                |s| {
+                    s.with("flow", e.orig)
+                        .with(
+                            "direction",
+                            if dir == Dir::Original {
+                                "original"
+                            } else {
+                                "reply"
+                            },
+                        )
+                        .with("state", e.state_name());
+                    if to != p.key {
+                        s.with("translated", to);
+                    }
+                    if let Some((id, b)) = e.backend {
+                        s.with("service", state.nat.service_name(id).unwrap_or("?"))
+                            .with("backend", b);
+                    }
+                },
+            );
             drop(ct);
             if to != p.key {
                 self.rewrite(packet, p.l4_offset, &p.key, &to);
@@ -348,6 +373,14 @@ impl Bridge {
                     to.dst = *sa.ip();
                     to.dport = sa.port();
                     nat |= NAT_DNAT;
+                    crate::pipeline::trace::record(
+                        &mut self.trace,
+                        crate::pipeline::Stage::Nat,
+                        "dnat",
+                        |s| {
+                            s.with("rule", "port_forward").with("to", sa);
+                        },
+                    );
                 }
                 Some(Target::Service(svc)) => {
                     let chosen = if opens {
@@ -355,6 +388,25 @@ impl Bridge {
                     } else {
                         None
                     };
+                    crate::pipeline::trace::record(
+                        &mut self.trace,
+                        crate::pipeline::Stage::Nat,
+                        "service",
+                        |s| {
+                            s.with("service", &svc.name)
+                                .with("vip", std::net::SocketAddrV4::new(svc.vip, svc.port))
+                                .with(
+                                    "scheduler",
+                                    format_args!("{:?}", svc.scheduler)
+                                        .to_string()
+                                        .to_lowercase(),
+                                );
+                            match chosen {
+                                Some(b) => s.with("backend", b),
+                                None => s.with("backend", "none"),
+                            };
+                        },
+                    );
                     let Some(b) = chosen else {
                         if !opens {
                             self.counters.nat.invalid.add(1);
@@ -429,7 +481,22 @@ impl Bridge {
         entry.nat = nat;
         entry.backend = backend;
         let slot = match ct.insert(entry, now) {
-            Ok(slot) => slot,
+            Ok(slot) => {
+                crate::pipeline::trace::record(
+                    &mut self.trace,
+                    crate::pipeline::Stage::Nat,
+                    "new_connection",
+                    |s| {
+                        let original = reply.reversed();
+                        s.with("flow", key).with("translated", original);
+                        if nat & NAT_SNAT != 0 {
+                            s.with("snat", format_args!("{}:{}", reply.dst, reply.dport));
+                        }
+                        s.with("table", "conntrack");
+                    },
+                );
+                slot
+            }
             Err(InsertError::Full) => {
                 self.counters.nat.insert_failed.add(1);
                 return Err(DropReason::ConntrackFull);

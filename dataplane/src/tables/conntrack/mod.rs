@@ -50,6 +50,25 @@ pub struct FlowKey {
     pub proto: u8,
 }
 
+/// `tcp 10.42.0.2:40000 > 10.96.0.10:80`, as a trace or a log names a connection; ICMP
+/// shows its identifier as the port.
+impl std::fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let proto = match self.proto {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            1 => "icmp".to_string(),
+            132 => "sctp".to_string(),
+            p => format!("proto {p}"),
+        };
+        write!(
+            f,
+            "{proto} {}:{} > {}:{}",
+            self.src, self.sport, self.dst, self.dport
+        )
+    }
+}
+
 impl FlowKey {
     /// The tuple of a packet going the other way.
     pub fn reversed(&self) -> FlowKey {
@@ -267,6 +286,7 @@ pub struct ConntrackStats {
 }
 
 /// See the module documentation.
+#[derive(Clone)]
 pub struct Conntrack {
     index: HashMap<FlowKey, u32>,
     slots: Vec<Option<Entry>>,

@@ -1,0 +1,141 @@
+//! What a frame met on its way through the pipeline, stage by stage: the record behind
+//! `tapswitch trace`.
+//!
+//! A [`Trace`] is switched on for one frame at a time ([`Bridge::trace_on`](super::Bridge)):
+//! then each stage appends a [`Step`] naming its decision and what decided it (the port and
+//! VLAN, the MAC table entry, the route, the neighbour, the conntrack entry, the Service and
+//! backend, the NAT binding, the remote VTEP, the drop reason), and the egress stage one per
+//! transmit. Off (the default), a hook costs one branch on a `None`; nothing is formatted.
+
+use std::fmt::{self, Display};
+
+use super::DropReason;
+
+/// The stages of the pipeline, in the order a frame meets them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// Off the device or socket: length, offload metadata.
+    Receive,
+    /// Ethernet and 802.1Q headers.
+    Parse,
+    /// The ingress port's VLAN membership and source checks.
+    Ingress,
+    /// Learning, ARP/ND suppression, destination lookup.
+    L2,
+    /// The router: ARP/ND, local delivery, routes, TTL, neighbours, fragmentation.
+    L3,
+    /// Connection tracking and address translation (Services, port forwards, SNAT).
+    Nat,
+    /// VXLAN and IPIP, in and out.
+    Tunnel,
+    /// MTU, VLAN tagging, offloads, transmits.
+    Egress,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 8] = [
+        Stage::Receive,
+        Stage::Parse,
+        Stage::Ingress,
+        Stage::L2,
+        Stage::L3,
+        Stage::Nat,
+        Stage::Tunnel,
+        Stage::Egress,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Stage::Receive => "receive",
+            Stage::Parse => "parse",
+            Stage::Ingress => "ingress",
+            Stage::L2 => "l2",
+            Stage::L3 => "l3",
+            Stage::Nat => "nat",
+            Stage::Tunnel => "tunnel",
+            Stage::Egress => "egress",
+        }
+    }
+}
+
+impl Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stage's decision about the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub stage: Stage,
+    /// What it did, in a word or two (`classified`, `hit`, `flood`, `route`, `drop`, ...).
+    pub action: &'static str,
+    /// What it decided by, as name and value (`port`, `vlan`, `route`, `backend`, ...).
+    pub fields: Vec<(&'static str, String)>,
+}
+
+impl Step {
+    /// Adds a field.
+    pub fn with(&mut self, name: &'static str, value: impl Display) -> &mut Step {
+        self.fields.push((name, value.to_string()));
+        self
+    }
+
+    /// The value of field `name`, if it has one.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Everything recorded about one frame.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub steps: Vec<Step>,
+}
+
+impl Trace {
+    /// Appends a step and returns it for its fields.
+    pub fn step(&mut self, stage: Stage, action: &'static str) -> &mut Step {
+        self.steps.push(Step {
+            stage,
+            action,
+            fields: Vec::new(),
+        });
+        self.steps.last_mut().expect("just pushed")
+    }
+
+    /// Records a drop: the stage its reason belongs to, and the reason.
+    pub fn dropped(&mut self, reason: DropReason) {
+        self.step(reason.stage(), "drop")
+            .with("reason", reason.as_str());
+    }
+
+    /// The drop recorded, if the frame was dropped (the first one: later stages do not run).
+    pub fn drop_reason(&self) -> Option<&str> {
+        self.steps
+            .iter()
+            .find(|s| s.action == "drop")
+            .and_then(|s| s.field("reason"))
+    }
+
+    pub fn clear(&mut self) {
+        self.steps.clear();
+    }
+}
+
+/// Records a step on `trace` when tracing is on; `fill` adds its fields. Off, nothing runs but
+/// the check.
+#[inline(always)]
+pub(super) fn record(
+    trace: &mut Option<Box<Trace>>,
+    stage: Stage,
+    action: &'static str,
+    fill: impl FnOnce(&mut Step),
+) {
+    if let Some(t) = trace.as_deref_mut() {
+        fill(t.step(stage, action));
+    }
+}
