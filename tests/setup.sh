@@ -7,7 +7,8 @@
 # mode), openssl (the cluster tests make a CA for etcd over TLS), the reference CNI plugins
 # (host-local IPAM for the CNI plugin's tests), podman with runc and busybox-static (the CNI
 # plugin driven by a real runtime, containers made from busybox), prometheus (promtool checks
-# the metrics). Does nothing when all are there. Needs root
+# the metrics), libpcap-dev (the build links libpcap: capture and trace filters are compiled
+# from tcpdump's filter language by it). Does nothing when all are there. Needs root
 # (apt-get).
 set -eu
 need=""
@@ -30,6 +31,7 @@ command -v podman >/dev/null || need="$need podman"
 command -v runc >/dev/null || need="$need runc"
 dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 command -v promtool >/dev/null || need="$need prometheus"
+dpkg -s libpcap-dev >/dev/null 2>&1 || need="$need libpcap-dev"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq
