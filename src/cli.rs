@@ -1,6 +1,7 @@
 //! Command-line parsing and the output of each verb (tables for people, `-j` JSON for
 //! scripts, like iproute2).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
@@ -10,6 +11,7 @@ use tapswitch_control::config::{
     Addresses, BackendConfig, ConntrackFilter, DnatConfig, FdbConfig, InterfaceConfig, NeighConfig,
     PortConfig, RouteConfig, ServiceConfig, SnatConfig, VxlanConfig, DEFAULT_CONFIG,
 };
+use tapswitch_control::switch::tap::TapRequest;
 use tapswitch_control::{daemon, Config};
 
 #[derive(Debug, Parser)]
@@ -100,6 +102,9 @@ pub enum Command {
     /// (or a hex dump, or a packet of a pcap file) against the live tables, changing nothing;
     /// or, with --live, the path of real packets as they pass.
     Trace(TraceArgs),
+    /// Capture the frames a port receives and sends (or every port's, or the dropped ones, or a
+    /// tunnel's outer packets) to a pcapng or pcap file, or live to stdout with `-w -`.
+    Capture(CaptureArgs),
     /// The running configuration (file plus runtime changes) as TOML.
     Config,
     /// Re-read the configuration file and apply the differences (as SIGHUP does); learned
@@ -592,6 +597,54 @@ pub struct TraceArgs {
     /// Which packet of the --pcap file, counting from 1.
     #[arg(long, default_value_t = 1, requires = "pcap")]
     pub index: usize,
+    /// Trace real packets as they pass, until --count or Ctrl-C.
+    #[arg(long, conflicts_with_all = ["packet", "hex", "pcap", "in_port"])]
+    pub live: bool,
+    /// --live: only packets received on this port.
+    #[arg(long, requires = "live")]
+    pub port: Option<String>,
+    /// --live: only packets this filter accepts (tcpdump's filter language).
+    #[arg(long, requires = "live")]
+    pub filter: Option<String>,
+    /// --live: stop after this many packets.
+    #[arg(long, requires = "live")]
+    pub count: Option<u64>,
+    /// --live: stop after this many seconds.
+    #[arg(long, requires = "live")]
+    pub duration: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// The port; without it, every port.
+    pub port: Option<String>,
+    /// Where to write: a file, or `-` for stdout (`-w - | tcpdump -r -`).
+    #[arg(short = 'w', long = "write")]
+    pub write: String,
+    /// Frames received (`in`), sent (`out`) or `both`.
+    #[arg(long, default_value = "both", value_parser = ["in", "out", "both"])]
+    pub direction: String,
+    /// Only packets this filter accepts (tcpdump's filter language, e.g. `tcp port 80`).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Bytes kept of each packet.
+    #[arg(long, short = 's', default_value_t = 262_144)]
+    pub snaplen: usize,
+    /// Every frame dropped (on the port, or anywhere), with its stage and reason as a comment.
+    #[arg(long)]
+    pub drops: bool,
+    /// A VXLAN port's (or, without a port, every tunnel's) outer packets.
+    #[arg(long)]
+    pub underlay: bool,
+    /// Stop after this many packets.
+    #[arg(long, short = 'c')]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// The file format.
+    #[arg(long, default_value = "pcapng", value_parser = ["pcapng", "pcap"])]
+    pub format: String,
 }
 
 pub type Error = Box<dyn std::error::Error>;
@@ -777,7 +830,9 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             );
             Ok(())
         }
+        Command::Trace(a) if a.live => trace_live(socket, a, cli.json),
         Command::Trace(a) => trace(socket, a, cli.json),
+        Command::Capture(a) => capture(socket, a),
         Command::Config => {
             let v = api::call(socket, &Request::ConfigShow)?;
             print!("{}", v.as_str().unwrap_or_default());
@@ -824,6 +879,150 @@ fn trace(socket: &Path, a: TraceArgs, json: bool) -> Result<(), Error> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", tapswitch_control::trace::render(&report));
+    }
+    Ok(())
+}
+
+/// Runs a tap session: starts it, polls it every 100 ms and hands each record to `each`
+/// (which returns false to stop), until the session is done, `duration` passes, Ctrl-C, or
+/// `each` stops; then stops it. Returns (records, lost).
+fn tap_session(
+    socket: &Path,
+    tap: TapRequest,
+    duration: Option<f64>,
+    mut each: impl FnMut(&Value) -> Result<bool, Error>,
+) -> Result<(u64, u64), Error> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, std::sync::Arc::clone(&stop))?;
+    }
+    let deadline =
+        duration.map(|d| std::time::Instant::now() + std::time::Duration::from_secs_f64(d));
+    let what = format!(
+        "{} on {}{}",
+        if tap.kind == "trace" {
+            "tracing"
+        } else {
+            "capturing"
+        },
+        tap.port.as_deref().unwrap_or("every port"),
+        if tap.drops {
+            " (drops)"
+        } else if tap.underlay {
+            " (underlay)"
+        } else {
+            ""
+        }
+    );
+    let started = api::call(socket, &Request::TapStart { tap })?;
+    let id = started["id"].as_u64().ok_or("tap: no session id")?;
+    // As tcpdump's "listening on": the session is in force from here on.
+    eprintln!("tapswitch: {what}");
+    let (mut n, mut lost) = (0u64, 0u64);
+    let result = (|| -> Result<(), Error> {
+        loop {
+            let polled = api::call(socket, &Request::TapPoll { id })?;
+            lost = polled["lost"].as_u64().unwrap_or(0);
+            for r in polled["records"].as_array().into_iter().flatten() {
+                n += 1;
+                if !each(r)? {
+                    return Ok(());
+                }
+            }
+            let idle = polled["records"].as_array().is_none_or(|a| a.is_empty());
+            if polled["done"] == true
+                || stop.load(std::sync::atomic::Ordering::Relaxed)
+                || deadline.is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                return Ok(());
+            }
+            if idle {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    })();
+    if let Ok(v) = api::call(socket, &Request::TapStop { id }) {
+        lost = lost.max(v["lost"].as_u64().unwrap_or(0));
+    }
+    result.map(|()| (n, lost))
+}
+
+fn trace_live(socket: &Path, a: TraceArgs, json: bool) -> Result<(), Error> {
+    let tap = TapRequest {
+        kind: "trace".into(),
+        port: a.port,
+        direction: Some("in".into()),
+        filter: a.filter,
+        count: a.count,
+        ..TapRequest::default()
+    };
+    let mut out = std::io::stdout().lock();
+    let (_, lost) = tap_session(socket, tap, a.duration, |r| {
+        let t = &r["trace"];
+        let written = if json {
+            writeln!(out, "{}", serde_json::to_string(t)?)
+        } else {
+            write!(out, "{}", tapswitch_control::trace::render(t))
+        };
+        // The reader went away (a closed pipe): stop.
+        Ok(written.and_then(|()| out.flush()).is_ok())
+    })?;
+    if lost > 0 {
+        eprintln!("{lost} traces lost (the reader was too slow)");
+    }
+    Ok(())
+}
+
+fn capture(socket: &Path, a: CaptureArgs) -> Result<(), Error> {
+    use std::os::fd::AsFd;
+    let out: std::fs::File = if a.write == "-" {
+        std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?)
+    } else {
+        std::fs::File::create(&a.write).map_err(|e| format!("{}: {e}", a.write))?
+    };
+    let name = a.port.clone().unwrap_or_else(|| "tapswitch".into());
+    let snaplen = a.snaplen.min(u32::MAX as usize) as u32;
+    let mut file = tapswitch_control::capture::CaptureFile::new(
+        std::io::BufWriter::new(out),
+        a.format == "pcapng",
+        &name,
+        snaplen,
+        a.underlay,
+    )?;
+    let tap = TapRequest {
+        kind: "capture".into(),
+        port: a.port,
+        direction: Some(a.direction),
+        filter: a.filter,
+        snaplen: Some(a.snaplen),
+        drops: a.drops,
+        underlay: a.underlay,
+        count: a.count,
+    };
+    let mut skipped = 0u64;
+    let mut flushed = std::time::Instant::now();
+    let (n, lost) = tap_session(socket, tap, a.duration, |r| {
+        if !file.write(r)? {
+            skipped += 1;
+        }
+        // Live readers (`-w - | tcpdump -r -`) see packets within a tenth of a second.
+        if flushed.elapsed() >= std::time::Duration::from_millis(100) {
+            flushed = std::time::Instant::now();
+            if file.flush().is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    let _ = file.flush();
+    eprintln!("{} packets captured", n - skipped);
+    if lost > 0 {
+        eprintln!(
+            "{lost} packets lost by the capture (the reader was too slow; none by the switch)"
+        );
+    }
+    if skipped > 0 {
+        eprintln!("{skipped} packets of the other link type left out (pcap holds one; use pcapng)");
     }
     Ok(())
 }

@@ -128,6 +128,18 @@ pub enum Request {
     /// A dry run: what the pipeline would do with one frame arriving on `port`, given as
     /// `packet` (a description, see [`crate::trace::Probe`]) or `frame` (hex). Nothing is
     /// learned, tracked, counted or sent.
+    /// Starts a live trace or a capture; answers its id (see [`crate::switch::tap`]).
+    TapStart {
+        tap: crate::switch::tap::TapRequest,
+    },
+    /// What a live trace or capture recorded since the last poll.
+    TapPoll {
+        id: u64,
+    },
+    /// Ends a live trace or capture.
+    TapStop {
+        id: u64,
+    },
     Trace {
         port: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -263,6 +275,9 @@ pub fn handle(switch: &mut Switch, mut req: Request) -> Response {
         Request::ConntrackShow { filter } => switch.show_conntrack(&filter).map(Response::ok),
         Request::ConntrackFlush { filter } => switch.flush_conntrack(&filter).map(Response::ok),
         Request::Batch { owner, requests } => switch.batch(owner, requests).map(Response::ok),
+        Request::TapStart { tap } => switch.tap_start(tap).map(Response::ok),
+        Request::TapPoll { id } => switch.tap_poll(id).map(Response::ok),
+        Request::TapStop { id } => switch.tap_stop(id).map(Response::ok),
         Request::Trace {
             port,
             packet,

@@ -352,6 +352,10 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
         }
         let now = Instant::now();
         next_deadline = server.expire(poll.registry(), now);
+        // Live traces and captures whose client went away end.
+        if let Some(at) = switch.expire_taps(now) {
+            next_deadline = Some(next_deadline.map_or(at, |d| d.min(at)));
+        }
         if let Some(at) = next_checkpoint.filter(|at| *at <= now) {
             if let Err(e) = switch.checkpoint() {
                 log::warn!("checkpoint: {e}");

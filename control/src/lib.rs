@@ -14,6 +14,7 @@
 //! published snapshots.
 
 pub mod api;
+pub mod capture;
 pub mod checkpoint;
 pub mod cluster;
 pub mod cni;

@@ -32,6 +32,7 @@ pub mod batch;
 mod learned;
 mod nat;
 mod routing;
+pub mod tap;
 mod trace;
 pub use learned::Restored;
 pub use nat::{
@@ -437,6 +438,9 @@ pub struct Switch {
     deferred: Option<bool>,
     /// What the workers forward with now (a dry-run trace reads it).
     published: Arc<Snapshot>,
+    /// Live traces and captures of clients (see [`tap`]).
+    taps: Vec<tap::Session>,
+    next_tap: u64,
 }
 
 impl Switch {
@@ -640,6 +644,8 @@ impl Switch {
             acting_owner: None,
             deferred: None,
             published: Arc::default(),
+            taps: Vec::new(),
+            next_tap: 0,
         };
         let snapshot = switch.compile();
         switch.published = Arc::clone(&snapshot);

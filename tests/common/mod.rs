@@ -431,3 +431,103 @@ pub fn tcp_once(
     srv.join().unwrap();
     got
 }
+
+/// A CLI verb running in the background (a capture, a live trace), killed on drop if it is
+/// still running.
+pub struct Background {
+    pub child: Child,
+    /// The rest of its stderr, read by a thread.
+    err: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Background {
+    /// Starts `tapswitch --socket S ARGS...` with stdout and stderr piped, and waits for the
+    /// first line of its stderr (`tapswitch: capturing on ...`): from then on it records.
+    pub fn start(switch: &Switch, args: &[&str]) -> Background {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .arg("--socket")
+            .arg(&switch.socket)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the CLI");
+        let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let mut line = String::new();
+        let _ = err.read_line(&mut line);
+        assert!(
+            line.starts_with("tapswitch: "),
+            "tapswitch {}: {line}",
+            args.join(" ")
+        );
+        // The rest of stderr is read when the verb ends.
+        child.stderr = None;
+        let rest = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut err, &mut s);
+            s
+        });
+        Background {
+            child,
+            err: Some(rest),
+        }
+    }
+
+    /// Waits for it to end (it must end by itself: a count or a duration); returns (stdout,
+    /// stderr).
+    pub fn finish(mut self, within: Duration) -> (Vec<u8>, String) {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + within;
+        let mut out = Vec::new();
+        let mut stdout = self.child.stdout.take().expect("stdout");
+        let reader = std::thread::spawn(move || {
+            let _ = stdout.read_to_end(&mut out);
+            out
+        });
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let out = reader.join().unwrap_or_default();
+                let err = self
+                    .err
+                    .take()
+                    .map(|h| h.join().unwrap_or_default())
+                    .unwrap_or_default();
+                assert!(status.success(), "the CLI failed: {err}");
+                return (out, err);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the CLI did not end within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `tshark -r FILE` with `args`; its stdout.
+pub fn tshark(file: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(file)
+        .args(args)
+        .output()
+        .expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

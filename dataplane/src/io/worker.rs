@@ -130,6 +130,8 @@ pub enum WorkerCommand {
         mac: Option<EthernetAddress>,
         reply: Sender<usize>,
     },
+    /// Serve these live traces and captures from the next frame on (none: stop serving).
+    SetTaps(crate::pipeline::observe::Taps),
     /// Leave the poll loop.
     Stop,
 }
@@ -291,6 +293,11 @@ impl WorkerHandle {
         })?;
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(io::Error::other)
+    }
+
+    /// Has the worker serve `taps` (live traces and captures) from its next batch on.
+    pub fn set_taps(&self, taps: crate::pipeline::observe::Taps) -> io::Result<()> {
+        self.send(WorkerCommand::SetTaps(taps))
     }
 
     /// Stops the worker and waits for its thread.
@@ -645,6 +652,7 @@ impl Worker {
                         .remove_where(|e| filter.matches(e));
                     let _ = reply.send(n);
                 }
+                WorkerCommand::SetTaps(taps) => self.pipeline.set_taps(taps, self.index),
                 WorkerCommand::Stop => return false,
             }
         }

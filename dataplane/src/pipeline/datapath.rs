@@ -22,6 +22,10 @@ use std::net::Ipv4Addr;
 use super::egress::{self, Output};
 use super::gro::{Coalescer, Push};
 use super::offload::{complete_checksum, segment, Offload};
+use std::sync::Arc;
+
+use super::egress::{Sent, Transmit};
+use super::observe::{vxlan_outer, Direction, Link, Tap, TapKind, Taps};
 use super::trace::{Stage, Trace};
 use super::{Bridge, DropReason, ForwardingState, TunnelEndpoint};
 use crate::tables::{PortId, Timestamp};
@@ -37,6 +41,10 @@ pub struct Pipeline {
     gro: Coalescer,
     /// Reused for segments of super-frames.
     scratch: Vec<u8>,
+    /// Live traces and captures in force (see [`observe`](super::observe)); usually none.
+    taps: Taps,
+    /// Which worker this is, for the records of taps.
+    worker: usize,
 }
 
 /// How a frame came off its device, besides its bytes.
@@ -56,7 +64,15 @@ impl Pipeline {
             bridge,
             gro: Coalescer::new(),
             scratch: Vec::with_capacity(SCRATCH),
+            taps: Arc::from(Vec::new()),
+            worker: 0,
         }
+    }
+
+    /// The live traces and captures to serve from the next frame on, as worker `worker`.
+    pub fn set_taps(&mut self, taps: Taps, worker: usize) {
+        self.taps = taps;
+        self.worker = worker;
     }
 
     pub fn bridge(&self) -> &Bridge {
@@ -68,8 +84,99 @@ impl Pipeline {
     }
 
     /// A frame received on `port`: switched or routed, and sent to `out`.
-    #[allow(clippy::too_many_arguments)]
+    #[inline]
     pub fn receive<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        if self.taps.is_empty() {
+            self.receive_frame(state, port, frame, meta, now, out);
+        } else {
+            self.receive_tapped(state, port, frame, meta, now, out);
+        }
+    }
+
+    /// [`receive`](Self::receive) with taps in force: copies in, the record of the stages
+    /// for live traces and drop captures, copies out (see [`observe`](super::observe)).
+    #[cold]
+    fn receive_tapped<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        let taps = Arc::clone(&self.taps);
+        let worker = self.worker;
+        let on = |t: &Tap| t.on_port(Some(port)) && !t.is_done();
+        let mut copies: Option<Vec<Vec<u8>>> = None;
+        let mut traced = false;
+        let mut input: Option<Vec<u8>> = None;
+        for tap in taps.iter().filter(|t| on(t)) {
+            if tap.kind == TapKind::Capture && tap.rx {
+                let c = copies.get_or_insert_with(|| wire_copies(frame, &meta.offload));
+                for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
+                    tap.push(tap.record(Some(port), Direction::In, Link::Ethernet, c, worker));
+                }
+            }
+            let wants_trace = match tap.kind {
+                TapKind::Trace => tap.accepts(Link::Ethernet, frame),
+                TapKind::Capture => tap.drops,
+            };
+            if wants_trace {
+                traced = true;
+                input.get_or_insert_with(|| frame.to_vec());
+            }
+        }
+        if traced {
+            self.bridge.trace_on();
+        }
+        let mut tapped = Tapped {
+            inner: out,
+            taps: &taps,
+            worker,
+            scratch: Vec::new(),
+        };
+        self.receive_frame(state, port, frame, meta, now, &mut tapped);
+        let Some(trace) = self.bridge.take_trace().filter(|_| traced) else {
+            return;
+        };
+        let input = input.unwrap_or_default();
+        for tap in taps.iter().filter(|t| on(t)) {
+            match tap.kind {
+                TapKind::Trace if tap.accepts(Link::Ethernet, &input) => {
+                    let mut r =
+                        tap.record(Some(port), Direction::In, Link::Ethernet, &input, worker);
+                    r.trace = Some((*trace).clone());
+                    tap.push(r);
+                }
+                TapKind::Capture if tap.drops => {
+                    let Some(d) = trace.steps.iter().find(|s| s.action == "drop") else {
+                        continue;
+                    };
+                    if tap.accepts(Link::Ethernet, &input) {
+                        let mut r =
+                            tap.record(Some(port), Direction::Drop, Link::Ethernet, &input, worker);
+                        r.comment =
+                            Some(format!("{}: {}", d.stage, d.field("reason").unwrap_or("?")));
+                        tap.push(r);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// [`receive`](Self::receive) itself.
+    #[allow(clippy::too_many_arguments)]
+    fn receive_frame<O: Output>(
         &mut self,
         state: &ForwardingState,
         port: PortId,
@@ -165,6 +272,8 @@ impl Pipeline {
             bridge,
             gro,
             scratch,
+            taps,
+            worker,
         } = self;
         if cut {
             let c = &bridge.counters().tunnel;
@@ -174,6 +283,9 @@ impl Pipeline {
         }
         let size = segment.unwrap_or(message.len()).max(1);
         for payload in message.chunks_mut(size) {
+            if !taps.is_empty() {
+                tap_vxlan_in(taps, *worker, state, endpoint, src, payload);
+            }
             let Ok((port, inner)) = bridge.decap(state, endpoint, src, payload, now) else {
                 continue;
             };
@@ -194,8 +306,20 @@ impl Pipeline {
             bridge,
             gro,
             scratch,
+            taps,
+            worker,
         } = self;
-        flush_gro(gro, bridge, out, state, scratch, now);
+        if taps.is_empty() {
+            flush_gro(gro, bridge, out, state, scratch, now);
+        } else {
+            let mut tapped = Tapped {
+                inner: out,
+                taps,
+                worker: *worker,
+                scratch: Vec::new(),
+            };
+            flush_gro(gro, bridge, &mut tapped, state, scratch, now);
+        }
     }
 
     /// One packet the IPIP socket received from `src` (its outer IPv4 header first); `cut`
@@ -216,8 +340,29 @@ impl Pipeline {
             c.drop(DropReason::Oversized);
             return;
         }
+        if self.taps.is_empty() {
+            let (start, decision) = bridge.ipip_in(state, src, packet, now);
+            egress::send_decision(bridge, out, state, decision, &packet[start..], now);
+            return;
+        }
+        for tap in self.taps.iter() {
+            if tap.kind == TapKind::Capture
+                && tap.underlay
+                && tap.rx
+                && tap.on_port(None)
+                && tap.accepts(Link::Ipv4, packet)
+            {
+                tap.push(tap.record(None, Direction::In, Link::Ipv4, packet, self.worker));
+            }
+        }
+        let mut tapped = Tapped {
+            inner: out,
+            taps: &self.taps,
+            worker: self.worker,
+            scratch: Vec::new(),
+        };
         let (start, decision) = bridge.ipip_in(state, src, packet, now);
-        egress::send_decision(bridge, out, state, decision, &packet[start..], now);
+        egress::send_decision(bridge, &mut tapped, state, decision, &packet[start..], now);
     }
 
     /// Timer work (about once a second, by one worker of a switch): learned entries aged,
@@ -225,7 +370,17 @@ impl Pipeline {
     pub fn tick<O: Output>(&mut self, state: &ForwardingState, now: Timestamp, out: &mut O) {
         self.bridge.age(state, now);
         self.bridge.tick(state, now);
-        egress::send_generated(&mut self.bridge, out, state, now);
+        if self.taps.is_empty() {
+            egress::send_generated(&mut self.bridge, out, state, now);
+        } else {
+            let mut tapped = Tapped {
+                inner: out,
+                taps: &self.taps,
+                worker: self.worker,
+                scratch: Vec::new(),
+            };
+            egress::send_generated(&mut self.bridge, &mut tapped, state, now);
+        }
     }
 }
 
@@ -266,4 +421,152 @@ fn flush_gro<O: Output>(
             }
         }
     });
+}
+
+/// An output that copies transmits to the taps that want them, then hands them on.
+struct Tapped<'a, O> {
+    inner: &'a mut O,
+    taps: &'a Taps,
+    worker: usize,
+    scratch: Vec<u8>,
+}
+
+impl<O: Output> Output for Tapped<'_, O> {
+    fn takes_offloads(&self, port: PortId, offload: &Offload) -> bool {
+        self.inner.takes_offloads(port, offload)
+    }
+
+    fn send(&mut self, transmit: Transmit<'_>) -> Sent {
+        let worker = self.worker;
+        match &transmit {
+            Transmit::Device { port, frame, vnet } => {
+                let mut copies = None;
+                for tap in self.taps.iter().filter(|t| {
+                    t.kind == TapKind::Capture && t.tx && t.on_port(Some(*port)) && !t.is_done()
+                }) {
+                    let c = copies.get_or_insert_with(|| {
+                        let o = vnet.map(|h| Offload::from_vnet_hdr(&h)).unwrap_or_default();
+                        wire_copies(&frame.to_vec(), &o)
+                    });
+                    for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
+                        tap.push(tap.record(
+                            Some(*port),
+                            Direction::Out,
+                            Link::Ethernet,
+                            c,
+                            worker,
+                        ));
+                    }
+                }
+            }
+            Transmit::Vxlan {
+                port, outer, inner, ..
+            } => {
+                for tap in self.taps.iter().filter(|t| {
+                    t.kind == TapKind::Capture && t.tx && t.on_port(Some(*port)) && !t.is_done()
+                }) {
+                    if tap.underlay {
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(&outer[..]);
+                        self.scratch.extend_from_slice(&inner.to_vec());
+                        if tap.accepts(Link::Ipv4, &self.scratch) {
+                            let r = tap.record(
+                                Some(*port),
+                                Direction::Out,
+                                Link::Ipv4,
+                                &self.scratch,
+                                worker,
+                            );
+                            tap.push(r);
+                        }
+                    } else {
+                        let bytes = inner.to_vec();
+                        if tap.accepts(Link::Ethernet, &bytes) {
+                            let r = tap.record(
+                                Some(*port),
+                                Direction::Out,
+                                Link::Ethernet,
+                                &bytes,
+                                worker,
+                            );
+                            tap.push(r);
+                        }
+                    }
+                }
+            }
+            Transmit::Ipip { outer, inner, .. } => {
+                for tap in self.taps.iter().filter(|t| {
+                    t.kind == TapKind::Capture
+                        && t.tx
+                        && t.underlay
+                        && t.on_port(None)
+                        && !t.is_done()
+                }) {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(outer);
+                    self.scratch.extend_from_slice(inner);
+                    if tap.accepts(Link::Ipv4, &self.scratch) {
+                        let r = tap.record(None, Direction::Out, Link::Ipv4, &self.scratch, worker);
+                        tap.push(r);
+                    }
+                }
+            }
+        }
+        self.inner.send(transmit)
+    }
+}
+
+/// A frame as the wire carries it: its checksum finished, a super-frame cut into its
+/// segments (for captures; the frame itself is not touched).
+fn wire_copies(frame: &[u8], offload: &Offload) -> Vec<Vec<u8>> {
+    let mut copies = Vec::new();
+    if offload.gso_size.is_some() {
+        let mut scratch = Vec::new();
+        let cut = segment(frame, offload, &mut scratch, |seg| {
+            copies.push(seg.to_vec())
+        });
+        if cut.is_ok() {
+            return copies;
+        }
+        copies.clear();
+    }
+    let mut copy = frame.to_vec();
+    if let Some((start, offset)) = offload.csum {
+        let _ = complete_checksum(&mut copy, start, offset);
+    }
+    copies.push(copy);
+    copies
+}
+
+/// Underlay and inner copies of a VXLAN payload received from `src` by `endpoint`.
+fn tap_vxlan_in(
+    taps: &Taps,
+    worker: usize,
+    state: &ForwardingState,
+    endpoint: TunnelEndpoint,
+    src: Ipv4Addr,
+    payload: &[u8],
+) {
+    let port = payload
+        .get(4..7)
+        .map(|v| u32::from_be_bytes([0, v[0], v[1], v[2]]))
+        .and_then(|vni| state.vni_ports.get(&(endpoint, vni)).copied());
+    for tap in taps
+        .iter()
+        .filter(|t| t.kind == TapKind::Capture && t.rx && !t.is_done())
+    {
+        if tap.port.is_some() && tap.port != port {
+            continue;
+        }
+        if tap.underlay {
+            let outer = vxlan_outer(src, endpoint.local, endpoint.port, payload);
+            if tap.accepts(Link::Ipv4, &outer) {
+                tap.push(tap.record(port, Direction::In, Link::Ipv4, &outer, worker));
+            }
+        } else if let Some(inner) = payload.get(8..).filter(|i| i.len() >= 14) {
+            if tap.accepts(Link::Ethernet, inner) {
+                tap.push(tap.record(port, Direction::In, Link::Ethernet, inner, worker));
+            }
+        }
+    }
 }

@@ -21,6 +21,7 @@ pub mod fragment;
 pub mod gro;
 pub mod icmp;
 pub mod nat;
+pub mod observe;
 pub mod offload;
 pub mod router;
 pub mod routing;

@@ -1,0 +1,266 @@
+//! Taps: live traces and captures, hooked in at the pipeline's edges.
+//!
+//! A [`Tap`] asks for copies of frames (a capture) or for the stage-by-stage record of frames
+//! (a live trace), of one port or all, one direction or both, that a filter accepts. The
+//! pipeline holds the taps in force ([`Pipeline::set_taps`](super::Pipeline::set_taps)); with
+//! none (the usual case) each hook costs one check of an empty list. With some:
+//!
+//! - in: a frame is copied (and its filter run) before any stage sees it, as it came off the
+//!   device (checksum finished and a super-frame cut into its wire segments, so a capture
+//!   holds what a wire would carry);
+//! - out: each [`Transmit`](super::Transmit) is copied on its way to the device or socket;
+//! - drops: every stage records (as a trace does), and a frame that ends in a drop is
+//!   copied with its stage and reason;
+//! - underlay: the outer packets of the tunnels, received and sent;
+//! - live trace: the record of a frame the filter accepts.
+//!
+//! Copies go over a bounded channel to whoever reads the tap (the control thread, for a CLI
+//! client). The dataplane never waits: when the channel is full the copy is dropped and
+//! counted in [`Tap::lost`]; forwarding goes on.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::trace::Trace;
+use crate::tables::PortId;
+
+/// A compiled filter (tcpdump's filter language, compiled by the control side): whether a
+/// packet is wanted.
+pub type Filter = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// What a tap wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapKind {
+    /// Copies of frames.
+    Capture,
+    /// The stage-by-stage record of each frame received.
+    Trace,
+}
+
+/// Which way, seen from the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Received from the port (or tunnel).
+    In,
+    /// Sent to it.
+    Out,
+    /// Received and dropped.
+    Drop,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+            Direction::Drop => "drop",
+        }
+    }
+}
+
+/// How a record's bytes start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Ethernet,
+    /// An IPv4 packet (a tunnel's outer packet).
+    Ipv4,
+}
+
+/// One record a tap produced.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    /// The port (a tunnel's outer packet: its VXLAN port, or none for IPIP).
+    pub port: Option<PortId>,
+    pub direction: Direction,
+    pub link: Link,
+    /// The bytes, cut at the tap's snap length.
+    pub data: Vec<u8>,
+    /// The length before the cut.
+    pub len: usize,
+    /// For a drop: `stage: reason`.
+    pub comment: Option<String>,
+    /// For a live trace: the record of every stage.
+    pub trace: Option<Trace>,
+    /// The worker that saw it.
+    pub worker: usize,
+}
+
+/// What to tap: see the module documentation.
+pub struct Tap {
+    pub kind: TapKind,
+    /// One port, or every port.
+    pub port: Option<PortId>,
+    pub rx: bool,
+    pub tx: bool,
+    /// Dropped frames, with their reasons (in place of `rx`/`tx`).
+    pub drops: bool,
+    /// Tunnels' outer packets.
+    pub underlay: bool,
+    /// Bytes kept of each packet.
+    pub snaplen: usize,
+    /// For Ethernet frames.
+    pub filter: Option<Filter>,
+    /// For outer IPv4 packets.
+    pub filter_ip: Option<Filter>,
+    /// Records still wanted (a live trace's `--count`); `u64::MAX` for no end.
+    remaining: AtomicU64,
+    records: Sender<Record>,
+    /// Records the reader was too slow for.
+    lost: AtomicU64,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap")
+            .field("kind", &self.kind)
+            .field("port", &self.port)
+            .field("rx", &self.rx)
+            .field("tx", &self.tx)
+            .field("drops", &self.drops)
+            .field("underlay", &self.underlay)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a tap is asked for, besides its channel.
+#[derive(Clone, Default)]
+pub struct TapSpec {
+    pub port: Option<PortId>,
+    pub rx: bool,
+    pub tx: bool,
+    pub drops: bool,
+    pub underlay: bool,
+    pub snaplen: usize,
+    pub filter: Option<Filter>,
+    pub filter_ip: Option<Filter>,
+    /// Records wanted; `None`: until stopped.
+    pub count: Option<u64>,
+    /// Records held for the reader at most.
+    pub queue: usize,
+}
+
+impl Tap {
+    /// A tap and the receiving end of its records.
+    pub fn new(kind: TapKind, spec: TapSpec) -> (Arc<Tap>, Receiver<Record>) {
+        let (tx, rx) = crossbeam_channel::bounded(spec.queue.max(1));
+        let tap = Tap {
+            kind,
+            port: spec.port,
+            rx: spec.rx,
+            tx: spec.tx,
+            drops: spec.drops,
+            underlay: spec.underlay,
+            snaplen: spec.snaplen.max(1),
+            filter: spec.filter,
+            filter_ip: spec.filter_ip,
+            remaining: AtomicU64::new(spec.count.unwrap_or(u64::MAX)),
+            records: tx,
+            lost: AtomicU64::new(0),
+        };
+        (Arc::new(tap), rx)
+    }
+
+    /// Records lost because the reader was too slow.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether it wants nothing more (its count is reached).
+    pub fn is_done(&self) -> bool {
+        self.remaining.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether the tap looks at `port`.
+    #[inline]
+    pub fn on_port(&self, port: Option<PortId>) -> bool {
+        self.port.is_none() || self.port == port
+    }
+
+    /// Whether `data` (of kind `link`) passes the filter.
+    pub fn accepts(&self, link: Link, data: &[u8]) -> bool {
+        let f = match link {
+            Link::Ethernet => &self.filter,
+            Link::Ipv4 => &self.filter_ip,
+        };
+        f.as_ref().is_none_or(|f| f(data))
+    }
+
+    /// Claims one of the records still wanted; false when the count is reached.
+    fn claim(&self) -> bool {
+        self.remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n > 0).then(|| if n == u64::MAX { n } else { n - 1 })
+            })
+            .is_ok()
+    }
+
+    /// Hands a record to the reader, or counts it lost. Never blocks.
+    pub fn push(&self, record: Record) {
+        if !self.claim() {
+            return;
+        }
+        match self.records.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A record of `data`, cut at the snap length.
+    pub fn record(
+        &self,
+        port: Option<PortId>,
+        direction: Direction,
+        link: Link,
+        data: &[u8],
+        worker: usize,
+    ) -> Record {
+        Record {
+            ts_ns: now_ns(),
+            port,
+            direction,
+            link,
+            data: data[..data.len().min(self.snaplen)].to_vec(),
+            len: data.len(),
+            comment: None,
+            trace: None,
+            worker,
+        }
+    }
+}
+
+/// The taps a pipeline serves, shared with the control side that set them.
+pub type Taps = Arc<[Arc<Tap>]>;
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The outer IPv4 and UDP headers of a VXLAN packet received from `src` by `local:port`
+/// (for an underlay capture: the socket hands over only the UDP payload). The UDP source
+/// port is not known; it shows as `port`.
+pub fn vxlan_outer(src: Ipv4Addr, local: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    p[2..4].copy_from_slice(&(total.min(0xffff) as u16).to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&local.octets());
+    let sum = crate::wire::checksum::checksum(&p[..20]);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()).min(0xffff) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
