@@ -182,7 +182,7 @@ impl Coalescer {
         let csum_start = (ETH + 20) as u16;
         let mut h = [0u8; VNET_HDR_LEN];
         h[0] = 1; // NEEDS_CSUM
-        h[1] = 1; // GSO_TCPV4
+        h[1] = crate::wire::vnet::GSO_TCPV4;
         h[2..4].copy_from_slice(&(self.headers as u16).to_le_bytes());
         h[4..6].copy_from_slice(&(self.mss as u16).to_le_bytes());
         h[6..8].copy_from_slice(&csum_start.to_le_bytes());

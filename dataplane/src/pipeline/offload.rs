@@ -1,7 +1,7 @@
 //! Offload metadata and its software fallbacks.
 //!
 //! A frame may arrive with work left undone by its sender, described by the virtio-net header
-//! (`struct virtio_net_hdr`) that AF_PACKET with `PACKET_VNET_HDR` (and TAP with
+//! ([`wire::vnet`](crate::wire::vnet)) that AF_PACKET with `PACKET_VNET_HDR` (and TAP with
 //! `IFF_VNET_HDR`) put in front of it: a checksum still to be computed (`NEEDS_CSUM`), or a
 //! TCP or UDP super-frame still to be segmented (GSO: TCP segmentation, or UDP segmentation
 //! as an application's `UDP_SEGMENT` asks for). An egress that cannot take that metadata gets
@@ -12,14 +12,10 @@ use super::DropReason;
 use crate::wire::checksum;
 use crate::wire::{IpProtocol, Ipv4Packet, Ipv6Packet, PseudoHeader, TcpFlags, TcpPacket};
 
-/// Length of `struct virtio_net_hdr` (without `num_buffers`).
-pub const VNET_HDR_LEN: usize = 10;
-const F_NEEDS_CSUM: u8 = 1;
-const GSO_NONE: u8 = 0;
-const GSO_TCPV4: u8 = 1;
-const GSO_TCPV6: u8 = 4;
-const GSO_UDP_L4: u8 = 5;
-const GSO_ECN: u8 = 0x80;
+/// Length of `struct virtio_net_hdr` (without `num_buffers`); the format is in
+/// [`wire::vnet`](crate::wire::vnet).
+pub use crate::wire::vnet::HEADER_LEN as VNET_HDR_LEN;
+use crate::wire::vnet::{VnetHeader, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 
 /// What is left to do for a received frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,14 +36,11 @@ pub struct Offload {
 impl Offload {
     /// Reads a virtio-net header (little-endian fields, as on x86 and every virtio 1.0 device).
     pub fn from_vnet_hdr(h: &[u8; VNET_HDR_LEN]) -> Offload {
-        let flags = h[0];
-        let gso_type = h[1] & !GSO_ECN;
-        let gso_size = u16::from_le_bytes([h[4], h[5]]);
-        let csum_start = u16::from_le_bytes([h[6], h[7]]);
-        let csum_offset = u16::from_le_bytes([h[8], h[9]]);
+        let v = VnetHeader::parse(h);
+        let gso_type = v.gso_kind();
         Offload {
-            csum: (flags & F_NEEDS_CSUM != 0).then_some((csum_start, csum_offset)),
-            gso_size: matches!(gso_type, GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4).then_some(gso_size),
+            csum: v.needs_csum().then_some((v.csum_start, v.csum_offset)),
+            gso_size: matches!(gso_type, GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4).then_some(v.gso_size),
             gso_udp: gso_type == GSO_UDP_L4,
             gso_unsupported: !matches!(gso_type, GSO_NONE | GSO_TCPV4 | GSO_TCPV6 | GSO_UDP_L4),
             header: *h,
@@ -81,15 +74,13 @@ impl Offload {
     /// The header to send the frame with after `delta` bytes were inserted (a VLAN tag, +4)
     /// or removed (-4) in front of its L3 header: checksum start and header length move.
     pub fn header_moved(&self, delta: isize) -> [u8; VNET_HDR_LEN] {
-        let mut h = self.header;
-        for at in [2, 6] {
-            let v = u16::from_le_bytes([h[at], h[at + 1]]);
-            if v != 0 {
-                let moved = (v as isize + delta).clamp(0, u16::MAX as isize) as u16;
-                h[at..at + 2].copy_from_slice(&moved.to_le_bytes());
+        let mut h = VnetHeader::parse(&self.header);
+        for v in [&mut h.hdr_len, &mut h.csum_start] {
+            if *v != 0 {
+                *v = (*v as isize + delta).clamp(0, u16::MAX as isize) as u16;
             }
         }
-        h
+        h.emit()
     }
 
     /// Moves checksum offsets after `n` bytes were inserted before them (a VLAN tag put back).

@@ -18,6 +18,7 @@ pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod vlan;
+pub mod vnet;
 pub mod vxlan;
 
 pub use arp::{ArpOperation, ArpPacket, ArpRepr};
@@ -33,6 +34,7 @@ pub use ipv6::{Ipv6Packet, Ipv6Repr};
 pub use tcp::{TcpFlags, TcpPacket, TcpRepr};
 pub use udp::{UdpPacket, UdpRepr};
 pub use vlan::{VlanId, VlanTag, VlanTagRepr};
+pub use vnet::VnetHeader;
 pub use vxlan::{Vni, VxlanHeader, VxlanRepr};
 
 /// Why bytes could not be viewed as a header. Small and `Copy`: the pipeline turns it into a
