@@ -91,6 +91,64 @@ fn metrics_move_with_the_traffic_and_prometheus_parses_them() {
     let (_, again) = get(&addr, "/metrics");
     let second = sample(&again, &rx).unwrap();
     assert!(second >= first + 10.0, "{first} -> {second}");
+    // The tables against their bounds: the two containers' MACs, the default bound.
+    assert_eq!(
+        sample(&again, "tapswitch_table_entries{table=\"mac\"}"),
+        Some(2.0),
+        "{again}"
+    );
+    assert_eq!(
+        sample(&again, "tapswitch_table_max{table=\"mac\"}"),
+        Some(65536.0),
+        "{again}"
+    );
+    for table in ["remote_vtep", "neighbour", "conntrack"] {
+        assert!(
+            again.contains(&format!("tapswitch_table_max{{table=\"{table}\"}}")),
+            "{table}"
+        );
+    }
+    // The workers' batches: every round counted in one bucket, frames as the sum.
+    let total = |prefix: &str| -> f64 {
+        again
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let batches = total("tapswitch_worker_batch_size_count{");
+    let inf = total("tapswitch_worker_batch_size_bucket{le=\"+Inf\"");
+    let frames = total("tapswitch_worker_batch_size_sum{");
+    assert!(
+        batches >= 30.0 && inf == batches && frames >= batches,
+        "{batches} {inf} {frames}"
+    );
+    assert!(
+        total("tapswitch_worker_busy_seconds_total{") > 0.0,
+        "{again}"
+    );
+    // The control requests so far, with their latency: `port add` twice, one each of `stats`
+    // and `service list` per scrape.
+    assert_eq!(
+        sample(&again, "tapswitch_control_requests_total{cmd=\"port_add\"}"),
+        Some(2.0),
+        "{again}"
+    );
+    let count = sample(
+        &again,
+        "tapswitch_control_request_duration_seconds_count{cmd=\"port_add\"}",
+    );
+    assert_eq!(count, Some(2.0));
+    // Drops by stage and reason: a frame from a multicast source MAC (bad_source_mac, at
+    // ingress) sent on c1's port.
+    let drop = format!(
+        "tapswitch_port_drops_total{{port=\"{p1}\",stage=\"ingress\",reason=\"bad_source_mac\"}}"
+    );
+    assert_eq!(sample(&again, &drop), None);
+    send_raw(&c1, &p1, &[0xff; 6], &[0x01, 0, 0x5e, 0, 0, 1]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, third) = get(&addr, "/metrics");
+    assert_eq!(sample(&third, &drop), Some(1.0), "{third}");
     // A scraper that asks for OpenMetrics gets it.
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(
@@ -104,6 +162,18 @@ fn metrics_move_with_the_traffic_and_prometheus_parses_them() {
     assert!(om.contains("# TYPE tapswitch_port_rx_bytes counter") && om.ends_with("# EOF\n"));
     // Anything else is not found.
     assert!(get(&addr, "/other").0.contains("404"));
+}
+
+/// Sends one raw Ethernet frame (`dst`, `src`, IPv4 EtherType, 46 zero bytes) out of `dev`
+/// in `ns`.
+fn send_raw(ns: &Netns, dev: &str, dst: &[u8; 6], src: &[u8; 6]) {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(dst);
+    frame.extend_from_slice(src);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&[0u8; 46]);
+    let port = probe::RawPort::open(ns, dev).expect("a raw socket on the container's end");
+    port.send(&frame).expect("send a raw frame");
 }
 
 fn which(tool: &str) -> bool {

@@ -156,6 +156,15 @@ pub enum Request {
     },
 }
 
+/// The `cmd` of a request line (read again on its own; for the control metrics).
+pub fn command_name(line: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Cmd {
+        cmd: String,
+    }
+    serde_json::from_slice::<Cmd>(line).ok().map(|c| c.cmd)
+}
+
 impl Request {
     /// The `owner` field of the entry an add request carries.
     fn owner_mut(&mut self) -> Option<&mut Option<String>> {

@@ -240,6 +240,7 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
     ready(stop.clone());
     let mut events = Events::with_capacity(256);
     let mut next_deadline: Option<Instant> = None;
+    let mut requests = RequestStats::default();
     let every = Duration::from_secs(switch.config().switch.checkpoint_secs());
     let mut next_checkpoint = (!every.is_zero()).then(|| Instant::now() + every);
     loop {
@@ -278,9 +279,15 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
             }
         }
         for req in incoming {
+            let started = Instant::now();
             let parsed = std::str::from_utf8(&req.line)
                 .map_err(|_| "bad request: not UTF-8".to_string())
                 .and_then(|line| api::parse_request(line.trim()));
+            // The request's name, for the control metrics (only names of valid requests).
+            let name = parsed
+                .as_ref()
+                .ok()
+                .and_then(|_| api::command_name(&req.line));
             let response = match parsed {
                 Ok(Request::Stop { purge }) => {
                     let how = if purge { STOP_PURGE } else { STOP_RELEASE };
@@ -328,6 +335,7 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
                             "max_connections": server::MAX_CONNECTIONS,
                             "refused": server.refused,
                             "timed_out": server.timed_out,
+                            "requests": requests.to_json(),
                         });
                         Response::ok(v)
                     }
@@ -342,6 +350,11 @@ pub fn run(opts: RunOptions, ready: impl FnOnce(StopHandle)) -> Result<(), Daemo
                 Ok(req) => api::handle(&mut switch, req),
                 Err(e) => Response::error(e),
             };
+            requests.observe(
+                name.as_deref().unwrap_or("invalid"),
+                started.elapsed(),
+                response.ok,
+            );
             server.respond(poll.registry(), req.token, &response);
         }
         let mode = stop.mode.load(Ordering::SeqCst);
@@ -423,5 +436,65 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+/// Upper bounds, in seconds, of the buckets of the control requests' latency.
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// Control requests carried out, by name: how many, how many failed, how long they took.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    by_name: std::collections::BTreeMap<String, RequestStat>,
+}
+
+#[derive(Debug, Default)]
+struct RequestStat {
+    count: u64,
+    errors: u64,
+    seconds: f64,
+    /// Requests of at most `LATENCY_BUCKETS[i]` seconds (not cumulative).
+    buckets: [u64; LATENCY_BUCKETS.len()],
+}
+
+impl RequestStats {
+    pub fn observe(&mut self, name: &str, took: Duration, ok: bool) {
+        let s = self.by_name.entry(name.to_string()).or_default();
+        let secs = took.as_secs_f64();
+        s.count += 1;
+        s.errors += u64::from(!ok);
+        s.seconds += secs;
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            s.buckets[i] += 1;
+        }
+    }
+
+    /// `[{cmd, count, errors, seconds, buckets: [[le, cumulative count], ...]}]`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.by_name
+                .iter()
+                .map(|(name, s)| {
+                    let mut total = 0;
+                    let buckets: Vec<serde_json::Value> = LATENCY_BUCKETS
+                        .iter()
+                        .zip(s.buckets)
+                        .map(|(le, n)| {
+                            total += n;
+                            serde_json::json!([le, total])
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "cmd": name,
+                        "count": s.count,
+                        "errors": s.errors,
+                        "seconds": s.seconds,
+                        "buckets": buckets,
+                    })
+                })
+                .collect(),
+        )
     }
 }

@@ -141,6 +141,30 @@ impl Scrape {
         self.registry.register(name, help, family);
     }
 
+    fn counter_f64(&mut self, name: &str, help: &str, values: Vec<(Labels, f64)>) {
+        let family = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        for (labels, v) in values {
+            family.get_or_create(&labels).inc_by(v);
+        }
+        self.registry.register(name, help, family);
+    }
+
+    /// A histogram from buckets counted elsewhere: `(labels, sum, count, [(le, cumulative)])`.
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        values: Vec<(Labels, f64, u64, Vec<(f64, u64)>)>,
+    ) {
+        let family = Family::<Labels, ConstHistogram>::default();
+        for (labels, sum, count, buckets) in values {
+            let h = family.get_or_create(&labels);
+            *h.0.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((sum, count, buckets));
+        }
+        self.registry.register(name, help, family);
+    }
+
     fn gauge(&mut self, name: &str, help: &str, values: Vec<(Labels, i64)>) {
         let family = Family::<Labels, Gauge>::default();
         for (labels, v) in values {
@@ -148,6 +172,50 @@ impl Scrape {
         }
         self.registry.register(name, help, family);
     }
+}
+
+/// A histogram whose buckets were counted elsewhere (the daemon, the workers): this only
+/// encodes them. The `+Inf` bucket is the count.
+#[derive(Debug, Default)]
+struct ConstHistogram(std::sync::Mutex<Option<(f64, u64, Vec<(f64, u64)>)>>);
+
+impl prometheus_client::metrics::TypedMetric for ConstHistogram {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Histogram;
+}
+
+impl prometheus_client::encoding::EncodeMetric for ConstHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let h = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (sum, count, buckets) = h.clone().unwrap_or_default();
+        // The encoder adds the buckets up itself: hand it each bucket's own count.
+        let mut all = Vec::with_capacity(buckets.len() + 1);
+        let mut below = 0;
+        for (le, cumulative) in buckets {
+            all.push((le, cumulative.saturating_sub(below)));
+            below = cumulative;
+        }
+        all.push((f64::INFINITY, count.saturating_sub(below)));
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &all, None)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+/// The stage that drops for a reason named `reason`.
+fn stage_of(reason: &str) -> &'static str {
+    tapswitch_dataplane::pipeline::DropReason::ALL
+        .iter()
+        .find(|r| r.as_str() == reason)
+        .map_or("unknown", |r| r.stage().as_str())
 }
 
 fn u(v: &Value) -> u64 {
@@ -218,6 +286,7 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
             .filter(|(_, n)| u(n) > 0)
         {
             let mut l = labels.clone();
+            l.push(label("stage", stage_of(reason)));
             l.push(label("reason", reason));
             drops.push((l, u(n)));
         }
@@ -233,7 +302,7 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     }
     s.counter(
         "tapswitch_port_drops",
-        "Frames dropped, by where they came in and why",
+        "Frames dropped, by where they came in, the pipeline stage that dropped them, and why",
         drops,
     );
     let mut iface_drops = Vec::new();
@@ -250,7 +319,11 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
             .filter(|(_, n)| u(n) > 0)
         {
             iface_drops.push((
-                vec![label("vlan", &i["vlan"]), label("reason", reason)],
+                vec![
+                    label("vlan", &i["vlan"]),
+                    label("stage", stage_of(reason)),
+                    label("reason", reason),
+                ],
                 u(n),
             ));
         }
@@ -364,9 +437,46 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
             "tapswitch_conntrack_invalid",
             "Segments refused by the TCP state machine or window",
         ),
+        (
+            "evicted",
+            "tapswitch_conntrack_evictions",
+            "Connections evicted early to make room in a full table",
+        ),
+        (
+            "expired",
+            "tapswitch_conntrack_expired",
+            "Connections forgotten when their timeout ran out",
+        ),
     ] {
         s.counter(name, help, vec![(vec![], u(&nat[key]))]);
     }
+    let tables: Vec<&Value> = stats["tables"].as_array().into_iter().flatten().collect();
+    s.gauge(
+        "tapswitch_table_entries",
+        "Entries in each bounded table: mac, remote_vtep, neighbour, conntrack",
+        tables
+            .iter()
+            .map(|t| {
+                (
+                    vec![label("table", t["table"].as_str().unwrap_or("?"))],
+                    t["entries"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect(),
+    );
+    s.gauge(
+        "tapswitch_table_max",
+        "The bound of each table (a full table's behaviour is documented per table)",
+        tables
+            .iter()
+            .map(|t| {
+                (
+                    vec![label("table", t["table"].as_str().unwrap_or("?"))],
+                    t["max"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect(),
+    );
     let workers: Vec<&Value> = stats["workers"].as_array().into_iter().flatten().collect();
     for (key, help) in [
         ("rx_packets", "Frames a worker read"),
@@ -383,8 +493,80 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
                 .collect(),
         );
     }
+    for (key, name, help) in [
+        (
+            "batches",
+            "tapswitch_worker_batches",
+            "Rounds of a worker's poll loop that read frames from a port or socket",
+        ),
+        (
+            "wakeups",
+            "tapswitch_worker_wakeups",
+            "Times a worker's poll loop woke up",
+        ),
+    ] {
+        s.counter(
+            name,
+            help,
+            workers
+                .iter()
+                .map(|w| (vec![label("worker", &w["worker"])], u(&w[key])))
+                .collect(),
+        );
+    }
+    s.counter_f64(
+        "tapswitch_worker_busy_seconds",
+        "Time a worker spent on frames (reading, the pipeline, writing), not waiting for them",
+        workers
+            .iter()
+            .map(|w| {
+                (
+                    vec![label("worker", &w["worker"])],
+                    u(&w["busy_ns"]) as f64 / 1e9,
+                )
+            })
+            .collect(),
+    );
+    s.histogram(
+        "tapswitch_worker_batch_size",
+        "Frames read per round of one port or socket",
+        workers
+            .iter()
+            .map(|w| {
+                let mut cumulative = 0;
+                let buckets: Vec<(f64, u64)> = w["batch_sizes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| Some((b[0].as_u64()?, b[1].as_u64()?)))
+                    .filter(|(le, _)| *le > 0)
+                    .map(|(le, n)| {
+                        cumulative += n;
+                        (le as f64, cumulative)
+                    })
+                    .collect();
+                (
+                    vec![label("worker", &w["worker"])],
+                    u(&w["batch_frames"]) as f64,
+                    u(&w["batches"]),
+                    buckets,
+                )
+            })
+            .collect(),
+    );
     let mut backends = Vec::new();
+    let mut per_service = Vec::new();
     for svc in services.as_array().into_iter().flatten() {
+        let total: i64 = svc["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| b["connections"].as_i64().unwrap_or(0))
+            .sum();
+        per_service.push((
+            vec![label("service", svc["name"].as_str().unwrap_or("?"))],
+            total,
+        ));
         for b in svc["backends"].as_array().into_iter().flatten() {
             backends.push((
                 vec![
@@ -400,6 +582,11 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
         "Connections tracked now to each backend of each Service",
         backends,
     );
+    s.gauge(
+        "tapswitch_service_connections",
+        "Connections tracked now to each Service",
+        per_service,
+    );
     let control = &stats["control"];
     s.gauge(
         "tapswitch_control_connections",
@@ -410,6 +597,53 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
         "tapswitch_control_refused",
         "Control socket connections refused (access, limits)",
         vec![(vec![], u(&control["refused"]))],
+    );
+    let requests: Vec<&Value> = control["requests"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let by_cmd = |key: &str| -> Vec<(Labels, u64)> {
+        requests
+            .iter()
+            .map(|r| {
+                (
+                    vec![label("cmd", r["cmd"].as_str().unwrap_or("?"))],
+                    u(&r[key]),
+                )
+            })
+            .collect()
+    };
+    s.counter(
+        "tapswitch_control_requests",
+        "Control requests carried out, by command",
+        by_cmd("count"),
+    );
+    s.counter(
+        "tapswitch_control_request_errors",
+        "Control requests answered with an error, by command",
+        by_cmd("errors"),
+    );
+    s.histogram(
+        "tapswitch_control_request_duration_seconds",
+        "Time from a control request's arrival to its answer, by command",
+        requests
+            .iter()
+            .map(|r| {
+                let buckets = r["buckets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| Some((b[0].as_f64()?, b[1].as_u64()?)))
+                    .collect();
+                (
+                    vec![label("cmd", r["cmd"].as_str().unwrap_or("?"))],
+                    r["seconds"].as_f64().unwrap_or(0.0),
+                    u(&r["count"]),
+                    buckets,
+                )
+            })
+            .collect(),
     );
     let mut out = String::new();
     encode(&mut out, &s.registry).map_err(|e| e.to_string())?;

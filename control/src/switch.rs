@@ -258,6 +258,8 @@ pub struct Stats {
     pub nat: NatStats,
     /// What each worker thread forwarded: frames read from ports and tunnels, frames written.
     pub workers: Vec<WorkerStats>,
+    /// The bounded tables: MACs, remote VTEPs, neighbours, connections.
+    pub tables: Vec<TableStats>,
     /// The checkpoints of learned and connection state (when the switch keeps state).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointStats>,
@@ -285,6 +287,24 @@ pub struct WorkerStats {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// Rounds of the poll loop that read something from a port or socket.
+    pub batches: u64,
+    /// Frames read in those rounds.
+    pub batch_frames: u64,
+    /// Rounds by frames read: `[le, count]` with `le` the bucket's upper bound (`+Inf` last,
+    /// as 0).
+    pub batch_sizes: Vec<(u64, u64)>,
+    /// Time spent on frames, not waiting for them.
+    pub busy_ns: u64,
+    pub wakeups: u64,
+}
+
+/// `stats`: how full each bounded table is.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStats {
+    pub table: &'static str,
+    pub entries: u64,
+    pub max: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1434,23 +1454,60 @@ impl Switch {
                 }
                 s.add(&w.counters().tunnel);
                 s.add(&w.counters().ipip);
+                let poll = &w.counters().poll;
+                let bounds = tapswitch_dataplane::pipeline::counters::BATCH_BUCKETS;
                 WorkerStats {
                     worker,
                     rx_packets: s.rx_packets,
                     rx_bytes: s.rx_bytes,
                     tx_packets: s.tx_packets,
                     tx_bytes: s.tx_bytes,
+                    batches: poll.batches.get(),
+                    batch_frames: poll.batch_frames.get(),
+                    batch_sizes: poll
+                        .batch_sizes
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (bounds.get(i).copied().unwrap_or(0), c.get()))
+                        .collect(),
+                    busy_ns: poll.busy_ns.get(),
+                    wakeups: poll.wakeups.get(),
                 }
             })
             .collect();
+        let nat = self.nat_stats()?;
+        let sw = &self.config.switch;
+        let tables = vec![
+            TableStats {
+                table: "mac",
+                entries: self.shared.macs().len() as u64,
+                max: sw.mac_table_max as u64,
+            },
+            TableStats {
+                table: "remote_vtep",
+                entries: self.shared.remotes().len() as u64,
+                max: sw.mac_table_max as u64,
+            },
+            TableStats {
+                table: "neighbour",
+                entries: self.shared.neighbours().len() as u64,
+                max: sw.neigh_table_max as u64,
+            },
+            TableStats {
+                table: "conntrack",
+                entries: nat.entries,
+                max: nat.max,
+            },
+        ];
         Ok(Stats {
             ports,
             fdb,
             vxlan,
             ipip: self.ipip_stats(),
             interfaces,
-            nat: self.nat_stats()?,
+            nat,
             workers,
+            tables,
             checkpoint: self.store.is_some().then(|| CheckpointStats {
                 age_secs: self.last_checkpoint.map(|t| t.elapsed().as_secs()),
                 ..self.checkpoint_stats.clone()

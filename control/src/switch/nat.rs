@@ -388,6 +388,10 @@ pub struct NatStats {
     pub entries: u64,
     /// The tables' bound.
     pub max: u64,
+    /// Connections forgotten because they expired.
+    pub expired: u64,
+    /// Connections evicted early to make room in a full table.
+    pub evicted: u64,
 }
 
 impl Switch {
@@ -905,6 +909,8 @@ impl Switch {
         add_dump_stats(&mut summary, &dump);
         s.entries = summary.entries;
         s.max = summary.max;
+        s.expired = summary.expired;
+        s.evicted = summary.early_drops;
         Ok(s)
     }
 }

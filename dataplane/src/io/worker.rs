@@ -381,11 +381,15 @@ impl Worker {
             if woken && !self.handle_commands() {
                 return;
             }
+            let busy = Instant::now();
             self.service_ready(&mut buf);
             self.service_tunnels();
             if self.ipip_ready {
                 self.service_ipip();
             }
+            let poll = &self.pipeline.bridge().counters().poll;
+            poll.wakeups.add(1);
+            poll.busy_ns.add(busy.elapsed().as_nanos() as u64);
             if Instant::now() >= next_aging {
                 // The first worker keeps the shared tables' time: aging, expiry, neighbour
                 // probes.
@@ -462,6 +466,7 @@ impl Worker {
                 pipeline.receive_vxlan(state, endpoint, src, message, segment, cut, now, &mut out);
             }
             pipeline.flush(state, now, &mut out);
+            pipeline.bridge().counters().poll.batch(n as u64);
             // Fewer than a whole batch: the socket is empty for now.
             if n < batch::BATCH {
                 ready_tunnels.swap_remove(i);
@@ -505,6 +510,7 @@ impl Worker {
             *ipip_ready = false;
         }
         out.flush(pipeline.bridge().counters());
+        pipeline.bridge().counters().poll.batch(n as u64);
     }
 
     /// Reads up to [`BATCH`] frames from `port` and passes them to the pipeline. Returns true
@@ -522,6 +528,7 @@ impl Worker {
         } = self;
         let mut out = tx.out(&snapshot, *index);
         let mut drained = false;
+        let mut frames = 0;
         for _ in 0..BATCH {
             let rx = match device.recv(*index, buf) {
                 Ok(Some(rx)) => rx,
@@ -542,8 +549,10 @@ impl Worker {
                 len: rx.len,
             };
             pipeline.receive(&snapshot.forwarding, port, frame, &meta, now, &mut out);
+            frames += 1;
         }
         out.flush(pipeline.bridge().counters());
+        pipeline.bridge().counters().poll.batch(frames);
         drained
     }
 

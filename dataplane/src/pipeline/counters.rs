@@ -140,6 +140,43 @@ pub struct NatCounters {
     pub insert_failed: Counter,
 }
 
+/// Upper bounds of the batch-size buckets of [`LoopCounters`] (frames per round of one port or
+/// socket); the last bucket takes everything above.
+pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// How one worker's poll loop spends its time.
+#[derive(Debug, Default)]
+pub struct LoopCounters {
+    /// Rounds that read something: one port's or socket's batch.
+    pub batches: Counter,
+    /// Frames (or datagrams) read in those rounds.
+    pub batch_frames: Counter,
+    /// Rounds by frames read: bucket `i` counts rounds of at most `BATCH_BUCKETS[i]` frames
+    /// (and more than the bucket before); the last, rounds of more.
+    pub batch_sizes: [Counter; BATCH_BUCKETS.len() + 1],
+    /// Nanoseconds spent on frames (reading, the pipeline, writing), not waiting for them.
+    pub busy_ns: Counter,
+    /// Wake-ups of the poll loop.
+    pub wakeups: Counter,
+}
+
+impl LoopCounters {
+    /// Counts one round that read `frames` frames.
+    #[inline]
+    pub fn batch(&self, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        self.batches.add(1);
+        self.batch_frames.add(frames);
+        let i = BATCH_BUCKETS
+            .iter()
+            .position(|&b| frames <= b)
+            .unwrap_or(BATCH_BUCKETS.len());
+        self.batch_sizes[i].add(1);
+    }
+}
+
 /// Everything one worker counts.
 #[derive(Debug)]
 pub struct WorkerCounters {
@@ -154,6 +191,8 @@ pub struct WorkerCounters {
     /// / `tx_errors` for what the host refused to send.
     pub ipip: PortCounters,
     pub nat: NatCounters,
+    /// The poll loop: batches and busy time.
+    pub poll: LoopCounters,
 }
 
 impl Default for WorkerCounters {
@@ -167,6 +206,7 @@ impl Default for WorkerCounters {
             tunnel: PortCounters::default(),
             ipip: PortCounters::default(),
             nat: NatCounters::default(),
+            poll: LoopCounters::default(),
         }
     }
 }
