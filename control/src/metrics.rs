@@ -149,18 +149,13 @@ impl Scrape {
         self.registry.register(name, help, family);
     }
 
-    /// A histogram from buckets counted elsewhere: `(labels, sum, count, [(le, cumulative)])`.
-    fn histogram(
-        &mut self,
-        name: &str,
-        help: &str,
-        values: Vec<(Labels, f64, u64, Vec<(f64, u64)>)>,
-    ) {
+    /// A histogram from buckets counted elsewhere.
+    fn histogram(&mut self, name: &str, help: &str, values: Vec<(Labels, HistogramData)>) {
         let family = Family::<Labels, ConstHistogram>::default();
-        for (labels, sum, count, buckets) in values {
+        for (labels, data) in values {
             let h = family.get_or_create(&labels);
             *h.0.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((sum, count, buckets));
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(data);
         }
         self.registry.register(name, help, family);
     }
@@ -177,7 +172,10 @@ impl Scrape {
 /// A histogram whose buckets were counted elsewhere (the daemon, the workers): this only
 /// encodes them. The `+Inf` bucket is the count.
 #[derive(Debug, Default)]
-struct ConstHistogram(std::sync::Mutex<Option<(f64, u64, Vec<(f64, u64)>)>>);
+struct ConstHistogram(std::sync::Mutex<Option<HistogramData>>);
+
+/// A histogram's sum, count and buckets (upper bound, cumulative count; `+Inf` left out).
+type HistogramData = (f64, u64, Vec<(f64, u64)>);
 
 impl prometheus_client::metrics::TypedMetric for ConstHistogram {
     const TYPE: prometheus_client::metrics::MetricType =
@@ -547,9 +545,7 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
                     .collect();
                 (
                     vec![label("worker", &w["worker"])],
-                    u(&w["batch_frames"]) as f64,
-                    u(&w["batches"]),
-                    buckets,
+                    (u(&w["batch_frames"]) as f64, u(&w["batches"]), buckets),
                 )
             })
             .collect(),
@@ -638,9 +634,11 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
                     .collect();
                 (
                     vec![label("cmd", r["cmd"].as_str().unwrap_or("?"))],
-                    r["seconds"].as_f64().unwrap_or(0.0),
-                    u(&r["count"]),
-                    buckets,
+                    (
+                        r["seconds"].as_f64().unwrap_or(0.0),
+                        u(&r["count"]),
+                        buckets,
+                    ),
                 )
             })
             .collect(),
