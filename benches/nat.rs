@@ -636,6 +636,8 @@ fn establish(setup: &mut Setup, nat: bool) -> Established {
     } else {
         assert!(ct.is_empty(), "nothing tracked without NAT rules");
     }
+    // The table's lock goes before the checks take it again.
+    drop(ct);
     setup.check_clean();
     e
 }

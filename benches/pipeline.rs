@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use tapswitch_control::switch::tap::compile_filter;
 use tapswitch_dataplane::pipeline::bridge::Targets;
+use tapswitch_dataplane::pipeline::observe::{Link, Tap, TapKind, TapSpec};
 use tapswitch_dataplane::pipeline::{
     Bridge, Decision, ForwardingState, Pipeline, PortMode, PortState, RxMeta, WorkerCounters,
 };
@@ -282,6 +284,65 @@ fn mac_table(c: &mut Criterion) {
     group.finish();
 }
 
+/// Known unicast at 1k hosts with taps in force: a capture of every port (both directions,
+/// no filter: every frame copied twice and queued), a capture whose filter refuses
+/// everything (`tcp port 9`: the filter runs on each frame and its transmit), and a live
+/// trace of every frame. A thread drains the records, as the control thread does. Compare
+/// with `pipeline/known_unicast/1k` (no tap) for the cost of each.
+fn tapped(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline/tapped");
+    group.throughput(Throughput::Elements(1));
+    let never = compile_filter("tcp port 9", Link::Ethernet).expect("a filter");
+    for (label, kind, filter) in [
+        ("capture_all", TapKind::Capture, None),
+        ("capture_filtered_out", TapKind::Capture, Some(never)),
+        ("trace_all", TapKind::Trace, None),
+    ] {
+        let hosts = 1_000;
+        let mut setup = Setup::new(hosts);
+        let mut work = Workload::new(Kind::KnownUnicast, hosts);
+        work.check(Kind::KnownUnicast, &mut setup);
+        let (tap, records) = Tap::new(
+            kind,
+            TapSpec {
+                rx: true,
+                tx: true,
+                snaplen: 262_144,
+                filter,
+                queue: 1 << 16,
+                ..TapSpec::default()
+            },
+        );
+        let drain = std::thread::spawn(move || records.iter().count());
+        setup
+            .pipeline
+            .set_taps(Arc::from(vec![Arc::clone(&tap)]), 0);
+        let Setup { state, pipeline } = &mut setup;
+        group.bench_function(BenchmarkId::from_parameter(label), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                let n = forward(
+                    pipeline,
+                    state,
+                    work.ingress[i],
+                    black_box(&mut work.frames[i].0[..]),
+                );
+                i += 1;
+                if i == work.frames.len() {
+                    i = 0;
+                }
+                n
+            })
+        });
+        setup.pipeline.set_taps(Arc::from(Vec::new()), 0);
+        drop(tap);
+        let recorded = drain.join().expect("drain");
+        eprintln!("pipeline/tapped/{label}: {recorded} records");
+        no_drops(&setup);
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .measurement_time(Duration::from_secs(3))
@@ -292,6 +353,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = pipeline, mac_table
+    targets = pipeline, tapped, mac_table
 }
 criterion_main!(benches);

@@ -603,7 +603,7 @@ impl Switch {
             self.deleting.retain(|t| *t != was);
         }
         if let Err(e) = self.persist() {
-            log::warn!("{e}");
+            log::warn!("state: the removed TAPs are not saved as gone: {e}");
         }
     }
 

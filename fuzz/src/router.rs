@@ -158,7 +158,8 @@ pub fn routing() -> RoutingState {
     RoutingState::build(interfaces, routes, NEIGH_MAX).expect("valid routes")
 }
 
-fn state() -> ForwardingState {
+/// The switch and router described above.
+pub fn state() -> ForwardingState {
     let port = |name: &str, mode| {
         Some(PortState {
             name: name.into(),

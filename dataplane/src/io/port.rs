@@ -279,7 +279,7 @@ impl PortDevice {
             // A flow always on one queue (see `steering`); without the program the TAP's own
             // steering still works, with flows moving between workers at times.
             if let Err(e) = steering::load().and_then(|p| steering::attach(&queues[0], &p)) {
-                log::warn!("{name}: queue steering by flow hash unavailable: {e}");
+                log::warn!("port {name}: queue steering by flow hash unavailable: {e}");
             }
         }
         if let Some(mac) = spec.mac {
@@ -335,7 +335,7 @@ impl PortDevice {
             }
             if queues.len() > 1 {
                 if let Err(e) = steering::load().and_then(|p| steering::attach(&queues[0], &p)) {
-                    log::warn!("{name}: queue steering by flow hash unavailable: {e}");
+                    log::warn!("port {name}: queue steering by flow hash unavailable: {e}");
                 }
             }
             if let Some(mac) = spec.mac {

@@ -361,7 +361,7 @@ impl Worker {
                 };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("worker poll failed: {e}");
+                    log::error!("worker {}: poll failed: {e}", self.index);
                     return;
                 }
             }
@@ -456,7 +456,8 @@ impl Worker {
             let n = match socket.recv(*index, rx) {
                 Ok(n) => n,
                 Err(e) => {
-                    log::warn!("tunnel {:?}: read failed: {e}", socket.endpoint());
+                    let ep = socket.endpoint();
+                    log::warn!("vxlan endpoint {}:{}: read failed: {e}", ep.local, ep.port);
                     0
                 }
             };
@@ -498,7 +499,7 @@ impl Worker {
         let n = match socket.recv(rx) {
             Ok(n) => n,
             Err(e) => {
-                log::warn!("ipip: read failed: {e}");
+                log::warn!("ipip socket: read failed: {e}");
                 0
             }
         };
@@ -562,7 +563,7 @@ impl Worker {
             match cmd {
                 WorkerCommand::Adopt(snapshot) => {
                     if let Err(e) = self.adopt(snapshot) {
-                        log::error!("worker could not register a port: {e}");
+                        log::error!("worker {}: {e}", self.index);
                     }
                 }
                 WorkerCommand::DumpFdb(reply) => {
@@ -706,7 +707,12 @@ impl Worker {
                         // Frames may have queued before registration.
                         self.mark_ready(PortId(i as u16));
                     }
-                    Err(e) => result = Err(e),
+                    Err(e) => {
+                        result = Err(io::Error::new(
+                            e.kind(),
+                            format!("port {}: cannot poll its queue: {e}", new.name()),
+                        ))
+                    }
                 }
             }
         }
@@ -734,7 +740,14 @@ impl Worker {
                 Token(TUNNEL_TOKEN_BASE + i),
                 Interest::READABLE,
             ) {
-                result = Err(e);
+                let ep = t.endpoint();
+                result = Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "vxlan endpoint {}:{}: cannot poll it: {e}",
+                        ep.local, ep.port
+                    ),
+                ));
             }
         }
         // Packets may have queued before registration.
@@ -759,7 +772,12 @@ impl Worker {
                         self.registered_ipip = Some(Arc::clone(new));
                         self.ipip_ready = true;
                     }
-                    Err(e) => result = Err(e),
+                    Err(e) => {
+                        result = Err(io::Error::new(
+                            e.kind(),
+                            format!("ipip socket: cannot poll it: {e}"),
+                        ))
+                    }
                 }
             }
         }

@@ -386,6 +386,7 @@ impl Pipeline {
 
 /// Runs one finished frame through the bridge and sends what it decided, then whatever the
 /// router generated on the way.
+#[inline]
 fn forward<O: Output>(
     bridge: &mut Bridge,
     out: &mut O,

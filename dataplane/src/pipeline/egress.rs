@@ -96,11 +96,16 @@ impl Sent {
     }
 
     /// Adds what was sent to a port's (or tunnel's) transmit counters.
+    #[inline]
     pub fn count(self, c: &PortCounters) {
-        c.tx_packets.add(self.packets);
-        c.tx_bytes.add(self.bytes);
-        c.tx_oversized.add(self.oversized);
-        c.tx_errors.add(self.errors);
+        if self.packets != 0 {
+            c.tx_packets.add(self.packets);
+            c.tx_bytes.add(self.bytes);
+        }
+        if self.oversized | self.errors != 0 {
+            c.tx_oversized.add(self.oversized);
+            c.tx_errors.add(self.errors);
+        }
     }
 }
 
@@ -116,6 +121,7 @@ pub trait Output {
 }
 
 /// Sends `frame` as `decision` says, then the router's generated frames.
+#[inline]
 pub(super) fn send_decision<O: Output>(
     bridge: &mut Bridge,
     out: &mut O,
@@ -140,18 +146,38 @@ pub(super) fn send_decision<O: Output>(
 
 /// Sends every frame the router has generated (replies, ICMP errors, probes, packets released
 /// by a resolved neighbour).
+#[inline]
 pub(super) fn send_generated<O: Output>(
     bridge: &mut Bridge,
     out: &mut O,
     state: &ForwardingState,
     now: Timestamp,
 ) {
+    if bridge.has_generated() {
+        send_generated_slow(bridge, out, state, now);
+    }
+}
+
+#[inline(never)]
+fn send_generated_slow<O: Output>(
+    bridge: &mut Bridge,
+    out: &mut O,
+    state: &ForwardingState,
+    now: Timestamp,
+) {
     while let Some(generated) = bridge.take_generated() {
-        record(&mut bridge.trace, Stage::L3, "generated", |s| {
-            match &generated {
-                Generated::Frame { vlan, bytes } => s.with("vlan", vlan).with("len", bytes.len()),
-                Generated::Ipip { remote, .. } => s.with("remote", remote),
-            };
+        let (vlan, remote, len) = match &generated {
+            Generated::Frame { vlan, bytes } => (Some(*vlan), None, bytes.len()),
+            Generated::Ipip { remote, bytes, .. } => (None, Some(*remote), bytes.len()),
+        };
+        record(&mut bridge.trace, Stage::L3, "generated", move |s| {
+            if let Some(v) = vlan {
+                s.with("vlan", v);
+            }
+            if let Some(r) = remote {
+                s.with("remote", r);
+            }
+            s.with("len", len);
         });
         match &generated {
             Generated::Frame { vlan, bytes } => {
@@ -181,7 +207,7 @@ fn send_ipip<O: Output>(
         outer,
         inner,
     });
-    record(&mut bridge.trace, Stage::Egress, "transmit", |s| {
+    record(&mut bridge.trace, Stage::Egress, "transmit", move |s| {
         s.with("to", "ipip")
             .with("remote", remote)
             .with("len", outer.len() + inner.len());
@@ -190,6 +216,7 @@ fn send_ipip<O: Output>(
 }
 
 /// Writes `frame` to each egress port of `egress`.
+#[inline]
 pub(super) fn send_egress<O: Output>(
     bridge: &mut Bridge,
     out: &mut O,
@@ -208,6 +235,7 @@ pub(super) fn send_egress<O: Output>(
 /// moved for the VLAN tag the egress adds or removes. A frame larger than the member's MTU
 /// is not sent there (counted as `tx_oversized`), as the Linux bridge does.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 fn send_member<O: Output>(
     bridge: &mut Bridge,
     out: &mut O,
@@ -230,7 +258,7 @@ fn send_member<O: Output>(
     };
     if wire_len > max_len {
         bridge.counters().port(member.port).tx_oversized.add(1);
-        record(&mut bridge.trace, Stage::Egress, "oversized", |s| {
+        record(&mut bridge.trace, Stage::Egress, "oversized", move |s| {
             s.with("port", port_name(state, member.port))
                 .with("len", wire_len)
                 .with("max", max_len);
@@ -246,19 +274,19 @@ fn send_member<O: Output>(
         frame: out_frame,
         vnet: pending.map(|o| o.header_moved(delta)),
     });
-    record(&mut bridge.trace, Stage::Egress, "transmit", |s| {
-        s.with("to", "port")
-            .with("port", port_name(state, member.port))
-            .with("vlan", egress.vlan);
-        match out_frame.tag {
-            Some(_) => s.with("tag", egress.vlan),
-            None => s.with("tag", "none"),
-        };
-        s.with("len", out_frame.len());
-        if pending.is_some() {
-            s.with("offload", "left to the device");
-        }
-    });
+    if let Some(t) = bridge.trace.as_deref_mut() {
+        let tag = out_frame.tag.map(|_| egress.vlan);
+        let len = out_frame.len();
+        transmit_step(
+            t,
+            state,
+            member.port,
+            egress.vlan,
+            tag,
+            len,
+            pending.is_some(),
+        );
+    }
     sent.count(bridge.counters().port(member.port));
 }
 
@@ -390,6 +418,32 @@ fn encap<O: Output>(
                 .with("remote", remote)
                 .with("len", super::tunnel::OUTER_LEN + len);
         }
+    }
+}
+
+/// The trace step of a frame sent to a port's device.
+#[cold]
+#[inline(never)]
+fn transmit_step(
+    t: &mut super::Trace,
+    state: &ForwardingState,
+    port: PortId,
+    vlan: crate::wire::VlanId,
+    tag: Option<crate::wire::VlanId>,
+    len: usize,
+    pending: bool,
+) {
+    let s = t.step(Stage::Egress, "transmit");
+    s.with("to", "port")
+        .with("port", port_name(state, port))
+        .with("vlan", vlan);
+    match tag {
+        Some(v) => s.with("tag", v),
+        None => s.with("tag", "none"),
+    };
+    s.with("len", len);
+    if pending {
+        s.with("offload", "left to the device");
     }
 }
 

@@ -128,14 +128,37 @@ impl Trace {
 
 /// Records a step on `trace` when tracing is on; `fill` adds its fields. Off, nothing runs but
 /// the check.
+///
+/// Hooks pass `move` closures of copies, so that no local has to live in memory for the
+/// sake of a trace that is off; the filling is out of line.
 #[inline(always)]
-pub(super) fn record(
+pub(super) fn record<F: FnOnce(&mut Step)>(
     trace: &mut Option<Box<Trace>>,
     stage: Stage,
     action: &'static str,
-    fill: impl FnOnce(&mut Step),
+    fill: F,
 ) {
     if let Some(t) = trace.as_deref_mut() {
-        fill(t.step(stage, action));
+        record_cold(t, stage, action, fill);
     }
+}
+
+/// [`record`] in code compiled twice, with and without tracing (`TRACE`): the copy without
+/// has no trace code at all.
+#[inline(always)]
+pub(super) fn record_if<const TRACE: bool, F: FnOnce(&mut Step)>(
+    trace: &mut Option<Box<Trace>>,
+    stage: Stage,
+    action: &'static str,
+    fill: F,
+) {
+    if TRACE {
+        record(trace, stage, action, fill);
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn record_cold<F: FnOnce(&mut Step)>(t: &mut Trace, stage: Stage, action: &'static str, fill: F) {
+    fill(t.step(stage, action));
 }

@@ -74,7 +74,7 @@ impl Bridge {
                 return Err(reason);
             }
         };
-        record(&mut self.trace, Stage::Tunnel, "vxlan_decap", |s| {
+        record(&mut self.trace, Stage::Tunnel, "vxlan_decap", move |s| {
             s.with("remote", src)
                 .with("vni", state.vxlan_port(port).map_or(0, |vx| vx.vni))
                 .with("port", state.port(port).map_or("?", |p| p.name.as_str()));
@@ -164,7 +164,7 @@ impl Bridge {
         let dst = EthernetAddress::from_bytes(&frame[..6]);
         let hash = vxlan::inner_flow_hash(frame);
         let remotes = self.remotes_for(state, vx, vlan, dst, now);
-        record(&mut self.trace, Stage::Tunnel, "vxlan_encap", |s| {
+        record(&mut self.trace, Stage::Tunnel, "vxlan_encap", move |s| {
             s.with("vni", vx.vni)
                 .with("port", state.port(port).map_or("?", |p| p.name.as_str()));
             match remotes {

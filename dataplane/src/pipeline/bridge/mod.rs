@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::router::{self, IpipEgress, Router};
 use super::shared::{ConntrackGuard, SharedTables};
 use super::suppress::{self, ReplyFrame};
-use super::trace::{record, Stage, Trace};
+use super::trace::{record_if, Stage, Trace};
 use super::{DropReason, ForwardingState, PortMode, VlanMember, WorkerCounters};
 use crate::tables::{FdbKey, LearnOutcome, MacTable, PortId, RemoteTable, Timestamp};
 use crate::wire::ethernet::HEADER_LEN;
@@ -274,9 +274,16 @@ impl Bridge {
         port_counters.rx_packets.add(1);
         port_counters.rx_bytes.add(frame.len() as u64);
         let wire_len = frame.len();
-        let (vlan, inner_offset) = match Self::decide(
-            shared, counters, trace, state, ingress, frame, wire_len, now,
-        ) {
+        let decided = if trace.is_some() {
+            Self::decide::<true>(
+                shared, counters, trace, state, ingress, frame, wire_len, now,
+            )
+        } else {
+            Self::decide::<false>(
+                shared, counters, trace, state, ingress, frame, wire_len, now,
+            )
+        };
+        let (vlan, inner_offset) = match decided {
             Ok(Step::Done(decision)) => return decision,
             Ok(Step::Route { vlan, inner_offset }) => (vlan, inner_offset),
             Err(reason) => {
@@ -322,9 +329,16 @@ impl Bridge {
             ..
         } = self;
         let traced = trace.is_some();
-        let decision = match Self::decide(
-            shared, counters, trace, state, ingress, frame, wire_len, now,
-        ) {
+        let decided = if traced {
+            Self::decide::<true>(
+                shared, counters, trace, state, ingress, frame, wire_len, now,
+            )
+        } else {
+            Self::decide::<false>(
+                shared, counters, trace, state, ingress, frame, wire_len, now,
+            )
+        };
+        let decision = match decided {
             Ok(Step::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
             Ok(Step::Route { vlan, inner_offset })
                 if matches!(
@@ -368,9 +382,11 @@ impl Bridge {
         Some(decision)
     }
 
+    /// The L2 stage. `TRACE`: record each decision in `trace` (a separate copy of this
+    /// function, so that the one frames normally take has no trace code at all).
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn decide<'s>(
+    fn decide<'s, const TRACE: bool>(
         shared: &SharedTables,
         counters: &WorkerCounters,
         trace: &mut Option<Box<Trace>>,
@@ -422,7 +438,7 @@ impl Bridge {
             (PortMode::Trunk { allowed, .. }, Some(t)) if allowed.contains(t) => t,
             (PortMode::Trunk { .. }, Some(_)) => return Err(DropReason::VlanNotAllowed),
         };
-        record(trace, Stage::Ingress, "classified", |s| {
+        record_if::<TRACE, _>(trace, Stage::Ingress, "classified", move |s| {
             s.with("port", &port.name).with("vlan", vlan);
             match tag_vid {
                 Some(t) => s.with("tag", t),
@@ -459,7 +475,7 @@ impl Bridge {
         } else {
             None
         };
-        record(trace, Stage::L2, "learn", |s| {
+        record_if::<TRACE, _>(trace, Stage::L2, "learn", move |s| {
             s.with("mac", src).with(
                 "outcome",
                 match learned {
@@ -475,7 +491,7 @@ impl Bridge {
 
         // The router interface of this VLAN, if any, takes what is addressed to it.
         if router::for_router(&state.routing, vlan, frame, inner_offset) {
-            record(trace, Stage::L2, "to_router", |s| {
+            record_if::<TRACE, _>(trace, Stage::L2, "to_router", move |s| {
                 s.with("vlan", vlan);
                 if let Some(i) = state.routing.interface(vlan) {
                     s.with("interface_mac", i.mac);
@@ -486,7 +502,7 @@ impl Bridge {
 
         // ARP/ND suppression: answer for addresses in the neighbour table.
         if let Some(reply) = suppress::reply_for(state, vlan, frame, inner_offset) {
-            record(trace, Stage::L2, "suppressed", |s| {
+            record_if::<TRACE, _>(trace, Stage::L2, "suppressed", move |s| {
                 s.with("table", "neigh")
                     .with("reply_len", reply.as_bytes().len());
             });
@@ -528,7 +544,7 @@ impl Bridge {
                 None => flood,
             }
         };
-        record(trace, Stage::L2, "lookup", |s| {
+        record_if::<TRACE, _>(trace, Stage::L2, "lookup", move |s| {
             s.with("dst", dst);
             match targets {
                 Targets::One(m) => {

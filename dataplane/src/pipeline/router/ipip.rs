@@ -95,7 +95,7 @@ impl Bridge {
             &mut self.trace,
             crate::pipeline::Stage::Tunnel,
             "ipip_encap",
-            |s| {
+            move |s| {
                 s.with("remote", tunnel.remote).with("ttl", frame[l3 + 8]);
                 if let Some(l) = tunnel.local {
                     s.with("local", l);
@@ -141,7 +141,7 @@ impl Bridge {
                     &mut self.trace,
                     crate::pipeline::Stage::Tunnel,
                     "ipip_decap",
-                    |s| {
+                    move |s| {
                         s.with("remote", src);
                     },
                 );

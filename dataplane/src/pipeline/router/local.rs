@@ -78,7 +78,7 @@ impl Bridge {
         let target = arp.target_protocol_addr;
         let sender = arp.source_protocol_addr;
         let ours = iface.v4.iter().any(|(a, _)| *a == target);
-        super::super::trace::record(&mut self.trace, super::super::Stage::L3, "arp", |s| {
+        super::super::trace::record(&mut self.trace, super::super::Stage::L3, "arp", move |s| {
             let op = match arp.operation {
                 ArpOperation::Request => "request",
                 ArpOperation::Reply => "reply",
@@ -147,13 +147,18 @@ impl Bridge {
     ) -> Decision<'s> {
         let packet = &frame[l3..l3 + total];
         let ihl = usize::from(packet[0] & 0x0f) * 4;
-        super::super::trace::record(&mut self.trace, super::super::Stage::L3, "local", |s| {
-            s.with(
-                "dst",
-                std::net::Ipv4Addr::from([packet[16], packet[17], packet[18], packet[19]]),
-            )
-            .with("protocol", packet[9]);
-        });
+        super::super::trace::record(
+            &mut self.trace,
+            super::super::Stage::L3,
+            "local",
+            move |s| {
+                s.with(
+                    "dst",
+                    std::net::Ipv4Addr::from([packet[16], packet[17], packet[18], packet[19]]),
+                )
+                .with("protocol", packet[9]);
+            },
+        );
         match IpProtocol::from(packet[9]) {
             IpProtocol::Icmp if packet.get(ihl) == Some(&8) => {
                 let mut buf = self.router.buffer();
@@ -527,15 +532,20 @@ impl Bridge {
         d.copy_from_slice(&frame[l3 + 24..l3 + 40]);
         let dst = Ipv6Addr::from(d);
         let found = state.routing.lookup(IpAddr::V6(dst));
-        super::super::trace::record(&mut self.trace, super::super::Stage::L3, "route", |s| {
-            s.with("dst", dst);
-            match found {
-                Some(r) => super::describe_route(s, r),
-                None => {
-                    s.with("route", "none");
+        super::super::trace::record(
+            &mut self.trace,
+            super::super::Stage::L3,
+            "route",
+            move |s| {
+                s.with("dst", dst);
+                match found {
+                    Some(r) => super::describe_route(s, r),
+                    None => {
+                        s.with("route", "none");
+                    }
                 }
-            }
-        });
+            },
+        );
         let (out_vlan, next_hop) = match found.map(|r| r.next_hop) {
             Some(NextHop::Connected { vlan }) => (vlan, IpAddr::V6(dst)),
             Some(NextHop::Gateway { vlan, via }) => (vlan, via),

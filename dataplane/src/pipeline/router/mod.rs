@@ -173,7 +173,7 @@ impl Bridge {
             frame[inner_offset],
             frame[inner_offset + 1],
         ]));
-        record(&mut self.trace, Stage::L3, "received", |s| {
+        record(&mut self.trace, Stage::L3, "received", move |s| {
             s.with("vlan", vlan)
                 .with("ethertype", ethertype_name(ethertype));
         });
@@ -246,7 +246,7 @@ impl Bridge {
         ]);
         let routing = &*state.routing;
         let found = routing.lookup(IpAddr::V4(dst));
-        record(&mut self.trace, Stage::L3, "route", |s| {
+        record(&mut self.trace, Stage::L3, "route", move |s| {
             s.with("dst", dst);
             match found {
                 Some(r) => describe_route(s, r),
@@ -370,8 +370,9 @@ impl Bridge {
             return self.fragment_out(state, out_vlan, next_hop, &frame[l3..l3 + total], now);
         }
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
-        record(&mut self.trace, Stage::L3, "ttl", |s| {
-            s.with("ttl", frame[l3 + 8]);
+        let ttl = frame[l3 + 8];
+        record(&mut self.trace, Stage::L3, "ttl", move |s| {
+            s.with("ttl", ttl);
         });
         self.output(state, out_vlan, next_hop, off, l3 + total, frame, now)
     }
@@ -403,7 +404,7 @@ impl Bridge {
                 found = self.shared.neighbours().lookup(key, now);
             }
         }
-        record(&mut self.trace, Stage::L3, "neighbour", |s| {
+        record(&mut self.trace, Stage::L3, "neighbour", move |s| {
             s.with("vlan", out_vlan).with("next_hop", next_hop);
             match found {
                 NeighLookup::Known { mac, .. } => s.with("result", "resolved").with("mac", mac),
@@ -642,6 +643,7 @@ impl Bridge {
     }
 
     /// Where in `vlan` a frame to `mac` goes: its port, or a flood of the VLAN.
+    #[inline]
     fn l2_targets<'s>(
         &self,
         state: &'s ForwardingState,
@@ -679,6 +681,12 @@ impl Bridge {
             inner_offset: 12,
             targets: self.l2_targets(state, vlan, dst, now),
         }
+    }
+
+    /// Whether the router originated frames still to send.
+    #[inline]
+    pub fn has_generated(&self) -> bool {
+        !self.router.generated.is_empty()
     }
 
     /// The next frame the router originated, if any.

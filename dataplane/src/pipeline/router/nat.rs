@@ -298,7 +298,7 @@ impl Bridge {
                 &mut self.trace,
                 crate::pipeline::Stage::Nat,
                 "conntrack_hit",
-                |s| {
+                move |s| {
                     s.with("flow", e.orig)
                         .with(
                             "direction",
@@ -377,7 +377,7 @@ impl Bridge {
                         &mut self.trace,
                         crate::pipeline::Stage::Nat,
                         "dnat",
-                        |s| {
+                        move |s| {
                             s.with("rule", "port_forward").with("to", sa);
                         },
                     );
@@ -392,7 +392,7 @@ impl Bridge {
                         &mut self.trace,
                         crate::pipeline::Stage::Nat,
                         "service",
-                        |s| {
+                        move |s| {
                             s.with("service", &svc.name)
                                 .with("vip", std::net::SocketAddrV4::new(svc.vip, svc.port))
                                 .with(
@@ -486,7 +486,7 @@ impl Bridge {
                     &mut self.trace,
                     crate::pipeline::Stage::Nat,
                     "new_connection",
-                    |s| {
+                    move |s| {
                         let original = reply.reversed();
                         s.with("flow", key).with("translated", original);
                         if nat & NAT_SNAT != 0 {
