@@ -633,7 +633,7 @@ pub struct CaptureArgs {
     /// Every frame dropped (on the port, or anywhere), with its stage and reason as a comment.
     #[arg(long)]
     pub drops: bool,
-    /// A VXLAN port's (or, without a port, every tunnel's) outer packets.
+    /// A VXLAN port's (or, without a port, every tunnel's) outer packets, in place of frames.
     #[arg(long)]
     pub underlay: bool,
     /// Stop after this many packets.
@@ -1022,7 +1022,7 @@ fn capture(socket: &Path, a: CaptureArgs) -> Result<(), Error> {
         );
     }
     if skipped > 0 {
-        eprintln!("{skipped} packets of the other link type left out (pcap holds one; use pcapng)");
+        eprintln!("{skipped} packets of the other link type left out");
     }
     Ok(())
 }

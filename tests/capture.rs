@@ -43,6 +43,21 @@ fn pair(sw: &Switch) -> (Netns, Netns, String, String) {
     (a, b, pa, pb)
 }
 
+/// Every line of `text` is a Unix time (seconds, with a fraction) within the last minute.
+fn assert_recent(text: &str) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for l in lines(text) {
+        let t: f64 = l.trim().parse().unwrap_or_else(|_| panic!("a time: {l}"));
+        assert!(
+            (now - 60.0..=now + 1.0).contains(&t),
+            "{t} is not within the last minute of {now}"
+        );
+    }
+}
+
 fn lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| !l.trim().is_empty()).collect()
 }
@@ -173,6 +188,11 @@ fn a_tcp_transfer_on_a_port_reads_back_in_tshark() {
         "checksums verified: {}",
         lines(&good).len()
     );
+    // Timestamps are the wall clock's (pcapng's are in nanoseconds).
+    assert_recent(&tshark(
+        &file.0,
+        &["-T", "fields", "-e", "frame.time_epoch"],
+    ));
     // Directions are marked.
     let inbound = lines(&tshark(
         &file.0,
@@ -222,6 +242,16 @@ fn a_filter_selects_only_what_it_names_and_pcap_to_stdout_reads_in_tcpdump() {
     let text = String::from_utf8_lossy(&td.stdout);
     let l = lines(&text);
     assert_eq!(l.len(), 10, "{text}");
+    let tt = Command::new("tcpdump")
+        .args(["-n", "-tt", "-r", file.arg()])
+        .output()
+        .expect("tcpdump");
+    let stamps: String = String::from_utf8_lossy(&tt.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|t| format!("{t}\n"))
+        .collect();
+    assert_recent(&stamps);
     assert!(l.iter().all(|l| l.contains("ICMP echo")), "{text}");
     assert_eq!(l.iter().filter(|l| l.contains("echo request")).count(), 5);
 }

@@ -1,11 +1,12 @@
 //! The files `tapswitch capture` writes: pcapng (default) or pcap, read by tcpdump, tshark and
 //! Wireshark, written with the pcap-file crate.
 //!
-//! pcapng holds two interfaces: 0 for Ethernet frames (named after the port, or `tapswitch`
-//! for every port) and 1 for the tunnels' outer IPv4 packets (`LINKTYPE_IPV4`); each packet
-//! carries its direction (`epb_flags`: inbound or outbound) and, for a dropped frame, a
-//! comment `drop: STAGE: REASON`. pcap has one link type per file: Ethernet, or IPv4 for an
-//! underlay capture; records of the other kind are left out and counted.
+//! A capture has one link type: Ethernet frames, or, for an underlay capture, the tunnels'
+//! outer IPv4 packets (`LINKTYPE_IPV4`). (libpcap, and so tcpdump, reads no pcapng whose
+//! interfaces differ in link type.) pcapng names its interface after the port (`tapswitch`
+//! for every port); each packet carries its direction (`epb_flags`: inbound or outbound) and,
+//! for a dropped frame, a comment `drop: STAGE: REASON`. A record of the other link type is
+//! left out and counted.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -48,7 +49,11 @@ pub struct CaptureFile<W: Write> {
 }
 
 enum Format<W: Write> {
-    Ng(PcapNgWriter<Shared<W>>),
+    Ng {
+        writer: PcapNgWriter<Shared<W>>,
+        /// The file's link type: Ethernet, or IPv4 for an underlay capture.
+        ipv4: bool,
+    },
     Pcap {
         writer: PcapWriter<Shared<W>>,
         /// The one link type of the file: Ethernet, or IPv4 for an underlay capture.
@@ -72,27 +77,31 @@ impl<W: Write> CaptureFile<W> {
         underlay: bool,
     ) -> Result<Format<W>, String> {
         let e = |e: pcap_file::PcapError| format!("capture file: {e}");
+        let (link, suffix) = if underlay {
+            (DataLink::IPV4, " underlay")
+        } else {
+            (DataLink::ETHERNET, "")
+        };
         if ng {
             let mut w = PcapNgWriter::new(out).map_err(e)?;
-            for (link, suffix) in [(DataLink::ETHERNET, ""), (DataLink::IPV4, " underlay")] {
-                w.write_pcapng_block(InterfaceDescriptionBlock {
-                    linktype: link,
-                    snaplen,
-                    options: vec![InterfaceDescriptionOption::IfName(Cow::Owned(format!(
-                        "{name}{suffix}"
-                    )))],
-                })
-                .map_err(e)?;
-            }
-            Ok(Format::Ng(w))
+            w.write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: link,
+                snaplen,
+                options: vec![
+                    InterfaceDescriptionOption::IfName(Cow::Owned(format!("{name}{suffix}"))),
+                    // Timestamps in nanoseconds, as pcap-file writes them.
+                    InterfaceDescriptionOption::IfTsResol(9),
+                ],
+            })
+            .map_err(e)?;
+            Ok(Format::Ng {
+                writer: w,
+                ipv4: underlay,
+            })
         } else {
             let header = PcapHeader {
                 snaplen,
-                datalink: if underlay {
-                    DataLink::IPV4
-                } else {
-                    DataLink::ETHERNET
-                },
+                datalink: link,
                 ..PcapHeader::default()
             };
             Ok(Format::Pcap {
@@ -108,7 +117,7 @@ impl<W: Write> CaptureFile<W> {
     }
 
     /// Writes one record of a `tap_poll` answer. Returns false for one this file cannot hold
-    /// (pcap: the other link type).
+    /// (the other link type).
     pub fn write(&mut self, record: &Value) -> Result<bool, String> {
         let data = from_hex(record["hex"].as_str().unwrap_or_default())?;
         let ts = Duration::from_nanos(record["ts_ns"].as_u64().unwrap_or(0));
@@ -116,7 +125,13 @@ impl<W: Write> CaptureFile<W> {
         let ipv4 = record["link"] == "ipv4";
         let e = |e: pcap_file::PcapError| format!("capture file: {e}");
         match &mut self.format {
-            Format::Ng(w) => {
+            Format::Ng {
+                writer: w,
+                ipv4: file,
+            } => {
+                if *file != ipv4 {
+                    return Ok(false);
+                }
                 let mut options = vec![EnhancedPacketOption::Flags(
                     if record["direction"] == "out" {
                         OUTBOUND
@@ -130,7 +145,7 @@ impl<W: Write> CaptureFile<W> {
                     ))));
                 }
                 w.write_pcapng_block(EnhancedPacketBlock {
-                    interface_id: u32::from(ipv4),
+                    interface_id: 0,
                     timestamp: ts,
                     original_len: len,
                     data: Cow::Owned(data),

@@ -120,7 +120,7 @@ impl Pipeline {
         let mut traced = false;
         let mut input: Option<Vec<u8>> = None;
         for tap in taps.iter().filter(|t| on(t)) {
-            if tap.kind == TapKind::Capture && tap.rx {
+            if tap.kind == TapKind::Capture && tap.rx && !tap.underlay {
                 let c = copies.get_or_insert_with(|| wire_copies(frame, &meta.offload));
                 for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
                     tap.push(tap.record(Some(port), Direction::In, Link::Ethernet, c, worker));
@@ -443,7 +443,11 @@ impl<O: Output> Output for Tapped<'_, O> {
             Transmit::Device { port, frame, vnet } => {
                 let mut copies = None;
                 for tap in self.taps.iter().filter(|t| {
-                    t.kind == TapKind::Capture && t.tx && t.on_port(Some(*port)) && !t.is_done()
+                    t.kind == TapKind::Capture
+                        && t.tx
+                        && !t.underlay
+                        && t.on_port(Some(*port))
+                        && !t.is_done()
                 }) {
                     let c = copies.get_or_insert_with(|| {
                         let o = vnet.map(|h| Offload::from_vnet_hdr(&h)).unwrap_or_default();
