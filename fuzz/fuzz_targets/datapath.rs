@@ -53,7 +53,9 @@ impl Output for Check<'_> {
                 let _ = self.ingress;
             }
             Transmit::Ipip { outer, inner, .. } => {
-                let ip = Ipv4Packet::new_checked(outer).expect("an outer IPv4 header");
+                let mut packet = outer.to_vec();
+                packet.extend_from_slice(inner);
+                let ip = Ipv4Packet::new_checked(&packet[..]).expect("an outer IPv4 header");
                 assert!(ip.verify_checksum());
                 assert!(!inner.is_empty());
             }

@@ -124,6 +124,17 @@ impl Trace {
     pub fn clear(&mut self) {
         self.steps.clear();
     }
+
+    /// Forgets the decisions recorded after the frame came in (they are about to be made
+    /// again, on the frames its offloads make).
+    pub fn rewind_to_receive(&mut self) {
+        let keep = self
+            .steps
+            .iter()
+            .take_while(|s| s.stage == Stage::Receive)
+            .count();
+        self.steps.truncate(keep);
+    }
 }
 
 /// Records a step on `trace` when tracing is on; `fill` adds its fields. Off, nothing runs but

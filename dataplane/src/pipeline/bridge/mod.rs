@@ -363,7 +363,7 @@ impl Bridge {
                 // Decided again, frame by frame, once the offloads are done.
                 if traced {
                     if let Some(t) = self.trace_mut() {
-                        t.clear();
+                        t.rewind_to_receive();
                     }
                 }
                 return None;
