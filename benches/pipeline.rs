@@ -209,6 +209,32 @@ fn no_drops(setup: &Setup) {
     }
 }
 
+/// Measures `forward` of the workload's frames, one per iteration, cycling through them.
+fn bench_frames(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    label: &str,
+    setup: &mut Setup,
+    work: &mut Workload,
+) {
+    let Setup { state, pipeline } = setup;
+    group.bench_function(BenchmarkId::from_parameter(label), |b| {
+        let mut i = 0;
+        b.iter(|| {
+            let n = forward(
+                pipeline,
+                state,
+                work.ingress[i],
+                black_box(&mut work.frames[i].0[..]),
+            );
+            i += 1;
+            if i == work.frames.len() {
+                i = 0;
+            }
+            n
+        })
+    });
+}
+
 fn pipeline_group(c: &mut Criterion, name: &str, kind: Kind, sizes: &[(&str, usize)]) {
     let mut group = c.benchmark_group(format!("pipeline/{name}"));
     group.throughput(Throughput::Elements(1));
@@ -216,23 +242,7 @@ fn pipeline_group(c: &mut Criterion, name: &str, kind: Kind, sizes: &[(&str, usi
         let mut setup = Setup::new(hosts);
         let mut work = Workload::new(kind, hosts);
         work.check(kind, &mut setup);
-        let Setup { state, pipeline } = &mut setup;
-        group.bench_function(BenchmarkId::from_parameter(label), |b| {
-            let mut i = 0;
-            b.iter(|| {
-                let n = forward(
-                    pipeline,
-                    state,
-                    work.ingress[i],
-                    black_box(&mut work.frames[i].0[..]),
-                );
-                i += 1;
-                if i == work.frames.len() {
-                    i = 0;
-                }
-                n
-            })
-        });
+        bench_frames(&mut group, label, &mut setup, &mut work);
         let learn = &setup.pipeline.bridge().counters().learn;
         assert_eq!(learn.learned.get(), hosts as u64, "nothing new was learned");
         assert_eq!(learn.moved.get() + learn.table_full.get(), 0);
@@ -317,23 +327,7 @@ fn tapped(c: &mut Criterion) {
         setup
             .pipeline
             .set_taps(Arc::from(vec![Arc::clone(&tap)]), 0);
-        let Setup { state, pipeline } = &mut setup;
-        group.bench_function(BenchmarkId::from_parameter(label), |b| {
-            let mut i = 0;
-            b.iter(|| {
-                let n = forward(
-                    pipeline,
-                    state,
-                    work.ingress[i],
-                    black_box(&mut work.frames[i].0[..]),
-                );
-                i += 1;
-                if i == work.frames.len() {
-                    i = 0;
-                }
-                n
-            })
-        });
+        bench_frames(&mut group, label, &mut setup, &mut work);
         setup.pipeline.set_taps(Arc::from(Vec::new()), 0);
         drop(tap);
         let recorded = drain.join().expect("drain");

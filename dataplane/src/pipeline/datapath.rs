@@ -138,12 +138,7 @@ impl Pipeline {
         if traced {
             self.bridge.trace_on();
         }
-        let mut tapped = Tapped {
-            inner: out,
-            taps: &taps,
-            worker,
-            scratch: Vec::new(),
-        };
+        let mut tapped = Tapped::new(out, &taps, worker);
         self.receive_frame(state, port, frame, meta, now, &mut tapped);
         let Some(trace) = self.bridge.take_trace().filter(|_| traced) else {
             return;
@@ -312,12 +307,7 @@ impl Pipeline {
         if taps.is_empty() {
             flush_gro(gro, bridge, out, state, scratch, now);
         } else {
-            let mut tapped = Tapped {
-                inner: out,
-                taps,
-                worker: *worker,
-                scratch: Vec::new(),
-            };
+            let mut tapped = Tapped::new(out, taps, *worker);
             flush_gro(gro, bridge, &mut tapped, state, scratch, now);
         }
     }
@@ -355,12 +345,7 @@ impl Pipeline {
                 tap.push(tap.record(None, Direction::In, Link::Ipv4, packet, self.worker));
             }
         }
-        let mut tapped = Tapped {
-            inner: out,
-            taps: &self.taps,
-            worker: self.worker,
-            scratch: Vec::new(),
-        };
+        let mut tapped = Tapped::new(out, &self.taps, self.worker);
         let (start, decision) = bridge.ipip_in(state, src, packet, now);
         egress::send_decision(bridge, &mut tapped, state, decision, &packet[start..], now);
     }
@@ -373,12 +358,7 @@ impl Pipeline {
         if self.taps.is_empty() {
             egress::send_generated(&mut self.bridge, out, state, now);
         } else {
-            let mut tapped = Tapped {
-                inner: out,
-                taps: &self.taps,
-                worker: self.worker,
-                scratch: Vec::new(),
-            };
+            let mut tapped = Tapped::new(out, &self.taps, self.worker);
             egress::send_generated(&mut self.bridge, &mut tapped, state, now);
         }
     }
@@ -430,6 +410,17 @@ struct Tapped<'a, O> {
     taps: &'a Taps,
     worker: usize,
     scratch: Vec<u8>,
+}
+
+impl<'a, O> Tapped<'a, O> {
+    fn new(inner: &'a mut O, taps: &'a Taps, worker: usize) -> Tapped<'a, O> {
+        Tapped {
+            inner,
+            taps,
+            worker,
+            scratch: Vec::new(),
+        }
+    }
 }
 
 impl<O: Output> Output for Tapped<'_, O> {
