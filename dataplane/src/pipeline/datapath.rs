@@ -120,7 +120,7 @@ impl Pipeline {
         let mut traced = false;
         let mut input: Option<Vec<u8>> = None;
         for tap in taps.iter().filter(|t| on(t)) {
-            if tap.kind == TapKind::Capture && tap.rx && !tap.underlay {
+            if tap.kind == TapKind::Capture && tap.spec.rx && !tap.spec.underlay {
                 let c = copies.get_or_insert_with(|| wire_copies(frame, &meta.offload));
                 for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
                     tap.push(tap.record(Some(port), Direction::In, Link::Ethernet, c, worker));
@@ -128,7 +128,7 @@ impl Pipeline {
             }
             let wants_trace = match tap.kind {
                 TapKind::Trace => tap.accepts(Link::Ethernet, frame),
-                TapKind::Capture => tap.drops,
+                TapKind::Capture => tap.spec.drops,
             };
             if wants_trace {
                 traced = true;
@@ -152,7 +152,7 @@ impl Pipeline {
                     r.trace = Some((*trace).clone());
                     tap.push(r);
                 }
-                TapKind::Capture if tap.drops => {
+                TapKind::Capture if tap.spec.drops => {
                     let Some(d) = trace.steps.iter().find(|s| s.action == "drop") else {
                         continue;
                     };
@@ -337,8 +337,8 @@ impl Pipeline {
         }
         for tap in self.taps.iter() {
             if tap.kind == TapKind::Capture
-                && tap.underlay
-                && tap.rx
+                && tap.spec.underlay
+                && tap.spec.rx
                 && tap.on_port(None)
                 && tap.accepts(Link::Ipv4, packet)
             {
@@ -435,8 +435,8 @@ impl<O: Output> Output for Tapped<'_, O> {
                 let mut copies = None;
                 for tap in self.taps.iter().filter(|t| {
                     t.kind == TapKind::Capture
-                        && t.tx
-                        && !t.underlay
+                        && t.spec.tx
+                        && !t.spec.underlay
                         && t.on_port(Some(*port))
                         && !t.is_done()
                 }) {
@@ -459,9 +459,12 @@ impl<O: Output> Output for Tapped<'_, O> {
                 port, outer, inner, ..
             } => {
                 for tap in self.taps.iter().filter(|t| {
-                    t.kind == TapKind::Capture && t.tx && t.on_port(Some(*port)) && !t.is_done()
+                    t.kind == TapKind::Capture
+                        && t.spec.tx
+                        && t.on_port(Some(*port))
+                        && !t.is_done()
                 }) {
-                    if tap.underlay {
+                    if tap.spec.underlay {
                         self.scratch.clear();
                         self.scratch.extend_from_slice(&outer[..]);
                         self.scratch.extend_from_slice(&inner.to_vec());
@@ -493,8 +496,8 @@ impl<O: Output> Output for Tapped<'_, O> {
             Transmit::Ipip { outer, inner, .. } => {
                 for tap in self.taps.iter().filter(|t| {
                     t.kind == TapKind::Capture
-                        && t.tx
-                        && t.underlay
+                        && t.spec.tx
+                        && t.spec.underlay
                         && t.on_port(None)
                         && !t.is_done()
                 }) {
@@ -549,12 +552,12 @@ fn tap_vxlan_in(
         .and_then(|vni| state.vni_ports.get(&(endpoint, vni)).copied());
     for tap in taps
         .iter()
-        .filter(|t| t.kind == TapKind::Capture && t.rx && !t.is_done())
+        .filter(|t| t.kind == TapKind::Capture && t.spec.rx && !t.is_done())
     {
-        if tap.port.is_some() && tap.port != port {
+        if tap.spec.port.is_some() && tap.spec.port != port {
             continue;
         }
-        if tap.underlay {
+        if tap.spec.underlay {
             let outer = vxlan_outer(src, endpoint.local, endpoint.port, payload);
             if tap.accepts(Link::Ipv4, &outer) {
                 tap.push(tap.record(port, Direction::In, Link::Ipv4, &outer, worker));

@@ -94,20 +94,8 @@ pub struct Record {
 /// What to tap: see the module documentation.
 pub struct Tap {
     pub kind: TapKind,
-    /// One port, or every port.
-    pub port: Option<PortId>,
-    pub rx: bool,
-    pub tx: bool,
-    /// Dropped frames, with their reasons (in place of `rx`/`tx`).
-    pub drops: bool,
-    /// Tunnels' outer packets.
-    pub underlay: bool,
-    /// Bytes kept of each packet.
-    pub snaplen: usize,
-    /// For Ethernet frames.
-    pub filter: Option<Filter>,
-    /// For outer IPv4 packets.
-    pub filter_ip: Option<Filter>,
+    /// What it was asked for.
+    pub spec: TapSpec,
     /// Records still wanted (a live trace's `--count`); `u64::MAX` for no end.
     remaining: AtomicU64,
     records: Sender<Record>,
@@ -117,13 +105,14 @@ pub struct Tap {
 
 impl std::fmt::Debug for Tap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.spec;
         f.debug_struct("Tap")
             .field("kind", &self.kind)
-            .field("port", &self.port)
-            .field("rx", &self.rx)
-            .field("tx", &self.tx)
-            .field("drops", &self.drops)
-            .field("underlay", &self.underlay)
+            .field("port", &s.port)
+            .field("rx", &s.rx)
+            .field("tx", &s.tx)
+            .field("drops", &s.drops)
+            .field("underlay", &s.underlay)
             .finish_non_exhaustive()
     }
 }
@@ -151,15 +140,11 @@ impl Tap {
         let (tx, rx) = crossbeam_channel::bounded(spec.queue.max(1));
         let tap = Tap {
             kind,
-            port: spec.port,
-            rx: spec.rx,
-            tx: spec.tx,
-            drops: spec.drops,
-            underlay: spec.underlay,
-            snaplen: spec.snaplen.max(1),
-            filter: spec.filter,
-            filter_ip: spec.filter_ip,
             remaining: AtomicU64::new(spec.count.unwrap_or(u64::MAX)),
+            spec: TapSpec {
+                snaplen: spec.snaplen.max(1),
+                ..spec
+            },
             records: tx,
             lost: AtomicU64::new(0),
         };
@@ -179,14 +164,14 @@ impl Tap {
     /// Whether the tap looks at `port`.
     #[inline]
     pub fn on_port(&self, port: Option<PortId>) -> bool {
-        self.port.is_none() || self.port == port
+        self.spec.port.is_none() || self.spec.port == port
     }
 
     /// Whether `data` (of kind `link`) passes the filter.
     pub fn accepts(&self, link: Link, data: &[u8]) -> bool {
         let f = match link {
-            Link::Ethernet => &self.filter,
-            Link::Ipv4 => &self.filter_ip,
+            Link::Ethernet => &self.spec.filter,
+            Link::Ipv4 => &self.spec.filter_ip,
         };
         f.as_ref().is_none_or(|f| f(data))
     }
@@ -227,7 +212,7 @@ impl Tap {
             port,
             direction,
             link,
-            data: data[..data.len().min(self.snaplen)].to_vec(),
+            data: data[..data.len().min(self.spec.snaplen)].to_vec(),
             len: data.len(),
             comment: None,
             trace: None,
