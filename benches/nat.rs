@@ -22,7 +22,7 @@
 //! packet is copied from one of 16k precomputed templates (one cache line each, cycled
 //! through, in shuffled order) into a reused buffer; one iteration is a batch of 1024 packets
 //! (throughput = 1024 elements), each through `Pipeline::receive` as the worker calls it:
-//! `Bridge::process`, then the egress stage (each egress port's view of the frame, MTU check,
+//! `Pipeline::process`, then the egress stage (each egress port's view of the frame, MTU check,
 //! tx counters, one transmit to the bench's output, the drain of the router's generated
 //! frames, which stays empty). Batches are timed with `iter_custom`, so work
 //! between batches (the table resets below) is not measured.
@@ -75,10 +75,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tapswitch_dataplane::pipeline::bridge::Targets;
 use tapswitch_dataplane::pipeline::routing::NEIGH_MAX_DEFAULT;
+use tapswitch_dataplane::pipeline::Targets;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
+    Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
     RoutingState, RxMeta, WorkerCounters,
 };
 use tapswitch_dataplane::tables::conntrack::{ProtoState, TcpState, DEFAULT_MAX};
@@ -385,10 +385,10 @@ fn arp(op: ArpOperation, from: Host, target: Ipv4Addr, router: EthernetAddress) 
 }
 
 /// Takes what the router generated; returns how many there were.
-fn drain(bridge: &mut Bridge) -> usize {
+fn drain(pipeline: &mut Pipeline) -> usize {
     let mut n = 0;
-    while let Some(g) = bridge.take_generated() {
-        bridge.recycle(g);
+    while let Some(g) = pipeline.take_generated() {
+        pipeline.recycle(g);
         n += 1;
     }
     n
@@ -432,8 +432,8 @@ impl Setup {
             ForwardingState::with_ports(vec![port("c", 10), port("pods", 10), port("up", 100)]);
         state.routing = Arc::new(routing_state());
         state.nat = nat_rules(services);
-        let mut bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
-        bridge.adopt(&state);
+        let mut pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
+        pipeline.adopt(&state);
 
         // Containers and pods ask for their gateway (answered: one generated ARP reply), then
         // confirm it with a reply of their own, which makes them REACHABLE neighbours.
@@ -442,34 +442,35 @@ impl Setup {
             .chain((0..PODS).map(|j| (POD_PORT, pod(j))));
         for (port, h) in hosts {
             let mut req = arp(ArpOperation::Request, h, GW10, R10);
-            let d = bridge.process(&state, port, &mut req, NOW);
+            let d = pipeline.decide(&state, port, &mut req, NOW);
             assert!(matches!(d, Decision::Local), "ARP request: {d:?}");
-            assert_eq!(drain(&mut bridge), 1, "the router answers the ARP request");
+            assert_eq!(
+                drain(&mut pipeline),
+                1,
+                "the router answers the ARP request"
+            );
             let mut rep = arp(ArpOperation::Reply, h, GW10, R10);
-            let d = bridge.process(&state, port, &mut rep, NOW);
+            let d = pipeline.decide(&state, port, &mut rep, NOW);
             assert!(matches!(d, Decision::Local), "ARP reply: {d:?}");
-            assert_eq!(drain(&mut bridge), 0);
+            assert_eq!(drain(&mut pipeline), 0);
         }
         let mut rep = arp(ArpOperation::Reply, UPLINK, GW100, R100);
-        let d = bridge.process(&state, UP_PORT, &mut rep, NOW);
+        let d = pipeline.decide(&state, UP_PORT, &mut rep, NOW);
         assert!(matches!(d, Decision::Local), "gateway ARP reply: {d:?}");
-        assert_eq!(drain(&mut bridge), 0);
+        assert_eq!(drain(&mut pipeline), 0);
         assert_eq!(
-            bridge.shared().neighbours().len(),
+            pipeline.shared().neighbours().len(),
             CONTAINERS + PODS + 1,
             "every host is a neighbour"
         );
-        let setup = Setup {
-            state,
-            pipeline: Pipeline::new(bridge),
-        };
+        let setup = Setup { state, pipeline };
         setup.check_clean();
         setup
     }
 
     /// No drop, probe, ICMP error, rejected or invalid packet, failed insert, nothing queued.
     fn check_clean(&self) {
-        let c = self.pipeline.bridge().counters();
+        let c = self.pipeline.counters();
         for v in [10, 100] {
             let i = c.interface(vlan(v));
             assert_eq!(i.drops.iter().map(|d| d.get()).sum::<u64>(), 0, "VLAN {v}");
@@ -486,8 +487,8 @@ impl Setup {
             nat.invalid.get() + nat.rejected.get() + nat.insert_failed.get(),
             0
         );
-        assert_eq!(self.pipeline.bridge().conntrack().stats.insert_failed, 0);
-        assert_eq!(self.pipeline.bridge().conntrack().stats.early_drops, 0);
+        assert_eq!(self.pipeline.conntrack().stats.insert_failed, 0);
+        assert_eq!(self.pipeline.conntrack().stats.early_drops, 0);
     }
 
     /// Runs one frame through from `port_in` and checks that it was routed, untagged, to
@@ -501,10 +502,7 @@ impl Setup {
         router: EthernetAddress,
     ) -> (Vec<u8>, EthernetAddress) {
         let mut f = frame.to_vec();
-        let d = self
-            .pipeline
-            .bridge_mut()
-            .process(&self.state, port_in, &mut f, NOW);
+        let d = self.pipeline.decide(&self.state, port_in, &mut f, NOW);
         let Decision::Forward(e) = d else {
             panic!("not forwarded: {d:?}")
         };
@@ -513,7 +511,7 @@ impl Setup {
         };
         assert_eq!((m.port, m.tagged), (port_out, false));
         let out = e.frame_for(m, &f).to_vec();
-        assert_eq!(drain(self.pipeline.bridge_mut()), 0, "nothing generated");
+        assert_eq!(drain(&mut self.pipeline), 0, "nothing generated");
         assert_eq!(out.len(), FRAME_LEN);
         assert_eq!(&out[6..12], router.as_bytes());
         let ip = out[ETHERNET_HEADER_LEN..].to_vec();
@@ -624,7 +622,7 @@ fn establish(setup: &mut Setup, nat: bool) -> Established {
         e.tcp_out.push(template(out));
         e.tcp_in.push(template(back));
     }
-    let ct = setup.pipeline.bridge().conntrack();
+    let ct = setup.pipeline.conntrack();
     if nat {
         assert_eq!(ct.len(), 2 * TEMPLATES);
         for entry in ct.iter() {
@@ -652,7 +650,7 @@ fn bench_batches(
     setup: &mut Setup,
     port: PortId,
     templates: &[Frame],
-    mut on_wrap: impl FnMut(&mut Bridge),
+    mut on_wrap: impl FnMut(&mut Pipeline),
 ) -> (usize, usize) {
     assert_eq!(templates.len() % BATCH, 0);
     let mut group = c.benchmark_group(group);
@@ -667,7 +665,7 @@ fn bench_batches(
                 let mut elapsed = Duration::ZERO;
                 for _ in 0..iters {
                     if next == 0 {
-                        on_wrap(pipeline.bridge_mut());
+                        on_wrap(pipeline);
                     }
                     let start = Instant::now();
                     let mut n = 0;
@@ -711,8 +709,8 @@ fn new_flows(services: usize, spread: usize) -> (Vec<Frame>, Vec<usize>) {
 }
 
 /// Removes the connections made by `nat/new` (those balanced to a Service).
-fn forget_service_flows(bridge: &mut Bridge) {
-    bridge.conntrack().remove_where(|e| e.backend.is_some());
+fn forget_service_flows(pipeline: &mut Pipeline) {
+    pipeline.conntrack().remove_where(|e| e.backend.is_some());
 }
 
 /// `nat/new/*`: first datagrams to `spread` of the `services` Services. One pass first,
@@ -727,7 +725,7 @@ fn new_connections(
     services: usize,
     spread: usize,
 ) {
-    let tracked = setup.pipeline.bridge().conntrack().len();
+    let tracked = setup.pipeline.conntrack().len();
     let (templates, svc) = new_flows(services, spread);
     for (t, &r) in templates.iter().zip(&svc) {
         let (ip, mac) = setup.route_one(CLIENT_PORT, &t.0, POD_PORT, R10);
@@ -740,13 +738,10 @@ fn new_connections(
         assert_eq!(mac, pod((2 * r + b) % PODS).mac);
         assert_eq!(*sock(&ip, true).ip(), GW10, "hairpin masquerade");
     }
-    assert_eq!(
-        setup.pipeline.bridge().conntrack().len(),
-        tracked + TEMPLATES
-    );
-    forget_service_flows(setup.pipeline.bridge_mut());
-    assert_eq!(setup.pipeline.bridge().conntrack().len(), tracked);
-    let before = setup.pipeline.bridge().counters().nat.connections.get();
+    assert_eq!(setup.pipeline.conntrack().len(), tracked + TEMPLATES);
+    forget_service_flows(&mut setup.pipeline);
+    assert_eq!(setup.pipeline.conntrack().len(), tracked);
+    let before = setup.pipeline.counters().nat.connections.get();
     let (packets, _) = bench_batches(
         c,
         group,
@@ -756,21 +751,21 @@ fn new_connections(
         &templates,
         forget_service_flows,
     );
-    let made = setup.pipeline.bridge().counters().nat.connections.get() - before;
+    let made = setup.pipeline.counters().nat.connections.get() - before;
     assert_eq!(
         made, packets as u64,
         "every measured packet made a connection"
     );
-    assert!(setup.pipeline.bridge().conntrack().len() <= tracked + TEMPLATES);
-    forget_service_flows(setup.pipeline.bridge_mut());
+    assert!(setup.pipeline.conntrack().len() <= tracked + TEMPLATES);
+    forget_service_flows(&mut setup.pipeline);
 }
 
 fn per_size(c: &mut Criterion) {
     for (label, n) in SERVICE_SIZES {
         let mut setup = Setup::new(Some(n));
         let est = establish(&mut setup, true);
-        let tracked = setup.pipeline.bridge().conntrack().len();
-        let connections = setup.pipeline.bridge().counters().nat.connections.get();
+        let tracked = setup.pipeline.conntrack().len();
+        let connections = setup.pipeline.counters().nat.connections.get();
 
         // (a) Conntrack hits.
         let cases = [
@@ -782,8 +777,8 @@ fn per_size(c: &mut Criterion) {
         for (group, port, templates) in cases {
             let id = BenchmarkId::from_parameter(label);
             bench_batches(c, group, id, &mut setup, port, templates, |_| {});
-            assert_eq!(setup.pipeline.bridge().conntrack().len(), tracked);
-            let counters = setup.pipeline.bridge().counters();
+            assert_eq!(setup.pipeline.conntrack().len(), tracked);
+            let counters = setup.pipeline.counters();
             assert_eq!(counters.nat.connections.get(), connections, "hits only");
         }
 
@@ -793,7 +788,7 @@ fn per_size(c: &mut Criterion) {
         let label_id = BenchmarkId::from_parameter(label);
         new_connections(c, "nat/new/udp_service", label_id.clone(), &mut setup, n, n);
         new_connections(c, "nat/new/udp_service_hot10", label_id, &mut setup, n, 10);
-        assert_eq!(setup.pipeline.bridge().conntrack().len(), tracked);
+        assert_eq!(setup.pipeline.conntrack().len(), tracked);
 
         // (c) The frontend lookup alone.
         let rules = &setup.state.nat;
@@ -837,7 +832,7 @@ fn baseline(c: &mut Criterion) {
         &est.udp_out,
         |_| {},
     );
-    assert!(setup.pipeline.bridge().conntrack().is_empty());
+    assert!(setup.pipeline.conntrack().is_empty());
 }
 
 fn service_change(c: &mut Criterion) {

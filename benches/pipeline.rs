@@ -1,7 +1,7 @@
 //! Per-frame cost of the sans-IO packet path, and of the learned MAC table at scale.
 //!
 //! `pipeline/*` measures what a worker does for one received frame, minus the syscalls:
-//! `Pipeline::receive` (the bridge's decision, then for every egress port its view of the
+//! `Pipeline::receive` (the pipeline's decision, then for every egress port its view of the
 //! frame, the MTU check and the tx counters) into an output that counts each transmit.
 //! Frames are 64 bytes (Ethernet header + 50 bytes of payload, no FCS), untagged, on four
 //! access ports of VLAN 1.
@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tapswitch_control::switch::tap::compile_filter;
-use tapswitch_dataplane::pipeline::bridge::Targets;
 use tapswitch_dataplane::pipeline::observe::{Link, Tap, TapKind, TapSpec};
+use tapswitch_dataplane::pipeline::Targets;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Pipeline, PortMode, PortState, RxMeta, WorkerCounters,
+    Decision, ForwardingState, Pipeline, PortMode, PortState, RxMeta, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, MacTable, PortId, Timestamp};
 use tapswitch_dataplane::wire::builder::ethernet_frame;
@@ -79,7 +79,7 @@ fn frame(dst: EthernetAddress, src: EthernetAddress) -> Frame {
     Frame(bytes.try_into().expect("a 64-byte frame"))
 }
 
-/// A bridge with four access ports in one VLAN and `hosts` MACs learned on them.
+/// A pipeline with four access ports in one VLAN and `hosts` MACs learned on them.
 struct Setup {
     state: ForwardingState,
     pipeline: Pipeline,
@@ -100,18 +100,15 @@ impl Setup {
         let mut state = ForwardingState::with_ports(ports);
         state.mac_table_max = hosts.max(65_536);
         state.mac_aging_ms = AGING_MS;
-        let mut bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+        let mut pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
         for i in 0..hosts {
             let mut f = frame(EthernetAddress::BROADCAST, host_mac(i));
-            let d = bridge.process(&state, host_port(i), &mut f.0, NOW);
+            let d = pipeline.decide(&state, host_port(i), &mut f.0, NOW);
             assert!(matches!(d, Decision::Forward(_)), "pre-learn: {d:?}");
         }
-        assert_eq!(bridge.mac_table().len(), hosts);
-        assert_eq!(bridge.counters().learn.learned.get(), hosts as u64);
-        Setup {
-            state,
-            pipeline: Pipeline::new(bridge),
-        }
+        assert_eq!(pipeline.mac_table().len(), hosts);
+        assert_eq!(pipeline.counters().learn.learned.get(), hosts as u64);
+        Setup { state, pipeline }
     }
 }
 
@@ -173,13 +170,10 @@ impl Workload {
     /// Sends every frame once and checks that each goes where the bench says it goes and that
     /// nothing is learned anew, moved or dropped.
     fn check(&mut self, kind: Kind, setup: &mut Setup) {
-        let learn = &setup.pipeline.bridge().counters().learn;
+        let learn = &setup.pipeline.counters().learn;
         let (learned, moved) = (learn.learned.get(), learn.moved.get());
         for (&ingress, f) in self.ingress.iter().zip(self.frames.iter_mut()) {
-            let d = setup
-                .pipeline
-                .bridge_mut()
-                .process(&setup.state, ingress, &mut f.0, NOW);
+            let d = setup.pipeline.decide(&setup.state, ingress, &mut f.0, NOW);
             let Decision::Forward(e) = d else {
                 panic!("dropped: {d:?}")
             };
@@ -196,7 +190,7 @@ impl Workload {
                 (_, t) => panic!("unexpected targets {t:?}"),
             }
         }
-        let learn = &setup.pipeline.bridge().counters().learn;
+        let learn = &setup.pipeline.counters().learn;
         assert_eq!(learn.learned.get(), learned, "sources are only refreshed");
         assert_eq!(learn.moved.get(), moved, "sources are only refreshed");
     }
@@ -204,7 +198,7 @@ impl Workload {
 
 fn no_drops(setup: &Setup) {
     for p in 0..PORTS {
-        let c = setup.pipeline.bridge().counters().port(PortId(p));
+        let c = setup.pipeline.counters().port(PortId(p));
         assert_eq!(c.drops.iter().map(|d| d.get()).sum::<u64>(), 0);
     }
 }
@@ -243,10 +237,10 @@ fn pipeline_group(c: &mut Criterion, name: &str, kind: Kind, sizes: &[(&str, usi
         let mut work = Workload::new(kind, hosts);
         work.check(kind, &mut setup);
         bench_frames(&mut group, label, &mut setup, &mut work);
-        let learn = &setup.pipeline.bridge().counters().learn;
+        let learn = &setup.pipeline.counters().learn;
         assert_eq!(learn.learned.get(), hosts as u64, "nothing new was learned");
         assert_eq!(learn.moved.get() + learn.table_full.get(), 0);
-        assert_eq!(setup.pipeline.bridge().mac_table().len(), hosts);
+        assert_eq!(setup.pipeline.mac_table().len(), hosts);
         no_drops(&setup);
     }
     group.finish();

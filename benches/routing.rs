@@ -22,7 +22,7 @@
 //! copy per packet, measured alone as `routing/template_copy` so it can be subtracted.
 //! Sources and destinations are drawn in shuffled order. One iteration is a batch of 1024
 //! packets (throughput = 1024 elements), each going through what the worker does for it minus
-//! the syscalls: `Pipeline::receive` (or `Pipeline::receive_ipip`), that is `Bridge::process`
+//! the syscalls: `Pipeline::receive` (or `Pipeline::receive_ipip`), that is `Pipeline::process`
 //! (L2 classification and source refresh, the router's header checks, FIB lookup, neighbour
 //! lookup, TTL decrement, MAC rewrite, egress MAC lookup), then the egress stage: for a
 //! forwarded frame its view per egress port, the MTU check and the tx counters, for an IPIP
@@ -40,7 +40,7 @@
 //!   with its outer header built (DF, TOS copied, ident, checksum).
 //! - `routing/ipip_decap/64_nodes`: the other way: a 70-byte outer packet (20-byte outer
 //!   header + the 50-byte inner IPv4/UDP packet) from a peer node to a container, as the IPIP
-//!   socket hands it over: `Bridge::ipip_in` (peer check, outer and inner header checks, the
+//!   socket hands it over: `Pipeline::ipip_in` (peer check, outer and inner header checks, the
 //!   same routing as above to the container's connected route, Ethernet header written in
 //!   front of the inner packet) and the egress. Here the template copy is 70 bytes.
 //! - `routing/template_copy`: only the copy of 1024 templates into the buffer.
@@ -58,10 +58,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tapswitch_dataplane::pipeline::bridge::Targets;
 use tapswitch_dataplane::pipeline::routing::NEIGH_MAX_DEFAULT;
+use tapswitch_dataplane::pipeline::Targets;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
+    Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
     RoutingState, RxMeta, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{Fib, NeighKey, NeighState, PortId, Timestamp};
@@ -279,10 +279,10 @@ fn routing_state(forward_routes: usize, ipip_nodes: usize) -> RoutingState {
 }
 
 /// Takes what the router generated; returns how many there were.
-fn drain(bridge: &mut Bridge) -> usize {
+fn drain(pipeline: &mut Pipeline) -> usize {
     let mut n = 0;
-    while let Some(g) = bridge.take_generated() {
-        bridge.recycle(g);
+    while let Some(g) = pipeline.take_generated() {
+        pipeline.recycle(g);
         n += 1;
     }
     n
@@ -340,20 +340,24 @@ impl Setup {
             ForwardingState::with_ports(vec![port("c", 10), port("core", 20), port("up", 100)]);
         state.routing = Arc::new(routing_state(forward_routes, ipip_nodes));
         assert_eq!(state.routing.fib.len(), 3 + forward_routes + ipip_nodes);
-        let mut bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+        let mut pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
 
         // Containers ask for their gateway (answered: one generated ARP reply), then confirm
         // it with a reply of their own, which makes them REACHABLE neighbours.
         for i in 0..CONTAINERS {
             let h = container(i);
             let mut req = arp(ArpOperation::Request, h, GW10, R10);
-            let d = bridge.process(&state, CONTAINER_PORT, &mut req, NOW);
+            let d = pipeline.decide(&state, CONTAINER_PORT, &mut req, NOW);
             assert!(matches!(d, Decision::Local), "ARP request: {d:?}");
-            assert_eq!(drain(&mut bridge), 1, "the router answers the ARP request");
+            assert_eq!(
+                drain(&mut pipeline),
+                1,
+                "the router answers the ARP request"
+            );
             let mut rep = arp(ArpOperation::Reply, h, GW10, R10);
-            let d = bridge.process(&state, CONTAINER_PORT, &mut rep, NOW);
+            let d = pipeline.decide(&state, CONTAINER_PORT, &mut rep, NOW);
             assert!(matches!(d, Decision::Local), "ARP reply: {d:?}");
-            assert_eq!(drain(&mut bridge), 0);
+            assert_eq!(drain(&mut pipeline), 0);
         }
         for g in 0..GATEWAYS {
             let (v, port, h) = gateway(g);
@@ -363,14 +367,11 @@ impl Setup {
                 (GW100, R100)
             };
             let mut rep = arp(ArpOperation::Reply, h, router_ip, router_mac);
-            let d = bridge.process(&state, port, &mut rep, NOW);
+            let d = pipeline.decide(&state, port, &mut rep, NOW);
             assert!(matches!(d, Decision::Local), "gateway ARP reply: {d:?}");
-            assert_eq!(drain(&mut bridge), 0);
+            assert_eq!(drain(&mut pipeline), 0);
         }
-        let setup = Setup {
-            state,
-            pipeline: Pipeline::new(bridge),
-        };
+        let setup = Setup { state, pipeline };
         setup.check_steady();
         setup
     }
@@ -378,12 +379,12 @@ impl Setup {
     /// Every container and gateway is learned and a REACHABLE neighbour; nothing was dropped,
     /// probed, queued or answered with an ICMP error.
     fn check_steady(&self) {
-        let bridge = self.pipeline.bridge();
-        let c = bridge.counters();
-        assert_eq!(bridge.mac_table().len(), CONTAINERS + GATEWAYS);
+        let pipeline = &self.pipeline;
+        let c = pipeline.counters();
+        assert_eq!(pipeline.mac_table().len(), CONTAINERS + GATEWAYS);
         assert_eq!(c.learn.learned.get(), (CONTAINERS + GATEWAYS) as u64);
         assert_eq!(c.learn.moved.get() + c.learn.table_full.get(), 0);
-        let neigh = bridge.shared().neighbours();
+        let neigh = pipeline.shared().neighbours();
         assert_eq!(neigh.len(), CONTAINERS + GATEWAYS);
         let hosts = (0..CONTAINERS)
             .map(|i| (vlan(10), container(i)))
@@ -494,14 +495,13 @@ fn forward(c: &mut Criterion) {
             .collect();
         {
             let Setup { state, pipeline } = &mut setup;
-            let bridge = pipeline.bridge_mut();
             for (t, &(_, r)) in templates.iter().zip(&picks) {
                 let mut f = *t;
-                let d = bridge.process(state, CONTAINER_PORT, &mut f.0, NOW);
+                let d = pipeline.decide(state, CONTAINER_PORT, &mut f.0, NOW);
                 let (v, port, gw) = gateway(r % GATEWAYS);
                 let router = if v == vlan(20) { R20 } else { R100 };
                 check_routed(d, &f.0, (v, port), gw.mac, router, route_host(r));
-                assert_eq!(drain(bridge), 0, "nothing generated");
+                assert_eq!(drain(pipeline), 0, "nothing generated");
             }
         }
         setup.check_steady();
@@ -531,10 +531,9 @@ fn ipip_encap(c: &mut Criterion) {
         .collect();
     {
         let Setup { state, pipeline } = &mut setup;
-        let bridge = pipeline.bridge_mut();
         for (i, (t, &(_, j))) in templates.iter().zip(&picks).enumerate() {
             let mut f = *t;
-            let d = bridge.process(state, CONTAINER_PORT, &mut f.0, NOW);
+            let d = pipeline.decide(state, CONTAINER_PORT, &mut f.0, NOW);
             let Decision::Tunnel(t) = d else {
                 panic!("not tunnelled: {d:?}")
             };
@@ -551,7 +550,7 @@ fn ipip_encap(c: &mut Criterion) {
             let inner = Ipv4Packet::new_checked(&f.0[t.start..t.start + t.len]).expect("inner");
             assert_eq!((inner.ttl(), inner.dst_addr()), (63, pod(j, i)));
             assert!(inner.verify_checksum());
-            assert_eq!(drain(bridge), 0, "nothing generated");
+            assert_eq!(drain(pipeline), 0, "nothing generated");
         }
     }
     setup.check_steady();
@@ -581,10 +580,9 @@ fn ipip_decap(c: &mut Criterion) {
     let from: Vec<Ipv4Addr> = picks.iter().map(|&(j, _)| node(j)).collect();
     {
         let Setup { state, pipeline } = &mut setup;
-        let bridge = pipeline.bridge_mut();
         for (t, &(j, d)) in templates.iter().zip(&picks) {
             let mut p = *t;
-            let (start, decision) = bridge.ipip_in(state, node(j), &mut p.0, NOW);
+            let (start, decision) = pipeline.ipip_in(state, node(j), &mut p.0, NOW);
             assert_eq!(start, OUTER_LEN - ETHERNET_HEADER_LEN);
             let h = container(d);
             check_routed(
@@ -595,7 +593,7 @@ fn ipip_decap(c: &mut Criterion) {
                 R10,
                 h.ip,
             );
-            assert_eq!(drain(bridge), 0, "nothing generated");
+            assert_eq!(drain(pipeline), 0, "nothing generated");
         }
     }
     setup.check_steady();

@@ -7,9 +7,9 @@
 //!
 //! Before measuring, 1k local hosts are learned on the access port (one broadcast from each)
 //! and 1k remote hosts are learned behind the VXLAN port, as the worker learns them: one
-//! VXLAN packet from each (remote host `i` behind VTEP `i % 4`) goes through `Bridge::decap`
+//! VXLAN packet from each (remote host `i` behind VTEP `i % 4`) goes through `Pipeline::decap`
 //! (which learns inner source MAC -> outer source IP in the remote table) and then
-//! `Bridge::process` on the VXLAN port (which learns the MAC on that port). So the MAC table
+//! `Pipeline::process` on the VXLAN port (which learns the MAC on that port). So the MAC table
 //! holds 2k entries and the remote table 1k.
 //!
 //! Inner frames are 64 bytes (no FCS): Ethernet, IPv4 (20 bytes, checksummed) and UDP
@@ -21,15 +21,15 @@
 //!
 //! - `vxlan/decap/1k`: a VXLAN payload (8-byte header + the 64-byte inner frame, 72 bytes)
 //!   from a remote host's VTEP to a local host, through `Pipeline::receive_vxlan` and
-//!   `Pipeline::flush` as the worker calls them: `Bridge::decap` (VNI lookup, checks, remote
-//!   refresh), the receive coalescer (a UDP frame goes on alone), `Bridge::process` on the
+//!   `Pipeline::flush` as the worker calls them: `Pipeline::decap` (VNI lookup, checks, remote
+//!   refresh), the receive coalescer (a UDP frame goes on alone), `Pipeline::process` on the
 //!   VXLAN port (one learned-source refresh, one destination lookup) and the egress stage
 //!   for the one egress port: its view of the frame, the MTU check, the tx counters, one
 //!   transmit to the bench's output (no `writev`).
 //! - `vxlan/encap/known_unicast/1k`: a frame from a local host to a remote host, on the access
-//!   port, through `Pipeline::receive`: `Bridge::process` (to the VXLAN port), then the egress
-//!   stage's encapsulation: `inner_flow_hash`, `Bridge::remotes_for` (a learned remote: one
-//!   VTEP), `outer_headers` with `Bridge::next_ip_ident`, the port and tunnel tx counters, one
+//!   port, through `Pipeline::receive`: `Pipeline::process` (to the VXLAN port), then the egress
+//!   stage's encapsulation: `inner_flow_hash`, `Pipeline::remotes_for` (a learned remote: one
+//!   VTEP), `outer_headers` with `Pipeline::next_ip_ident`, the port and tunnel tx counters, one
 //!   transmit (no `sendmsg`).
 //! - `vxlan/encap/flood_4/1k`: the same from a local host to the broadcast address:
 //!   `remotes_for` returns the flood list, so four outer headers are built and counted
@@ -48,10 +48,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tapswitch_dataplane::pipeline::bridge::Targets;
 use tapswitch_dataplane::pipeline::tunnel::Remotes;
+use tapswitch_dataplane::pipeline::Targets;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Pipeline, PortMode, PortState, RxMeta, TunnelEndpoint,
+    Decision, ForwardingState, Pipeline, PortMode, PortState, RxMeta, Tunnel, TunnelEndpoint,
     VxlanPort, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{PortId, Timestamp};
@@ -168,7 +168,7 @@ fn vxlan_payload(inner: &Frame) -> Payload {
     Payload(p)
 }
 
-/// A bridge with an access port and a VXLAN port in VLAN 10, `HOSTS` local hosts learned on
+/// A pipeline with an access port and a VXLAN port in VLAN 10, `HOSTS` local hosts learned on
 /// the access port and `HOSTS` remote hosts learned behind the VXLAN port.
 struct Setup {
     state: ForwardingState,
@@ -199,39 +199,36 @@ impl Setup {
             }),
         ];
         state.vni_ports.insert((ENDPOINT, VNI), VXLAN);
-        let mut bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+        let mut pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
 
         for i in 0..HOSTS {
             let h = local_host(i);
             let mut f = frame(EthernetAddress::BROADCAST, Ipv4Addr::BROADCAST, h, 68, 67);
-            let d = bridge.process(&state, ACCESS, &mut f.0, NOW);
+            let d = pipeline.decide(&state, ACCESS, &mut f.0, NOW);
             assert!(matches!(d, Decision::Forward(_)), "pre-learn local: {d:?}");
         }
         for i in 0..HOSTS {
             let h = remote_host(i);
             let f = frame(EthernetAddress::BROADCAST, Ipv4Addr::BROADCAST, h, 68, 67);
             let mut p = vxlan_payload(&f);
-            let (port, inner) = bridge
+            let (port, inner) = pipeline
                 .decap(&state, ENDPOINT, remote_vtep(i), &mut p.0, NOW)
                 .expect("pre-learn remote: decap");
             assert_eq!(port, VXLAN);
-            let d = bridge.process(&state, port, inner, NOW);
+            let d = pipeline.decide(&state, port, inner, NOW);
             assert!(matches!(d, Decision::Forward(_)), "pre-learn remote: {d:?}");
         }
-        assert_eq!(bridge.mac_table().len(), 2 * HOSTS);
-        assert_eq!(bridge.remote_table().len(), HOSTS);
-        let learn = &bridge.counters().learn;
+        assert_eq!(pipeline.mac_table().len(), 2 * HOSTS);
+        assert_eq!(pipeline.remote_table().len(), HOSTS);
+        let learn = &pipeline.counters().learn;
         assert_eq!(learn.learned.get(), 2 * HOSTS as u64);
         assert_eq!(learn.remote_learned.get(), HOSTS as u64);
-        Setup {
-            state,
-            pipeline: Pipeline::new(bridge),
-        }
+        Setup { state, pipeline }
     }
 
     /// Nothing new learned, moved or dropped since the setup.
     fn check_steady(&self) {
-        let learn = &self.pipeline.bridge().counters().learn;
+        let learn = &self.pipeline.counters().learn;
         assert_eq!(
             learn.learned.get(),
             2 * HOSTS as u64,
@@ -249,9 +246,9 @@ impl Setup {
                 + learn.remote_table_full.get(),
             0
         );
-        assert_eq!(self.pipeline.bridge().mac_table().len(), 2 * HOSTS);
-        assert_eq!(self.pipeline.bridge().remote_table().len(), HOSTS);
-        let c = self.pipeline.bridge().counters();
+        assert_eq!(self.pipeline.mac_table().len(), 2 * HOSTS);
+        assert_eq!(self.pipeline.remote_table().len(), HOSTS);
+        let c = self.pipeline.counters();
         for counters in [c.port(ACCESS), c.port(VXLAN), &c.tunnel] {
             assert_eq!(counters.drops.iter().map(|d| d.get()).sum::<u64>(), 0);
             assert_eq!(counters.tx_oversized.get(), 0);
@@ -308,12 +305,11 @@ fn decap(c: &mut Criterion) {
     // Each packet decapsulates, refreshes its remote, and goes to the access port alone.
     for (&src, p) in from.iter().zip(payloads.iter_mut()) {
         let Setup { state, pipeline } = &mut setup;
-        let bridge = pipeline.bridge_mut();
-        let (port, inner) = bridge
+        let (port, inner) = pipeline
             .decap(state, ENDPOINT, src, &mut p.0, NOW)
             .expect("decap");
         assert_eq!((port, inner.len()), (VXLAN, FRAME_LEN));
-        match bridge.process(state, port, inner, NOW) {
+        match pipeline.decide(state, port, inner, NOW) {
             Decision::Forward(e) => match e.targets {
                 Targets::One(m) => assert_eq!(m.port, ACCESS),
                 t => panic!("unexpected targets {t:?}"),
@@ -339,7 +335,7 @@ fn decap(c: &mut Criterion) {
     });
     group.finish();
     setup.check_steady();
-    let c = setup.pipeline.bridge().counters();
+    let c = setup.pipeline.counters();
     assert_eq!(
         c.tunnel.rx_packets.get(),
         c.port(ACCESS).tx_packets.get() + HOSTS as u64 * 2
@@ -382,14 +378,16 @@ fn encap_group(c: &mut Criterion) {
             let Setup { state, pipeline } = &mut setup;
             let vx = state.vxlan_port(VXLAN).expect("the VXLAN port");
             for (f, &d) in frames.iter_mut().zip(&dsts) {
-                let bridge = pipeline.bridge_mut();
-                let Decision::Forward(e) = bridge.process(state, ACCESS, &mut f.0, NOW) else {
+                let Decision::Forward(e) = pipeline.decide(state, ACCESS, &mut f.0, NOW) else {
                     panic!("dropped")
                 };
                 let ports: Vec<PortId> = e.ports().map(|m| m.port).collect();
                 assert_eq!(ports, [VXLAN]);
                 let dst = EthernetAddress::from_bytes(&f.0[..6]);
-                match (kind, bridge.remotes_for(state, vx, e.vlan, dst, NOW)) {
+                match (
+                    kind,
+                    Tunnel.remotes_for(pipeline.shared(), state, vx, e.vlan, dst, NOW),
+                ) {
                     (Kind::KnownUnicast, Remotes::One(ip)) => assert_eq!(ip, remote_vtep(d)),
                     (Kind::Flood, Remotes::Flood(list)) => assert_eq!(list, REMOTE_VTEPS),
                     (k, r) => panic!("{k:?}: unexpected remotes {r:?}"),

@@ -572,7 +572,7 @@ impl RawPort {
     /// Sends `frame` as it is, however malformed.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         let (addresses, rest) = frame.split_at(frame.len().min(12));
-        let frame = tapswitch_dataplane::pipeline::bridge::EgressFrame {
+        let frame = tapswitch_dataplane::pipeline::EgressFrame {
             addresses,
             tag: None,
             rest,

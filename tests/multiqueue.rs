@@ -15,7 +15,7 @@ use common::*;
 use tapswitch_dataplane::io::batch::RxBatch;
 use tapswitch_dataplane::io::port::{HEADROOM, MAX_FRAME};
 use tapswitch_dataplane::io::{PortDevice, TapSpec, TunnelSocket};
-use tapswitch_dataplane::pipeline::bridge::EgressFrame;
+use tapswitch_dataplane::pipeline::EgressFrame;
 use tapswitch_dataplane::pipeline::TunnelEndpoint;
 
 const FLOWS: usize = 32;

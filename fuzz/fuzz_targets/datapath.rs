@@ -18,8 +18,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tapswitch_dataplane::pipeline::offload::{Offload, VNET_HDR_LEN};
 use tapswitch_dataplane::pipeline::{
-    Bridge, DropReason, ForwardingState, Output, Pipeline, RxMeta, Sent, Stage, Transmit,
-    WorkerCounters,
+    DropReason, ForwardingState, Output, Pipeline, RxMeta, Sent, Stage, Transmit, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{PortId, Timestamp};
 use tapswitch_dataplane::wire::{EthernetFrame, Ipv4Packet};
@@ -46,7 +45,10 @@ impl Output for Check<'_> {
             Transmit::Device { port, frame, vnet } => {
                 assert!(self.state.port(port).is_some(), "to a real port");
                 let bytes = frame.to_vec();
-                assert!(EthernetFrame::new_checked(&bytes[..]).is_ok(), "an Ethernet frame");
+                assert!(
+                    EthernetFrame::new_checked(&bytes[..]).is_ok(),
+                    "an Ethernet frame"
+                );
                 if vnet.is_none() {
                     assert!(bytes.len() <= 1500 + 18, "within the MTU: {}", bytes.len());
                 }
@@ -68,7 +70,7 @@ impl Output for Check<'_> {
 thread_local! {
     static SIM: RefCell<(ForwardingState, Pipeline, u64)> = RefCell::new({
         let s = state();
-        let p = Pipeline::new(Bridge::new(&s, Arc::new(WorkerCounters::default())));
+        let p = Pipeline::new(&s, Arc::new(WorkerCounters::default()));
         (s, p, 1_000)
     });
 }
@@ -114,7 +116,11 @@ fuzz_target!(|data: &[u8]| {
             len: frame.len(),
         };
         let trace = pipeline.trace(state, port, &mut frame, &meta, now, &mut out);
-        let transmits = trace.steps.iter().filter(|s| s.action == "transmit").count();
+        let transmits = trace
+            .steps
+            .iter()
+            .filter(|s| s.action == "transmit")
+            .count();
         assert_eq!(transmits, out.sent, "one step per transmit: {trace:?}");
         assert_eq!(trace.steps.first().map(|s| s.stage), Some(Stage::Receive));
         for d in trace.steps.iter().filter(|s| s.action == "drop") {

@@ -70,8 +70,10 @@ fuzz_target!(|data: &[u8]| {
     SIM.with(|sim| {
         let sim = &mut *sim.borrow_mut();
         let now = sim.advance(data[1]);
-        let Sim { state, bridge, .. } = sim;
-        let (start, decision) = bridge.ipip_in(state, src, &mut packet, now);
+        let Sim {
+            state, pipeline, ..
+        } = sim;
+        let (start, decision) = pipeline.ipip_in(state, src, &mut packet, now);
         if !PEERS.contains(&src) {
             assert_eq!(decision, Decision::Drop(DropReason::IpipSourceNotAllowed));
         }
@@ -82,6 +84,6 @@ fuzz_target!(|data: &[u8]| {
         let frame = packet
             .get(start..)
             .expect("the frame starts within the packet");
-        check(state, bridge, decision, None, frame, now);
+        check(state, pipeline, decision, None, frame, now);
     });
 });

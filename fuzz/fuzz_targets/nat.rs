@@ -9,7 +9,7 @@
 //! Input: byte 0 is the control byte: bits 0-1 the mode, bits 2-4 the ingress port (modulo 5:
 //! port 4 does not exist), bit 5 makes the transport checksum (TCP, UDP) valid, bit 6 adds an
 //! 802.1Q tag (bit 7: VLAN 100, else 20); byte 1 advances the clock (`Sim::advance`: a step
-//! with the top bit set also runs `Bridge::tick`). Modes:
+//! with the top bit set also runs `Pipeline::tick`). Modes:
 //!
 //! - 0: the rest (from byte 2) is the Ethernet frame, as it is;
 //! - 1: the rest after byte 2 is an IPv4 packet, made plausible (version, header length,
@@ -45,10 +45,12 @@ fuzz_target!(|data: &[u8]| {
             return;
         };
         let now = sim.advance(data[1]);
-        let Sim { state, bridge, .. } = sim;
+        let Sim {
+            state, pipeline, ..
+        } = sim;
         let mut frame = input.frame.clone();
-        let decision = bridge.process(state, input.port, &mut frame, now);
-        check_nat(bridge, decision, &input, &frame);
-        check(state, bridge, decision, Some(input.port), &frame, now);
+        let decision = pipeline.decide(state, input.port, &mut frame, now);
+        check_nat(pipeline, decision, &input, &frame);
+        check(state, pipeline, decision, Some(input.port), &frame, now);
     });
 });

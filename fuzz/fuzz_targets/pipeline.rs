@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, PortMode, PortState, VlanSet, WorkerCounters,
+    Decision, ForwardingState, Pipeline, PortMode, PortState, VlanSet, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId, Timestamp};
 use tapswitch_dataplane::wire::{EthernetAddress, EthernetFrame, VlanId};
@@ -70,9 +70,9 @@ fn state() -> ForwardingState {
 }
 
 thread_local! {
-    static SIM: RefCell<(ForwardingState, Bridge, u64)> = RefCell::new({
+    static SIM: RefCell<(ForwardingState, Pipeline, u64)> = RefCell::new({
         let s = state();
-        let b = Bridge::new(&s, Arc::new(WorkerCounters::default()));
+        let b = Pipeline::new(&s, Arc::new(WorkerCounters::default()));
         (s, b, 0)
     });
 }
@@ -92,13 +92,13 @@ fuzz_target!(|data: &[u8]| {
         data[2..].to_vec()
     };
     SIM.with(|sim| {
-        let (state, bridge, clock) = &mut *sim.borrow_mut();
+        let (state, pipeline, clock) = &mut *sim.borrow_mut();
         *clock += u64::from(data[1]) * 50;
         let now = Timestamp::from_millis(*clock);
         if data[1] == 0xff {
-            bridge.age(state, now);
+            pipeline.age(state, now);
         }
-        match bridge.process(state, ingress, &mut frame, now) {
+        match pipeline.decide(state, ingress, &mut frame, now) {
             Decision::Drop(reason) => assert!(!reason.as_str().is_empty()),
             Decision::Reply(egress, reply) => {
                 let back: Vec<_> = egress.ports().collect();
@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
             }
             Decision::Local | Decision::Tunnel(_) => panic!("no router interface in this switch"),
         }
-        assert!(bridge.mac_table().len() <= state.mac_table_max);
-        assert!(bridge.mac_table().port_count(PortId(0)) <= 4);
+        assert!(pipeline.mac_table().len() <= state.mac_table_max);
+        assert!(pipeline.mac_table().port_count(PortId(0)) <= 4);
     });
 });

@@ -7,13 +7,13 @@
 //!
 //! Input: byte 0 picks the ingress port (one id past the last port is refused as unknown);
 //! byte 1 advances the clock (`Sim::advance`: a step with the top bit set also runs
-//! `Bridge::tick`); byte 2 holds fix-ups that get arbitrary bytes past the early checks:
+//! `Pipeline::tick`); byte 2 holds fix-ups that get arbitrary bytes past the early checks:
 //! bit 0 sets the destination MAC to the router's MAC for the port (bit 5 to broadcast
 //! instead, for ARP requests and solicitations), bits 1-2 set the EtherType (IPv4, IPv6, ARP),
 //! bit 3 fixes the IP lengths and checksums (IPv4 header and ICMP, or IPv6 payload length and
 //! ICMPv6), bit 4 does the IPv6 part too and sets the hop limit to 255 (neighbour discovery);
 //! bit 6 takes the first 10 bytes of the rest as a virtio-net header, as a port with offloads
-//! would read one, and hands the frame to `Bridge::process_offloaded` (super-frames and
+//! would read one, and hands the frame to `Pipeline::process_offloaded` (super-frames and
 //! partial checksums switched and routed whole, or cut by the router). The rest is the frame;
 //! with bit 7 set, the rest (after the virtio-net header) is an `arbitrary` frame description
 //! built by `tapswitch_fuzz::frame` (lengths and checksums right, then a few byte edits), and
@@ -86,17 +86,16 @@ fuzz_target!(|data: &[u8]| {
     SIM.with(|sim| {
         let sim = &mut *sim.borrow_mut();
         let now = sim.advance(data[1]);
-        let Sim { state, bridge, .. } = sim;
+        let Sim {
+            state, pipeline, ..
+        } = sim;
         if let Some(o) = offload.filter(|o| o.is_pending() && !o.gso_unsupported) {
-            let wire = o.wire_len(&frame);
-            if let Some(d) =
-                bridge.process_offloaded(state, PortId(port), &mut frame, &o, wire, now)
-            {
-                check(state, bridge, d, Some(PortId(port)), &frame, now);
+            if let Some(d) = pipeline.decide_offloaded(state, PortId(port), &mut frame, &o, now) {
+                check(state, pipeline, d, Some(PortId(port)), &frame, now);
                 return;
             }
         }
-        let decision = bridge.process(state, PortId(port), &mut frame, now);
-        check(state, bridge, decision, Some(PortId(port)), &frame, now);
+        let decision = pipeline.decide(state, PortId(port), &mut frame, now);
+        check(state, pipeline, decision, Some(PortId(port)), &frame, now);
     });
 });

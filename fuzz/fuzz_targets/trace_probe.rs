@@ -19,5 +19,8 @@ fuzz_target!(|data: &[u8]| {
     let frame = probe.build(a, b).expect("a parsed description builds");
     let (src, dst) = probe.addresses();
     let s = summary(&frame);
-    assert!(s.contains(&src.to_string()) && s.contains(&dst.to_string()), "{text}: {s}");
+    assert!(
+        s.contains(&src.to_string()) && s.contains(&dst.to_string()),
+        "{text}: {s}"
+    );
 });

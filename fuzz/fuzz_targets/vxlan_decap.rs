@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint, VxlanPort,
-    WorkerCounters,
+    Decision, ForwardingState, Ipv4Prefix, Pipeline, PortMode, PortState, TunnelEndpoint,
+    VxlanPort, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId, Timestamp};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
@@ -75,9 +75,9 @@ fn state() -> ForwardingState {
 }
 
 thread_local! {
-    static SIM: RefCell<(ForwardingState, Bridge, u64)> = RefCell::new({
+    static SIM: RefCell<(ForwardingState, Pipeline, u64)> = RefCell::new({
         let s = state();
-        let b = Bridge::new(&s, Arc::new(WorkerCounters::default()));
+        let b = Pipeline::new(&s, Arc::new(WorkerCounters::default()));
         (s, b, 0)
     });
 }
@@ -98,17 +98,17 @@ fuzz_target!(|data: &[u8]| {
     // Decap and the pipeline take the buffer mutably (routed frames are rewritten in place).
     let mut payload = data[2..].to_vec();
     SIM.with(|sim| {
-        let (state, bridge, clock) = &mut *sim.borrow_mut();
+        let (state, pipeline, clock) = &mut *sim.borrow_mut();
         *clock += u64::from(data[1]) * 50;
         let now = Timestamp::from_millis(*clock);
-        let Ok((port, inner)) = bridge.decap(state, endpoint, src, &mut payload, now) else {
+        let Ok((port, inner)) = pipeline.decap(state, endpoint, src, &mut payload, now) else {
             return;
         };
         assert!(
             state.vxlan_port(port).is_some(),
             "decap lands on a VNI port"
         );
-        let decision = bridge.process(state, port, inner, now);
+        let decision = pipeline.decide(state, port, inner, now);
         assert!(
             !matches!(decision, Decision::Local | Decision::Tunnel(_)),
             "no router interface in this switch"
@@ -119,13 +119,13 @@ fuzz_target!(|data: &[u8]| {
                 assert_ne!(member.port, port, "never flooded back into the overlay");
                 if state.vxlan_port(member.port).is_some() {
                     let out = egress.frame_for(member, inner);
-                    bridge.encapsulate(state, member.port, inner, out.len(), now, |_, h, _| {
+                    pipeline.encapsulate(state, member.port, inner, out.len(), now, |_, h, _| {
                         let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
                         assert_eq!(total, h.len() + out.len());
                     });
                 }
             }
         }
-        assert!(bridge.remote_table().len() <= state.mac_table_max);
+        assert!(pipeline.remote_table().len() <= state.mac_table_max);
     });
 });

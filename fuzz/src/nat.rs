@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use tapswitch_dataplane::pipeline::nat::{self as packet_nat, L4};
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Interface, NextHop, PortMode, PortState, Route,
+    Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
     RoutingState, VlanSet, WorkerCounters,
 };
 use tapswitch_dataplane::tables::service::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -306,12 +306,12 @@ pub fn state() -> ForwardingState {
 /// The switch of this module with its router and NAT, in a [`Sim`] (fake clock).
 pub fn sim() -> Sim {
     let state = state();
-    let mut bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+    let mut pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
     // Takes the state's conntrack bound.
-    bridge.adopt(&state);
+    pipeline.adopt(&state);
     Sim {
         state,
-        bridge,
+        pipeline,
         clock_ms: 1_000,
     }
 }
@@ -482,7 +482,7 @@ pub fn input(sim: &Sim, data: &[u8]) -> Option<Input> {
     }
     match mode {
         2 => {
-            let ct = sim.bridge.conntrack();
+            let ct = sim.pipeline.conntrack();
             if !ct.is_empty() {
                 let i = usize::from(select & 0x3f) % ct.len();
                 let e = ct.iter().nth(i).expect("within len");
@@ -576,7 +576,7 @@ pub fn input(sim: &Sim, data: &[u8]) -> Option<Input> {
 ///   leaves through the uplink VLAN untranslated unless it belongs to a tracked connection
 ///   (one that an outside host opened to it, which is not translated); ICMP errors that quote
 ///   no tracked connection and later fragments are routed as they are and are left out.
-pub fn check_nat(bridge: &Bridge, decision: Decision<'_>, input: &Input, frame: &[u8]) {
+pub fn check_nat(pipeline: &Pipeline, decision: Decision<'_>, input: &Input, frame: &[u8]) {
     let Decision::Forward(egress) = decision else {
         return;
     };
@@ -618,7 +618,7 @@ pub fn check_nat(bridge: &Bridge, decision: Decision<'_>, input: &Input, frame: 
         return;
     }
     assert!(
-        bridge.conntrack().contains(&parsed.key),
+        pipeline.conntrack().contains(&parsed.key),
         "an untranslated packet from {src} left through the uplink without a tracked \
          connection: {:?}",
         parsed.key

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Generated, Interface, NextHop, PortMode, PortState, Route,
+    Decision, ForwardingState, Generated, Interface, NextHop, Pipeline, PortMode, PortState, Route,
     RoutingState, VlanSet, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{PortId, Timestamp};
@@ -189,7 +189,7 @@ pub fn state() -> ForwardingState {
 /// The switch, its router, and a fake clock that only moves forward.
 pub struct Sim {
     pub state: ForwardingState,
-    pub bridge: Bridge,
+    pub pipeline: Pipeline,
     pub clock_ms: u64,
 }
 
@@ -202,10 +202,10 @@ impl Default for Sim {
 impl Sim {
     pub fn new() -> Sim {
         let state = state();
-        let bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+        let pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
         Sim {
             state,
-            bridge,
+            pipeline,
             clock_ms: 1_000,
         }
     }
@@ -216,11 +216,11 @@ impl Sim {
         self.clock_ms += u64::from(step) * 20;
         let now = Timestamp::from_millis(self.clock_ms);
         if step & 0x80 != 0 {
-            self.bridge.tick(&self.state, now);
-            drain(&self.state, &mut self.bridge, now);
+            self.pipeline.timers(&self.state, now);
+            drain(&self.state, &mut self.pipeline, now);
         }
         if step == 0xff {
-            self.bridge.age(&self.state, now);
+            self.pipeline.age(&self.state, now);
         }
         now
     }
@@ -231,7 +231,7 @@ impl Sim {
 /// recycles) what the router generated, and checks the tables' bounds.
 pub fn check(
     state: &ForwardingState,
-    bridge: &mut Bridge,
+    pipeline: &mut Pipeline,
     decision: Decision<'_>,
     ingress: Option<PortId>,
     frame: &[u8],
@@ -273,14 +273,14 @@ pub fn check(
         }
         Decision::Local => {}
     }
-    drain(state, bridge, now);
-    assert!(bridge.mac_table().len() <= state.mac_table_max);
-    assert!(bridge.shared().neighbours().len() <= NEIGH_MAX);
+    drain(state, pipeline, now);
+    assert!(pipeline.mac_table().len() <= state.mac_table_max);
+    assert!(pipeline.shared().neighbours().len() <= NEIGH_MAX);
 }
 
 /// Takes every generated frame, checks it and recycles it, as the worker sends them.
-pub fn drain(state: &ForwardingState, bridge: &mut Bridge, now: Timestamp) {
-    while let Some(g) = bridge.take_generated() {
+pub fn drain(state: &ForwardingState, pipeline: &mut Pipeline, now: Timestamp) {
+    while let Some(g) = pipeline.take_generated() {
         match &g {
             Generated::Frame { vlan, bytes } => {
                 let eth =
@@ -290,7 +290,7 @@ pub fn drain(state: &ForwardingState, bridge: &mut Bridge, now: Timestamp) {
                     .interface(*vlan)
                     .expect("generated into a routed VLAN");
                 assert_eq!(eth.src_addr(), iface.mac, "sent from the interface's MAC");
-                let egress = bridge.router_egress(state, *vlan, bytes, now);
+                let egress = pipeline.router_egress(state, *vlan, bytes, now);
                 for member in egress.ports() {
                     let p = state.port(member.port).expect("egress to a real port");
                     assert!(
@@ -315,7 +315,7 @@ pub fn drain(state: &ForwardingState, bridge: &mut Bridge, now: Timestamp) {
                 check_outer(outer, inner.len());
             }
         }
-        bridge.recycle(g);
+        pipeline.recycle(g);
     }
 }
 

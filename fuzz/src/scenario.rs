@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use tapswitch_dataplane::pipeline::{
-    Bridge, Decision, ForwardingState, Ipv4Prefix, PortMode, PortState, RoutingState,
+    Decision, ForwardingState, Ipv4Prefix, Pipeline, PortMode, PortState, RoutingState,
     TunnelEndpoint, VlanSet, VxlanPort, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{FdbKey, NatRules, PortId, Timestamp};
@@ -183,7 +183,7 @@ pub struct Scenario {
 }
 
 /// The routing states (none, the router's, NAT's) and the rules of each, built once: Maglev
-/// tables are not cheap, and small table bounds keep `Bridge::new` cheap too.
+/// tables are not cheap, and small table bounds keep `Pipeline::new` cheap too.
 struct L3States {
     none: Arc<RoutingState>,
     router: Arc<RoutingState>,
@@ -351,11 +351,11 @@ pub fn reconfigure(state: &mut ForwardingState, port: u8, spec: Option<&PortSpec
 /// The switch of `setup` in a [`Sim`].
 pub fn sim(setup: &Setup) -> Sim {
     let state = state(setup);
-    let mut bridge = Bridge::new(&state, COUNTERS.with(Arc::clone));
-    bridge.adopt(&state);
+    let mut pipeline = Pipeline::new(&state, COUNTERS.with(Arc::clone));
+    pipeline.adopt(&state);
     Sim {
         state,
-        bridge,
+        pipeline,
         clock_ms: 1_000,
     }
 }
@@ -374,7 +374,7 @@ fn is_router_mac(state: &ForwardingState, mac: &[u8]) -> bool {
 /// copy sent into a VXLAN port.
 fn check_egress(
     state: &ForwardingState,
-    bridge: &mut Bridge,
+    pipeline: &mut Pipeline,
     decision: Decision<'_>,
     ingress: PortId,
     frame: &[u8],
@@ -392,7 +392,7 @@ fn check_egress(
         }
         if state.vxlan_port(member.port).is_some() {
             let out = egress.frame_for(member, frame).to_vec();
-            bridge.encapsulate(state, member.port, &out, out.len(), now, |_, h, _| {
+            pipeline.encapsulate(state, member.port, &out, out.len(), now, |_, h, _| {
                 let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
                 assert_eq!(total, h.len() + out.len(), "outer length of a VXLAN packet");
             });
@@ -402,15 +402,17 @@ fn check_egress(
 
 /// Runs `frame` from `ingress` through the pipeline and every check.
 fn run_frame(sim: &mut Sim, nat: bool, ingress: PortId, frame: Vec<u8>, now: Timestamp) {
-    let Sim { state, bridge, .. } = sim;
+    let Sim {
+        state, pipeline, ..
+    } = sim;
     let input = Input::new(ingress, frame);
     let mut frame = input.frame.clone();
-    let decision = bridge.process(state, ingress, &mut frame, now);
+    let decision = pipeline.decide(state, ingress, &mut frame, now);
     if nat {
-        check_nat(bridge, decision, &input, &frame);
+        check_nat(pipeline, decision, &input, &frame);
     }
-    check_egress(state, bridge, decision, ingress, &frame, now);
-    check(state, bridge, decision, Some(ingress), &frame, now);
+    check_egress(state, pipeline, decision, ingress, &frame, now);
+    check(state, pipeline, decision, Some(ingress), &frame, now);
 }
 
 /// Runs the steps of `scenario` on its switch.
@@ -446,8 +448,11 @@ pub fn run(scenario: &Scenario) {
                         port: 4789,
                     });
                 let mut payload = frame::build_vxlan(packet, 0);
-                let Sim { state, bridge, .. } = &mut sim;
-                let Ok((port, inner)) = bridge.decap(state, endpoint, src.get(), &mut payload, now)
+                let Sim {
+                    state, pipeline, ..
+                } = &mut sim;
+                let Ok((port, inner)) =
+                    pipeline.decap(state, endpoint, src.get(), &mut payload, now)
                 else {
                     continue;
                 };
@@ -459,16 +464,20 @@ pub fn run(scenario: &Scenario) {
                 run_frame(&mut sim, nat, port, inner, now);
             }
             Step::Reconfigure { port, spec } => {
-                let Sim { state, bridge, .. } = &mut sim;
+                let Sim {
+                    state, pipeline, ..
+                } = &mut sim;
                 reconfigure(state, *port, spec.as_ref());
-                bridge.adopt(state);
+                pipeline.adopt(state);
             }
             Step::Advance(step) => {
                 sim.advance(*step);
             }
         }
-        let Sim { state, bridge, .. } = &sim;
-        assert!(bridge.mac_table().len() <= state.mac_table_max);
-        assert!(bridge.remote_table().len() <= state.mac_table_max);
+        let Sim {
+            state, pipeline, ..
+        } = &sim;
+        assert!(pipeline.mac_table().len() <= state.mac_table_max);
+        assert!(pipeline.remote_table().len() <= state.mac_table_max);
     }
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tapswitch_dataplane::pipeline::{Bridge, Pipeline, PortMode, RxMeta, WorkerCounters};
+use tapswitch_dataplane::pipeline::{Pipeline, PortMode, RxMeta, WorkerCounters};
 use tapswitch_dataplane::tables::{NeighKey, PortId};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
@@ -49,8 +49,7 @@ impl Switch {
         let input = frame.clone();
         let state = &self.published.forwarding;
         let tables = Arc::new(self.shared.copy());
-        let bridge = Bridge::with_shared(Arc::new(WorkerCounters::default()), tables);
-        let mut pipeline = Pipeline::new(bridge);
+        let mut pipeline = Pipeline::with_shared(Arc::new(WorkerCounters::default()), tables);
         let mut out = Recorder::default();
         let meta = RxMeta {
             len: frame.len(),

@@ -48,8 +48,8 @@ use super::netdev::{self, IfReq};
 use super::netns;
 use super::raw;
 use super::steering;
-use crate::pipeline::bridge::EgressFrame;
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
+use crate::pipeline::EgressFrame;
 use crate::wire::EthernetAddress;
 
 /// Largest frame a port reads: a 64 KiB super-frame plus a reinserted VLAN tag.

@@ -32,7 +32,7 @@ use std::sync::{Mutex, PoisonError};
 
 use super::batch::{self, RxBatch, Sent, TxBatch};
 use super::raw;
-use crate::pipeline::bridge::EgressFrame;
+use crate::pipeline::EgressFrame;
 use crate::pipeline::TunnelEndpoint;
 use crate::wire::vxlan::HEADER_LEN as VXLAN_LEN;
 

@@ -32,7 +32,7 @@ use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
 use crate::pipeline::offload::Offload;
 use crate::pipeline::{
-    Bridge, ForwardingState, Output, Pipeline, RxMeta, SharedTables, Transmit, TunnelEndpoint,
+    ForwardingState, Output, Pipeline, RxMeta, SharedTables, Transmit, TunnelEndpoint,
     WorkerCounters,
 };
 use crate::tables::{ConntrackStats, CtEntry, CtFilter, FdbKey, NeighRecord, PortId, Timestamp};
@@ -165,7 +165,7 @@ impl WorkerHandle {
             index,
             poll,
             commands: rx,
-            pipeline: Pipeline::new(Bridge::with_shared(Arc::clone(&counters), shared)),
+            pipeline: Pipeline::with_shared(Arc::clone(&counters), shared),
             snapshot: Arc::new(Snapshot::default()),
             registered: Vec::new(),
             registered_tunnels: Vec::new(),
@@ -387,7 +387,7 @@ impl Worker {
             if self.ipip_ready {
                 self.service_ipip();
             }
-            let poll = &self.pipeline.bridge().counters().poll;
+            let poll = &self.pipeline.counters().poll;
             poll.wakeups.add(1);
             poll.busy_ns.add(busy.elapsed().as_nanos() as u64);
             if Instant::now() >= next_aging {
@@ -398,7 +398,7 @@ impl Worker {
                     let snapshot = Arc::clone(&self.snapshot);
                     let mut out = self.tx.out(&snapshot, self.index);
                     self.pipeline.tick(&snapshot.forwarding, now, &mut out);
-                    out.flush(self.pipeline.bridge().counters());
+                    out.flush(self.pipeline.counters());
                 }
                 next_aging = Instant::now() + AGING_TICK;
             }
@@ -467,7 +467,7 @@ impl Worker {
                 pipeline.receive_vxlan(state, endpoint, src, message, segment, cut, now, &mut out);
             }
             pipeline.flush(state, now, &mut out);
-            pipeline.bridge().counters().poll.batch(n as u64);
+            pipeline.counters().poll.batch(n as u64);
             // Fewer than a whole batch: the socket is empty for now.
             if n < batch::BATCH {
                 ready_tunnels.swap_remove(i);
@@ -475,7 +475,7 @@ impl Worker {
                 i += 1;
             }
         }
-        out.flush(pipeline.bridge().counters());
+        out.flush(pipeline.counters());
     }
 
     /// Reads up to a batch of packets (one `recvmmsg`) from the IPIP socket and passes them
@@ -510,8 +510,8 @@ impl Worker {
         if n < batch::BATCH {
             *ipip_ready = false;
         }
-        out.flush(pipeline.bridge().counters());
-        pipeline.bridge().counters().poll.batch(n as u64);
+        out.flush(pipeline.counters());
+        pipeline.counters().poll.batch(n as u64);
     }
 
     /// Reads up to [`BATCH`] frames from `port` and passes them to the pipeline. Returns true
@@ -552,8 +552,8 @@ impl Worker {
             pipeline.receive(&snapshot.forwarding, port, frame, &meta, now, &mut out);
             frames += 1;
         }
-        out.flush(pipeline.bridge().counters());
-        pipeline.bridge().counters().poll.batch(frames);
+        out.flush(pipeline.counters());
+        pipeline.counters().poll.batch(frames);
         drained
     }
 
@@ -571,7 +571,6 @@ impl Worker {
                     let aging = self.snapshot.forwarding.mac_aging_ms;
                     let mut records: Vec<FdbRecord> = self
                         .pipeline
-                        .bridge()
                         .mac_table()
                         .iter()
                         .filter(|(_, e)| now.millis_since(e.last_seen) < aging)
@@ -585,7 +584,7 @@ impl Worker {
                         .collect();
                     // One table locked at a time: the remote VTEPs after the MACs.
                     let forwarding = &self.snapshot.forwarding;
-                    let remotes = self.pipeline.bridge().remote_table();
+                    let remotes = self.pipeline.remote_table();
                     for r in &mut records {
                         if forwarding.vxlan_port(r.port).is_some() {
                             let k = FdbKey::new(r.vlan, r.mac);
@@ -601,36 +600,21 @@ impl Worker {
                 }
                 WorkerCommand::DumpNeighbours(reply) => {
                     let now = self.now();
-                    let records = self
-                        .pipeline
-                        .bridge()
-                        .shared()
-                        .neighbours()
-                        .records(now)
-                        .collect();
+                    let records = self.pipeline.shared().neighbours().records(now).collect();
                     let _ = reply.send(records);
                 }
                 WorkerCommand::FlushFdb { vlan, mac, reply } => {
                     let hit = |k: FdbKey| {
                         vlan.is_none_or(|v| v == k.vlan()) && mac.is_none_or(|m| m == k.mac())
                     };
-                    let n = self
-                        .pipeline
-                        .bridge()
-                        .shared()
-                        .macs()
-                        .retain(|k, _| !hit(k));
+                    let n = self.pipeline.shared().macs().retain(|k, _| !hit(k));
                     // Where the MAC was learned behind a VTEP, forget that too.
-                    self.pipeline
-                        .bridge()
-                        .shared()
-                        .remotes()
-                        .retain(|k, _| !hit(k));
+                    self.pipeline.shared().remotes().retain(|k, _| !hit(k));
                     let _ = reply.send(n);
                 }
                 WorkerCommand::DumpConntrack(reply) => {
                     let now = self.now();
-                    let ct = self.pipeline.bridge().conntrack();
+                    let ct = self.pipeline.conntrack();
                     let _ = reply.send(ConntrackDump {
                         entries: ct.iter().filter(|e| !e.is_expired(now)).cloned().collect(),
                         now,
@@ -641,7 +625,7 @@ impl Worker {
                     });
                 }
                 WorkerCommand::ConntrackSummary { backends, reply } => {
-                    let ct = self.pipeline.bridge().conntrack();
+                    let ct = self.pipeline.conntrack();
                     let _ = reply.send(ConntrackDump {
                         entries: Vec::new(),
                         now: self.now(),
@@ -657,7 +641,6 @@ impl Worker {
                 WorkerCommand::FlushConntrack { filter, reply } => {
                     let n = self
                         .pipeline
-                        .bridge()
                         .conntrack()
                         .remove_where(|e| filter.matches(e));
                     let _ = reply.send(n);
@@ -784,10 +767,9 @@ impl Worker {
         // The shared tables follow the new state once, by the first worker (control publishes
         // to it first and waits).
         if self.index == 0 {
-            self.pipeline.bridge_mut().adopt(&snapshot.forwarding);
+            self.pipeline.adopt(&snapshot.forwarding);
             for filter in &snapshot.purge {
                 self.pipeline
-                    .bridge()
                     .conntrack()
                     .remove_where(|e| filter.matches(e));
             }

@@ -1,16 +1,22 @@
 //! [`Pipeline`]: one worker's whole packet path, from what a device or socket received to
-//! what goes out, composed here in the order a frame meets it:
+//! what goes out, composed here from its stages in the order a frame meets them:
 //!
-//! 1. receive: a frame from a port with its offload metadata, a VXLAN datagram (decapsulated
-//!    and learned from by [`tunnel`](super::tunnel), joined with its flow's neighbours by
+//! 1. receive: a frame from a port with its offload metadata, a VXLAN datagram (through the
+//!    [`Tunnel`] stage's decapsulation, joined with its flow's neighbours by
 //!    [`gro`](super::gro)), or an IPIP packet;
-//! 2. offloads: a frame with its checksum or segmentation still to do is switched whole
-//!    where it can be, else finished first ([`offload`](super::offload));
-//! 3. the [`Bridge`]: parse, VLAN classification, learning, L2 lookup, or the router
-//!    ([`router`](super::router): ARP/ND, conntrack and NAT, route lookup, IPIP);
-//! 4. egress ([`egress`](super::egress)): MTU, VLAN tagging, VXLAN encapsulation, software
-//!    offload fallbacks, the router's generated frames, each as a [`Transmit`] to the
-//!    caller's [`Output`].
+//! 2. offloads: a frame with its checksum or segmentation still to do is decided whole where
+//!    it can be, else finished first ([`offload`](super::offload));
+//! 3. [`parse`]: the Ethernet header and 802.1Q tag;
+//! 4. [`Ingress`]: the port's MTU, VLAN classification by port mode, source checks;
+//! 5. L2, the [`Bridge`]: learning, ARP/ND suppression, destination lookup; or the router;
+//! 6. L3 and NAT, the [`Router`]: ARP/ND, conntrack and address translation, routes,
+//!    neighbours, fragmentation, IPIP;
+//! 7. egress ([`egress`](super::egress)): MTU, VLAN tag, VXLAN encapsulation through the
+//!    [`Tunnel`] stage, software offload fallbacks, the router's generated frames, each as a
+//!    [`Transmit`] to the caller's [`Output`].
+//!
+//! Each stage is a type of its own; what they share (the tables every worker shares, this
+//! worker's counters, the record of a traced frame) is the [`Context`] handed to each in turn.
 //!
 //! Sans-IO: the worker reads, calls one of the `receive` methods, and its [`Output`] writes.
 //! Tests, benches and fuzz targets drive the same methods with an output of their own.
@@ -18,33 +24,47 @@
 //! [`Transmit`]: super::egress::Transmit
 
 use std::net::Ipv4Addr;
+use std::sync::{Arc, MutexGuard};
 
+use super::bridge::{Bridge, Switched};
+use super::context::Context;
+use super::decision::Decision;
 use super::egress::{self, Output};
 use super::gro::{Coalescer, Push};
+use super::ingress::Ingress;
+use super::observe::{tap_vxlan_in, Direction, Link, TapKind, Tapped, Taps};
 use super::offload::{complete_checksum, segment, Offload};
-use std::sync::Arc;
-
-use super::egress::{Sent, Transmit};
-use super::observe::{vxlan_outer, Direction, Link, Tap, TapKind, Taps};
+use super::parse::parse;
+use super::router::{Generated, Router};
+use super::shared::{ConntrackGuard, SharedTables};
 use super::trace::{Stage, Trace};
-use super::{Bridge, DropReason, ForwardingState, TunnelEndpoint};
-use crate::tables::{PortId, Timestamp};
+use super::tunnel::Tunnel;
+use super::{DropReason, ForwardingState, TunnelEndpoint, WorkerCounters};
+use crate::tables::{MacTable, PortId, RemoteTable, Timestamp};
 
 /// Room for the largest frame a segment or finished checksum is built from (64 KiB and a tag).
 const SCRATCH: usize = 65_536 + 4;
 
-/// One worker's packet path: its [`Bridge`] (counters, router state, the tables shared with
-/// the other workers) and the buffers it reuses from frame to frame.
+/// The stages of one worker's pipeline, and the context they share.
+pub(super) struct Stages {
+    pub(super) cx: Context,
+    pub(super) ingress: Ingress,
+    pub(super) bridge: Bridge,
+    pub(super) router: Router,
+    pub(super) tunnel: Tunnel,
+}
+
+/// One worker's packet path: its stages and the buffers it reuses from frame to frame.
 pub struct Pipeline {
-    bridge: Bridge,
+    pub(super) stages: Stages,
     /// Joins TCP segments decapsulated from one batch of tunnel packets.
     gro: Coalescer,
     /// Reused for segments of super-frames.
     scratch: Vec<u8>,
     /// Live traces and captures in force (see [`observe`](super::observe)); usually none.
-    taps: Taps,
+    pub(super) taps: Taps,
     /// Which worker this is, for the records of taps.
-    worker: usize,
+    pub(super) worker: usize,
 }
 
 /// How a frame came off its device, besides its bytes.
@@ -58,10 +78,154 @@ pub struct RxMeta {
     pub len: usize,
 }
 
+impl Stages {
+    /// parse -> ingress -> L2: where a frame received on `port` goes, or that it is for the
+    /// router. `wire_len`: the largest frame on the wire it stands for (of a super-frame,
+    /// its largest segment), which the port's MTU is checked against.
+    #[inline(always)]
+    fn switch<'s, const TRACE: bool>(
+        &mut self,
+        state: &'s ForwardingState,
+        port: PortId,
+        frame: &[u8],
+        wire_len: usize,
+        now: Timestamp,
+    ) -> Result<Switched<'s>, DropReason> {
+        let headers = parse(frame)?;
+        let admitted =
+            self.ingress
+                .admit::<TRACE>(&mut self.cx.trace, state, port, &headers, wire_len)?;
+        self.bridge
+            .switch::<TRACE>(&mut self.cx, state, port, admitted, &headers, frame, now)
+    }
+
+    /// [`switch`](Self::switch), with the record of each decision when a trace is on.
+    #[inline(always)]
+    fn switch_traced<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        port: PortId,
+        frame: &[u8],
+        wire_len: usize,
+        now: Timestamp,
+    ) -> Result<Switched<'s>, DropReason> {
+        if self.cx.trace.is_some() {
+            self.switch::<true>(state, port, frame, wire_len, now)
+        } else {
+            self.switch::<false>(state, port, frame, wire_len, now)
+        }
+    }
+
+    /// What to do with one frame received on `port`: all of the stages before the egress.
+    /// The frame is mutable because a routed frame is rewritten in place (MAC addresses,
+    /// TTL, checksum, NAT) before it leaves.
+    #[inline]
+    pub(super) fn decide<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        let c = self.cx.counters.port(port);
+        c.rx_packets.add(1);
+        c.rx_bytes.add(frame.len() as u64);
+        let decision = match self.switch_traced(state, port, frame, frame.len(), now) {
+            Ok(Switched::Done(decision)) => return decision,
+            Ok(Switched::Route { vlan, inner_offset }) => {
+                self.router
+                    .with(&mut self.cx)
+                    .route_in(state, vlan, inner_offset, frame, now)
+            }
+            Err(reason) => Decision::Drop(reason),
+        };
+        if let Decision::Drop(reason) = decision {
+            self.dropped(port, reason);
+        }
+        decision
+    }
+
+    /// [`decide`](Self::decide) for a frame with offloads still to do (`offload`: a TCP
+    /// super-frame, a partial checksum), without doing them. A switched frame is decided
+    /// whole. An IPv4 or IPv6 frame for the router is routed whole too: the NAT stage
+    /// updates a partial checksum as such, and where it cannot leave whole (an IPIP route, a
+    /// next hop still resolving, fragmentation) the router cuts it and sends the pieces as
+    /// generated frames. `None`, with nothing counted, for anything else for the router (ARP,
+    /// suppression): the caller finishes the offloads and decides each resulting frame.
+    pub(super) fn decide_offloaded<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        offload: &Offload,
+        now: Timestamp,
+    ) -> Option<Decision<'s>> {
+        let wire_len = offload.wire_len(frame);
+        let decision = match self.switch_traced(state, port, frame, wire_len, now) {
+            Ok(Switched::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
+            Ok(Switched::Route { vlan, inner_offset })
+                if matches!(
+                    frame.get(inner_offset..inner_offset + 2),
+                    Some(&[0x08, 0x00] | &[0x86, 0xdd])
+                ) =>
+            {
+                self.router.offload = Some(*offload);
+                let d =
+                    self.router
+                        .with(&mut self.cx)
+                        .route_in(state, vlan, inner_offset, frame, now);
+                self.router.offload = None;
+                d
+            }
+            Ok(_) => {
+                // Decided again, frame by frame, once the offloads are done.
+                if let Some(t) = self.cx.trace_mut() {
+                    t.rewind_to_receive();
+                }
+                return None;
+            }
+            Err(reason) => Decision::Drop(reason),
+        };
+        let c = self.cx.counters.port(port);
+        c.rx_packets.add(1);
+        c.rx_bytes.add(frame.len() as u64);
+        if let Decision::Drop(reason) = decision {
+            self.dropped(port, reason);
+        }
+        Some(decision)
+    }
+
+    /// Counts a frame received on `port` as dropped for `reason`.
+    #[cold]
+    fn dropped(&mut self, port: PortId, reason: DropReason) {
+        self.cx.counters.port(port).drop(reason);
+        if let Some(t) = self.cx.trace_mut() {
+            t.dropped(reason);
+        }
+    }
+}
+
 impl Pipeline {
-    pub fn new(bridge: Bridge) -> Pipeline {
+    /// A pipeline with tables of its own (one worker), bounded as `state` says.
+    pub fn new(state: &ForwardingState, counters: Arc<WorkerCounters>) -> Pipeline {
+        let shared = SharedTables::new(
+            state.mac_table_max,
+            state.routing.neigh_max,
+            state.nat.conntrack_max,
+        );
+        Pipeline::with_shared(counters, Arc::new(shared))
+    }
+
+    /// The pipeline of one of several workers that share `shared`.
+    pub fn with_shared(counters: Arc<WorkerCounters>, shared: Arc<SharedTables>) -> Pipeline {
         Pipeline {
-            bridge,
+            stages: Stages {
+                cx: Context::new(counters, shared),
+                ingress: Ingress,
+                bridge: Bridge,
+                router: Router::new(),
+                tunnel: Tunnel,
+            },
             gro: Coalescer::new(),
             scratch: Vec::with_capacity(SCRATCH),
             taps: Arc::from(Vec::new()),
@@ -73,14 +237,6 @@ impl Pipeline {
     pub fn set_taps(&mut self, taps: Taps, worker: usize) {
         self.taps = taps;
         self.worker = worker;
-    }
-
-    pub fn bridge(&self) -> &Bridge {
-        &self.bridge
-    }
-
-    pub fn bridge_mut(&mut self) -> &mut Bridge {
-        &mut self.bridge
     }
 
     /// A frame received on `port`: switched or routed, and sent to `out`.
@@ -101,77 +257,9 @@ impl Pipeline {
         }
     }
 
-    /// [`receive`](Self::receive) with taps in force: copies in, the record of the stages
-    /// for live traces and drop captures, copies out (see [`observe`](super::observe)).
-    #[cold]
-    fn receive_tapped<O: Output>(
-        &mut self,
-        state: &ForwardingState,
-        port: PortId,
-        frame: &mut [u8],
-        meta: &RxMeta,
-        now: Timestamp,
-        out: &mut O,
-    ) {
-        let taps = Arc::clone(&self.taps);
-        let worker = self.worker;
-        let on = |t: &Tap| t.on_port(Some(port)) && !t.is_done();
-        let mut copies: Option<Vec<Vec<u8>>> = None;
-        let mut traced = false;
-        let mut input: Option<Vec<u8>> = None;
-        for tap in taps.iter().filter(|t| on(t)) {
-            if tap.kind == TapKind::Capture && tap.spec.rx && !tap.spec.underlay {
-                let c = copies.get_or_insert_with(|| wire_copies(frame, &meta.offload));
-                for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
-                    tap.push(tap.record(Some(port), Direction::In, Link::Ethernet, c, worker));
-                }
-            }
-            let wants_trace = match tap.kind {
-                TapKind::Trace => tap.accepts(Link::Ethernet, frame),
-                TapKind::Capture => tap.spec.drops,
-            };
-            if wants_trace {
-                traced = true;
-                input.get_or_insert_with(|| frame.to_vec());
-            }
-        }
-        if traced {
-            self.bridge.trace_on();
-        }
-        let mut tapped = Tapped::new(out, &taps, worker);
-        self.receive_frame(state, port, frame, meta, now, &mut tapped);
-        let Some(trace) = self.bridge.take_trace().filter(|_| traced) else {
-            return;
-        };
-        let input = input.unwrap_or_default();
-        for tap in taps.iter().filter(|t| on(t)) {
-            match tap.kind {
-                TapKind::Trace if tap.accepts(Link::Ethernet, &input) => {
-                    let mut r =
-                        tap.record(Some(port), Direction::In, Link::Ethernet, &input, worker);
-                    r.trace = Some((*trace).clone());
-                    tap.push(r);
-                }
-                TapKind::Capture if tap.spec.drops => {
-                    let Some(d) = trace.steps.iter().find(|s| s.action == "drop") else {
-                        continue;
-                    };
-                    if tap.accepts(Link::Ethernet, &input) {
-                        let mut r =
-                            tap.record(Some(port), Direction::Drop, Link::Ethernet, &input, worker);
-                        r.comment =
-                            Some(format!("{}: {}", d.stage, d.field("reason").unwrap_or("?")));
-                        tap.push(r);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
     /// [`receive`](Self::receive) itself.
     #[allow(clippy::too_many_arguments)]
-    fn receive_frame<O: Output>(
+    pub(super) fn receive_frame<O: Output>(
         &mut self,
         state: &ForwardingState,
         port: PortId,
@@ -181,50 +269,39 @@ impl Pipeline {
         out: &mut O,
     ) {
         let Pipeline {
-            bridge, scratch, ..
+            stages, scratch, ..
         } = self;
         let offload = &meta.offload;
-        if let Some(t) = bridge.trace_mut() {
-            let s = t.step(Stage::Receive, "frame");
-            s.with("port", state.port(port).map_or("?", |p| p.name.as_str()))
-                .with("len", meta.len.max(frame.len()));
-            if let Some(mss) = offload.gso_size {
-                s.with("gso_size", mss);
-            }
-            if offload.csum.is_some() {
-                s.with("checksum", "partial");
-            }
+        if let Some(t) = stages.cx.trace_mut() {
+            receive_step(t, state, port, frame, meta);
         }
         let bad = if meta.truncated {
             Some(DropReason::Oversized)
         } else if offload.gso_unsupported {
             Some(DropReason::BadOffload)
         } else if offload.is_pending()
-            && egress::forward_offloaded(bridge, out, state, port, frame, offload, scratch, now)
+            && egress::forward_offloaded(stages, out, state, port, frame, offload, scratch, now)
         {
             None
         } else if offload.gso_size.is_some() {
             segment(frame, offload, scratch, |seg| {
-                forward(bridge, out, state, port, seg, now)
+                forward(stages, out, state, port, seg, now)
             })
             .err()
         } else if let Some((start, offset)) = offload.csum {
             complete_checksum(frame, start, offset).err().or_else(|| {
-                forward(bridge, out, state, port, frame, now);
+                forward(stages, out, state, port, frame, now);
                 None
             })
         } else {
-            forward(bridge, out, state, port, frame, now);
+            forward(stages, out, state, port, frame, now);
             None
         };
         if let Some(reason) = bad {
-            let c = bridge.counters().port(port);
+            let c = stages.cx.counters.port(port);
             c.rx_packets.add(1);
             c.rx_bytes.add(meta.len as u64);
-            c.drop(reason);
-            if let Some(t) = bridge.trace_mut() {
-                t.dropped(reason);
-            }
+            stages.dropped(port, reason);
         }
     }
 
@@ -240,11 +317,11 @@ impl Pipeline {
         now: Timestamp,
         out: &mut O,
     ) -> Trace {
-        self.bridge.trace_on();
+        self.stages.cx.trace_on();
         self.receive(state, port, frame, meta, now, out);
         // What the receive coalescer held back goes now: a trace is of one frame.
         self.flush(state, now, out);
-        self.bridge.take_trace().map(|t| *t).unwrap_or_default()
+        self.stages.cx.take_trace().map(|t| *t).unwrap_or_default()
     }
 
     /// One message a VXLAN endpoint received from `src`: a datagram, or a run of datagrams
@@ -264,14 +341,14 @@ impl Pipeline {
         out: &mut O,
     ) {
         let Pipeline {
-            bridge,
+            stages,
             gro,
             scratch,
             taps,
             worker,
         } = self;
         if cut {
-            let c = &bridge.counters().tunnel;
+            let c = &stages.cx.counters.tunnel;
             c.rx_packets.add(1);
             c.drop(DropReason::Oversized);
             return;
@@ -281,15 +358,18 @@ impl Pipeline {
             if !taps.is_empty() {
                 tap_vxlan_in(taps, *worker, state, endpoint, src, payload);
             }
-            let Ok((port, inner)) = bridge.decap(state, endpoint, src, payload, now) else {
+            let decapped = stages
+                .tunnel
+                .decap(&mut stages.cx, state, endpoint, src, payload, now);
+            let Ok((port, inner)) = decapped else {
                 continue;
             };
             // Consecutive segments of one TCP flow are joined (GRO); anything else goes on
             // alone, after what was joined before it.
             if gro.push(port.0, inner) == Push::Alone {
-                flush_gro(gro, bridge, out, state, scratch, now);
+                flush_gro(gro, stages, out, state, scratch, now);
                 if gro.push(port.0, inner) == Push::Alone {
-                    forward(bridge, out, state, port, inner, now);
+                    forward(stages, out, state, port, inner, now);
                 }
             }
         }
@@ -298,17 +378,17 @@ impl Pipeline {
     /// Sends on what was joined from tunnel packets: call after each batch of them.
     pub fn flush<O: Output>(&mut self, state: &ForwardingState, now: Timestamp, out: &mut O) {
         let Pipeline {
-            bridge,
+            stages,
             gro,
             scratch,
             taps,
             worker,
         } = self;
         if taps.is_empty() {
-            flush_gro(gro, bridge, out, state, scratch, now);
+            flush_gro(gro, stages, out, state, scratch, now);
         } else {
             let mut tapped = Tapped::new(out, taps, *worker);
-            flush_gro(gro, bridge, &mut tapped, state, scratch, now);
+            flush_gro(gro, stages, &mut tapped, state, scratch, now);
         }
     }
 
@@ -323,16 +403,19 @@ impl Pipeline {
         now: Timestamp,
         out: &mut O,
     ) {
-        let bridge = &mut self.bridge;
+        let stages = &mut self.stages;
         if cut {
-            let c = &bridge.counters().ipip;
+            let c = &stages.cx.counters.ipip;
             c.rx_packets.add(1);
             c.drop(DropReason::Oversized);
             return;
         }
         if self.taps.is_empty() {
-            let (start, decision) = bridge.ipip_in(state, src, packet, now);
-            egress::send_decision(bridge, out, state, decision, &packet[start..], now);
+            let (start, decision) = stages
+                .router
+                .with(&mut stages.cx)
+                .ipip_in(state, src, packet, now);
+            egress::send_decision(stages, out, state, decision, &packet[start..], now);
             return;
         }
         for tap in self.taps.iter() {
@@ -346,44 +429,217 @@ impl Pipeline {
             }
         }
         let mut tapped = Tapped::new(out, &self.taps, self.worker);
-        let (start, decision) = bridge.ipip_in(state, src, packet, now);
-        egress::send_decision(bridge, &mut tapped, state, decision, &packet[start..], now);
+        let (start, decision) = stages
+            .router
+            .with(&mut stages.cx)
+            .ipip_in(state, src, packet, now);
+        egress::send_decision(stages, &mut tapped, state, decision, &packet[start..], now);
     }
 
     /// Timer work (about once a second, by one worker of a switch): learned entries aged,
     /// neighbour probes and expiries, conntrack expiry; what that sends goes to `out`.
     pub fn tick<O: Output>(&mut self, state: &ForwardingState, now: Timestamp, out: &mut O) {
-        self.bridge.age(state, now);
-        self.bridge.tick(state, now);
+        self.timers(state, now);
         if self.taps.is_empty() {
-            egress::send_generated(&mut self.bridge, out, state, now);
+            egress::send_generated(&mut self.stages, out, state, now);
         } else {
             let mut tapped = Tapped::new(out, &self.taps, self.worker);
-            egress::send_generated(&mut self.bridge, &mut tapped, state, now);
+            egress::send_generated(&mut self.stages, &mut tapped, state, now);
         }
+    }
+
+    /// [`tick`](Self::tick) without the sending: what the router generates stays queued
+    /// ([`take_generated`](Self::take_generated)).
+    pub fn timers(&mut self, state: &ForwardingState, now: Timestamp) {
+        let Stages {
+            cx, bridge, router, ..
+        } = &mut self.stages;
+        bridge.age(cx, state, now);
+        router.with(cx).tick(state, now);
+    }
+
+    /// Removes learned MACs and remote VTEPs idle for the state's aging time; returns how
+    /// many.
+    pub fn age(&mut self, state: &ForwardingState, now: Timestamp) -> usize {
+        let Stages { cx, bridge, .. } = &self.stages;
+        bridge.age(cx, state, now)
+    }
+
+    /// Brings the stages' learned state in line with a newly published state (see
+    /// [`Bridge::adopt`] and [`Router::adopt`]).
+    pub fn adopt(&mut self, state: &ForwardingState) {
+        let Stages {
+            cx, bridge, router, ..
+        } = &mut self.stages;
+        bridge.adopt(&cx.shared, state);
+        router.with(cx).adopt(state);
     }
 }
 
-/// Runs one finished frame through the bridge and sends what it decided, then whatever the
-/// router generated on the way.
+/// The stages one by one, without I/O: for tests, benches, fuzz targets and tools that look
+/// at a decision rather than at what is sent.
+impl Pipeline {
+    /// What the stages before the egress decide about one frame (see [`Output`] for what
+    /// [`receive`](Self::receive) then sends). What the router generates on the way stays
+    /// queued ([`take_generated`](Self::take_generated)).
+    pub fn decide<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        self.stages.decide(state, port, frame, now)
+    }
+
+    /// [`decide`](Self::decide) for a frame with offloads still to do, decided whole where
+    /// it can be; `None` (nothing done) where its offloads must be finished first.
+    pub fn decide_offloaded<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        offload: &Offload,
+        now: Timestamp,
+    ) -> Option<Decision<'s>> {
+        self.stages
+            .decide_offloaded(state, port, frame, offload, now)
+    }
+
+    /// The VXLAN stage's decapsulation of one packet `endpoint` received from `src`: the
+    /// VXLAN port and the inner frame.
+    pub fn decap<'f>(
+        &mut self,
+        state: &ForwardingState,
+        endpoint: TunnelEndpoint,
+        src: Ipv4Addr,
+        payload: &'f mut [u8],
+        now: Timestamp,
+    ) -> Result<(PortId, &'f mut [u8]), DropReason> {
+        let Stages { cx, tunnel, .. } = &mut self.stages;
+        tunnel.decap(cx, state, endpoint, src, payload, now)
+    }
+
+    /// The router's decision about one packet the IPIP socket received from `src`, and
+    /// where in `packet` the inner packet starts.
+    pub fn ipip_in<'s>(
+        &mut self,
+        state: &'s ForwardingState,
+        src: Ipv4Addr,
+        packet: &mut [u8],
+        now: Timestamp,
+    ) -> (usize, Decision<'s>) {
+        let Stages { cx, router, .. } = &mut self.stages;
+        router.with(cx).ipip_in(state, src, packet, now)
+    }
+
+    /// The VXLAN stage's encapsulation of `frame` (switched to the VXLAN port `port`, `out_len`
+    /// bytes as that port sends it): the outer headers for each remote it goes to, handed to
+    /// `send` (see [`Tunnel::encapsulate`]).
+    pub fn encapsulate(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &[u8],
+        out_len: usize,
+        now: Timestamp,
+        send: impl FnMut(Ipv4Addr, &[u8; super::tunnel::OUTER_LEN], &WorkerCounters),
+    ) {
+        let Stages { cx, tunnel, .. } = &mut self.stages;
+        tunnel.encapsulate(cx, state, port, frame, out_len, now, send)
+    }
+
+    /// The next frame the router originated, if any.
+    pub fn take_generated(&mut self) -> Option<Generated> {
+        self.stages.router.take_generated()
+    }
+
+    /// Returns a generated frame's buffer to the router's pool.
+    pub fn recycle(&mut self, generated: Generated) {
+        self.stages.router.recycle_generated(generated)
+    }
+
+    /// The egress of a frame the router generated into `vlan`.
+    pub fn router_egress<'s>(
+        &self,
+        state: &'s ForwardingState,
+        vlan: crate::wire::VlanId,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> super::Egress<'s> {
+        super::router::router_egress(&self.stages.cx.shared, state, vlan, frame, now)
+    }
+
+    /// Records what every stage decides about the frames that follow, until
+    /// [`take_trace`](Self::take_trace).
+    pub fn trace_on(&mut self) {
+        self.stages.cx.trace_on()
+    }
+
+    /// Stops recording and returns the record.
+    pub fn take_trace(&mut self) -> Option<Box<Trace>> {
+        self.stages.cx.take_trace()
+    }
+
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.stages.cx.counters
+    }
+
+    /// The tables this pipeline shares with the other workers.
+    pub fn shared(&self) -> &Arc<SharedTables> {
+        &self.stages.cx.shared
+    }
+
+    /// The learned MAC table (locked while the guard lives).
+    pub fn mac_table(&self) -> MutexGuard<'_, MacTable> {
+        self.stages.cx.shared.macs()
+    }
+
+    /// The learned remote VTEP table (locked while the guard lives).
+    pub fn remote_table(&self) -> MutexGuard<'_, RemoteTable> {
+        self.stages.cx.shared.remotes()
+    }
+
+    /// The connection tracking table (locked while the guard lives).
+    pub fn conntrack(&self) -> ConntrackGuard<'_> {
+        self.stages.cx.shared.conntrack()
+    }
+}
+
+/// The receive stage's step of a trace: the port, the length, the offloads left to do.
+#[cold]
+fn receive_step(t: &mut Trace, state: &ForwardingState, port: PortId, frame: &[u8], m: &RxMeta) {
+    let s = t.step(Stage::Receive, "frame");
+    s.with("port", state.port(port).map_or("?", |p| p.name.as_str()))
+        .with("len", m.len.max(frame.len()));
+    if let Some(mss) = m.offload.gso_size {
+        s.with("gso_size", mss);
+    }
+    if m.offload.csum.is_some() {
+        s.with("checksum", "partial");
+    }
+}
+
+/// Decides one finished frame and sends what was decided, then whatever the router
+/// generated on the way.
 #[inline]
 fn forward<O: Output>(
-    bridge: &mut Bridge,
+    stages: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     port: PortId,
     frame: &mut [u8],
     now: Timestamp,
 ) {
-    let decision = bridge.process(state, port, frame, now);
-    egress::send_decision(bridge, out, state, decision, frame, now);
+    let decision = stages.decide(state, port, frame, now);
+    egress::send_decision(stages, out, state, decision, frame, now);
 }
 
 /// Sends on what the receive coalescer joined: a super-frame with its offloads left to the
 /// egress (or finished here where the egress cannot take them), or a lone segment.
 fn flush_gro<O: Output>(
     gro: &mut Coalescer,
-    bridge: &mut Bridge,
+    stages: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     scratch: &mut Vec<u8>,
@@ -392,180 +648,14 @@ fn flush_gro<O: Output>(
     gro.take(|tag, frame, offload| {
         let port = PortId(tag);
         match offload {
-            None => forward(bridge, out, state, port, frame, now),
+            None => forward(stages, out, state, port, frame, now),
             Some(o) => {
-                if !egress::forward_offloaded(bridge, out, state, port, frame, &o, scratch, now) {
+                if !egress::forward_offloaded(stages, out, state, port, frame, &o, scratch, now) {
                     let _ = segment(frame, &o, scratch, |seg| {
-                        forward(bridge, out, state, port, seg, now)
+                        forward(stages, out, state, port, seg, now)
                     });
                 }
             }
         }
     });
-}
-
-/// An output that copies transmits to the taps that want them, then hands them on.
-struct Tapped<'a, O> {
-    inner: &'a mut O,
-    taps: &'a Taps,
-    worker: usize,
-    scratch: Vec<u8>,
-}
-
-impl<'a, O> Tapped<'a, O> {
-    fn new(inner: &'a mut O, taps: &'a Taps, worker: usize) -> Tapped<'a, O> {
-        Tapped {
-            inner,
-            taps,
-            worker,
-            scratch: Vec::new(),
-        }
-    }
-}
-
-impl<O: Output> Output for Tapped<'_, O> {
-    fn takes_offloads(&self, port: PortId, offload: &Offload) -> bool {
-        self.inner.takes_offloads(port, offload)
-    }
-
-    fn send(&mut self, transmit: Transmit<'_>) -> Sent {
-        let worker = self.worker;
-        match &transmit {
-            Transmit::Device { port, frame, vnet } => {
-                let mut copies = None;
-                for tap in self.taps.iter().filter(|t| {
-                    t.kind == TapKind::Capture
-                        && t.spec.tx
-                        && !t.spec.underlay
-                        && t.on_port(Some(*port))
-                        && !t.is_done()
-                }) {
-                    let c = copies.get_or_insert_with(|| {
-                        let o = vnet.map(|h| Offload::from_vnet_hdr(&h)).unwrap_or_default();
-                        wire_copies(&frame.to_vec(), &o)
-                    });
-                    for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
-                        tap.push(tap.record(
-                            Some(*port),
-                            Direction::Out,
-                            Link::Ethernet,
-                            c,
-                            worker,
-                        ));
-                    }
-                }
-            }
-            Transmit::Vxlan {
-                port, outer, inner, ..
-            } => {
-                for tap in self.taps.iter().filter(|t| {
-                    t.kind == TapKind::Capture
-                        && t.spec.tx
-                        && t.on_port(Some(*port))
-                        && !t.is_done()
-                }) {
-                    if tap.spec.underlay {
-                        self.scratch.clear();
-                        self.scratch.extend_from_slice(&outer[..]);
-                        self.scratch.extend_from_slice(&inner.to_vec());
-                        if tap.accepts(Link::Ipv4, &self.scratch) {
-                            let r = tap.record(
-                                Some(*port),
-                                Direction::Out,
-                                Link::Ipv4,
-                                &self.scratch,
-                                worker,
-                            );
-                            tap.push(r);
-                        }
-                    } else {
-                        let bytes = inner.to_vec();
-                        if tap.accepts(Link::Ethernet, &bytes) {
-                            let r = tap.record(
-                                Some(*port),
-                                Direction::Out,
-                                Link::Ethernet,
-                                &bytes,
-                                worker,
-                            );
-                            tap.push(r);
-                        }
-                    }
-                }
-            }
-            Transmit::Ipip { outer, inner, .. } => {
-                for tap in self.taps.iter().filter(|t| {
-                    t.kind == TapKind::Capture
-                        && t.spec.tx
-                        && t.spec.underlay
-                        && t.on_port(None)
-                        && !t.is_done()
-                }) {
-                    self.scratch.clear();
-                    self.scratch.extend_from_slice(outer);
-                    self.scratch.extend_from_slice(inner);
-                    if tap.accepts(Link::Ipv4, &self.scratch) {
-                        let r = tap.record(None, Direction::Out, Link::Ipv4, &self.scratch, worker);
-                        tap.push(r);
-                    }
-                }
-            }
-        }
-        self.inner.send(transmit)
-    }
-}
-
-/// A frame as the wire carries it: its checksum finished, a super-frame cut into its
-/// segments (for captures; the frame itself is not touched).
-fn wire_copies(frame: &[u8], offload: &Offload) -> Vec<Vec<u8>> {
-    let mut copies = Vec::new();
-    if offload.gso_size.is_some() {
-        let mut scratch = Vec::new();
-        let cut = segment(frame, offload, &mut scratch, |seg| {
-            copies.push(seg.to_vec())
-        });
-        if cut.is_ok() {
-            return copies;
-        }
-        copies.clear();
-    }
-    let mut copy = frame.to_vec();
-    if let Some((start, offset)) = offload.csum {
-        let _ = complete_checksum(&mut copy, start, offset);
-    }
-    copies.push(copy);
-    copies
-}
-
-/// Underlay and inner copies of a VXLAN payload received from `src` by `endpoint`.
-fn tap_vxlan_in(
-    taps: &Taps,
-    worker: usize,
-    state: &ForwardingState,
-    endpoint: TunnelEndpoint,
-    src: Ipv4Addr,
-    payload: &[u8],
-) {
-    let port = payload
-        .get(4..7)
-        .map(|v| u32::from_be_bytes([0, v[0], v[1], v[2]]))
-        .and_then(|vni| state.vni_ports.get(&(endpoint, vni)).copied());
-    for tap in taps
-        .iter()
-        .filter(|t| t.kind == TapKind::Capture && t.spec.rx && !t.is_done())
-    {
-        if tap.spec.port.is_some() && tap.spec.port != port {
-            continue;
-        }
-        if tap.spec.underlay {
-            let outer = vxlan_outer(src, endpoint.local, endpoint.port, payload);
-            if tap.accepts(Link::Ipv4, &outer) {
-                tap.push(tap.record(port, Direction::In, Link::Ipv4, &outer, worker));
-            }
-        } else if let Some(inner) = payload.get(8..).filter(|i| i.len() >= 14) {
-            if tap.accepts(Link::Ethernet, inner) {
-                tap.push(tap.record(port, Direction::In, Link::Ethernet, inner, worker));
-            }
-        }
-    }
 }

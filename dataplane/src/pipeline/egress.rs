@@ -12,13 +12,12 @@
 
 use std::net::Ipv4Addr;
 
-use super::bridge::{Egress, EgressFrame};
+use super::datapath::Stages;
+use super::decision::{Egress, EgressFrame};
 use super::offload::{complete_checksum, segment, Offload, VNET_HDR_LEN};
 use super::trace::{record, Stage};
 use super::tunnel::OUTER_LEN;
-use super::{
-    Bridge, Decision, ForwardingState, Generated, PortCounters, TunnelEndpoint, VlanMember,
-};
+use super::{Decision, ForwardingState, Generated, PortCounters, TunnelEndpoint, VlanMember};
 use crate::tables::{PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
@@ -123,7 +122,7 @@ pub trait Output {
 /// Sends `frame` as `decision` says, then the router's generated frames.
 #[inline]
 pub(super) fn send_decision<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     decision: Decision<'_>,
@@ -131,46 +130,46 @@ pub(super) fn send_decision<O: Output>(
     now: Timestamp,
 ) {
     match decision {
-        Decision::Forward(egress) => send_egress(bridge, out, state, &egress, frame, now),
+        Decision::Forward(egress) => send_egress(st, out, state, &egress, frame, now),
         Decision::Reply(egress, built) => {
-            send_egress(bridge, out, state, &egress, built.as_bytes(), now)
+            send_egress(st, out, state, &egress, built.as_bytes(), now)
         }
         Decision::Tunnel(t) => {
             let inner = &frame[t.start..t.start + t.len];
-            send_ipip(bridge, out, &t.outer, inner, t.remote);
+            send_ipip(st, out, &t.outer, inner, t.remote);
         }
         Decision::Local | Decision::Drop(_) => {}
     }
-    send_generated(bridge, out, state, now);
+    send_generated(st, out, state, now);
 }
 
 /// Sends every frame the router has generated (replies, ICMP errors, probes, packets released
 /// by a resolved neighbour).
 #[inline]
 pub(super) fn send_generated<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     now: Timestamp,
 ) {
-    if bridge.has_generated() {
-        send_generated_slow(bridge, out, state, now);
+    if st.router.has_generated() {
+        send_generated_slow(st, out, state, now);
     }
 }
 
 #[inline(never)]
 fn send_generated_slow<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     now: Timestamp,
 ) {
-    while let Some(generated) = bridge.take_generated() {
+    while let Some(generated) = st.router.take_generated() {
         let (vlan, remote, len) = match &generated {
             Generated::Frame { vlan, bytes } => (Some(*vlan), None, bytes.len()),
             Generated::Ipip { remote, bytes, .. } => (None, Some(*remote), bytes.len()),
         };
-        record(&mut bridge.trace, Stage::L3, "generated", move |s| {
+        record(&mut st.cx.trace, Stage::L3, "generated", move |s| {
             if let Some(v) = vlan {
                 s.with("vlan", v);
             }
@@ -181,22 +180,22 @@ fn send_generated_slow<O: Output>(
         });
         match &generated {
             Generated::Frame { vlan, bytes } => {
-                let egress = bridge.router_egress(state, *vlan, bytes, now);
-                send_egress(bridge, out, state, &egress, bytes, now);
+                let egress = super::router::router_egress(&st.cx.shared, state, *vlan, bytes, now);
+                send_egress(st, out, state, &egress, bytes, now);
             }
             Generated::Ipip {
                 remote,
                 outer,
                 bytes,
                 start,
-            } => send_ipip(bridge, out, outer, &bytes[*start..], *remote),
+            } => send_ipip(st, out, outer, &bytes[*start..], *remote),
         }
-        bridge.recycle(generated);
+        st.router.recycle_generated(generated);
     }
 }
 
 fn send_ipip<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     outer: &[u8],
     inner: &[u8],
@@ -207,18 +206,18 @@ fn send_ipip<O: Output>(
         outer,
         inner,
     });
-    record(&mut bridge.trace, Stage::Egress, "transmit", move |s| {
+    record(&mut st.cx.trace, Stage::Egress, "transmit", move |s| {
         s.with("to", "ipip")
             .with("remote", remote)
             .with("len", outer.len() + inner.len());
     });
-    sent.count(&bridge.counters().ipip);
+    sent.count(&st.cx.counters.ipip);
 }
 
 /// Writes `frame` to each egress port of `egress`.
 #[inline]
 pub(super) fn send_egress<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     egress: &Egress<'_>,
@@ -226,7 +225,7 @@ pub(super) fn send_egress<O: Output>(
     now: Timestamp,
 ) {
     for member in egress.ports() {
-        send_member(bridge, out, state, egress, member, frame, None, now);
+        send_member(st, out, state, egress, member, frame, None, now);
     }
 }
 
@@ -237,7 +236,7 @@ pub(super) fn send_egress<O: Output>(
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn send_member<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     egress: &Egress<'_>,
@@ -257,8 +256,8 @@ fn send_member<O: Output>(
         None => out_frame.len(),
     };
     if wire_len > max_len {
-        bridge.counters().port(member.port).tx_oversized.add(1);
-        record(&mut bridge.trace, Stage::Egress, "oversized", move |s| {
+        st.cx.counters.port(member.port).tx_oversized.add(1);
+        record(&mut st.cx.trace, Stage::Egress, "oversized", move |s| {
             s.with("port", port_name(state, member.port))
                 .with("len", wire_len)
                 .with("max", max_len);
@@ -266,7 +265,7 @@ fn send_member<O: Output>(
         return;
     }
     if pending.is_none() && state.vxlan_port(member.port).is_some() {
-        encap(bridge, out, state, member.port, frame, &out_frame, now);
+        encap(st, out, state, member.port, frame, &out_frame, now);
         return;
     }
     let sent = out.send(Transmit::Device {
@@ -274,7 +273,7 @@ fn send_member<O: Output>(
         frame: out_frame,
         vnet: pending.map(|o| o.header_moved(delta)),
     });
-    if let Some(t) = bridge.trace.as_deref_mut() {
+    if let Some(t) = st.cx.trace.as_deref_mut() {
         let tag = out_frame.tag.map(|_| egress.vlan);
         let len = out_frame.len();
         transmit_step(
@@ -287,7 +286,7 @@ fn send_member<O: Output>(
             pending.is_some(),
         );
     }
-    sent.count(bridge.counters().port(member.port));
+    sent.count(st.cx.counters.port(member.port));
 }
 
 /// Whether a frame with `offload` left to do may go out of `port` as it is: not into a
@@ -308,7 +307,7 @@ fn takes_offloads<O: Output>(
 /// nothing, when the frame is for the router: then the caller finishes the offloads first.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward_offloaded<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     port: PortId,
@@ -317,41 +316,30 @@ pub(super) fn forward_offloaded<O: Output>(
     scratch: &mut Vec<u8>,
     now: Timestamp,
 ) -> bool {
-    let wire_len = offload.wire_len(frame);
-    let Some(decision) = bridge.process_offloaded(state, port, frame, offload, wire_len, now)
-    else {
+    let Some(decision) = st.decide_offloaded(state, port, frame, offload, now) else {
         return false;
     };
     let Decision::Forward(egress) = decision else {
         // The router cut what it could not send whole into generated frames.
-        send_decision(bridge, out, state, decision, frame, now);
+        send_decision(st, out, state, decision, frame, now);
         return true;
     };
     let mut finish = false;
     for member in egress.ports() {
         if takes_offloads(out, state, member.port, offload) {
-            send_member(
-                bridge,
-                out,
-                state,
-                &egress,
-                member,
-                frame,
-                Some(offload),
-                now,
-            );
+            send_member(st, out, state, &egress, member, frame, Some(offload), now);
         } else {
             finish = true;
         }
     }
     if !finish {
-        send_generated(bridge, out, state, now);
+        send_generated(st, out, state, now);
         return true;
     }
     let mut emit = |done: &mut [u8]| {
         for member in egress.ports() {
             if !takes_offloads(out, state, member.port, offload) {
-                send_member(bridge, out, state, &egress, member, done, None, now);
+                send_member(st, out, state, &egress, member, done, None, now);
             }
         }
     };
@@ -368,9 +356,9 @@ pub(super) fn forward_offloaded<O: Output>(
         }
     };
     if let Err(reason) = result {
-        bridge.counters().port(port).drop(reason);
+        st.cx.counters.port(port).drop(reason);
     }
-    send_generated(bridge, out, state, now);
+    send_generated(st, out, state, now);
     true
 }
 
@@ -380,7 +368,7 @@ pub(super) fn forward_offloaded<O: Output>(
 /// underlay is not fragmented: the kernel refuses it and it counts as `tx_oversized` on the
 /// tunnel.
 fn encap<O: Output>(
-    bridge: &mut Bridge,
+    st: &mut Stages,
     out: &mut O,
     state: &ForwardingState,
     port: PortId,
@@ -393,24 +381,33 @@ fn encap<O: Output>(
     };
     let len = out_frame.len();
     // The remotes sent to, kept only for a trace.
-    let mut remotes: Option<Vec<Ipv4Addr>> = bridge.trace.is_some().then(Vec::new);
-    bridge.encapsulate(state, port, frame, len, now, |remote, outer, counters| {
-        let c = counters.port(port);
-        c.tx_packets.add(1);
-        c.tx_bytes.add(len as u64);
-        let sent = out.send(Transmit::Vxlan {
-            port,
-            endpoint,
-            remote,
-            outer,
-            inner: *out_frame,
-        });
-        sent.count(&counters.tunnel);
-        if let Some(r) = &mut remotes {
-            r.push(remote);
-        }
-    });
-    if let (Some(t), Some(remotes)) = (bridge.trace.as_deref_mut(), remotes) {
+    let mut remotes: Option<Vec<Ipv4Addr>> = st.cx.trace.is_some().then(Vec::new);
+    let Stages { cx, tunnel, .. } = st;
+    tunnel.encapsulate(
+        cx,
+        state,
+        port,
+        frame,
+        len,
+        now,
+        |remote, outer, counters| {
+            let c = counters.port(port);
+            c.tx_packets.add(1);
+            c.tx_bytes.add(len as u64);
+            let sent = out.send(Transmit::Vxlan {
+                port,
+                endpoint,
+                remote,
+                outer,
+                inner: *out_frame,
+            });
+            sent.count(&counters.tunnel);
+            if let Some(r) = &mut remotes {
+                r.push(remote);
+            }
+        },
+    );
+    if let (Some(t), Some(remotes)) = (st.cx.trace.as_deref_mut(), remotes) {
         for remote in remotes {
             t.step(Stage::Egress, "transmit")
                 .with("to", "vxlan")

@@ -13,16 +13,20 @@
 //! drive it without root on a fake clock and benches measure it without syscalls.
 
 pub mod bridge;
+pub mod context;
 pub mod counters;
 pub mod datapath;
+pub mod decision;
 pub mod drop;
 pub mod egress;
 pub mod fragment;
 pub mod gro;
 pub mod icmp;
+pub mod ingress;
 pub mod nat;
 pub mod observe;
 pub mod offload;
+pub mod parse;
 pub mod router;
 pub mod routing;
 pub mod shared;
@@ -31,14 +35,17 @@ pub mod suppress;
 pub mod trace;
 pub mod tunnel;
 
-pub use bridge::{Bridge, Decision, Egress};
+pub use bridge::Bridge;
+pub use context::Context;
 pub use counters::{
     Counter, InterfaceCounters, LearnCounters, NatCounters, PortCounters, WorkerCounters,
 };
 pub use datapath::{Pipeline, RxMeta};
+pub use decision::{Decision, Egress, EgressFrame, Targets};
 pub use drop::DropReason;
 pub use egress::{Output, Sent, Transmit};
-pub use router::{Generated, IpipEgress};
+pub use ingress::Ingress;
+pub use router::{Generated, IpipEgress, Router};
 pub use routing::{Interface, NextHop, Route, RoutingState};
 pub use shared::{
     ImportCounts, LearnedMac, LearnedNeighbour, LearnedRemote, LearnedState, SavedAffinity,
@@ -49,3 +56,4 @@ pub use state::{
     VxlanPort,
 };
 pub use trace::{Stage, Step, Trace};
+pub use tunnel::Tunnel;

@@ -25,8 +25,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
+use super::datapath::{Pipeline, RxMeta};
+use super::egress::{Output, Sent, Transmit};
+use super::offload::{complete_checksum, segment, Offload};
 use super::trace::Trace;
-use crate::tables::PortId;
+use super::{ForwardingState, TunnelEndpoint};
+use crate::tables::{PortId, Timestamp};
 
 /// A compiled filter (tcpdump's filter language, compiled by the control side): whether a
 /// packet is wanted.
@@ -248,4 +252,240 @@ pub fn vxlan_outer(src: Ipv4Addr, local: Ipv4Addr, port: u16, payload: &[u8]) ->
     p.extend_from_slice(&[0, 0]);
     p.extend_from_slice(payload);
     p
+}
+
+impl Pipeline {
+    /// [`receive`](Pipeline::receive) with taps in force: copies in, the record of the stages
+    /// for live traces and drop captures, copies out (see the module docs).
+    #[cold]
+    pub(super) fn receive_tapped<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        let taps = Arc::clone(&self.taps);
+        let worker = self.worker;
+        let on = |t: &Tap| t.on_port(Some(port)) && !t.is_done();
+        let mut copies: Option<Vec<Vec<u8>>> = None;
+        let mut traced = false;
+        let mut input: Option<Vec<u8>> = None;
+        for tap in taps.iter().filter(|t| on(t)) {
+            if tap.kind == TapKind::Capture && tap.spec.rx && !tap.spec.underlay {
+                let c = copies.get_or_insert_with(|| wire_copies(frame, &meta.offload));
+                for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
+                    tap.push(tap.record(Some(port), Direction::In, Link::Ethernet, c, worker));
+                }
+            }
+            let wants_trace = match tap.kind {
+                TapKind::Trace => tap.accepts(Link::Ethernet, frame),
+                TapKind::Capture => tap.spec.drops,
+            };
+            if wants_trace {
+                traced = true;
+                input.get_or_insert_with(|| frame.to_vec());
+            }
+        }
+        if traced {
+            self.stages.cx.trace_on();
+        }
+        let mut tapped = Tapped::new(out, &taps, worker);
+        self.receive_frame(state, port, frame, meta, now, &mut tapped);
+        let Some(trace) = self.stages.cx.take_trace().filter(|_| traced) else {
+            return;
+        };
+        let input = input.unwrap_or_default();
+        for tap in taps.iter().filter(|t| on(t)) {
+            match tap.kind {
+                TapKind::Trace if tap.accepts(Link::Ethernet, &input) => {
+                    let mut r =
+                        tap.record(Some(port), Direction::In, Link::Ethernet, &input, worker);
+                    r.trace = Some((*trace).clone());
+                    tap.push(r);
+                }
+                TapKind::Capture if tap.spec.drops => {
+                    let Some(d) = trace.steps.iter().find(|s| s.action == "drop") else {
+                        continue;
+                    };
+                    if tap.accepts(Link::Ethernet, &input) {
+                        let mut r =
+                            tap.record(Some(port), Direction::Drop, Link::Ethernet, &input, worker);
+                        r.comment =
+                            Some(format!("{}: {}", d.stage, d.field("reason").unwrap_or("?")));
+                        tap.push(r);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// An output that copies transmits to the taps that want them, then hands them on.
+pub(super) struct Tapped<'a, O> {
+    inner: &'a mut O,
+    taps: &'a Taps,
+    worker: usize,
+    scratch: Vec<u8>,
+}
+
+impl<'a, O> Tapped<'a, O> {
+    pub(super) fn new(inner: &'a mut O, taps: &'a Taps, worker: usize) -> Tapped<'a, O> {
+        Tapped {
+            inner,
+            taps,
+            worker,
+            scratch: Vec::new(),
+        }
+    }
+}
+
+impl<O: Output> Output for Tapped<'_, O> {
+    fn takes_offloads(&self, port: PortId, offload: &Offload) -> bool {
+        self.inner.takes_offloads(port, offload)
+    }
+
+    fn send(&mut self, transmit: Transmit<'_>) -> Sent {
+        let worker = self.worker;
+        match &transmit {
+            Transmit::Device { port, frame, vnet } => {
+                let mut copies = None;
+                for tap in self.taps.iter().filter(|t| {
+                    t.kind == TapKind::Capture
+                        && t.spec.tx
+                        && !t.spec.underlay
+                        && t.on_port(Some(*port))
+                        && !t.is_done()
+                }) {
+                    let c = copies.get_or_insert_with(|| {
+                        let o = vnet.map(|h| Offload::from_vnet_hdr(&h)).unwrap_or_default();
+                        wire_copies(&frame.to_vec(), &o)
+                    });
+                    for c in c.iter().filter(|c| tap.accepts(Link::Ethernet, c)) {
+                        tap.push(tap.record(
+                            Some(*port),
+                            Direction::Out,
+                            Link::Ethernet,
+                            c,
+                            worker,
+                        ));
+                    }
+                }
+            }
+            Transmit::Vxlan {
+                port, outer, inner, ..
+            } => {
+                for tap in self.taps.iter().filter(|t| {
+                    t.kind == TapKind::Capture
+                        && t.spec.tx
+                        && t.on_port(Some(*port))
+                        && !t.is_done()
+                }) {
+                    if tap.spec.underlay {
+                        self.scratch.clear();
+                        self.scratch.extend_from_slice(&outer[..]);
+                        self.scratch.extend_from_slice(&inner.to_vec());
+                        if tap.accepts(Link::Ipv4, &self.scratch) {
+                            let r = tap.record(
+                                Some(*port),
+                                Direction::Out,
+                                Link::Ipv4,
+                                &self.scratch,
+                                worker,
+                            );
+                            tap.push(r);
+                        }
+                    } else {
+                        let bytes = inner.to_vec();
+                        if tap.accepts(Link::Ethernet, &bytes) {
+                            let r = tap.record(
+                                Some(*port),
+                                Direction::Out,
+                                Link::Ethernet,
+                                &bytes,
+                                worker,
+                            );
+                            tap.push(r);
+                        }
+                    }
+                }
+            }
+            Transmit::Ipip { outer, inner, .. } => {
+                for tap in self.taps.iter().filter(|t| {
+                    t.kind == TapKind::Capture
+                        && t.spec.tx
+                        && t.spec.underlay
+                        && t.on_port(None)
+                        && !t.is_done()
+                }) {
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(outer);
+                    self.scratch.extend_from_slice(inner);
+                    if tap.accepts(Link::Ipv4, &self.scratch) {
+                        let r = tap.record(None, Direction::Out, Link::Ipv4, &self.scratch, worker);
+                        tap.push(r);
+                    }
+                }
+            }
+        }
+        self.inner.send(transmit)
+    }
+}
+
+/// A frame as the wire carries it: its checksum finished, a super-frame cut into its
+/// segments (for captures; the frame itself is not touched).
+fn wire_copies(frame: &[u8], offload: &Offload) -> Vec<Vec<u8>> {
+    let mut copies = Vec::new();
+    if offload.gso_size.is_some() {
+        let mut scratch = Vec::new();
+        let cut = segment(frame, offload, &mut scratch, |seg| {
+            copies.push(seg.to_vec())
+        });
+        if cut.is_ok() {
+            return copies;
+        }
+        copies.clear();
+    }
+    let mut copy = frame.to_vec();
+    if let Some((start, offset)) = offload.csum {
+        let _ = complete_checksum(&mut copy, start, offset);
+    }
+    copies.push(copy);
+    copies
+}
+
+/// Underlay and inner copies of a VXLAN payload received from `src` by `endpoint`.
+pub(super) fn tap_vxlan_in(
+    taps: &Taps,
+    worker: usize,
+    state: &ForwardingState,
+    endpoint: TunnelEndpoint,
+    src: Ipv4Addr,
+    payload: &[u8],
+) {
+    let port = payload
+        .get(4..7)
+        .map(|v| u32::from_be_bytes([0, v[0], v[1], v[2]]))
+        .and_then(|vni| state.vni_ports.get(&(endpoint, vni)).copied());
+    for tap in taps
+        .iter()
+        .filter(|t| t.kind == TapKind::Capture && t.spec.rx && !t.is_done())
+    {
+        if tap.spec.port.is_some() && tap.spec.port != port {
+            continue;
+        }
+        if tap.spec.underlay {
+            let outer = vxlan_outer(src, endpoint.local, endpoint.port, payload);
+            if tap.accepts(Link::Ipv4, &outer) {
+                tap.push(tap.record(port, Direction::In, Link::Ipv4, &outer, worker));
+            }
+        } else if let Some(inner) = payload.get(8..).filter(|i| i.len() >= 14) {
+            if tap.accepts(Link::Ethernet, inner) {
+                tap.push(tap.record(port, Direction::In, Link::Ethernet, inner, worker));
+            }
+        }
+    }
 }

@@ -2,16 +2,19 @@
 //! out. Sans-IO like the rest of the pipeline: the worker hands in what a tunnel socket
 //! received and sends what this stage builds.
 //!
+//! The stage keeps no state of its own: the VXLAN ports are in the published
+//! [`ForwardingState`], the learned remote VTEPs in the tables every worker shares.
+//!
 //! A VNI is a bridge port (an access port of its VLAN), so between decapsulation and
 //! encapsulation frames are switched like any other; split horizon comes for free, since a
 //! flood never goes back out of its ingress port.
 
 use std::net::Ipv4Addr;
 
+use super::context::Context;
+use super::shared::SharedTables;
 use super::trace::{record, Stage};
-use super::{
-    Bridge, DropReason, ForwardingState, PortMode, TunnelEndpoint, VxlanPort, WorkerCounters,
-};
+use super::{DropReason, ForwardingState, PortMode, TunnelEndpoint, VxlanPort, WorkerCounters};
 use crate::tables::{FdbKey, PortId, RemoteLearn, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vxlan::{self, VxlanHeader, VxlanRepr};
@@ -47,34 +50,39 @@ fn port_vlan(state: &ForwardingState, port: PortId) -> Option<VlanId> {
     }
 }
 
-impl Bridge {
+/// The VXLAN stage.
+#[derive(Debug, Default)]
+pub struct Tunnel;
+
+impl Tunnel {
     /// Validates a VXLAN packet that `endpoint` received from `src`, learns where its inner
     /// source lives, and returns the VXLAN port and the inner frame to switch. Counts the
     /// outer packet and any drop on the tunnel counters.
     pub fn decap<'f>(
-        &mut self,
+        &self,
+        cx: &mut Context,
         state: &ForwardingState,
         endpoint: TunnelEndpoint,
         src: Ipv4Addr,
         payload: &'f mut [u8],
         now: Timestamp,
     ) -> Result<(PortId, &'f mut [u8]), DropReason> {
-        let tunnel = &self.counters().tunnel;
+        let tunnel = &cx.counters.tunnel;
         tunnel.rx_packets.add(1);
         tunnel.rx_bytes.add(payload.len() as u64);
-        let result = Self::check_vxlan(state, endpoint, src, payload);
+        let result = check_vxlan(state, endpoint, src, payload);
         let port = match result {
             Ok(ok) => ok,
             Err(reason) => {
-                self.counters().tunnel.drop(reason);
-                if let Some(t) = self.trace_mut() {
+                cx.counters.tunnel.drop(reason);
+                if let Some(t) = cx.trace_mut() {
                     t.step(Stage::Tunnel, "vxlan_decap").with("remote", src);
                     t.dropped(reason);
                 }
                 return Err(reason);
             }
         };
-        record(&mut self.trace, Stage::Tunnel, "vxlan_decap", move |s| {
+        record(&mut cx.trace, Stage::Tunnel, "vxlan_decap", move |s| {
             s.with("remote", src)
                 .with("vni", state.vxlan_port(port).map_or(0, |vx| vx.vni))
                 .with("port", state.port(port).map_or("?", |p| p.name.as_str()));
@@ -84,8 +92,8 @@ impl Bridge {
             let inner_src = EthernetFrame::new_unchecked(&inner[..]).src_addr();
             let key = FdbKey::new(vlan, inner_src);
             if vx.learning && inner_src.is_unicast() && !state.static_remotes.contains_key(&key) {
-                let learn = &self.counters.learn;
-                match self.shared.remotes().learn(key, src, now) {
+                let learn = &cx.counters.learn;
+                match cx.shared.remotes().learn(key, src, now) {
                     RemoteLearn::Learned => learn.remote_learned.add(1),
                     RemoteLearn::Moved => learn.remote_moved.add(1),
                     RemoteLearn::TableFull => learn.remote_table_full.add(1),
@@ -96,34 +104,11 @@ impl Bridge {
         Ok((port, inner))
     }
 
-    /// The VXLAN port of a valid packet; its inner frame starts at `vxlan::HEADER_LEN`.
-    fn check_vxlan(
-        state: &ForwardingState,
-        endpoint: TunnelEndpoint,
-        src: Ipv4Addr,
-        payload: &[u8],
-    ) -> Result<PortId, DropReason> {
-        let header = VxlanHeader::new_checked(payload).map_err(|_| DropReason::VxlanTruncated)?;
-        let repr = VxlanRepr::parse(&header).map_err(|_| DropReason::VxlanBadFlags)?;
-        let inner = header.payload();
-        if inner.len() < ETHERNET_HEADER_LEN {
-            return Err(DropReason::VxlanTruncated);
-        }
-        let port = *state
-            .vni_ports
-            .get(&(endpoint, repr.vni.get()))
-            .ok_or(DropReason::VxlanUnknownVni)?;
-        let vx = state.vxlan_port(port).ok_or(DropReason::VxlanUnknownVni)?;
-        if !vx.allows(src) {
-            return Err(DropReason::VxlanSourceNotAllowed);
-        }
-        Ok(port)
-    }
-
     /// The remote VTEPs a frame to `dst` in `vlan` goes to through `vx`: a static entry, a
     /// learned one, or else the flood list.
     pub fn remotes_for<'s>(
         &self,
+        shared: &SharedTables,
         state: &'s ForwardingState,
         vx: &'s VxlanPort,
         vlan: VlanId,
@@ -135,22 +120,22 @@ impl Bridge {
             if let Some(ip) = state.static_remotes.get(&key) {
                 return Remotes::One(*ip);
             }
-            let learned = self.shared.remotes().lookup(key, now, state.mac_aging_ms);
+            let learned = shared.remotes().lookup(key, now, state.mac_aging_ms);
             if let Some(ip) = learned {
                 return Remotes::One(ip);
             }
         }
         Remotes::Flood(&vx.remotes)
     }
-}
 
-impl Bridge {
     /// Encapsulates `frame` (switched to the VXLAN port `port`; `out_len` bytes as that port
-    /// sends it): for each remote VTEP it goes to (see [`Bridge::remotes_for`]), builds the
+    /// sends it): for each remote VTEP it goes to (see [`remotes_for`](Self::remotes_for)), builds the
     /// outer headers and hands them to `send`, with this worker's counters. The caller does
     /// the I/O; this is the whole encapsulation stage otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub fn encapsulate(
-        &mut self,
+        &self,
+        cx: &mut Context,
         state: &ForwardingState,
         port: PortId,
         frame: &[u8],
@@ -163,8 +148,8 @@ impl Bridge {
         };
         let dst = EthernetAddress::from_bytes(&frame[..6]);
         let hash = vxlan::inner_flow_hash(frame);
-        let remotes = self.remotes_for(state, vx, vlan, dst, now);
-        record(&mut self.trace, Stage::Tunnel, "vxlan_encap", move |s| {
+        let remotes = self.remotes_for(&cx.shared, state, vx, vlan, dst, now);
+        record(&mut cx.trace, Stage::Tunnel, "vxlan_encap", move |s| {
             s.with("vni", vx.vni)
                 .with("port", state.port(port).map_or("?", |p| p.name.as_str()));
             match remotes {
@@ -182,10 +167,34 @@ impl Bridge {
             }
         });
         for remote in remotes.iter() {
-            let outer = outer_headers(vx, remote, out_len, hash, self.next_ip_ident());
-            send(remote, &outer, &self.counters);
+            let outer = outer_headers(vx, remote, out_len, hash, cx.next_ip_ident());
+            send(remote, &outer, &cx.counters);
         }
     }
+}
+
+/// The VXLAN port of a valid packet; its inner frame starts at `vxlan::HEADER_LEN`.
+fn check_vxlan(
+    state: &ForwardingState,
+    endpoint: TunnelEndpoint,
+    src: Ipv4Addr,
+    payload: &[u8],
+) -> Result<PortId, DropReason> {
+    let header = VxlanHeader::new_checked(payload).map_err(|_| DropReason::VxlanTruncated)?;
+    let repr = VxlanRepr::parse(&header).map_err(|_| DropReason::VxlanBadFlags)?;
+    let inner = header.payload();
+    if inner.len() < ETHERNET_HEADER_LEN {
+        return Err(DropReason::VxlanTruncated);
+    }
+    let port = *state
+        .vni_ports
+        .get(&(endpoint, repr.vni.get()))
+        .ok_or(DropReason::VxlanUnknownVni)?;
+    let vx = state.vxlan_port(port).ok_or(DropReason::VxlanUnknownVni)?;
+    if !vx.allows(src) {
+        return Err(DropReason::VxlanSourceNotAllowed);
+    }
+    Ok(port)
 }
 
 /// The outer IPv4, UDP and VXLAN headers for an inner frame of `inner_len` bytes to `remote`.

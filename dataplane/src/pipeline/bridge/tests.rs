@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::pipeline::{Decision, Pipeline, PortMode, WorkerCounters};
 use crate::pipeline::{PortState, VlanSet};
 use crate::wire::builder::ethernet_frame;
+use crate::wire::{EtherType, EthernetFrame};
 
 fn mac(last: u8) -> EthernetAddress {
     EthernetAddress([2, 0, 0, 0, 0, last])
@@ -38,24 +40,24 @@ fn trunk(name: &str, vlans: &[u16], native: Option<u16>) -> Option<PortState> {
 /// A switch under test: ports 0..n, a fake clock in seconds.
 struct Sim {
     state: ForwardingState,
-    bridge: Bridge,
+    pipeline: Pipeline,
     now: Timestamp,
 }
 
 impl Sim {
     fn new(ports: Vec<Option<PortState>>) -> Sim {
         let state = ForwardingState::with_ports(ports);
-        let bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+        let pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
         Sim {
             state,
-            bridge,
+            pipeline,
             now: Timestamp::from_secs(1),
         }
     }
 
     fn republish(&mut self) {
         self.state.rebuild_vlan_members();
-        self.bridge.adopt(&self.state);
+        self.pipeline.adopt(&self.state);
     }
 
     /// Sends `frame` in on `port`; returns the (port, frame-as-sent) pairs, or the drop.
@@ -63,8 +65,8 @@ impl Sim {
         let mut frame = frame.to_vec();
         let frame = &mut frame[..];
         match self
-            .bridge
-            .process(&self.state, PortId(port), frame, self.now)
+            .pipeline
+            .decide(&self.state, PortId(port), frame, self.now)
         {
             Decision::Drop(r) => Err(r),
             Decision::Forward(e) => Ok(e
@@ -92,7 +94,7 @@ impl Sim {
     }
 
     fn drops(&self, port: u16, r: DropReason) -> u64 {
-        self.bridge.counters().port(PortId(port)).drops[r.index()].get()
+        self.pipeline.counters().port(PortId(port)).drops[r.index()].get()
     }
 }
 
@@ -138,7 +140,7 @@ fn unknown_unicast_floods_then_learned_unicast_goes_to_one_port() {
         [1],
         "mac 2 learned on port 1"
     );
-    assert_eq!(sim.bridge.counters().learn.learned.get(), 2);
+    assert_eq!(sim.pipeline.counters().learn.learned.get(), 2);
 }
 
 #[test]
@@ -162,7 +164,7 @@ fn station_move_updates_the_entry() {
     sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(1)))
         .unwrap();
     assert_eq!(sim.out_ports(2, &untagged(mac(1), mac(3))), [1]);
-    assert_eq!(sim.bridge.counters().learn.moved.get(), 1);
+    assert_eq!(sim.pipeline.counters().learn.moved.get(), 1);
 }
 
 #[test]
@@ -185,11 +187,11 @@ fn learned_entries_age_out() {
     );
     let now = sim.now;
     assert_eq!(
-        sim.bridge.age(&sim.state, now),
+        sim.pipeline.age(&sim.state, now),
         1,
         "only mac 1 is idle for 10 s"
     );
-    assert_eq!(sim.bridge.counters().learn.aged.get(), 1);
+    assert_eq!(sim.pipeline.counters().learn.aged.get(), 1);
 }
 
 #[test]
@@ -203,7 +205,7 @@ fn static_entries_never_age_and_are_never_overwritten() {
     // mac 9 shows up as a source on port 0: not learned, the static entry stands.
     sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(9)))
         .unwrap();
-    assert_eq!(sim.bridge.mac_table().len(), 0);
+    assert_eq!(sim.pipeline.mac_table().len(), 0);
     sim.advance_secs(3600);
     assert_eq!(sim.out_ports(1, &untagged(mac(9), mac(1))), [2]);
 }
@@ -336,7 +338,7 @@ fn malformed_frames_are_counted_drops() {
     let stp = untagged(EthernetAddress([0x01, 0x80, 0xc2, 0, 0, 0]), mac(1));
     assert_eq!(sim.send(0, &stp), Err(DropReason::LinkLocal));
     assert_eq!(sim.send(7, &good), Err(DropReason::UnknownPort));
-    let c = sim.bridge.counters().port(PortId(0));
+    let c = sim.pipeline.counters().port(PortId(0));
     assert_eq!(c.drops.iter().map(|d| d.get()).sum::<u64>(), 8);
     assert_eq!(c.rx_packets.get(), 9);
 }
@@ -354,16 +356,16 @@ fn full_tables_stop_learning_but_frames_still_flood() {
         sim.send(0, &untagged(EthernetAddress::BROADCAST, mac(i)))
             .unwrap();
     }
-    assert_eq!(sim.bridge.mac_table().port_count(PortId(0)), 2);
-    assert_eq!(sim.bridge.counters().learn.port_limit.get(), 1);
+    assert_eq!(sim.pipeline.mac_table().port_count(PortId(0)), 2);
+    assert_eq!(sim.pipeline.counters().learn.port_limit.get(), 1);
     sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(10)))
         .unwrap();
     assert_eq!(
         sim.out_ports(1, &untagged(EthernetAddress::BROADCAST, mac(11))),
         [0, 2]
     );
-    assert_eq!(sim.bridge.mac_table().len(), 3);
-    assert_eq!(sim.bridge.counters().learn.table_full.get(), 1);
+    assert_eq!(sim.pipeline.mac_table().len(), 3);
+    assert_eq!(sim.pipeline.counters().learn.table_full.get(), 1);
     // mac 3 was never learned: frames to it flood.
     assert_eq!(sim.out_ports(2, &untagged(mac(3), mac(12))), [0, 1]);
 }
@@ -378,14 +380,14 @@ fn republishing_keeps_learned_entries_and_flushes_removed_ports() {
     sim.state.ports.push(access("d", 1));
     sim.republish();
     assert_eq!(
-        sim.bridge.mac_table().len(),
+        sim.pipeline.mac_table().len(),
         2,
         "nothing learned is lost on an update"
     );
     sim.state.ports[0] = None;
     sim.republish();
     assert_eq!(
-        sim.bridge.mac_table().len(),
+        sim.pipeline.mac_table().len(),
         1,
         "entries of a removed port are flushed"
     );
@@ -438,7 +440,7 @@ mod suppression {
         assert_eq!(arp.source_protocol_addr, Ipv4Addr::new(10, 42, 1, 0));
         assert_eq!(arp.target_hardware_addr, mac(1));
         assert_eq!(arp.target_protocol_addr, Ipv4Addr::new(10, 42, 0, 5));
-        assert_eq!(sim.bridge.counters().learn.neigh_suppressed.get(), 1);
+        assert_eq!(sim.pipeline.counters().learn.neigh_suppressed.get(), 1);
         // From a trunk, the reply goes back tagged.
         let tagged_ask = arp_request(
             mac(2),
@@ -461,7 +463,7 @@ mod suppression {
             None,
         );
         assert_eq!(sim.out_ports(0, &ask), [1, 2]);
-        assert_eq!(sim.bridge.counters().learn.neigh_suppressed.get(), 0);
+        assert_eq!(sim.pipeline.counters().learn.neigh_suppressed.get(), 0);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use std::net::Ipv4Addr;
 
 use super::super::icmp::Icmpv4Error;
-use super::super::{Bridge, Decision, DropReason, ForwardingState};
+use super::super::{Decision, DropReason, ForwardingState};
 use super::Generated;
+use super::L3;
 use crate::tables::Timestamp;
 use crate::wire::ipip::{self, OUTER_LEN};
 use crate::wire::{Ipv4Packet, VlanId};
@@ -28,7 +29,7 @@ pub struct IpipEgress {
     pub len: usize,
 }
 
-impl Bridge {
+impl L3<'_> {
     /// Encapsulates the IPv4 packet at `frame[off + 2..]` (`total` bytes) for `tunnel`, with
     /// the checks of any forwarding: TTL, then the tunnel's MTU (fragmentation needed with DF,
     /// else fragments).
@@ -76,11 +77,11 @@ impl Bridge {
             };
             // A tunnel has no interface of its own: counted where the packet came in.
             if let Some(v) = in_vlan {
-                self.counters.interface(v).fragmented.add(1);
+                self.cx.counters.interface(v).fragmented.add(1);
             }
             for f in fragments {
                 let outer = self.outer(tunnel, &f[super::L2..]);
-                self.router.generated.push_back(Generated::Ipip {
+                self.r.generated.push_back(Generated::Ipip {
                     remote: tunnel.remote,
                     outer,
                     bytes: f,
@@ -92,7 +93,7 @@ impl Bridge {
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
         let outer = self.outer(tunnel, &frame[l3..l3 + total]);
         crate::pipeline::trace::record(
-            &mut self.trace,
+            &mut self.cx.trace,
             crate::pipeline::Stage::Tunnel,
             "ipip_encap",
             move |s| {
@@ -116,7 +117,7 @@ impl Bridge {
             tunnel.remote,
             inner.len(),
             inner[1],
-            self.next_ip_ident(),
+            self.cx.next_ip_ident(),
             tunnel.ttl,
         )
     }
@@ -132,13 +133,13 @@ impl Bridge {
         packet: &mut [u8],
         now: Timestamp,
     ) -> (usize, Decision<'s>) {
-        let c = &self.counters.ipip;
+        let c = &self.cx.counters.ipip;
         c.rx_packets.add(1);
         c.rx_bytes.add(packet.len() as u64);
         let decision = match self.check_ipip(state, src, packet) {
             Ok(start) => {
                 crate::pipeline::trace::record(
-                    &mut self.trace,
+                    &mut self.cx.trace,
                     crate::pipeline::Stage::Tunnel,
                     "ipip_decap",
                     move |s| {
@@ -157,8 +158,8 @@ impl Bridge {
                 };
                 return match d {
                     Decision::Drop(r) => {
-                        self.counters.ipip.drop(r);
-                        if let Some(t) = self.trace_mut() {
+                        self.cx.counters.ipip.drop(r);
+                        if let Some(t) = self.cx.trace_mut() {
                             t.dropped(r);
                         }
                         (start - super::L2, d)
@@ -169,8 +170,8 @@ impl Bridge {
             Err(reason) => Decision::Drop(reason),
         };
         if let Decision::Drop(r) = decision {
-            self.counters.ipip.drop(r);
-            if let Some(t) = self.trace_mut() {
+            self.cx.counters.ipip.drop(r);
+            if let Some(t) = self.cx.trace_mut() {
                 t.dropped(r);
             }
         }

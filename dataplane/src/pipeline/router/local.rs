@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use super::super::icmp::{self, Icmpv4Error, Icmpv6Error};
 use super::super::routing::{same_subnet_v4, same_subnet_v6, Interface};
-use super::super::{Bridge, Decision, DropReason, ForwardingState};
+use super::super::{Decision, DropReason, ForwardingState};
+use super::L3;
 use super::{Generated, L2};
 use crate::tables::{NeighKey, Timestamp};
 use crate::wire::{
@@ -55,7 +56,7 @@ fn frame_into(buf: &mut Vec<u8>, dst: EthernetAddress, src: EthernetAddress, eth
     buf.extend_from_slice(&u16::from(ethertype).to_be_bytes());
 }
 
-impl Bridge {
+impl L3<'_> {
     /// ARP to the router on `vlan`: requests for its addresses are answered; requests and
     /// replies from neighbours on its subnets update the neighbour table.
     pub(super) fn arp_in<'s>(
@@ -78,17 +79,22 @@ impl Bridge {
         let target = arp.target_protocol_addr;
         let sender = arp.source_protocol_addr;
         let ours = iface.v4.iter().any(|(a, _)| *a == target);
-        super::super::trace::record(&mut self.trace, super::super::Stage::L3, "arp", move |s| {
-            let op = match arp.operation {
-                ArpOperation::Request => "request",
-                ArpOperation::Reply => "reply",
-                _ => "other",
-            };
-            s.with("op", op)
-                .with("sender", sender)
-                .with("target", target)
-                .with("ours", ours);
-        });
+        super::super::trace::record(
+            &mut self.cx.trace,
+            super::super::Stage::L3,
+            "arp",
+            move |s| {
+                let op = match arp.operation {
+                    ArpOperation::Request => "request",
+                    ArpOperation::Reply => "reply",
+                    _ => "other",
+                };
+                s.with("op", op)
+                    .with("sender", sender)
+                    .with("target", target)
+                    .with("ours", ours);
+            },
+        );
         if !ours {
             return Decision::Drop(DropReason::LocalUnsupported);
         }
@@ -102,17 +108,19 @@ impl Bridge {
                 vlan,
                 ip: IpAddr::V4(sender),
             };
-            let mut released = std::mem::take(&mut self.router.released);
+            let mut released = std::mem::take(&mut self.r.released);
             if arp.operation == ArpOperation::Reply {
-                self.shared
+                self.cx
+                    .shared
                     .neighbours()
                     .confirm(key, mac, now, &mut released);
             } else {
-                self.shared
+                self.cx
+                    .shared
                     .neighbours()
                     .observe(key, mac, now, &mut released);
             }
-            self.router.released = released;
+            self.r.released = released;
             self.release(vlan, mac);
         }
         if arp.operation == ArpOperation::Request {
@@ -123,12 +131,12 @@ impl Bridge {
                 target_hardware_addr: mac,
                 target_protocol_addr: sender,
             };
-            let mut buf = self.router.buffer();
+            let mut buf = self.r.buffer();
             frame_into(&mut buf, mac, iface.mac, EtherType::Arp);
             buf.resize(L2 + reply.buffer_len(), 0);
             reply.emit(&mut ArpPacket::new_unchecked(&mut buf[L2..]));
-            self.counters.interface(vlan).neigh_replies.add(1);
-            self.router
+            self.cx.counters.interface(vlan).neigh_replies.add(1);
+            self.r
                 .generated
                 .push_back(Generated::Frame { vlan, bytes: buf });
         }
@@ -148,7 +156,7 @@ impl Bridge {
         let packet = &frame[l3..l3 + total];
         let ihl = usize::from(packet[0] & 0x0f) * 4;
         super::super::trace::record(
-            &mut self.trace,
+            &mut self.cx.trace,
             super::super::Stage::L3,
             "local",
             move |s| {
@@ -161,20 +169,20 @@ impl Bridge {
         );
         match IpProtocol::from(packet[9]) {
             IpProtocol::Icmp if packet.get(ihl) == Some(&8) => {
-                let mut buf = self.router.buffer();
+                let mut buf = self.r.buffer();
                 buf.resize(L2 + total, 0);
-                let ident = self.next_ip_ident();
+                let ident = self.cx.next_ip_ident();
                 match icmp::icmpv4_echo_reply(&mut buf[L2..], ident, packet) {
                     Some(n) => {
                         buf.truncate(L2 + n);
                         if let Some(v) = in_vlan {
-                            self.counters.interface(v).echo_replies.add(1);
+                            self.cx.counters.interface(v).echo_replies.add(1);
                         }
                         self.send_ip(state, buf, now);
                         Decision::Local
                     }
                     None => {
-                        self.router.recycle(buf);
+                        self.r.recycle(buf);
                         Decision::Drop(DropReason::LocalUnsupported)
                     }
                 }
@@ -255,17 +263,17 @@ impl Bridge {
         let packet = &frame[l3..l3 + total];
         match IpProtocol::from(packet[6]) {
             IpProtocol::Icmpv6 if packet.get(40) == Some(&128) => {
-                let mut buf = self.router.buffer();
+                let mut buf = self.r.buffer();
                 buf.resize(L2 + total, 0);
                 match icmp::icmpv6_echo_reply(&mut buf[L2..], packet) {
                     Some(n) => {
                         buf.truncate(L2 + n);
-                        self.counters.interface(vlan).echo_replies.add(1);
+                        self.cx.counters.interface(vlan).echo_replies.add(1);
                         self.send_ip(state, buf, now);
                         Decision::Local
                     }
                     None => {
-                        self.router.recycle(buf);
+                        self.r.recycle(buf);
                         Decision::Drop(DropReason::LocalUnsupported)
                     }
                 }
@@ -326,11 +334,12 @@ impl Bridge {
                             vlan,
                             ip: IpAddr::V6(src),
                         };
-                        let mut released = std::mem::take(&mut self.router.released);
-                        self.shared
+                        let mut released = std::mem::take(&mut self.r.released);
+                        self.cx
+                            .shared
                             .neighbours()
                             .observe(key, mac, now, &mut released);
-                        self.router.released = released;
+                        self.r.released = released;
                         self.release(vlan, mac);
                     }
                 }
@@ -350,8 +359,8 @@ impl Bridge {
                     target_lladdr: Some(iface.mac),
                 };
                 let buf = self.nd_frame(iface.mac, to_mac, target_addr, to_ip, na);
-                self.counters.interface(vlan).neigh_replies.add(1);
-                self.router
+                self.cx.counters.interface(vlan).neigh_replies.add(1);
+                self.r
                     .generated
                     .push_back(Generated::Frame { vlan, bytes: buf });
                 Decision::Local
@@ -368,17 +377,19 @@ impl Bridge {
                         vlan,
                         ip: IpAddr::V6(target_addr),
                     };
-                    let mut released = std::mem::take(&mut self.router.released);
+                    let mut released = std::mem::take(&mut self.r.released);
                     if solicited_flag {
-                        self.shared
+                        self.cx
+                            .shared
                             .neighbours()
                             .confirm(key, mac, now, &mut released);
                     } else {
-                        self.shared
+                        self.cx
+                            .shared
                             .neighbours()
                             .observe(key, mac, now, &mut released);
                     }
-                    self.router.released = released;
+                    self.r.released = released;
                     self.release(vlan, mac);
                 }
                 Decision::Local
@@ -405,7 +416,7 @@ impl Bridge {
             traffic_class: 0,
             flow_label: 0,
         };
-        let mut buf = self.router.buffer();
+        let mut buf = self.r.buffer();
         frame_into(&mut buf, dst_mac, src_mac, EtherType::Ipv6);
         buf.resize(L2 + ip.buffer_len(), 0);
         ip.emit(&mut Ipv6Packet::new_unchecked(&mut buf[L2..]));
@@ -428,11 +439,12 @@ impl Bridge {
         let Some(&mac) = state.neighbours.get(&(key.vlan, key.ip)) else {
             return false;
         };
-        let mut released = std::mem::take(&mut self.router.released);
-        self.shared
+        let mut released = std::mem::take(&mut self.r.released);
+        self.cx
+            .shared
             .neighbours()
             .confirm(key, mac, now, &mut released);
-        self.router.released = released;
+        self.r.released = released;
         self.release(key.vlan, mac);
         true
     }
@@ -468,7 +480,7 @@ impl Bridge {
                     target_hardware_addr: EthernetAddress::ZERO,
                     target_protocol_addr: target,
                 };
-                let mut buf = self.router.buffer();
+                let mut buf = self.r.buffer();
                 frame_into(
                     &mut buf,
                     unicast.unwrap_or(EthernetAddress::BROADCAST),
@@ -509,8 +521,8 @@ impl Bridge {
                 self.nd_frame(iface.mac, dst_mac, src, dst, ns)
             }
         };
-        self.counters.interface(key.vlan).neigh_probes.add(1);
-        self.router.generated.push_back(Generated::Frame {
+        self.cx.counters.interface(key.vlan).neigh_probes.add(1);
+        self.r.generated.push_back(Generated::Frame {
             vlan: key.vlan,
             bytes: buf,
         });
@@ -533,7 +545,7 @@ impl Bridge {
         let dst = Ipv6Addr::from(d);
         let found = state.routing.lookup(IpAddr::V6(dst));
         super::super::trace::record(
-            &mut self.trace,
+            &mut self.cx.trace,
             super::super::Stage::L3,
             "route",
             move |s| {
@@ -574,7 +586,7 @@ impl Bridge {
             return Decision::Drop(DropReason::NoRoute);
         };
         // A super-frame leaves as segments: they must fit, not the whole.
-        let wire_total = self.offload.map_or(total, |o| {
+        let wire_total = self.r.offload.map_or(total, |o| {
             o.wire_len(&frame[..l3 + total]).saturating_sub(l3)
         });
         if wire_total > usize::from(iface.mtu) {

@@ -19,9 +19,12 @@
 //!   senders get ICMP host unreachable.
 //!
 //! What the router originates (replies, ICMP errors, probes, released packets) goes into a
-//! queue of [`Generated`] frames that the worker drains after each frame
-//! ([`Bridge::take_generated`]); buffers come from a small pool and go back to it
-//! ([`Bridge::recycle`]), so a steady state allocates nothing.
+//! queue of [`Generated`] frames that the egress stage drains after each frame
+//! ([`Router::take_generated`]); buffers come from a small pool and go back to it
+//! ([`Router::recycle`]), so a steady state allocates nothing.
+//!
+//! The stage's own state is a [`Router`]; it works on a frame as an [`L3`], the router
+//! together with the pipeline's [`Context`] (the shared tables, counters, trace).
 
 mod ipip;
 mod local;
@@ -35,13 +38,16 @@ use std::net::{IpAddr, Ipv4Addr};
 pub use ipip::IpipEgress;
 pub(crate) use nat::Balancer;
 
-use super::bridge::{Egress, Targets};
+use super::bridge::lookup_mac;
+use super::context::Context;
+use super::decision::{Egress, Targets};
 use super::fragment::fragment_ipv4;
 use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
-use super::offload::{complete_checksum, segment};
+use super::offload::{complete_checksum, segment, Offload};
 use super::routing::{NextHop, Route, RoutingState};
+use super::shared::SharedTables;
 use super::trace::{record, Stage};
-use super::{Bridge, Decision, DropReason, ForwardingState, VlanMember};
+use super::{Decision, DropReason, ForwardingState, VlanMember};
 use crate::tables::{NeighKey, NeighLookup, PortId, Resolve, Timestamp};
 use crate::wire::{EtherType, EthernetAddress, Ipv4Packet, VlanId};
 
@@ -71,13 +77,23 @@ pub enum Generated {
     },
 }
 
-/// One worker's router: its neighbour table and what it has to send.
+/// One worker's router: what it has to send, and the buffers it builds that in. (The
+/// neighbour table and conntrack are shared by the workers, in the [`Context`].)
 pub struct Router {
     generated: VecDeque<Generated>,
     pool: Vec<Vec<u8>>,
     icmp_limit: IcmpRateLimit,
     scratch: Vec<u8>,
     released: Vec<Vec<u8>>,
+    /// The offloads still to do on the frame being routed (a TCP super-frame, a partial
+    /// checksum), while one is routed whole.
+    pub(super) offload: Option<Offload>,
+}
+
+/// The router at work on a frame: its own state and the pipeline's context.
+pub struct L3<'a> {
+    pub(super) r: &'a mut Router,
+    pub(super) cx: &'a mut Context,
 }
 
 impl Router {
@@ -88,6 +104,32 @@ impl Router {
             icmp_limit: IcmpRateLimit::default(),
             scratch: Vec::new(),
             released: Vec::new(),
+            offload: None,
+        }
+    }
+
+    /// The router at work, with the pipeline's context.
+    #[inline]
+    pub fn with<'a>(&'a mut self, cx: &'a mut Context) -> L3<'a> {
+        L3 { r: self, cx }
+    }
+
+    /// Whether the router originated frames still to send.
+    #[inline]
+    pub fn has_generated(&self) -> bool {
+        !self.generated.is_empty()
+    }
+
+    /// The next frame the router originated, if any.
+    #[inline]
+    pub fn take_generated(&mut self) -> Option<Generated> {
+        self.generated.pop_front()
+    }
+
+    /// Returns a sent frame's buffer to the pool.
+    pub fn recycle_generated(&mut self, generated: Generated) {
+        match generated {
+            Generated::Frame { bytes, .. } | Generated::Ipip { bytes, .. } => self.recycle(bytes),
         }
     }
 
@@ -155,10 +197,10 @@ pub(super) fn for_router(
     local::is_resolution_for(iface, frame, inner_offset)
 }
 
-impl Bridge {
+impl L3<'_> {
     /// The L3 stage for a frame [`for_router`] claimed; `inner_offset` is where its EtherType
     /// is.
-    pub(super) fn route_in<'s>(
+    pub fn route_in<'s>(
         &mut self,
         state: &'s ForwardingState,
         vlan: VlanId,
@@ -166,14 +208,14 @@ impl Bridge {
         frame: &mut [u8],
         now: Timestamp,
     ) -> Decision<'s> {
-        let c = self.counters.interface(vlan);
+        let c = self.cx.counters.interface(vlan);
         c.rx_packets.add(1);
         c.rx_bytes.add(frame.len() as u64);
         let ethertype = EtherType::from(u16::from_be_bytes([
             frame[inner_offset],
             frame[inner_offset + 1],
         ]));
-        record(&mut self.trace, Stage::L3, "received", move |s| {
+        record(&mut self.cx.trace, Stage::L3, "received", move |s| {
             s.with("vlan", vlan)
                 .with("ethertype", ethertype_name(ethertype));
         });
@@ -184,13 +226,13 @@ impl Bridge {
             _ => Decision::Drop(DropReason::L3Unsupported),
         };
         if let Decision::Drop(reason) = decision {
-            self.counters.interface(vlan).drop(reason);
+            self.cx.counters.interface(vlan).drop(reason);
         }
         decision
     }
 
     /// An IPv4 packet at `frame[off + 2..]`, arrived on `in_vlan` (or from a tunnel).
-    pub(super) fn ipv4_in<'s>(
+    pub fn ipv4_in<'s>(
         &mut self,
         state: &'s ForwardingState,
         in_vlan: Option<VlanId>,
@@ -211,7 +253,7 @@ impl Bridge {
             return Decision::Drop(DropReason::Martian);
         }
         let mut dst = dst;
-        if state.nat.is_active() || self.shared.tracks_any() {
+        if state.nat.is_active() || self.cx.shared.tracks_any() {
             if let Err(reason) = self.nat_in(state, in_vlan, l3, total, frame, now) {
                 return Decision::Drop(reason);
             }
@@ -246,7 +288,7 @@ impl Bridge {
         ]);
         let routing = &*state.routing;
         let found = routing.lookup(IpAddr::V4(dst));
-        record(&mut self.trace, Stage::L3, "route", move |s| {
+        record(&mut self.cx.trace, Stage::L3, "route", move |s| {
             s.with("dst", dst);
             match found {
                 Some(r) => describe_route(s, r),
@@ -282,26 +324,24 @@ impl Bridge {
                     mtu,
                     ttl,
                 };
-                if self.offload.is_some() {
+                if self.r.offload.is_some() {
                     // A raw socket takes no super-frame: each segment is encapsulated (or
                     // refused, as a frame would be: a drop the caller counts).
                     let mut result = Decision::Local;
                     for mut piece in self.finish_offloads(&frame[..l3 + total]) {
                         let len = piece.len() - l3;
                         match self.ipip_out(state, in_vlan, off, len, &mut piece, tunnel, now) {
-                            Decision::Tunnel(t) => {
-                                self.router.generated.push_back(Generated::Ipip {
-                                    remote: t.remote,
-                                    outer: t.outer,
-                                    bytes: piece,
-                                    start: t.start,
-                                })
-                            }
+                            Decision::Tunnel(t) => self.r.generated.push_back(Generated::Ipip {
+                                remote: t.remote,
+                                outer: t.outer,
+                                bytes: piece,
+                                start: t.start,
+                            }),
                             d => {
                                 if let Decision::Drop(r) = d {
                                     result = Decision::Drop(r);
                                 }
-                                self.router.recycle(piece);
+                                self.r.recycle(piece);
                             }
                         }
                     }
@@ -339,7 +379,7 @@ impl Bridge {
         };
         let mtu = usize::from(iface.mtu);
         // A super-frame leaves as segments: they must fit, not the whole.
-        let wire_total = self.offload.map_or(total, |o| {
+        let wire_total = self.r.offload.map_or(total, |o| {
             o.wire_len(&frame[..l3 + total]).saturating_sub(l3)
         });
         if wire_total > mtu {
@@ -356,14 +396,14 @@ impl Bridge {
                 return Decision::Drop(DropReason::FragNeeded);
             }
             Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
-            if self.offload.is_some() {
+            if self.r.offload.is_some() {
                 let mut result = Decision::Local;
                 for piece in self.finish_offloads(&frame[..l3 + total]) {
                     let d = self.fragment_out(state, out_vlan, next_hop, &piece[l3..], now);
                     if let Decision::Drop(r) = d {
                         result = Decision::Drop(r);
                     }
-                    self.router.recycle(piece);
+                    self.r.recycle(piece);
                 }
                 return result;
             }
@@ -371,7 +411,7 @@ impl Bridge {
         }
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
         let ttl = frame[l3 + 8];
-        record(&mut self.trace, Stage::L3, "ttl", move |s| {
+        record(&mut self.cx.trace, Stage::L3, "ttl", move |s| {
             s.with("ttl", ttl);
         });
         self.output(state, out_vlan, next_hop, off, l3 + total, frame, now)
@@ -397,14 +437,14 @@ impl Bridge {
             vlan: out_vlan,
             ip: next_hop,
         };
-        let mut found = self.shared.neighbours().lookup(key, now);
+        let mut found = self.cx.shared.neighbours().lookup(key, now);
         if let NeighLookup::Pending { probe: true } = found {
             // A static neighbour resolves at once (the probe confirms it, sending nothing).
             if self.pin_static(state, key, now) {
-                found = self.shared.neighbours().lookup(key, now);
+                found = self.cx.shared.neighbours().lookup(key, now);
             }
         }
-        record(&mut self.trace, Stage::L3, "neighbour", move |s| {
+        record(&mut self.cx.trace, Stage::L3, "neighbour", move |s| {
             s.with("vlan", out_vlan).with("next_hop", next_hop);
             match found {
                 NeighLookup::Known { mac, .. } => s.with("result", "resolved").with("mac", mac),
@@ -423,45 +463,45 @@ impl Bridge {
                 }
                 frame[..6].copy_from_slice(mac.as_bytes());
                 frame[6..12].copy_from_slice(iface.mac.as_bytes());
-                let c = self.counters.interface(out_vlan);
+                let c = self.cx.counters.interface(out_vlan);
                 c.tx_packets.add(1);
                 c.tx_bytes.add((end - off + 12) as u64);
                 Decision::Forward(Egress {
                     vlan: out_vlan,
                     inner_offset: off,
-                    targets: self.l2_targets(state, out_vlan, mac, now),
+                    targets: l2_targets(&self.cx.shared, state, out_vlan, mac, now),
                 })
             }
             NeighLookup::Pending { probe } => {
                 if probe {
                     self.probe(state, key, None, now);
                 }
-                if self.offload.is_some() {
+                if self.r.offload.is_some() {
                     // Queued frames leave as they are: finish them first.
                     let mut result = Decision::Local;
                     for piece in self.finish_offloads(&frame[..end]) {
-                        let mut buf = self.router.buffer();
+                        let mut buf = self.r.buffer();
                         buf.extend_from_slice(&piece[..6]);
                         buf.extend_from_slice(iface.mac.as_bytes());
                         buf.extend_from_slice(&piece[off..]);
-                        self.router.recycle(piece);
-                        let queued = self.shared.neighbours().enqueue(&key, buf);
+                        self.r.recycle(piece);
+                        let queued = self.cx.shared.neighbours().enqueue(&key, buf);
                         if let Err(b) = queued {
-                            self.router.recycle(b);
+                            self.r.recycle(b);
                             result = Decision::Drop(DropReason::NeighbourQueueFull);
                         }
                     }
                     return result;
                 }
-                let mut buf = self.router.buffer();
+                let mut buf = self.r.buffer();
                 buf.extend_from_slice(&frame[..6]);
                 buf.extend_from_slice(iface.mac.as_bytes());
                 buf.extend_from_slice(&frame[off..end]);
-                let queued = self.shared.neighbours().enqueue(&key, buf);
+                let queued = self.cx.shared.neighbours().enqueue(&key, buf);
                 match queued {
                     Ok(()) => Decision::Local,
                     Err(b) => {
-                        self.router.recycle(b);
+                        self.r.recycle(b);
                         Decision::Drop(DropReason::NeighbourQueueFull)
                     }
                 }
@@ -503,7 +543,7 @@ impl Bridge {
         now: Timestamp,
     ) -> Result<(), DropReason> {
         let len = buf.len();
-        let resolved = self.shared.neighbours().resolve(key, buf, now);
+        let resolved = self.cx.shared.neighbours().resolve(key, buf, now);
         match resolved {
             Resolve::Known { mac, probe, packet } => {
                 buf = packet;
@@ -511,10 +551,10 @@ impl Bridge {
                     self.probe(state, key, Some(mac), now);
                 }
                 buf[..6].copy_from_slice(mac.as_bytes());
-                let c = self.counters.interface(key.vlan);
+                let c = self.cx.counters.interface(key.vlan);
                 c.tx_packets.add(1);
                 c.tx_bytes.add(len as u64);
-                self.router.generated.push_back(Generated::Frame {
+                self.r.generated.push_back(Generated::Frame {
                     vlan: key.vlan,
                     bytes: buf,
                 });
@@ -527,16 +567,16 @@ impl Bridge {
                 Ok(())
             }
             Resolve::QueueFull(b) => {
-                self.router.recycle(b);
+                self.r.recycle(b);
                 Err(DropReason::NeighbourQueueFull)
             }
             Resolve::Failed(b) => {
                 self.unreachable_about(state, &b, now);
-                self.router.recycle(b);
+                self.r.recycle(b);
                 Err(DropReason::NeighbourFailed)
             }
             Resolve::TableFull(b) => {
-                self.router.recycle(b);
+                self.r.recycle(b);
                 Err(DropReason::NeighbourTableFull)
             }
         }
@@ -559,7 +599,7 @@ impl Bridge {
         let Some(fragments) = fragments else {
             return Decision::Drop(DropReason::IpHeaderBad);
         };
-        self.counters.interface(out_vlan).fragmented.add(1);
+        self.cx.counters.interface(out_vlan).fragmented.add(1);
         let key = NeighKey {
             vlan: out_vlan,
             ip: next_hop,
@@ -581,14 +621,14 @@ impl Bridge {
     /// of `frame`; none if the offload metadata does not fit the frame. Nothing is pending
     /// afterwards.
     fn finish_offloads(&mut self, frame: &[u8]) -> Vec<Vec<u8>> {
-        let Some(o) = self.offload.take() else {
-            let mut b = self.router.buffer();
+        let Some(o) = self.r.offload.take() else {
+            let mut b = self.r.buffer();
             b.extend_from_slice(frame);
             return vec![b];
         };
-        let mut scratch = std::mem::take(&mut self.router.scratch);
+        let mut scratch = std::mem::take(&mut self.r.scratch);
         let mut out = Vec::new();
-        let pool = &mut self.router.pool;
+        let pool = &mut self.r.pool;
         let mut take = |bytes: &[u8]| {
             let mut b = pool.pop().unwrap_or_default();
             b.clear();
@@ -608,10 +648,10 @@ impl Bridge {
                 Ok(())
             }
         };
-        self.router.scratch = scratch;
+        self.r.scratch = scratch;
         if result.is_err() {
             for b in out.drain(..) {
-                self.router.recycle(b);
+                self.r.recycle(b);
             }
         }
         out
@@ -620,9 +660,9 @@ impl Bridge {
     /// The fragments of `packet` for `mtu`, each in a buffer with room for the Ethernet
     /// header in front.
     fn fragments(&mut self, packet: &[u8], mtu: usize) -> Option<Vec<Vec<u8>>> {
-        let mut scratch = std::mem::take(&mut self.router.scratch);
+        let mut scratch = std::mem::take(&mut self.r.scratch);
         let mut out = Vec::new();
-        let pool = &mut self.router.pool;
+        let pool = &mut self.r.pool;
         let result = fragment_ipv4(packet, mtu, &mut scratch, |frag| {
             let mut b = pool.pop().unwrap_or_default();
             b.clear();
@@ -630,76 +670,14 @@ impl Bridge {
             b.extend_from_slice(frag);
             out.push(b);
         });
-        self.router.scratch = scratch;
+        self.r.scratch = scratch;
         match result {
             Ok(_) => Some(out),
             Err(_) => {
                 for b in out {
-                    self.router.recycle(b);
+                    self.r.recycle(b);
                 }
                 None
-            }
-        }
-    }
-
-    /// Where in `vlan` a frame to `mac` goes: its port, or a flood of the VLAN.
-    #[inline]
-    fn l2_targets<'s>(
-        &self,
-        state: &'s ForwardingState,
-        vlan: VlanId,
-        mac: EthernetAddress,
-        now: Timestamp,
-    ) -> Targets<'s> {
-        if mac.is_unicast() {
-            if let Some(out) = self.lookup_mac(state, vlan, mac, now) {
-                if let Some(p) = state.port(out).filter(|p| p.mode.is_member(vlan)) {
-                    return Targets::One(VlanMember {
-                        port: out,
-                        tagged: p.mode.tags_egress(vlan),
-                    });
-                }
-            }
-        }
-        Targets::Flood {
-            members: state.members(vlan),
-            except: ROUTER_PORT,
-        }
-    }
-
-    /// The egress of a frame the router generated into `vlan` (untagged, from the router).
-    pub fn router_egress<'s>(
-        &self,
-        state: &'s ForwardingState,
-        vlan: VlanId,
-        frame: &[u8],
-        now: Timestamp,
-    ) -> Egress<'s> {
-        let dst = EthernetAddress::from_bytes(&frame[..6]);
-        Egress {
-            vlan,
-            inner_offset: 12,
-            targets: self.l2_targets(state, vlan, dst, now),
-        }
-    }
-
-    /// Whether the router originated frames still to send.
-    #[inline]
-    pub fn has_generated(&self) -> bool {
-        !self.router.generated.is_empty()
-    }
-
-    /// The next frame the router originated, if any.
-    #[inline]
-    pub fn take_generated(&mut self) -> Option<Generated> {
-        self.router.generated.pop_front()
-    }
-
-    /// Returns a sent frame's buffer to the pool.
-    pub fn recycle(&mut self, generated: Generated) {
-        match generated {
-            Generated::Frame { bytes, .. } | Generated::Ipip { bytes, .. } => {
-                self.router.recycle(bytes)
             }
         }
     }
@@ -707,16 +685,17 @@ impl Bridge {
     /// The router's share of a new state: neighbours of removed interfaces are forgotten, and
     /// so are resolutions that disagree with a static neighbour (`[[neigh]]`): the next packet
     /// to such a next hop takes the static MAC. O(static neighbours).
-    pub(super) fn adopt_routing(&mut self, state: &ForwardingState) {
+    pub fn adopt(&mut self, state: &ForwardingState) {
         let routing = &*state.routing;
-        let mut neigh = self.shared.neighbours();
+        let mut neigh = self.cx.shared.neighbours();
         neigh.set_max_entries(routing.neigh_max);
         neigh.retain(|k| routing.interface(k.vlan).is_some());
         for (&(vlan, ip), &mac) in &state.neighbours {
             neigh.forget_unless(&NeighKey { vlan, ip }, mac);
         }
         drop(neigh);
-        self.shared
+        self.cx
+            .shared
             .conntrack()
             .set_max_entries(state.nat.conntrack_max);
     }
@@ -727,28 +706,32 @@ impl Bridge {
         self.nat_tick(now);
         let mut probes = Vec::new();
         let mut failed = Vec::new();
-        self.shared.neighbours().tick(now, &mut probes, &mut failed);
+        self.cx
+            .shared
+            .neighbours()
+            .tick(now, &mut probes, &mut failed);
         for (key, mac) in probes {
             self.probe(state, key, mac, now);
         }
         for (key, b) in failed {
-            self.counters
+            self.cx
+                .counters
                 .interface(key.vlan)
                 .drop(DropReason::NeighbourFailed);
             self.unreachable_about(state, &b, now);
-            self.router.recycle(b);
+            self.r.recycle(b);
         }
     }
 
     /// Sends the queued frames of a neighbour that just resolved to `mac`.
     fn release(&mut self, vlan: VlanId, mac: EthernetAddress) {
-        let released = std::mem::take(&mut self.router.released);
+        let released = std::mem::take(&mut self.r.released);
         for mut b in released.into_iter() {
             b[..6].copy_from_slice(mac.as_bytes());
-            let c = self.counters.interface(vlan);
+            let c = self.cx.counters.interface(vlan);
             c.tx_packets.add(1);
             c.tx_bytes.add(b.len() as u64);
-            self.router
+            self.r
                 .generated
                 .push_back(Generated::Frame { vlan, bytes: b });
         }
@@ -817,29 +800,29 @@ impl Bridge {
         let Some(IpAddr::V4(src)) = state.routing.source_for(IpAddr::V4(peer)) else {
             return;
         };
-        let ident = self.next_ip_ident();
-        let mut buf = self.router.buffer();
+        let ident = self.cx.next_ip_ident();
+        let mut buf = self.r.buffer();
         buf.resize(L2 + ICMPV4_ERROR_MAX, 0);
         let Some(n) = icmp::icmpv4_error(&mut buf[L2..], src, ident, offending, kind) else {
-            self.router.recycle(buf);
+            self.r.recycle(buf);
             return;
         };
         // Path MTU discovery is never rate limited (as in Linux).
-        if kind.is_rate_limited() && !self.router.icmp_limit.allow(now) {
+        if kind.is_rate_limited() && !self.r.icmp_limit.allow(now) {
             if let Some(v) = in_vlan {
-                self.counters.interface(v).icmp_rate_limited.add(1);
+                self.cx.counters.interface(v).icmp_rate_limited.add(1);
             }
-            self.router.recycle(buf);
+            self.r.recycle(buf);
             return;
         }
         buf.truncate(L2 + n);
         if let Some(v) = in_vlan {
-            self.counters.interface(v).icmp_errors.add(1);
+            self.cx.counters.interface(v).icmp_errors.add(1);
         }
         // About a translated packet: the error goes to its sender as the sender knows it,
         // from the router's address on the sender's side (as if no translation had happened).
         if self.translate_icmp_error(&mut buf[L2..], 20, now) {
-            self.counters.nat.icmp_translated.add(1);
+            self.cx.counters.nat.icmp_translated.add(1);
             let mut ip = Ipv4Packet::new_unchecked(&mut buf[L2..]);
             if let Some(IpAddr::V4(src)) = state.routing.source_for(IpAddr::V4(ip.dst_addr())) {
                 ip.set_src_addr(src);
@@ -866,22 +849,22 @@ impl Bridge {
         let Some(IpAddr::V6(src)) = state.routing.source_for(IpAddr::V6(peer)) else {
             return;
         };
-        let mut buf = self.router.buffer();
+        let mut buf = self.r.buffer();
         buf.resize(L2 + ICMPV6_ERROR_MAX, 0);
         let Some(n) = icmp::icmpv6_error(&mut buf[L2..], src, offending, kind) else {
-            self.router.recycle(buf);
+            self.r.recycle(buf);
             return;
         };
-        if kind.is_rate_limited() && !self.router.icmp_limit.allow(now) {
+        if kind.is_rate_limited() && !self.r.icmp_limit.allow(now) {
             if let Some(v) = in_vlan {
-                self.counters.interface(v).icmp_rate_limited.add(1);
+                self.cx.counters.interface(v).icmp_rate_limited.add(1);
             }
-            self.router.recycle(buf);
+            self.r.recycle(buf);
             return;
         }
         buf.truncate(L2 + n);
         if let Some(v) = in_vlan {
-            self.counters.interface(v).icmp_errors.add(1);
+            self.cx.counters.interface(v).icmp_errors.add(1);
         }
         self.send_ip(state, buf, now);
     }
@@ -902,12 +885,12 @@ impl Bridge {
                 (IpAddr::V6(std::net::Ipv6Addr::from(d)), EtherType::Ipv6)
             }
             _ => {
-                self.router.recycle(buf);
+                self.r.recycle(buf);
                 return;
             }
         };
         let Some(route) = state.routing.lookup(dst) else {
-            self.router.recycle(buf);
+            self.r.recycle(buf);
             return;
         };
         let (vlan, next_hop) = match route.next_hop {
@@ -928,14 +911,14 @@ impl Bridge {
                 // What the router originates has DF clear: fragment it to the tunnel's MTU.
                 let packets = if buf.len() - L2 > usize::from(mtu) {
                     let fragments = self.fragments(&buf[L2..], usize::from(mtu));
-                    self.router.recycle(buf);
+                    self.r.recycle(buf);
                     fragments.unwrap_or_default()
                 } else {
                     vec![buf]
                 };
                 for b in packets {
                     let outer = self.outer(tunnel, &b[L2..]);
-                    self.router.generated.push_back(Generated::Ipip {
+                    self.r.generated.push_back(Generated::Ipip {
                         remote,
                         outer,
                         bytes: b,
@@ -945,12 +928,12 @@ impl Bridge {
                 return;
             }
             _ => {
-                self.router.recycle(buf);
+                self.r.recycle(buf);
                 return;
             }
         };
         let Some(iface) = state.routing.interface(vlan) else {
-            self.router.recycle(buf);
+            self.r.recycle(buf);
             return;
         };
         let key = NeighKey { vlan, ip: next_hop };
@@ -960,7 +943,7 @@ impl Bridge {
                 EtherType::Ipv4 => self.fragments(&buf[L2..], usize::from(iface.mtu)),
                 _ => None,
             };
-            self.router.recycle(buf);
+            self.r.recycle(buf);
             fragments.unwrap_or_default()
         } else {
             vec![buf]
@@ -970,6 +953,47 @@ impl Bridge {
             b[12..14].copy_from_slice(&u16::from(ethertype).to_be_bytes());
             let _ = self.send_frame(state, key, b, now);
         }
+    }
+}
+
+/// Where in `vlan` a frame to `mac` goes: its port, or a flood of the VLAN.
+#[inline]
+fn l2_targets<'s>(
+    shared: &SharedTables,
+    state: &'s ForwardingState,
+    vlan: VlanId,
+    mac: EthernetAddress,
+    now: Timestamp,
+) -> Targets<'s> {
+    if mac.is_unicast() {
+        if let Some(out) = lookup_mac(shared, state, vlan, mac, now) {
+            if let Some(p) = state.port(out).filter(|p| p.mode.is_member(vlan)) {
+                return Targets::One(VlanMember {
+                    port: out,
+                    tagged: p.mode.tags_egress(vlan),
+                });
+            }
+        }
+    }
+    Targets::Flood {
+        members: state.members(vlan),
+        except: ROUTER_PORT,
+    }
+}
+
+/// The egress of a frame the router generated into `vlan` (untagged, from the router).
+pub fn router_egress<'s>(
+    shared: &SharedTables,
+    state: &'s ForwardingState,
+    vlan: VlanId,
+    frame: &[u8],
+    now: Timestamp,
+) -> Egress<'s> {
+    let dst = EthernetAddress::from_bytes(&frame[..6]);
+    Egress {
+        vlan,
+        inner_offset: 12,
+        targets: l2_targets(shared, state, vlan, dst, now),
     }
 }
 

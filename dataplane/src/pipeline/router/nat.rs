@@ -32,7 +32,8 @@ use hashbrown::HashMap;
 
 use super::super::nat::{self as packet_nat, Parsed, L4};
 use super::super::routing::{NextHop, RoutingState};
-use super::super::{Bridge, DropReason, ForwardingState};
+use super::super::{DropReason, ForwardingState};
+use super::L3;
 use super::{Icmpv4Error, L2};
 use crate::tables::conntrack::{InsertError, ProtoState, NAT_DNAT, NAT_SNAT};
 use crate::tables::service::{mix, PROTO_ICMP, PROTO_TCP};
@@ -248,7 +249,7 @@ pub(super) fn allocate_port(
     false
 }
 
-impl Bridge {
+impl L3<'_> {
     /// NAT for the IPv4 packet at `frame[l3..l3 + total]` (its header already checked), before
     /// routing. `Ok` to route it on, rewritten or not.
     pub(super) fn nat_in(
@@ -266,7 +267,7 @@ impl Bridge {
             L4::LaterFragment => return self.nat_fragment(state, packet, &p, now),
             L4::IcmpError => {
                 if self.translate_icmp_error(packet, p.l4_offset, now) {
-                    self.counters.nat.icmp_translated.add(1);
+                    self.cx.counters.nat.icmp_translated.add(1);
                 }
                 return Ok(());
             }
@@ -274,7 +275,7 @@ impl Bridge {
         }
         // The lock is held from the lookup to the insert of a new entry: no other worker can
         // create the same connection in between.
-        let shared = Arc::clone(&self.shared);
+        let shared = Arc::clone(&self.cx.shared);
         let mut ct = shared.conntrack();
         let found = ct.lookup(&p.key, now).filter(|&(slot, dir)| {
             // An echo request where the entry expects replies (or the other way round) is
@@ -288,14 +289,14 @@ impl Bridge {
             let e = ct.entry_mut(slot);
             if let (L4::Tcp(seg), ProtoState::Tcp(track)) = (p.l4, &mut e.proto) {
                 if track.update(dir, &seg).is_err() {
-                    self.counters.nat.invalid.add(1);
+                    self.cx.counters.nat.invalid.add(1);
                     return Err(DropReason::ConntrackInvalid);
                 }
             }
             e.seen(dir, total, now);
             let to = e.translated(dir);
             crate::pipeline::trace::record(
-                &mut self.trace,
+                &mut self.cx.trace,
                 crate::pipeline::Stage::Nat,
                 "conntrack_hit",
                 move |s| {
@@ -321,7 +322,7 @@ impl Bridge {
             drop(ct);
             if to != p.key {
                 self.rewrite(packet, p.l4_offset, &p.key, &to);
-                self.counters.nat.translated.add(1);
+                self.cx.counters.nat.translated.add(1);
                 if p.first_fragment {
                     self.remember_fragment(packet, &p.key, &to, now);
                 }
@@ -374,7 +375,7 @@ impl Bridge {
                     to.dport = sa.port();
                     nat |= NAT_DNAT;
                     crate::pipeline::trace::record(
-                        &mut self.trace,
+                        &mut self.cx.trace,
                         crate::pipeline::Stage::Nat,
                         "dnat",
                         move |s| {
@@ -384,12 +385,12 @@ impl Bridge {
                 }
                 Some(Target::Service(svc)) => {
                     let chosen = if opens {
-                        self.shared.balancer().pick(ct, svc, &key, now)
+                        self.cx.shared.balancer().pick(ct, svc, &key, now)
                     } else {
                         None
                     };
                     crate::pipeline::trace::record(
-                        &mut self.trace,
+                        &mut self.cx.trace,
                         crate::pipeline::Stage::Nat,
                         "service",
                         move |s| {
@@ -409,7 +410,7 @@ impl Bridge {
                     );
                     let Some(b) = chosen else {
                         if !opens {
-                            self.counters.nat.invalid.add(1);
+                            self.cx.counters.nat.invalid.add(1);
                             return Err(DropReason::ConntrackInvalid);
                         }
                         return Err(DropReason::ServiceNoBackend);
@@ -440,7 +441,7 @@ impl Bridge {
             if nat != 0 || snat_to.is_some() {
                 // Mid-stream TCP (or an echo reply) that would need translating: no entry
                 // to translate it with, so it must not leave untranslated.
-                self.counters.nat.invalid.add(1);
+                self.cx.counters.nat.invalid.add(1);
                 return Err(DropReason::ConntrackInvalid);
             }
             return Ok(());
@@ -465,7 +466,7 @@ impl Bridge {
         let mut reply = to.reversed();
         if nat & NAT_SNAT != 0 || ct.contains(&reply) {
             if matches!(p.l4, L4::Tcp(_) | L4::Udp | L4::Echo { .. }) {
-                let mut balancer = self.shared.balancer();
+                let mut balancer = self.cx.shared.balancer();
                 if !allocate_port(ct, &mut reply, || balancer.random()) {
                     return Err(DropReason::NatNoPort);
                 }
@@ -483,7 +484,7 @@ impl Bridge {
         let slot = match ct.insert(entry, now) {
             Ok(slot) => {
                 crate::pipeline::trace::record(
-                    &mut self.trace,
+                    &mut self.cx.trace,
                     crate::pipeline::Stage::Nat,
                     "new_connection",
                     move |s| {
@@ -498,19 +499,19 @@ impl Bridge {
                 slot
             }
             Err(InsertError::Full) => {
-                self.counters.nat.insert_failed.add(1);
+                self.cx.counters.nat.insert_failed.add(1);
                 return Err(DropReason::ConntrackFull);
             }
             Err(InsertError::Clash) => return Err(DropReason::NatNoPort),
         };
-        self.counters.nat.connections.add(1);
+        self.cx.counters.nat.connections.add(1);
         let e = ct.entry_mut(slot);
         e.seen(Dir::Original, total, now);
         let to = e.translated(Dir::Original);
         if to != key {
             let packet = &mut frame[l3..l3 + total];
             self.rewrite(packet, p.l4_offset, &key, &to);
-            self.counters.nat.translated.add(1);
+            self.cx.counters.nat.translated.add(1);
             if p.first_fragment {
                 self.remember_fragment(packet, &key, &to, now);
             }
@@ -528,11 +529,11 @@ impl Bridge {
         offending: &[u8],
         now: Timestamp,
     ) {
-        if !self.router.icmp_limit.allow(now) {
+        if !self.r.icmp_limit.allow(now) {
             return;
         }
-        let ident = self.next_ip_ident();
-        let mut buf = self.router.buffer();
+        let ident = self.cx.next_ip_ident();
+        let mut buf = self.r.buffer();
         buf.resize(L2 + 576, 0);
         let n = match p.l4 {
             L4::Tcp(seg) if key.proto == PROTO_TCP => {
@@ -549,10 +550,10 @@ impl Bridge {
         match n {
             Some(n) => {
                 buf.truncate(L2 + n);
-                self.counters.nat.rejected.add(1);
+                self.cx.counters.nat.rejected.add(1);
                 self.send_ip(state, buf, now);
             }
-            None => self.router.recycle(buf),
+            None => self.r.recycle(buf),
         }
     }
 
@@ -564,14 +565,14 @@ impl Bridge {
         l4_offset: usize,
         now: Timestamp,
     ) -> bool {
-        if !self.shared.tracks_any() {
+        if !self.cx.shared.tracks_any() {
             return false;
         }
         let Some(q) = packet_nat::quoted(packet, l4_offset) else {
             return false;
         };
         let look = q.key.reversed();
-        let mut ct = self.shared.conntrack();
+        let mut ct = self.cx.shared.conntrack();
         let Some((slot, dir)) = ct.lookup(&look, now) else {
             return false;
         };
@@ -587,7 +588,7 @@ impl Bridge {
     /// Rewrites a packet from tuple `from` to `to`; a partial transport checksum (the frame
     /// being routed has its checksum left to offload) is updated as such.
     fn rewrite(&self, packet: &mut [u8], l4_offset: usize, from: &FlowKey, to: &FlowKey) {
-        if self.offload.is_some_and(|o| o.csum.is_some()) {
+        if self.r.offload.is_some_and(|o| o.csum.is_some()) {
             packet_nat::rewrite_partial(packet, l4_offset, from, to);
         } else {
             packet_nat::rewrite(packet, l4_offset, from, to, true);
@@ -597,15 +598,15 @@ impl Bridge {
     /// Whether an IPv4 packet the router forwarded was translated (its reply tuple is
     /// tracked).
     pub(super) fn is_translated(&self, packet: &[u8]) -> bool {
-        self.shared.tracks_any()
+        self.cx.shared.tracks_any()
             && packet_nat::parse(packet)
-                .is_ok_and(|p| self.shared.conntrack().contains(&p.key.reversed()))
+                .is_ok_and(|p| self.cx.shared.conntrack().contains(&p.key.reversed()))
     }
 
     /// Remembers how the first fragment of a packet was translated, for its later fragments.
     fn remember_fragment(&mut self, packet: &[u8], from: &FlowKey, to: &FlowKey, now: Timestamp) {
         let ident = u16::from_be_bytes([packet[4], packet[5]]);
-        let mut balancer = self.shared.balancer();
+        let mut balancer = self.cx.shared.balancer();
         let frags = &mut balancer.fragments;
         if frags.len() >= FRAGMENTS_MAX {
             frags.retain(|_, (_, _, e)| *e > now);
@@ -635,12 +636,12 @@ impl Bridge {
     ) -> Result<(), DropReason> {
         let ident = u16::from_be_bytes([packet[4], packet[5]]);
         let k = (p.key.src, p.key.dst, p.key.proto, ident);
-        let known = self.shared.balancer().fragments.get(&k).copied();
+        let known = self.cx.shared.balancer().fragments.get(&k).copied();
         if let Some((src, dst, expires)) = known {
             if expires > now {
                 let to = FlowKey { src, dst, ..p.key };
                 packet_nat::rewrite(packet, p.l4_offset, &p.key, &to, false);
-                self.counters.nat.translated.add(1);
+                self.cx.counters.nat.translated.add(1);
                 return Ok(());
             }
         }
@@ -661,13 +662,13 @@ impl Bridge {
     /// Timer work (about once a second): a slice of the conntrack table swept for expired
     /// entries, expired affinities and fragment translations forgotten.
     pub(super) fn nat_tick(&mut self, now: Timestamp) {
-        let mut ct = self.shared.conntrack();
+        let mut ct = self.cx.shared.conntrack();
         if !ct.is_empty() {
             let budget = (ct.len() / 30).max(SWEEP_MIN);
             ct.tick(now, budget);
         }
         drop(ct);
-        let mut b = self.shared.balancer();
+        let mut b = self.cx.shared.balancer();
         if !b.affinity.is_empty() {
             b.affinity.retain(|_, (_, e)| *e > now);
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::super::routing::{Interface, NextHop, Route, RoutingState};
 use super::super::{
-    Bridge, Decision, DropReason, ForwardingState, PortMode, PortState, WorkerCounters,
+    Decision, DropReason, ForwardingState, Pipeline, PortMode, PortState, WorkerCounters,
 };
 use super::Generated;
 use crate::tables::{NeighKey, PortId, Timestamp};
@@ -134,7 +134,7 @@ impl Out {
 
 struct Sim {
     state: ForwardingState,
-    bridge: Bridge,
+    pipeline: Pipeline,
     now: Timestamp,
 }
 
@@ -143,10 +143,10 @@ impl Sim {
         let mut state =
             ForwardingState::with_ports(vec![port("a", 10), port("b", 20), port("up", 100)]);
         state.routing = Arc::new(routing(vlan20_mtu));
-        let bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+        let pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
         Sim {
             state,
-            bridge,
+            pipeline,
             now: Timestamp::from_secs(1),
         }
     }
@@ -155,8 +155,8 @@ impl Sim {
         let mut frame = frame.to_vec();
         let mut out = Out::default();
         let d = self
-            .bridge
-            .process(&self.state, PortId(port), &mut frame, self.now);
+            .pipeline
+            .decide(&self.state, PortId(port), &mut frame, self.now);
         match d {
             Decision::Drop(r) => out.drop = Some(r),
             Decision::Forward(e) => {
@@ -182,11 +182,11 @@ impl Sim {
     }
 
     fn drain(&mut self, out: &mut Out) {
-        while let Some(g) = self.bridge.take_generated() {
+        while let Some(g) = self.pipeline.take_generated() {
             match &g {
                 Generated::Frame { vlan, bytes } => {
                     let e = self
-                        .bridge
+                        .pipeline
                         .router_egress(&self.state, *vlan, bytes, self.now);
                     for m in e.ports() {
                         out.frames.push((m.port.0, e.frame_for(m, bytes).to_vec()));
@@ -203,14 +203,14 @@ impl Sim {
                     out.ipip.push((*remote, p));
                 }
             }
-            self.bridge.recycle(g);
+            self.pipeline.recycle(g);
         }
     }
 
     fn tick(&mut self, secs: u64) -> Out {
         self.now = Timestamp::from_millis(self.now.millis() + secs * 1000);
         let mut out = Out::default();
-        self.bridge.tick(&self.state, self.now);
+        self.pipeline.timers(&self.state, self.now);
         self.drain(&mut out);
         out
     }
@@ -218,7 +218,9 @@ impl Sim {
     fn ipip_in(&mut self, src: Ipv4Addr, packet: &[u8]) -> Out {
         let mut packet = packet.to_vec();
         let mut out = Out::default();
-        let (start, d) = self.bridge.ipip_in(&self.state, src, &mut packet, self.now);
+        let (start, d) = self
+            .pipeline
+            .ipip_in(&self.state, src, &mut packet, self.now);
         match d {
             Decision::Drop(r) => out.drop = Some(r),
             Decision::Forward(e) => {
@@ -244,7 +246,7 @@ impl Sim {
     }
 
     fn iface_drops(&self, v: u16, r: DropReason) -> u64 {
-        self.bridge.counters().interface(vlan(v)).drops[r.index()].get()
+        self.pipeline.counters().interface(vlan(v)).drops[r.index()].get()
     }
 }
 
@@ -339,7 +341,7 @@ fn answers_arp_for_its_address_and_learns_the_asker() {
         ip: IpAddr::V4(A_IP),
     };
     let rec = sim
-        .bridge
+        .pipeline
         .shared()
         .neighbours()
         .record(&key, sim.now)
@@ -414,7 +416,7 @@ fn routes_between_vlans_after_resolving_the_next_hop() {
     assert_eq!(out.frames[0].0, 1);
     assert_eq!(ip_of(&out.frames[0].1).ttl(), 63);
     assert!(ip_of(&out.frames[0].1).verify_checksum());
-    let c = sim.bridge.counters().interface(vlan(20));
+    let c = sim.pipeline.counters().interface(vlan(20));
     assert_eq!(c.tx_packets.get(), 2);
 }
 
@@ -489,7 +491,7 @@ fn fragments_without_df_to_the_egress_mtu() {
     }
     assert_eq!(payload, &big[20..]);
     assert_eq!(
-        sim.bridge.counters().interface(vlan(20)).fragmented.get(),
+        sim.pipeline.counters().interface(vlan(20)).fragmented.get(),
         1
     );
 }
@@ -549,7 +551,7 @@ fn ipip_encapsulates_towards_the_route_host_and_decapsulates_from_peers_only() {
         sim.ipip_in(REMOTE_HOST, &bad).drop,
         Some(DropReason::IpipMalformed)
     );
-    let ipip = &sim.bridge.counters().ipip;
+    let ipip = &sim.pipeline.counters().ipip;
     assert_eq!(
         ipip.drops[DropReason::IpipSourceNotAllowed.index()].get(),
         1
@@ -633,7 +635,7 @@ fn martians_and_bad_headers_are_counted() {
     other[12..14].copy_from_slice(&[0x88, 0xb5]);
     assert_eq!(sim.send(0, &other).drop, Some(DropReason::L3Unsupported));
     assert_eq!(
-        sim.bridge.counters().port(PortId(0)).drops[DropReason::IpHeaderBad.index()].get(),
+        sim.pipeline.counters().port(PortId(0)).drops[DropReason::IpHeaderBad.index()].get(),
         2
     );
 }
@@ -757,7 +759,7 @@ fn frames_to_the_router_mac_on_a_vlan_without_interface_are_switched() {
     state.ports.push(port("e", 30));
     state.rebuild_vlan_members();
     sim.state = state;
-    sim.bridge.adopt(&sim.state);
+    sim.pipeline.adopt(&sim.state);
     let out = sim.send(3, &to_router(R10, mac(3), &ping(A_IP, B_IP, 64, true, 8)));
     assert_eq!(out.drop, None);
     assert_eq!(out.frames.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [4]);
@@ -794,10 +796,10 @@ fn static_neighbours_resolve_onlink_next_hops_without_probes() {
     state.routing = Arc::new(r);
     let vtep = mac(0x77);
     state.neighbours.insert((overlay, IpAddr::V4(gw)), vtep);
-    let bridge = Bridge::new(&state, Arc::new(WorkerCounters::default()));
+    let pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
     let mut sim = Sim {
         state,
-        bridge,
+        pipeline,
         now: Timestamp::from_secs(1),
     };
     sim.send(
@@ -825,12 +827,16 @@ fn static_neighbours_resolve_onlink_next_hops_without_probes() {
     sim.state
         .neighbours
         .insert((overlay, IpAddr::V4(gw)), vtep2);
-    sim.bridge.adopt(&sim.state);
+    sim.pipeline.adopt(&sim.state);
     let out = sim.send(0, &to_router(R10, A, &ping(A_IP, far, 64, true, 8)));
     assert_eq!(out.frames.len(), 1, "{out:?}");
     assert_eq!(&out.frames[0].1[..6], vtep2.as_bytes());
     assert_eq!(
-        sim.bridge.counters().interface(overlay).neigh_probes.get(),
+        sim.pipeline
+            .counters()
+            .interface(overlay)
+            .neigh_probes
+            .get(),
         0
     );
 }

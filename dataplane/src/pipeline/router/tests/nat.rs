@@ -56,7 +56,7 @@ fn add_host_c(sim: &mut Sim) {
     state.ports.push(port("c", 10));
     state.rebuild_vlan_members();
     sim.state = state;
-    sim.bridge.adopt(&sim.state);
+    sim.pipeline.adopt(&sim.state);
     sim.send(3, &arp(ArpOperation::Request, C, C_IP, GW10));
 }
 
@@ -170,7 +170,7 @@ fn tcp_of(p: &[u8]) -> (u8, u32, u32, Vec<u8>) {
 }
 
 fn tcp_state(sim: &Sim) -> TcpState {
-    let ct = sim.bridge.conntrack();
+    let ct = sim.pipeline.conntrack();
     let mut it = ct.iter();
     let e = it.next().expect("an entry");
     assert!(it.next().is_none(), "one entry");
@@ -181,7 +181,7 @@ fn tcp_state(sim: &Sim) -> TcpState {
 }
 
 fn nat(sim: &Sim) -> &crate::pipeline::NatCounters {
-    &sim.bridge.counters().nat
+    &sim.pipeline.counters().nat
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn masquerades_a_tcp_connection_from_handshake_to_time_wait() {
     );
     assert_eq!(tcp_state(&sim), TcpState::TimeWait);
 
-    let e = sim.bridge.conntrack().iter().next().unwrap().clone();
+    let e = sim.pipeline.conntrack().iter().next().unwrap().clone();
     assert_eq!(e.orig, k(a, x, PROTO_TCP));
     assert_eq!(e.reply, k(x, m, PROTO_TCP));
     assert_eq!(e.packets, [5, 4]);
@@ -267,9 +267,9 @@ fn masquerades_a_tcp_connection_from_handshake_to_time_wait() {
     assert_eq!(nat(&sim).translated.get(), 9);
     // TIME_WAIT lasts two minutes.
     sim.tick(119);
-    assert_eq!(sim.bridge.conntrack().len(), 1);
+    assert_eq!(sim.pipeline.conntrack().len(), 1);
     sim.tick(2);
-    assert!(sim.bridge.conntrack().is_empty());
+    assert!(sim.pipeline.conntrack().is_empty());
 }
 
 #[test]
@@ -313,8 +313,8 @@ fn masquerades_udp_and_icmp_echo() {
         }
     );
     assert_eq!(p[20], 0, "echo reply");
-    assert_eq!(sim.bridge.conntrack().len(), 2);
-    assert!(sim.bridge.conntrack().iter().all(|e| e.replied));
+    assert_eq!(sim.pipeline.conntrack().len(), 2);
+    assert!(sim.pipeline.conntrack().iter().all(|e| e.replied));
 }
 
 #[test]
@@ -348,7 +348,7 @@ fn back_to_back_queries_from_one_socket_share_their_entry() {
     let p1 = only(&from_a(&mut sim, &udp(a, x, b"A? example.org", true)), 2);
     let p2 = only(&from_a(&mut sim, &udp(a, x, b"AAAA? example.org", true)), 2);
     assert_eq!(key_of(&p1), key_of(&p2));
-    assert_eq!(sim.bridge.conntrack().len(), 1);
+    assert_eq!(sim.pipeline.conntrack().len(), 1);
     let m = sa(UP, key_of(&p1).sport);
     for answer in [&b"AAAA"[..], b"A"] {
         let p = only(&from_outside(&mut sim, &udp(x, m, answer, true)), 0);
@@ -459,13 +459,13 @@ fn services_spread_new_connections_by_their_scheduler() {
             _ => assert!((140..=260).contains(&a), "{scheduler:?}: {a} / {b}"),
         }
         assert_eq!(
-            sim.bridge
+            sim.pipeline
                 .conntrack()
                 .backend_connections(1, sa(A_IP, 8080)),
             a
         );
         assert_eq!(
-            sim.bridge
+            sim.pipeline
                 .conntrack()
                 .backend_connections(1, sa(B_IP, 8080)),
             b
@@ -650,7 +650,7 @@ fn a_service_without_backends_rejects() {
     );
     assert_eq!(nat(&sim).rejected.get(), 2);
     assert_eq!(sim.iface_drops(10, DropReason::ServiceNoBackend), 2);
-    assert!(sim.bridge.conntrack().is_empty());
+    assert!(sim.pipeline.conntrack().is_empty());
 }
 
 /// A masqueraded connection from A:40000 to X:443 through its handshake; returns the mapped
@@ -708,7 +708,7 @@ fn mid_stream_tcp_without_an_entry_is_not_masqueraded() {
     masquerade(&mut sim);
     let ack = tcp(sa(A_IP, 40000), sa(X, 443), ACK, 1, 1, 1000, &[], b"late");
     nothing(&from_a(&mut sim, &ack), DropReason::ConntrackInvalid);
-    assert!(sim.bridge.conntrack().is_empty());
+    assert!(sim.pipeline.conntrack().is_empty());
     // Between inside VLANs there is nothing to translate: it is routed.
     let ack = tcp(
         sa(A_IP, 40000),
@@ -772,21 +772,21 @@ fn udp_entries_expire_after_30_s_unreplied_and_120_s_replied() {
         &from_outside(&mut sim, &udp(x, sa(UP, key_of(&p).sport), b"r", true)),
         0,
     );
-    assert_eq!(sim.bridge.conntrack().len(), 2);
+    assert_eq!(sim.pipeline.conntrack().len(), 2);
     sim.tick(29);
-    assert_eq!(sim.bridge.conntrack().len(), 2);
+    assert_eq!(sim.pipeline.conntrack().len(), 2);
     sim.tick(2);
     let left: Vec<_> = sim
-        .bridge
+        .pipeline
         .conntrack()
         .iter()
         .map(|e| e.orig.sport)
         .collect();
     assert_eq!(left, [2222]);
     sim.tick(88);
-    assert_eq!(sim.bridge.conntrack().len(), 1);
+    assert_eq!(sim.pipeline.conntrack().len(), 1);
     sim.tick(2);
-    assert!(sim.bridge.conntrack().is_empty());
+    assert!(sim.pipeline.conntrack().is_empty());
     // The answer to a forgotten mapping is the router's, not A's.
     let out = from_outside(&mut sim, &udp(x, sa(UP, key_of(&p).sport), b"late", true));
     assert_eq!(out.drop, Some(DropReason::LocalUnsupported));
@@ -798,7 +798,7 @@ fn a_full_table_refuses_new_connections() {
     let mut sim = nat_sim();
     masquerade(&mut sim);
     sim.state.nat.conntrack_max = 2;
-    sim.bridge.adopt(&sim.state);
+    sim.pipeline.adopt(&sim.state);
     let x = sa(X, 53);
     for port in [1000, 1001] {
         let p = only(&from_a(&mut sim, &udp(sa(A_IP, port), x, b"q", true)), 2);
@@ -811,7 +811,7 @@ fn a_full_table_refuses_new_connections() {
     nothing(&out, DropReason::ConntrackFull);
     assert_eq!(nat(&sim).insert_failed.get(), 1);
     assert_eq!(sim.iface_drops(10, DropReason::ConntrackFull), 1);
-    assert_eq!(sim.bridge.conntrack().stats.insert_failed, 1);
+    assert_eq!(sim.pipeline.conntrack().stats.insert_failed, 1);
 }
 
 #[test]
@@ -834,17 +834,17 @@ fn purging_a_backend_forgets_only_its_connections() {
         ..CtFilter::default()
     };
     assert_eq!(
-        sim.bridge.conntrack().remove_where(|e| filter.matches(e)),
+        sim.pipeline.conntrack().remove_where(|e| filter.matches(e)),
         5
     );
-    assert_eq!(sim.bridge.conntrack().len(), 5);
+    assert_eq!(sim.pipeline.conntrack().len(), 5);
     assert!(sim
-        .bridge
+        .pipeline
         .conntrack()
         .iter()
         .all(|e| e.backend == Some((9, sa(B_IP, 8080)))));
     assert_eq!(
-        sim.bridge
+        sim.pipeline
             .conntrack()
             .backend_connections(9, sa(A_IP, 8080)),
         0
@@ -948,7 +948,7 @@ fn fragments_of_a_masqueraded_datagram_follow_the_first() {
     let m = key_of(&whole);
     assert_eq!((m.src, m.dst, m.dport), (UP, X, 4500));
     assert_eq!(&whole[28..], &payload[..]);
-    assert_eq!(sim.bridge.conntrack().len(), 1);
+    assert_eq!(sim.pipeline.conntrack().len(), 1);
 
     // The answer, fragmented by X, comes back to A whole.
     let answer = udp(x, sa(UP, m.sport), &payload[..3000], true);
@@ -1006,9 +1006,9 @@ fn without_rules_new_connections_are_not_tracked_but_old_ones_live_on() {
         2,
     );
     assert_eq!(key_of(&p).src, A_IP);
-    assert_eq!(sim.bridge.conntrack().len(), 1);
+    assert_eq!(sim.pipeline.conntrack().len(), 1);
     sim.tick(121);
-    assert!(sim.bridge.conntrack().is_empty());
+    assert!(sim.pipeline.conntrack().is_empty());
 }
 
 #[test]
@@ -1097,7 +1097,7 @@ fn a_ping_of_the_router_is_not_taken_for_an_echo_reply() {
         0,
     );
     assert_eq!(key_of(&p).sport, 0x1234);
-    assert_eq!(sim.bridge.conntrack().len(), 1);
+    assert_eq!(sim.pipeline.conntrack().len(), 1);
 }
 
 #[test]
@@ -1218,8 +1218,8 @@ fn a_super_frame_is_masqueraded_whole_with_its_partial_checksum() {
     let wire = offload.wire_len(&frame);
     assert_eq!(wire, 14 + 20 + 20 + 1000);
     let d = sim
-        .bridge
-        .process_offloaded(&sim.state, PortId(0), &mut frame, &offload, wire, sim.now)
+        .pipeline
+        .decide_offloaded(&sim.state, PortId(0), &mut frame, &offload, sim.now)
         .expect("routed whole");
     let Decision::Forward(e) = d else {
         panic!("{d:?}");
@@ -1252,10 +1252,10 @@ fn a_super_frame_to_a_next_hop_still_resolving_is_queued_as_segments() {
     let a = sa(A_IP, 40000);
     let unknown = sa(Ipv4Addr::new(10, 42, 1, 9), 80);
     let (mut frame, offload) = super_frame(a, unknown, 1, 1);
-    let wire = offload.wire_len(&frame);
+    assert!(offload.wire_len(&frame) <= 1500 + 14);
     let d = sim
-        .bridge
-        .process_offloaded(&sim.state, PortId(0), &mut frame, &offload, wire, sim.now)
+        .pipeline
+        .decide_offloaded(&sim.state, PortId(0), &mut frame, &offload, sim.now)
         .expect("routed");
     assert!(matches!(d, Decision::Local), "{d:?}");
     let mut out = Out::default();
