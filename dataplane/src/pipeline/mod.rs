@@ -1,16 +1,19 @@
 //! The sans-IO packet path.
 //!
-//! [`Pipeline`] is one worker's whole path, composed in [`datapath`] in the order a frame
-//! meets its stages: receive (a device's frame with its offload metadata, a VXLAN datagram
-//! through [`tunnel`] decapsulation and [`gro`], an IPIP packet) -> [`offload`] (switch a
-//! super-frame whole, or finish it first) -> the [`Bridge`] (parse, 802.1Q, VLAN
-//! classification by port mode, source checks and MAC learning, ARP/ND suppression
-//! ([`suppress`]), destination lookup, or the [`router`]: ARP/ND, ICMP, conntrack and
-//! [`nat`], longest-prefix-match forwarding, [`fragment`]ation, IPIP) -> [`egress`] (MTU,
-//! VLAN tag, VXLAN encapsulation, software offload fallbacks, the router's generated frames).
-//! Everything leaves as a [`Transmit`] to the caller's [`Output`]; every drop is counted with
-//! a [`DropReason`]. It does no I/O and allocates nothing per frame in steady state, so tests
-//! drive it without root on a fake clock and benches measure it without syscalls.
+//! [`Pipeline`] is one worker's whole path, composed in [`datapath`] from its stages in the
+//! order a frame meets them: receive (a device's frame with its offload metadata, a VXLAN
+//! datagram through [`tunnel`] decapsulation and [`gro`], an IPIP packet) -> [`offload`]
+//! (decide a super-frame whole, or finish it first) -> [`parse`] (Ethernet, 802.1Q) ->
+//! [`ingress`] (the port's MTU, VLAN classification by port mode, source checks) -> L2, the
+//! [`bridge`] (learning, ARP/ND suppression ([`suppress`]), destination lookup) or L3, the
+//! [`router`] (ARP/ND, ICMP, conntrack and [`nat`], longest-prefix-match forwarding,
+//! [`fragment`]ation, IPIP) -> [`egress`] (MTU, VLAN tag, VXLAN encapsulation, software
+//! offload fallbacks, the router's generated frames). Each stage is a type with its own state
+//! and tests; what they share is the [`Context`]. Everything leaves as a [`Transmit`] to the
+//! caller's [`Output`]; every drop is counted with a [`DropReason`] of its stage, and each
+//! stage records its decision in a [`Trace`] when one is on. It does no I/O and allocates
+//! nothing per frame in steady state, so tests drive it without root on a fake clock and
+//! benches measure it without syscalls.
 
 pub mod bridge;
 pub mod context;

@@ -1,7 +1,7 @@
 //! What a frame met on its way through the pipeline, stage by stage: the record behind
 //! `tapswitch trace`.
 //!
-//! A [`Trace`] is switched on for one frame at a time ([`Bridge::trace_on`](super::Bridge)):
+//! A [`Trace`] is switched on for one frame at a time ([`Pipeline::trace_on`](super::Pipeline::trace_on)):
 //! then each stage appends a [`Step`] naming its decision and what decided it (the port and
 //! VLAN, the MAC table entry, the route, the neighbour, the conntrack entry, the Service and
 //! backend, the NAT binding, the remote VTEP, the drop reason), and the egress stage one per
