@@ -366,9 +366,15 @@ impl Pipeline {
             };
             // Consecutive segments of one TCP flow are joined (GRO); anything else goes on
             // alone, after what was joined before it.
-            if gro.push(port.0, inner) == Push::Alone {
-                flush_gro(gro, stages, out, state, scratch, now);
-                if gro.push(port.0, inner) == Push::Alone {
+            match gro.push(port.0, inner) {
+                Push::Joined => {}
+                Push::Apart => {
+                    flush_gro(gro, stages, out, state, scratch, now);
+                    let joined = gro.push(port.0, inner);
+                    debug_assert_eq!(joined, Push::Joined);
+                }
+                Push::Alone => {
+                    flush_gro(gro, stages, out, state, scratch, now);
                     forward(stages, out, state, port, inner, now);
                 }
             }

@@ -13,7 +13,7 @@
 use std::net::Ipv4Addr;
 
 use super::datapath::Stages;
-use super::decision::{Egress, EgressFrame};
+use super::decision::{Egress, EgressFrame, Targets};
 use super::offload::{complete_checksum, segment, Offload, VNET_HDR_LEN};
 use super::trace::{record, Stage};
 use super::tunnel::OUTER_LEN;
@@ -224,6 +224,11 @@ pub(super) fn send_egress<O: Output>(
     frame: &[u8],
     now: Timestamp,
 ) {
+    // Known unicast, the common case, without the flood's iterator.
+    if let Targets::One(member) = egress.targets {
+        send_member(st, out, state, egress, member, frame, None, now);
+        return;
+    }
     for member in egress.ports() {
         send_member(st, out, state, egress, member, frame, None, now);
     }

@@ -25,7 +25,11 @@ const PSH: u8 = 0x08;
 pub enum Push {
     /// Joined (or started) the super-frame being built.
     Joined,
-    /// Not joinable: the caller flushes what is built and passes this frame on alone.
+    /// Joinable, but not to what is built: the caller flushes that, then pushes this frame
+    /// again to start a new one.
+    Apart,
+    /// Never joinable (not a plain TCP segment): the caller flushes what is built and passes
+    /// this frame on alone.
     Alone,
 }
 
@@ -129,7 +133,7 @@ impl Coalescer {
                 && self.buf.len() + payload <= ETH + MAX_IP_LEN
                 && same_flow(&self.buf, frame, thl);
             if !fits {
-                return Push::Alone;
+                return Push::Apart;
             }
             self.buf.extend_from_slice(&frame[self.headers..]);
             self.segments += 1;
@@ -278,14 +282,14 @@ mod tests {
             c.push(1, &segment(1000, ACK, &payload(1000, 1))),
             Push::Joined
         );
-        // A gap in sequence, another port, a SYN, a bigger segment: alone.
+        // A gap in sequence, another port, a bigger segment: apart; a SYN: alone.
         assert_eq!(
             c.push(1, &segment(5000, ACK, &payload(1000, 1))),
-            Push::Alone
+            Push::Apart
         );
         assert_eq!(
             c.push(2, &segment(2000, ACK, &payload(1000, 1))),
-            Push::Alone
+            Push::Apart
         );
         assert_eq!(
             c.push(1, &segment(2000, 0x02, &payload(1000, 1))),
@@ -293,7 +297,7 @@ mod tests {
         );
         assert_eq!(
             c.push(1, &segment(2000, ACK, &payload(1200, 1))),
-            Push::Alone
+            Push::Apart
         );
         // A corrupted segment never joins.
         let mut bad = segment(2000, ACK, &payload(1000, 1));
@@ -307,7 +311,7 @@ mod tests {
         );
         assert_eq!(
             c.push(1, &segment(2500, ACK, &payload(500, 1))),
-            Push::Alone
+            Push::Apart
         );
         let mut n = 0;
         c.take(|_, frame, o| {
@@ -326,7 +330,7 @@ mod tests {
         let mut seq = 1u32;
         let mut joined = 0;
         for _ in 0..60 {
-            if c.push(0, &segment(seq, ACK, &payload(1400, 1))) == Push::Alone {
+            if c.push(0, &segment(seq, ACK, &payload(1400, 1))) != Push::Joined {
                 break;
             }
             joined += 1;
