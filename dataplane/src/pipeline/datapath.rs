@@ -78,6 +78,14 @@ pub struct RxMeta {
     pub len: usize,
 }
 
+impl RxMeta {
+    /// Whether the frame is whole as read and has no checksum or segmentation left to do.
+    #[inline]
+    pub fn is_plain(&self) -> bool {
+        !self.truncated && !self.offload.gso_unsupported && !self.offload.is_pending()
+    }
+}
+
 impl Stages {
     /// parse -> ingress -> L2: where a frame received on `port` goes, or that it is for the
     /// router. `wire_len`: the largest frame on the wire it stands for (of a super-frame,
@@ -250,11 +258,36 @@ impl Pipeline {
         now: Timestamp,
         out: &mut O,
     ) {
-        if self.taps.is_empty() {
-            self.receive_frame(state, port, frame, meta, now, out);
-        } else {
+        if !self.taps.is_empty() {
             self.receive_tapped(state, port, frame, meta, now, out);
+        } else if meta.is_plain() {
+            // Checked here, inline where the metadata was just made, rather than loaded back
+            // in `receive_frame`.
+            self.receive_plain(state, port, frame, now, out);
+        } else {
+            self.receive_frame(state, port, frame, meta, now, out);
         }
+    }
+
+    /// [`receive`](Self::receive) of a frame with nothing left to do and nothing wrong with
+    /// how it was read.
+    fn receive_plain<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        let stages = &mut self.stages;
+        if let Some(t) = stages.cx.trace_mut() {
+            let meta = RxMeta {
+                len: frame.len(),
+                ..RxMeta::default()
+            };
+            receive_step(t, state, port, frame, &meta);
+        }
+        forward(stages, out, state, port, frame, now);
     }
 
     /// [`receive`](Self::receive) itself.
