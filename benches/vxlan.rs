@@ -43,7 +43,7 @@
 mod common;
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -284,6 +284,7 @@ fn receive(
     payload: &mut [u8],
 ) -> usize {
     let mut out = Discard::default();
+    let src = SocketAddrV4::new(src, vxlan::SOURCE_PORT_MIN);
     pipeline.receive_vxlan(state, ENDPOINT, src, payload, None, false, NOW, &mut out);
     pipeline.flush(state, NOW, &mut out);
     out.sent

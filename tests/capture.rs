@@ -405,3 +405,150 @@ fn a_live_trace_of_a_ping_shows_both_directions() {
         .unwrap()
         .contains("ICMP type 0"));
 }
+
+#[test]
+fn a_frame_from_a_tunnel_is_traced_live_and_its_outer_source_port_is_the_senders() {
+    if !have_root() {
+        return;
+    }
+    // Host A runs the switch; host B (192.168.79.2) has a kernel vxlan device (VNI 4343)
+    // with 10.76.0.9 on it, at the other end of an underlay veth.
+    let (ha, hb) = (container("cuta", false), container("cutb", false));
+    let (ia, ib, vx) = (unique("cta"), unique("ctb"), unique("ctv"));
+    ha.ip(&[
+        "link",
+        "add",
+        &ia,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &ib,
+        "netns",
+        hb.name(),
+    ])
+    .unwrap();
+    for (ns, dev, addr) in [(&ha, &ia, "192.168.79.1/24"), (&hb, &ib, "192.168.79.2/24")] {
+        ns.add_addr(dev, addr).unwrap();
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    hb.ip(&[
+        "link",
+        "add",
+        &vx,
+        "type",
+        "vxlan",
+        "id",
+        "4343",
+        "dstport",
+        "4789",
+        "local",
+        "192.168.79.2",
+        "remote",
+        "192.168.79.1",
+    ])
+    .expect("kernel vxlan device");
+    hb.ip(&["link", "set", &vx, "mtu", "1450"]).unwrap();
+    hb.add_addr(&vx, "10.76.0.9/24").unwrap();
+    hb.ip(&["link", "set", &vx, "up"]).unwrap();
+    let config = "[[vxlan]]\nvni = 4343\nvlan = 10\nlocal = \"192.168.79.1\"\nremotes = [\"192.168.79.2\"]\n";
+    let sw = Switch::start_in(&ha, Some(config));
+    let c = container("cutc", false);
+    let pc = unique("ctp");
+    sw.add_container_port(
+        &c,
+        &pc,
+        &["--vlan", "10", "--mtu", "1450"],
+        &["10.76.0.1/24"],
+    );
+    assert_eq!(ping(&c, "10.76.0.9", 1), 1, "through the tunnel");
+
+    let live = Background::start(
+        &sw,
+        &[
+            "trace",
+            "--live",
+            "--port",
+            "vxlan4343",
+            "--filter",
+            "icmp",
+            "--count",
+            "1",
+            "-j",
+        ],
+    );
+    let file = TempFile::new("pcapng");
+    let cap = Background::start(
+        &sw,
+        &[
+            "capture",
+            "vxlan4343",
+            "--underlay",
+            "--direction",
+            "in",
+            "--filter",
+            "udp",
+            "-w",
+            file.arg(),
+            "-c",
+            "1",
+        ],
+    );
+    assert_eq!(ping(&c, "10.76.0.9", 1), 1);
+    let (out, _) = live.finish(Duration::from_secs(15));
+    cap.finish(Duration::from_secs(15));
+
+    // The echo reply, from the tunnel: received as VXLAN from host B, decapsulated with its
+    // VNI, switched to the container's port.
+    let text = String::from_utf8_lossy(&out);
+    let l = lines(&text);
+    assert_eq!(l.len(), 1, "{text}");
+    let t: serde_json::Value = serde_json::from_str(l[0]).expect("a JSON trace");
+    assert_eq!(t["port"], "vxlan4343", "{t:#}");
+    assert!(
+        t["input"]["headers"]
+            .as_str()
+            .unwrap()
+            .contains("ICMP type 0"),
+        "{t:#}"
+    );
+    let steps = t["steps"].as_array().unwrap();
+    let step = |stage: &str, action: &str| {
+        steps
+            .iter()
+            .find(|s| s["stage"] == stage && s["action"] == action)
+            .unwrap_or_else(|| panic!("no {stage} {action} in {t:#}"))
+    };
+    let rx = step("receive", "vxlan");
+    let remote = rx["remote"].as_str().unwrap();
+    assert!(remote.starts_with("192.168.79.2:"), "{t:#}");
+    assert_eq!(rx["endpoint"], "192.168.79.1:4789", "{t:#}");
+    assert_eq!(step("tunnel", "vxlan_decap")["vni"], "4343", "{t:#}");
+    assert_eq!(step("egress", "transmit")["port"], pc.as_str(), "{t:#}");
+    assert_eq!(t["verdict"], "forwarded", "{t:#}");
+
+    // The outer packet as host B sent it: its UDP source port is its own (the kernel picks
+    // one per flow), not the VXLAN port.
+    let f = tshark(
+        &file.0,
+        &[
+            "-T",
+            "fields",
+            "-e",
+            "ip.src",
+            "-e",
+            "udp.srcport",
+            "-e",
+            "udp.dstport",
+            "-e",
+            "vxlan.vni",
+        ],
+    );
+    let l = lines(&f);
+    assert_eq!(l.len(), 1, "{f}");
+    let f: Vec<&str> = l[0].split('\t').collect();
+    assert_eq!(f[0].split(',').next(), Some("192.168.79.2"), "{f:?}");
+    assert_eq!((f[2], f[3]), ("4789", "4343"), "{f:?}");
+    let sport: u16 = f[1].parse().unwrap();
+    assert_ne!(sport, 4789, "{f:?}");
+}

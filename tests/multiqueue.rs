@@ -390,7 +390,7 @@ fn tunnel_with_two_reuseport_sockets() {
             for k in 0..n {
                 let (bytes, from, cut, segment) = batch.get(k);
                 assert!(!cut);
-                assert_eq!(from, Ipv4Addr::LOCALHOST);
+                assert_eq!(*from.ip(), Ipv4Addr::LOCALHOST);
                 for d in bytes.chunks(segment.unwrap_or(bytes.len()).max(1)) {
                     pending[q].push_back(d.to_vec());
                 }

@@ -17,7 +17,7 @@
 
 use std::io;
 use std::mem;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
 
 pub use crate::pipeline::Sent;
@@ -51,7 +51,8 @@ pub fn enable_gro(fd: RawFd) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Got {
     len: usize,
-    src: Ipv4Addr,
+    /// The sender's address (a raw IP socket's port is 0).
+    src: SocketAddrV4,
     cut: bool,
     /// Size of each datagram of a joined run (`UDP_GRO`); the last may be shorter.
     segment: Option<usize>,
@@ -120,7 +121,10 @@ impl RxBatch {
         for (m, from) in msgs.iter().zip(&from).take(n as usize) {
             self.got.push(Got {
                 len: (m.msg_len as usize).min(RX_ROOM),
-                src: Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+                src: SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)),
+                    u16::from_be(from.sin_port),
+                ),
                 cut: m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
                 segment: gro_segment(&m.msg_hdr),
             });
@@ -130,7 +134,7 @@ impl RxBatch {
 
     /// Message `i` of the last read: its bytes, its source, whether it was cut, and the size of
     /// each of its datagrams when it carries a joined run (else it is one datagram).
-    pub fn get(&mut self, i: usize) -> (&mut [u8], Ipv4Addr, bool, Option<usize>) {
+    pub fn get(&mut self, i: usize) -> (&mut [u8], SocketAddrV4, bool, Option<usize>) {
         let g = self.got[i];
         let start = i * RX_ROOM;
         (
@@ -417,7 +421,8 @@ mod tests {
                 let (bytes, src, cut, segment) = batch.get(i);
                 assert!(!cut);
                 assert_eq!(segment, None);
-                assert_eq!(src, Ipv4Addr::LOCALHOST);
+                assert_eq!(*src.ip(), Ipv4Addr::LOCALHOST);
+                assert_eq!(src.port(), tx.local_addr().unwrap().port());
                 assert_eq!(bytes.len(), 100);
                 seen.push(bytes[0]);
             }

@@ -505,7 +505,7 @@ impl Worker {
         };
         for k in 0..n {
             let (packet, src, cut, _) = rx.get(k);
-            pipeline.receive_ipip(&snapshot.forwarding, src, packet, cut, now, &mut out);
+            pipeline.receive_ipip(&snapshot.forwarding, *src.ip(), packet, cut, now, &mut out);
         }
         if n < batch::BATCH {
             *ipip_ready = false;

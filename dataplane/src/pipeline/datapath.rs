@@ -23,7 +23,7 @@
 //!
 //! [`Transmit`]: super::egress::Transmit
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, MutexGuard};
 
 use super::bridge::{Bridge, Switched};
@@ -32,7 +32,7 @@ use super::decision::Decision;
 use super::egress::{self, Output};
 use super::gro::{Coalescer, Push};
 use super::ingress::Ingress;
-use super::observe::{tap_vxlan_in, Direction, Link, TapKind, Tapped, Taps};
+use super::observe::{Direction, Link, TapKind, Tapped, Taps};
 use super::offload::{complete_checksum, segment, Offload};
 use super::parse::parse;
 use super::router::{Generated, Router};
@@ -366,10 +366,34 @@ impl Pipeline {
         &mut self,
         state: &ForwardingState,
         endpoint: TunnelEndpoint,
-        src: Ipv4Addr,
+        src: SocketAddrV4,
         message: &mut [u8],
         segment: Option<usize>,
         cut: bool,
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        if cut {
+            let c = &self.stages.cx.counters.tunnel;
+            c.rx_packets.add(1);
+            c.drop(DropReason::Oversized);
+        } else if self.taps.is_empty() {
+            self.receive_vxlan_run(state, endpoint, *src.ip(), message, segment, now, out);
+        } else {
+            self.receive_vxlan_tapped(state, endpoint, src, message, segment, now, out);
+        }
+    }
+
+    /// [`receive_vxlan`](Self::receive_vxlan) of a message that fit: each of its datagrams
+    /// decapsulated, then joined with its flow's neighbours or switched alone.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receive_vxlan_run<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        endpoint: TunnelEndpoint,
+        src: Ipv4Addr,
+        message: &mut [u8],
+        segment: Option<usize>,
         now: Timestamp,
         out: &mut O,
     ) {
@@ -377,20 +401,10 @@ impl Pipeline {
             stages,
             gro,
             scratch,
-            taps,
-            worker,
+            ..
         } = self;
-        if cut {
-            let c = &stages.cx.counters.tunnel;
-            c.rx_packets.add(1);
-            c.drop(DropReason::Oversized);
-            return;
-        }
         let size = segment.unwrap_or(message.len()).max(1);
         for payload in message.chunks_mut(size) {
-            if !taps.is_empty() {
-                tap_vxlan_in(taps, *worker, state, endpoint, src, payload);
-            }
             let decapped = stages
                 .tunnel
                 .decap(&mut stages.cx, state, endpoint, src, payload, now);
@@ -416,18 +430,49 @@ impl Pipeline {
 
     /// Sends on what was joined from tunnel packets: call after each batch of them.
     pub fn flush<O: Output>(&mut self, state: &ForwardingState, now: Timestamp, out: &mut O) {
+        if self.taps.is_empty() {
+            self.flush_to(state, now, out);
+        } else {
+            let taps = Arc::clone(&self.taps);
+            let mut tapped = Tapped::new(out, &taps, self.worker);
+            self.flush_to(state, now, &mut tapped);
+        }
+    }
+
+    /// [`flush`](Self::flush) to `out` as it is.
+    pub(super) fn flush_to<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        now: Timestamp,
+        out: &mut O,
+    ) {
         let Pipeline {
             stages,
             gro,
             scratch,
-            taps,
-            worker,
+            ..
         } = self;
-        if taps.is_empty() {
-            flush_gro(gro, stages, out, state, scratch, now);
-        } else {
-            let mut tapped = Tapped::new(out, taps, *worker);
-            flush_gro(gro, stages, &mut tapped, state, scratch, now);
+        flush_gro(gro, stages, out, state, scratch, now);
+    }
+
+    /// The VXLAN stage decapsulates `payload` and the inner frame is switched alone, not
+    /// joined with others (for a traced packet).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receive_vxlan_alone<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        endpoint: TunnelEndpoint,
+        src: Ipv4Addr,
+        payload: &mut [u8],
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        let stages = &mut self.stages;
+        let decapped = stages
+            .tunnel
+            .decap(&mut stages.cx, state, endpoint, src, payload, now);
+        if let Ok((port, inner)) = decapped {
+            forward(stages, out, state, port, inner, now);
         }
     }
 

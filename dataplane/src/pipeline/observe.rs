@@ -18,7 +18,7 @@
 //! client). The dataplane never waits: when the channel is full the copy is dropped and
 //! counted in [`Tap::lost`]; forwarding goes on.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,9 +28,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use super::datapath::{Pipeline, RxMeta};
 use super::egress::{Output, Sent, Transmit};
 use super::offload::{complete_checksum, segment, Offload};
-use super::trace::Trace;
+use super::trace::{Stage, Trace};
 use super::{ForwardingState, TunnelEndpoint};
 use crate::tables::{PortId, Timestamp};
+use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
+use crate::wire::vxlan;
 
 /// A compiled filter (tcpdump's filter language, compiled by the control side): whether a
 /// packet is wanted.
@@ -235,18 +237,19 @@ pub fn now_ns() -> u64 {
 }
 
 /// The outer IPv4 and UDP headers of a VXLAN packet received from `src` by `local:port`
-/// (for an underlay capture: the socket hands over only the UDP payload). The UDP source
-/// port is not known; it shows as `port`.
-pub fn vxlan_outer(src: Ipv4Addr, local: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+/// (for an underlay capture: the socket hands over only the UDP payload and its sender).
+/// What the socket does not tell (the identification, TTL and flags) is made up: ident 0,
+/// TTL 64, DF.
+pub fn vxlan_outer(src: SocketAddrV4, local: Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
     let total = 20 + 8 + payload.len();
     let mut p = Vec::with_capacity(total);
     p.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
     p[2..4].copy_from_slice(&(total.min(0xffff) as u16).to_be_bytes());
-    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&src.ip().octets());
     p.extend_from_slice(&local.octets());
     let sum = crate::wire::checksum::checksum(&p[..20]);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
-    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&src.port().to_be_bytes());
     p.extend_from_slice(&port.to_be_bytes());
     p.extend_from_slice(&((8 + payload.len()).min(0xffff) as u16).to_be_bytes());
     p.extend_from_slice(&[0, 0]);
@@ -297,29 +300,96 @@ impl Pipeline {
         let Some(trace) = self.stages.cx.take_trace().filter(|_| traced) else {
             return;
         };
-        let input = input.unwrap_or_default();
-        for tap in taps.iter().filter(|t| on(t)) {
-            match tap.kind {
-                TapKind::Trace if tap.accepts(Link::Ethernet, &input) => {
-                    let mut r =
-                        tap.record(Some(port), Direction::In, Link::Ethernet, &input, worker);
-                    r.trace = Some((*trace).clone());
+        deliver(
+            &taps,
+            Some(port),
+            &input.unwrap_or_default(),
+            &trace,
+            worker,
+        );
+    }
+
+    /// [`receive_vxlan`](Pipeline::receive_vxlan) with taps in force: underlay and inner
+    /// copies in, transmits copied out, and for a packet that a live trace or a drop capture
+    /// wants, the record of its stages (such a packet skips the receive coalescer, so that
+    /// the record is of it alone).
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn receive_vxlan_tapped<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        endpoint: TunnelEndpoint,
+        src: SocketAddrV4,
+        message: &mut [u8],
+        segment: Option<usize>,
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        let taps = Arc::clone(&self.taps);
+        let worker = self.worker;
+        let mut tapped = Tapped::new(out, &taps, worker);
+        let size = segment.unwrap_or(message.len()).max(1);
+        for payload in message.chunks_mut(size) {
+            tap_vxlan_in(&taps, worker, state, endpoint, src, payload);
+            let port = vni_port(state, endpoint, payload);
+            let inner = payload
+                .get(vxlan::HEADER_LEN..)
+                .filter(|i| i.len() >= ETHERNET_HEADER_LEN);
+            let traced = taps.iter().any(|t| {
+                t.on_port(port)
+                    && !t.is_done()
+                    && match t.kind {
+                        TapKind::Trace => inner.is_some_and(|i| t.accepts(Link::Ethernet, i)),
+                        TapKind::Capture => t.spec.drops,
+                    }
+            });
+            let ip = *src.ip();
+            if !traced {
+                self.receive_vxlan_run(state, endpoint, ip, payload, None, now, &mut tapped);
+                continue;
+            }
+            let input = inner.map(<[u8]>::to_vec).unwrap_or_default();
+            // What was joined before goes first, out of this packet's record.
+            self.flush_to(state, now, &mut tapped);
+            self.stages.cx.trace_on();
+            if let Some(t) = self.stages.cx.trace_mut() {
+                t.step(Stage::Receive, "vxlan")
+                    .with("remote", src)
+                    .with(
+                        "endpoint",
+                        format_args!("{}:{}", endpoint.local, endpoint.port),
+                    )
+                    .with("len", payload.len());
+            }
+            self.receive_vxlan_alone(state, endpoint, ip, payload, now, &mut tapped);
+            if let Some(trace) = self.stages.cx.take_trace() {
+                deliver(&taps, port, &input, &trace, worker);
+            }
+        }
+    }
+}
+
+/// Hands the record of a traced frame (`input`, received on `port`) to the live traces that
+/// want it and, when it was dropped, with its stage and reason to the drop captures.
+fn deliver(taps: &Taps, port: Option<PortId>, input: &[u8], trace: &Trace, worker: usize) {
+    for tap in taps.iter().filter(|t| t.on_port(port) && !t.is_done()) {
+        match tap.kind {
+            TapKind::Trace if tap.accepts(Link::Ethernet, input) => {
+                let mut r = tap.record(port, Direction::In, Link::Ethernet, input, worker);
+                r.trace = Some(trace.clone());
+                tap.push(r);
+            }
+            TapKind::Capture if tap.spec.drops => {
+                let Some(d) = trace.steps.iter().find(|s| s.action == "drop") else {
+                    continue;
+                };
+                if tap.accepts(Link::Ethernet, input) {
+                    let mut r = tap.record(port, Direction::Drop, Link::Ethernet, input, worker);
+                    r.comment = Some(format!("{}: {}", d.stage, d.field("reason").unwrap_or("?")));
                     tap.push(r);
                 }
-                TapKind::Capture if tap.spec.drops => {
-                    let Some(d) = trace.steps.iter().find(|s| s.action == "drop") else {
-                        continue;
-                    };
-                    if tap.accepts(Link::Ethernet, &input) {
-                        let mut r =
-                            tap.record(Some(port), Direction::Drop, Link::Ethernet, &input, worker);
-                        r.comment =
-                            Some(format!("{}: {}", d.stage, d.field("reason").unwrap_or("?")));
-                        tap.push(r);
-                    }
-                }
-                _ => {}
             }
+            _ => {}
         }
     }
 }
@@ -457,19 +527,23 @@ fn wire_copies(frame: &[u8], offload: &Offload) -> Vec<Vec<u8>> {
     copies
 }
 
+/// The VXLAN port of `payload`'s VNI on `endpoint`, if it has one.
+fn vni_port(state: &ForwardingState, endpoint: TunnelEndpoint, payload: &[u8]) -> Option<PortId> {
+    let v = payload.get(4..7)?;
+    let vni = u32::from_be_bytes([0, v[0], v[1], v[2]]);
+    state.vni_ports.get(&(endpoint, vni)).copied()
+}
+
 /// Underlay and inner copies of a VXLAN payload received from `src` by `endpoint`.
-pub(super) fn tap_vxlan_in(
+fn tap_vxlan_in(
     taps: &Taps,
     worker: usize,
     state: &ForwardingState,
     endpoint: TunnelEndpoint,
-    src: Ipv4Addr,
+    src: SocketAddrV4,
     payload: &[u8],
 ) {
-    let port = payload
-        .get(4..7)
-        .map(|v| u32::from_be_bytes([0, v[0], v[1], v[2]]))
-        .and_then(|vni| state.vni_ports.get(&(endpoint, vni)).copied());
+    let port = vni_port(state, endpoint, payload);
     for tap in taps
         .iter()
         .filter(|t| t.kind == TapKind::Capture && t.spec.rx && !t.is_done())
@@ -482,7 +556,10 @@ pub(super) fn tap_vxlan_in(
             if tap.accepts(Link::Ipv4, &outer) {
                 tap.push(tap.record(port, Direction::In, Link::Ipv4, &outer, worker));
             }
-        } else if let Some(inner) = payload.get(8..).filter(|i| i.len() >= 14) {
+        } else if let Some(inner) = payload
+            .get(vxlan::HEADER_LEN..)
+            .filter(|i| i.len() >= ETHERNET_HEADER_LEN)
+        {
             if tap.accepts(Link::Ethernet, inner) {
                 tap.push(tap.record(port, Direction::In, Link::Ethernet, inner, worker));
             }
