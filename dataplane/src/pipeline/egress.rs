@@ -453,3 +453,218 @@ fn transmit_step(
 fn port_name(state: &ForwardingState, port: PortId) -> &str {
     state.port(port).map_or("?", |p| p.name.as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::pipeline::nat::tests::tcp;
+    use crate::pipeline::{Pipeline, PortMode, PortState, RxMeta, VlanSet, VxlanPort};
+    use crate::wire::builder::ethernet_frame;
+    use crate::wire::{EtherType, EthernetAddress, VlanId};
+
+    const NOW: Timestamp = Timestamp::from_secs(1);
+    const A: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0xa]);
+    const ENDPOINT: TunnelEndpoint = TunnelEndpoint {
+        local: Ipv4Addr::new(192, 168, 1, 1),
+        port: 4789,
+    };
+
+    /// What an output was handed: the port (or remote), the bytes, the virtio-net header.
+    #[derive(Default)]
+    struct Recorder {
+        takes_offloads: bool,
+        sent: Vec<(String, Vec<u8>, Option<[u8; VNET_HDR_LEN]>)>,
+    }
+
+    impl Output for Recorder {
+        fn takes_offloads(&self, _port: PortId, _offload: &Offload) -> bool {
+            self.takes_offloads
+        }
+
+        fn send(&mut self, t: Transmit<'_>) -> Sent {
+            let len = t.len();
+            self.sent.push(match t {
+                Transmit::Device { port, frame, vnet } => {
+                    (format!("port{}", port.0), frame.to_vec(), vnet)
+                }
+                Transmit::Vxlan {
+                    remote,
+                    outer,
+                    inner,
+                    ..
+                } => {
+                    let mut b = outer.to_vec();
+                    b.extend(inner.to_vec());
+                    (format!("vxlan {remote}"), b, None)
+                }
+                Transmit::Ipip {
+                    remote,
+                    outer,
+                    inner,
+                } => (format!("ipip {remote}"), [outer, inner].concat(), None),
+            });
+            Sent::one(len)
+        }
+    }
+
+    fn vlan(v: u16) -> VlanId {
+        VlanId::new(v).unwrap()
+    }
+
+    /// Port 0: access VLAN 10, MTU 9000 (the sender). Port 1: access, MTU 1500. Port 2: a
+    /// trunk carrying VLAN 10 tagged. Port 3: VXLAN VNI 42 flooding to two VTEPs.
+    fn state() -> ForwardingState {
+        let port = |name: &str, mode: PortMode, mtu| {
+            Some(PortState {
+                name: name.into(),
+                mode,
+                mtu,
+                max_macs: u32::MAX,
+            })
+        };
+        let trunk = PortMode::Trunk {
+            allowed: VlanSet::from_iter([vlan(10)]),
+            native: None,
+        };
+        let mut s = ForwardingState::with_ports(vec![
+            port("p0", PortMode::Access(vlan(10)), 9000),
+            port("p1", PortMode::Access(vlan(10)), 1500),
+            port("p2", trunk, 9000),
+            port("vx", PortMode::Access(vlan(10)), 9000),
+        ]);
+        s.vxlan = vec![
+            None,
+            None,
+            None,
+            Some(VxlanPort {
+                vni: 42,
+                endpoint: ENDPOINT,
+                remotes: vec![Ipv4Addr::new(192, 168, 1, 2), Ipv4Addr::new(192, 168, 1, 3)],
+                learning: true,
+                allow: Vec::new(),
+                ttl: 64,
+            }),
+        ];
+        s.vni_ports.insert((ENDPOINT, 42), PortId(3));
+        s
+    }
+
+    fn send(p: &mut Pipeline, s: &ForwardingState, frame: &[u8], meta: RxMeta, out: &mut Recorder) {
+        let mut f = frame.to_vec();
+        let meta = RxMeta {
+            len: f.len(),
+            ..meta
+        };
+        p.receive(s, PortId(0), &mut f, &meta, NOW, out);
+    }
+
+    #[test]
+    fn a_flood_goes_to_each_member_as_it_sends_within_its_mtu() {
+        let s = state();
+        let mut p = Pipeline::new(&s, Arc::default());
+        let mut out = Recorder::default();
+        let small = ethernet_frame(
+            EthernetAddress::BROADCAST,
+            A,
+            None,
+            EtherType::Ipv4,
+            &[0x45; 100],
+        );
+        send(&mut p, &s, &small, RxMeta::default(), &mut out);
+        let to: Vec<&str> = out.sent.iter().map(|(t, _, _)| t.as_str()).collect();
+        assert_eq!(
+            to,
+            ["port1", "port2", "vxlan 192.168.1.2", "vxlan 192.168.1.3"]
+        );
+        // The access port untagged, the trunk with the VLAN's tag, the tunnel with its outer
+        // headers (VNI 42) around the untagged frame.
+        assert_eq!(out.sent[0].1, small);
+        assert_eq!(&out.sent[1].1[12..16], &[0x81, 0x00, 0x00, 10]);
+        assert_eq!(out.sent[1].1.len(), small.len() + 4);
+        assert_eq!(&out.sent[2].1[32..35], &[0, 0, 42]);
+        assert_eq!(&out.sent[2].1[OUTER_LEN..], &small[..]);
+        let c = p.counters();
+        assert_eq!(c.port(PortId(1)).tx_packets.get(), 1);
+        assert_eq!(c.port(PortId(3)).tx_packets.get(), 2);
+        assert_eq!(c.tunnel.tx_packets.get(), 2);
+
+        // Too big for port 1's MTU: not sent there, counted; the others still get it.
+        out.sent.clear();
+        let big = ethernet_frame(
+            EthernetAddress::BROADCAST,
+            A,
+            None,
+            EtherType::Ipv4,
+            &[0x45; 2000],
+        );
+        send(&mut p, &s, &big, RxMeta::default(), &mut out);
+        assert_eq!(out.sent.len(), 3);
+        assert!(out.sent.iter().all(|(t, _, _)| t != "port1"));
+        assert_eq!(p.counters().port(PortId(1)).tx_oversized.get(), 1);
+    }
+
+    /// A 3000-byte TCP super-frame from port 0 with its checksum and segmentation (MSS
+    /// 1000) left to do, flooded.
+    fn super_frame() -> (Vec<u8>, Offload) {
+        let a = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
+        let b = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+        let payload: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        let mut ip = tcp(a, b, 0x10, 1, 1, 512, &[], &payload);
+        let pseudo = crate::wire::checksum::pseudo_header_v4(
+            a.ip(),
+            b.ip(),
+            crate::wire::IpProtocol::Tcp,
+            (ip.len() - 20) as u32,
+        );
+        ip[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        let frame = ethernet_frame(EthernetAddress::BROADCAST, A, None, EtherType::Ipv4, &ip);
+        let mut h = [0u8; VNET_HDR_LEN];
+        h[0] = 1; // NEEDS_CSUM
+        h[1] = 1; // GSO_TCPV4
+        h[2..4].copy_from_slice(&54u16.to_le_bytes());
+        h[4..6].copy_from_slice(&1000u16.to_le_bytes());
+        h[6..8].copy_from_slice(&34u16.to_le_bytes());
+        h[8..10].copy_from_slice(&16u16.to_le_bytes());
+        (frame, Offload::from_vnet_hdr(&h))
+    }
+
+    #[test]
+    fn a_super_frame_goes_whole_to_devices_that_finish_it_and_cut_elsewhere() {
+        let s = state();
+        let (frame, offload) = super_frame();
+        let meta = RxMeta {
+            offload,
+            ..RxMeta::default()
+        };
+        for takes in [true, false] {
+            let mut p = Pipeline::new(&s, Arc::default());
+            let mut out = Recorder {
+                takes_offloads: takes,
+                ..Recorder::default()
+            };
+            send(&mut p, &s, &frame, meta, &mut out);
+            let count = |to: &str| out.sent.iter().filter(|(t, _, _)| t == to).count();
+            // The tunnel always gets segments, three per remote.
+            assert_eq!(count("vxlan 192.168.1.2"), 3, "takes offloads: {takes}");
+            for port in ["port1", "port2"] {
+                let sent: Vec<_> = out.sent.iter().filter(|(t, _, _)| t == port).collect();
+                if takes {
+                    // Whole, with its virtio-net header; the trunk's tag moves the checksum
+                    // start by four bytes.
+                    assert_eq!(sent.len(), 1, "{port}");
+                    let vnet = sent[0].2.expect("a virtio-net header");
+                    let start = u16::from_le_bytes([vnet[6], vnet[7]]);
+                    assert_eq!(start, if port == "port2" { 38 } else { 34 }, "{port}");
+                } else {
+                    assert_eq!(sent.len(), 3, "{port}");
+                    assert!(sent
+                        .iter()
+                        .all(|(_, f, v)| v.is_none() && f.len() <= 1054 + 4));
+                }
+            }
+        }
+    }
+}

@@ -231,3 +231,190 @@ pub fn outer_headers(
     h[32..35].copy_from_slice(&vx.vni.to_be_bytes()[1..4]);
     h
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::pipeline::{Ipv4Prefix, PortState, SharedTables, Stage, Trace};
+    use crate::wire::builder::ethernet_frame;
+    use crate::wire::{EtherType, Ipv4Packet};
+
+    const LOCAL: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+    const VTEP_A: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+    const VTEP_B: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+    const ENDPOINT: TunnelEndpoint = TunnelEndpoint {
+        local: LOCAL,
+        port: 4789,
+    };
+    const PORT: PortId = PortId(1);
+    const NOW: Timestamp = Timestamp::from_secs(1);
+    const HOST: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x11]);
+
+    fn vlan() -> VlanId {
+        VlanId::new(10).unwrap()
+    }
+
+    /// An access port and a VXLAN port (VNI 42) in VLAN 10, flooding to two VTEPs, taking
+    /// VXLAN from 192.168.1.0/24 only.
+    fn state() -> ForwardingState {
+        let port = |name: &str| {
+            Some(PortState {
+                name: name.into(),
+                mode: PortMode::Access(vlan()),
+                mtu: 1500,
+                max_macs: u32::MAX,
+            })
+        };
+        let mut s = ForwardingState::with_ports(vec![port("c1"), port("vxlan42")]);
+        s.vxlan = vec![
+            None,
+            Some(VxlanPort {
+                vni: 42,
+                endpoint: ENDPOINT,
+                remotes: vec![VTEP_A, VTEP_B],
+                learning: true,
+                allow: vec![Ipv4Prefix {
+                    addr: Ipv4Addr::new(192, 168, 1, 0),
+                    len: 24,
+                }],
+                ttl: 64,
+            }),
+        ];
+        s.vni_ports.insert((ENDPOINT, 42), PORT);
+        s
+    }
+
+    fn cx(s: &ForwardingState) -> Context {
+        let shared = SharedTables::new(s.mac_table_max, 16, 16);
+        Context::new(Arc::default(), Arc::new(shared))
+    }
+
+    /// A VXLAN payload: flags, VNI, and a 64-byte frame from `HOST`.
+    fn payload(flags: u8, vni: u32) -> Vec<u8> {
+        let mut p = vec![flags, 0, 0, 0];
+        p.extend_from_slice(&(vni << 8).to_be_bytes());
+        p.extend(ethernet_frame(
+            EthernetAddress::BROADCAST,
+            HOST,
+            None,
+            EtherType::Ipv4,
+            &[0x45; 50],
+        ));
+        p
+    }
+
+    #[test]
+    fn decap_gives_the_vni_port_and_inner_frame_and_learns_the_remote() {
+        let s = state();
+        let mut cx = cx(&s);
+        cx.trace = Some(Box::<Trace>::default());
+        let mut p = payload(0x08, 42);
+        let (port, inner) = Tunnel
+            .decap(&mut cx, &s, ENDPOINT, VTEP_A, &mut p, NOW)
+            .unwrap();
+        assert_eq!(port, PORT);
+        assert_eq!(inner.len(), 64);
+        assert_eq!(&inner[6..12], HOST.as_bytes());
+        let key = FdbKey::new(vlan(), HOST);
+        assert_eq!(cx.shared.remotes().lookup(key, NOW, 300_000), Some(VTEP_A));
+        assert_eq!(cx.counters.learn.remote_learned.get(), 1);
+        assert_eq!(cx.counters.tunnel.rx_packets.get(), 1);
+        let step = &cx.trace.as_ref().unwrap().steps[0];
+        assert_eq!((step.stage, step.action), (Stage::Tunnel, "vxlan_decap"));
+        assert_eq!(step.field("vni"), Some("42"));
+        assert_eq!(step.field("remote"), Some("192.168.1.2"));
+    }
+
+    #[test]
+    fn decap_drops_what_is_not_for_a_vxlan_port_with_its_reason() {
+        let s = state();
+        let mut cx = cx(&s);
+        let mut decap = |mut p: Vec<u8>, src: Ipv4Addr| {
+            Tunnel
+                .decap(&mut cx, &s, ENDPOINT, src, &mut p, NOW)
+                .map(|(port, _)| port)
+        };
+        assert_eq!(
+            decap(vec![0x08; 7], VTEP_A),
+            Err(DropReason::VxlanTruncated)
+        );
+        assert_eq!(
+            decap(payload(0x00, 42), VTEP_A),
+            Err(DropReason::VxlanBadFlags)
+        );
+        assert_eq!(
+            decap(payload(0x08, 43), VTEP_A),
+            Err(DropReason::VxlanUnknownVni)
+        );
+        let outside = Ipv4Addr::new(10, 9, 9, 9);
+        assert_eq!(
+            decap(payload(0x08, 42), outside),
+            Err(DropReason::VxlanSourceNotAllowed)
+        );
+        let mut short = payload(0x08, 42);
+        short.truncate(8 + 13);
+        assert_eq!(decap(short, VTEP_A), Err(DropReason::VxlanTruncated));
+        let c = &cx.counters.tunnel;
+        assert_eq!(c.rx_packets.get(), 5);
+        assert_eq!(c.drops[DropReason::VxlanTruncated.index()].get(), 2);
+        assert_eq!(c.drops[DropReason::VxlanSourceNotAllowed.index()].get(), 1);
+        // Nothing was learned from any of them.
+        assert_eq!(cx.shared.remotes().len(), 0);
+    }
+
+    #[test]
+    fn encapsulation_goes_to_the_learned_remote_or_floods_with_valid_outer_headers() {
+        let s = state();
+        let mut cx = cx(&s);
+        let frame = ethernet_frame(
+            HOST,
+            EthernetAddress([2, 0, 0, 0, 0, 1]),
+            None,
+            EtherType::Ipv4,
+            &[0x45; 50],
+        );
+        let mut sent = Vec::new();
+        let encap = |cx: &mut Context, sent: &mut Vec<(Ipv4Addr, [u8; OUTER_LEN])>| {
+            Tunnel.encapsulate(
+                cx,
+                &s,
+                PORT,
+                &frame,
+                frame.len(),
+                NOW,
+                |remote, outer, _| sent.push((remote, *outer)),
+            );
+        };
+        // HOST is not known: head-end replication to both VTEPs.
+        encap(&mut cx, &mut sent);
+        assert_eq!(
+            sent.iter().map(|(r, _)| *r).collect::<Vec<_>>(),
+            [VTEP_A, VTEP_B]
+        );
+        // Learned behind VTEP B: to it alone.
+        cx.shared
+            .remotes()
+            .learn(FdbKey::new(vlan(), HOST), VTEP_B, NOW);
+        sent.clear();
+        encap(&mut cx, &mut sent);
+        assert_eq!(sent.len(), 1);
+        let (remote, outer) = sent[0];
+        assert_eq!(remote, VTEP_B);
+        let ip = Ipv4Packet::new_unchecked(&outer[..20]);
+        assert!(ip.verify_checksum());
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr(), ip.ttl()),
+            (LOCAL, VTEP_B, 64)
+        );
+        assert_eq!(usize::from(ip.total_len()), OUTER_LEN + frame.len());
+        // Three headers built so far, each with the next identification.
+        assert_eq!(ip.ident(), 3);
+        assert_eq!(u16::from_be_bytes([outer[22], outer[23]]), 4789);
+        let sport = u16::from_be_bytes([outer[20], outer[21]]);
+        assert!((vxlan::SOURCE_PORT_MIN..=vxlan::SOURCE_PORT_MAX).contains(&sport));
+        assert_eq!(outer[28], 0x08);
+        assert_eq!(&outer[32..35], &[0, 0, 42]);
+    }
+}
