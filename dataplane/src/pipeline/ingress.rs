@@ -114,14 +114,12 @@ mod tests {
     }
 
     fn state(mode: PortMode) -> ForwardingState {
-        let mut s = ForwardingState::default();
-        s.ports = vec![Some(PortState {
+        ForwardingState::with_ports(vec![Some(PortState {
             name: "p0".into(),
             mode,
             mtu: 1500,
             max_macs: u32::MAX,
-        })];
-        s
+        })])
     }
 
     #[test]
