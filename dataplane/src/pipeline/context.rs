@@ -16,7 +16,7 @@ pub struct Context {
     /// The record of the frame being traced, while one is ([`trace_on`](Self::trace_on)).
     pub trace: Option<Box<Trace>>,
     /// IPv4 identification of the next outer header this worker builds (VXLAN, IPIP).
-    ident: u16,
+    pub(super) ident: u16,
 }
 
 impl Context {

@@ -77,7 +77,7 @@ impl L3<'_> {
             };
             // A tunnel has no interface of its own: counted where the packet came in.
             if let Some(v) = in_vlan {
-                self.cx.counters.interface(v).fragmented.add(1);
+                self.counters.interface(v).fragmented.add(1);
             }
             for f in fragments {
                 let outer = self.outer(tunnel, &f[super::L2..]);
@@ -93,7 +93,7 @@ impl L3<'_> {
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
         let outer = self.outer(tunnel, &frame[l3..l3 + total]);
         crate::pipeline::trace::record(
-            &mut self.cx.trace,
+            self.trace,
             crate::pipeline::Stage::Tunnel,
             "ipip_encap",
             move |s| {
@@ -117,7 +117,7 @@ impl L3<'_> {
             tunnel.remote,
             inner.len(),
             inner[1],
-            self.cx.next_ip_ident(),
+            self.next_ip_ident(),
             tunnel.ttl,
         )
     }
@@ -133,13 +133,13 @@ impl L3<'_> {
         packet: &mut [u8],
         now: Timestamp,
     ) -> (usize, Decision<'s>) {
-        let c = &self.cx.counters.ipip;
+        let c = &self.counters.ipip;
         c.rx_packets.add(1);
         c.rx_bytes.add(packet.len() as u64);
         let decision = match self.check_ipip(state, src, packet) {
             Ok(start) => {
                 crate::pipeline::trace::record(
-                    &mut self.cx.trace,
+                    self.trace,
                     crate::pipeline::Stage::Tunnel,
                     "ipip_decap",
                     move |s| {
@@ -158,8 +158,8 @@ impl L3<'_> {
                 };
                 return match d {
                     Decision::Drop(r) => {
-                        self.cx.counters.ipip.drop(r);
-                        if let Some(t) = self.cx.trace_mut() {
+                        self.counters.ipip.drop(r);
+                        if let Some(t) = self.trace.as_deref_mut() {
                             t.dropped(r);
                         }
                         (start - super::L2, d)
@@ -170,8 +170,8 @@ impl L3<'_> {
             Err(reason) => Decision::Drop(reason),
         };
         if let Decision::Drop(r) = decision {
-            self.cx.counters.ipip.drop(r);
-            if let Some(t) = self.cx.trace_mut() {
+            self.counters.ipip.drop(r);
+            if let Some(t) = self.trace.as_deref_mut() {
                 t.dropped(r);
             }
         }

@@ -79,22 +79,17 @@ impl L3<'_> {
         let target = arp.target_protocol_addr;
         let sender = arp.source_protocol_addr;
         let ours = iface.v4.iter().any(|(a, _)| *a == target);
-        super::super::trace::record(
-            &mut self.cx.trace,
-            super::super::Stage::L3,
-            "arp",
-            move |s| {
-                let op = match arp.operation {
-                    ArpOperation::Request => "request",
-                    ArpOperation::Reply => "reply",
-                    _ => "other",
-                };
-                s.with("op", op)
-                    .with("sender", sender)
-                    .with("target", target)
-                    .with("ours", ours);
-            },
-        );
+        super::super::trace::record(self.trace, super::super::Stage::L3, "arp", move |s| {
+            let op = match arp.operation {
+                ArpOperation::Request => "request",
+                ArpOperation::Reply => "reply",
+                _ => "other",
+            };
+            s.with("op", op)
+                .with("sender", sender)
+                .with("target", target)
+                .with("ours", ours);
+        });
         if !ours {
             return Decision::Drop(DropReason::LocalUnsupported);
         }
@@ -110,13 +105,11 @@ impl L3<'_> {
             };
             let mut released = std::mem::take(&mut self.r.released);
             if arp.operation == ArpOperation::Reply {
-                self.cx
-                    .shared
+                self.shared
                     .neighbours()
                     .confirm(key, mac, now, &mut released);
             } else {
-                self.cx
-                    .shared
+                self.shared
                     .neighbours()
                     .observe(key, mac, now, &mut released);
             }
@@ -135,7 +128,7 @@ impl L3<'_> {
             frame_into(&mut buf, mac, iface.mac, EtherType::Arp);
             buf.resize(L2 + reply.buffer_len(), 0);
             reply.emit(&mut ArpPacket::new_unchecked(&mut buf[L2..]));
-            self.cx.counters.interface(vlan).neigh_replies.add(1);
+            self.counters.interface(vlan).neigh_replies.add(1);
             self.r
                 .generated
                 .push_back(Generated::Frame { vlan, bytes: buf });
@@ -155,28 +148,23 @@ impl L3<'_> {
     ) -> Decision<'s> {
         let packet = &frame[l3..l3 + total];
         let ihl = usize::from(packet[0] & 0x0f) * 4;
-        super::super::trace::record(
-            &mut self.cx.trace,
-            super::super::Stage::L3,
-            "local",
-            move |s| {
-                s.with(
-                    "dst",
-                    std::net::Ipv4Addr::from([packet[16], packet[17], packet[18], packet[19]]),
-                )
-                .with("protocol", packet[9]);
-            },
-        );
+        super::super::trace::record(self.trace, super::super::Stage::L3, "local", move |s| {
+            s.with(
+                "dst",
+                std::net::Ipv4Addr::from([packet[16], packet[17], packet[18], packet[19]]),
+            )
+            .with("protocol", packet[9]);
+        });
         match IpProtocol::from(packet[9]) {
             IpProtocol::Icmp if packet.get(ihl) == Some(&8) => {
                 let mut buf = self.r.buffer();
                 buf.resize(L2 + total, 0);
-                let ident = self.cx.next_ip_ident();
+                let ident = self.next_ip_ident();
                 match icmp::icmpv4_echo_reply(&mut buf[L2..], ident, packet) {
                     Some(n) => {
                         buf.truncate(L2 + n);
                         if let Some(v) = in_vlan {
-                            self.cx.counters.interface(v).echo_replies.add(1);
+                            self.counters.interface(v).echo_replies.add(1);
                         }
                         self.send_ip(state, buf, now);
                         Decision::Local
@@ -268,7 +256,7 @@ impl L3<'_> {
                 match icmp::icmpv6_echo_reply(&mut buf[L2..], packet) {
                     Some(n) => {
                         buf.truncate(L2 + n);
-                        self.cx.counters.interface(vlan).echo_replies.add(1);
+                        self.counters.interface(vlan).echo_replies.add(1);
                         self.send_ip(state, buf, now);
                         Decision::Local
                     }
@@ -335,8 +323,7 @@ impl L3<'_> {
                             ip: IpAddr::V6(src),
                         };
                         let mut released = std::mem::take(&mut self.r.released);
-                        self.cx
-                            .shared
+                        self.shared
                             .neighbours()
                             .observe(key, mac, now, &mut released);
                         self.r.released = released;
@@ -359,7 +346,7 @@ impl L3<'_> {
                     target_lladdr: Some(iface.mac),
                 };
                 let buf = self.nd_frame(iface.mac, to_mac, target_addr, to_ip, na);
-                self.cx.counters.interface(vlan).neigh_replies.add(1);
+                self.counters.interface(vlan).neigh_replies.add(1);
                 self.r
                     .generated
                     .push_back(Generated::Frame { vlan, bytes: buf });
@@ -379,13 +366,11 @@ impl L3<'_> {
                     };
                     let mut released = std::mem::take(&mut self.r.released);
                     if solicited_flag {
-                        self.cx
-                            .shared
+                        self.shared
                             .neighbours()
                             .confirm(key, mac, now, &mut released);
                     } else {
-                        self.cx
-                            .shared
+                        self.shared
                             .neighbours()
                             .observe(key, mac, now, &mut released);
                     }
@@ -440,8 +425,7 @@ impl L3<'_> {
             return false;
         };
         let mut released = std::mem::take(&mut self.r.released);
-        self.cx
-            .shared
+        self.shared
             .neighbours()
             .confirm(key, mac, now, &mut released);
         self.r.released = released;
@@ -521,7 +505,7 @@ impl L3<'_> {
                 self.nd_frame(iface.mac, dst_mac, src, dst, ns)
             }
         };
-        self.cx.counters.interface(key.vlan).neigh_probes.add(1);
+        self.counters.interface(key.vlan).neigh_probes.add(1);
         self.r.generated.push_back(Generated::Frame {
             vlan: key.vlan,
             bytes: buf,
@@ -544,20 +528,15 @@ impl L3<'_> {
         d.copy_from_slice(&frame[l3 + 24..l3 + 40]);
         let dst = Ipv6Addr::from(d);
         let found = state.routing.lookup(IpAddr::V6(dst));
-        super::super::trace::record(
-            &mut self.cx.trace,
-            super::super::Stage::L3,
-            "route",
-            move |s| {
-                s.with("dst", dst);
-                match found {
-                    Some(r) => super::describe_route(s, r),
-                    None => {
-                        s.with("route", "none");
-                    }
+        super::super::trace::record(self.trace, super::super::Stage::L3, "route", move |s| {
+            s.with("dst", dst);
+            match found {
+                Some(r) => super::describe_route(s, r),
+                None => {
+                    s.with("route", "none");
                 }
-            },
-        );
+            }
+        });
         let (out_vlan, next_hop) = match found.map(|r| r.next_hop) {
             Some(NextHop::Connected { vlan }) => (vlan, IpAddr::V6(dst)),
             Some(NextHop::Gateway { vlan, via }) => (vlan, via),

@@ -46,8 +46,8 @@ use super::icmp::{self, IcmpRateLimit, Icmpv4Error, Icmpv6Error};
 use super::offload::{complete_checksum, segment, Offload};
 use super::routing::{NextHop, Route, RoutingState};
 use super::shared::SharedTables;
-use super::trace::{record, Stage};
-use super::{Decision, DropReason, ForwardingState, VlanMember};
+use super::trace::{record, Stage, Trace};
+use super::{Decision, DropReason, ForwardingState, VlanMember, WorkerCounters};
 use crate::tables::{NeighKey, NeighLookup, PortId, Resolve, Timestamp};
 use crate::wire::{EtherType, EthernetAddress, Ipv4Packet, VlanId};
 
@@ -90,10 +90,14 @@ pub struct Router {
     pub(super) offload: Option<Offload>,
 }
 
-/// The router at work on a frame: its own state and the pipeline's context.
+/// The router at work on a frame: its own state and the pipeline's [`Context`], split into
+/// its parts (so that a guard on a shared table can be held across calls on `self`).
 pub struct L3<'a> {
     pub(super) r: &'a mut Router,
-    pub(super) cx: &'a mut Context,
+    pub(super) shared: &'a SharedTables,
+    pub(super) counters: &'a WorkerCounters,
+    pub(super) trace: &'a mut Option<Box<Trace>>,
+    ident: &'a mut u16,
 }
 
 impl Router {
@@ -111,7 +115,19 @@ impl Router {
     /// The router at work, with the pipeline's context.
     #[inline]
     pub fn with<'a>(&'a mut self, cx: &'a mut Context) -> L3<'a> {
-        L3 { r: self, cx }
+        let Context {
+            shared,
+            counters,
+            trace,
+            ident,
+        } = cx;
+        L3 {
+            r: self,
+            shared,
+            counters,
+            trace,
+            ident,
+        }
     }
 
     /// Whether the router originated frames still to send.
@@ -198,6 +214,12 @@ pub(super) fn for_router(
 }
 
 impl L3<'_> {
+    /// The IPv4 identification for the next outer header (see [`Context::next_ip_ident`]).
+    fn next_ip_ident(&mut self) -> u16 {
+        *self.ident = self.ident.wrapping_add(1);
+        *self.ident
+    }
+
     /// The L3 stage for a frame [`for_router`] claimed; `inner_offset` is where its EtherType
     /// is.
     pub fn route_in<'s>(
@@ -208,14 +230,14 @@ impl L3<'_> {
         frame: &mut [u8],
         now: Timestamp,
     ) -> Decision<'s> {
-        let c = self.cx.counters.interface(vlan);
+        let c = self.counters.interface(vlan);
         c.rx_packets.add(1);
         c.rx_bytes.add(frame.len() as u64);
         let ethertype = EtherType::from(u16::from_be_bytes([
             frame[inner_offset],
             frame[inner_offset + 1],
         ]));
-        record(&mut self.cx.trace, Stage::L3, "received", move |s| {
+        record(self.trace, Stage::L3, "received", move |s| {
             s.with("vlan", vlan)
                 .with("ethertype", ethertype_name(ethertype));
         });
@@ -226,7 +248,7 @@ impl L3<'_> {
             _ => Decision::Drop(DropReason::L3Unsupported),
         };
         if let Decision::Drop(reason) = decision {
-            self.cx.counters.interface(vlan).drop(reason);
+            self.counters.interface(vlan).drop(reason);
         }
         decision
     }
@@ -253,7 +275,7 @@ impl L3<'_> {
             return Decision::Drop(DropReason::Martian);
         }
         let mut dst = dst;
-        if state.nat.is_active() || self.cx.shared.tracks_any() {
+        if state.nat.is_active() || self.shared.tracks_any() {
             if let Err(reason) = self.nat_in(state, in_vlan, l3, total, frame, now) {
                 return Decision::Drop(reason);
             }
@@ -288,7 +310,7 @@ impl L3<'_> {
         ]);
         let routing = &*state.routing;
         let found = routing.lookup(IpAddr::V4(dst));
-        record(&mut self.cx.trace, Stage::L3, "route", move |s| {
+        record(self.trace, Stage::L3, "route", move |s| {
             s.with("dst", dst);
             match found {
                 Some(r) => describe_route(s, r),
@@ -411,7 +433,7 @@ impl L3<'_> {
         }
         Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
         let ttl = frame[l3 + 8];
-        record(&mut self.cx.trace, Stage::L3, "ttl", move |s| {
+        record(self.trace, Stage::L3, "ttl", move |s| {
             s.with("ttl", ttl);
         });
         self.output(state, out_vlan, next_hop, off, l3 + total, frame, now)
@@ -437,14 +459,14 @@ impl L3<'_> {
             vlan: out_vlan,
             ip: next_hop,
         };
-        let mut found = self.cx.shared.neighbours().lookup(key, now);
+        let mut found = self.shared.neighbours().lookup(key, now);
         if let NeighLookup::Pending { probe: true } = found {
             // A static neighbour resolves at once (the probe confirms it, sending nothing).
             if self.pin_static(state, key, now) {
-                found = self.cx.shared.neighbours().lookup(key, now);
+                found = self.shared.neighbours().lookup(key, now);
             }
         }
-        record(&mut self.cx.trace, Stage::L3, "neighbour", move |s| {
+        record(self.trace, Stage::L3, "neighbour", move |s| {
             s.with("vlan", out_vlan).with("next_hop", next_hop);
             match found {
                 NeighLookup::Known { mac, .. } => s.with("result", "resolved").with("mac", mac),
@@ -463,13 +485,13 @@ impl L3<'_> {
                 }
                 frame[..6].copy_from_slice(mac.as_bytes());
                 frame[6..12].copy_from_slice(iface.mac.as_bytes());
-                let c = self.cx.counters.interface(out_vlan);
+                let c = self.counters.interface(out_vlan);
                 c.tx_packets.add(1);
                 c.tx_bytes.add((end - off + 12) as u64);
                 Decision::Forward(Egress {
                     vlan: out_vlan,
                     inner_offset: off,
-                    targets: l2_targets(&self.cx.shared, state, out_vlan, mac, now),
+                    targets: l2_targets(&self.shared, state, out_vlan, mac, now),
                 })
             }
             NeighLookup::Pending { probe } => {
@@ -485,7 +507,7 @@ impl L3<'_> {
                         buf.extend_from_slice(iface.mac.as_bytes());
                         buf.extend_from_slice(&piece[off..]);
                         self.r.recycle(piece);
-                        let queued = self.cx.shared.neighbours().enqueue(&key, buf);
+                        let queued = self.shared.neighbours().enqueue(&key, buf);
                         if let Err(b) = queued {
                             self.r.recycle(b);
                             result = Decision::Drop(DropReason::NeighbourQueueFull);
@@ -497,7 +519,7 @@ impl L3<'_> {
                 buf.extend_from_slice(&frame[..6]);
                 buf.extend_from_slice(iface.mac.as_bytes());
                 buf.extend_from_slice(&frame[off..end]);
-                let queued = self.cx.shared.neighbours().enqueue(&key, buf);
+                let queued = self.shared.neighbours().enqueue(&key, buf);
                 match queued {
                     Ok(()) => Decision::Local,
                     Err(b) => {
@@ -543,7 +565,7 @@ impl L3<'_> {
         now: Timestamp,
     ) -> Result<(), DropReason> {
         let len = buf.len();
-        let resolved = self.cx.shared.neighbours().resolve(key, buf, now);
+        let resolved = self.shared.neighbours().resolve(key, buf, now);
         match resolved {
             Resolve::Known { mac, probe, packet } => {
                 buf = packet;
@@ -551,7 +573,7 @@ impl L3<'_> {
                     self.probe(state, key, Some(mac), now);
                 }
                 buf[..6].copy_from_slice(mac.as_bytes());
-                let c = self.cx.counters.interface(key.vlan);
+                let c = self.counters.interface(key.vlan);
                 c.tx_packets.add(1);
                 c.tx_bytes.add(len as u64);
                 self.r.generated.push_back(Generated::Frame {
@@ -599,7 +621,7 @@ impl L3<'_> {
         let Some(fragments) = fragments else {
             return Decision::Drop(DropReason::IpHeaderBad);
         };
-        self.cx.counters.interface(out_vlan).fragmented.add(1);
+        self.counters.interface(out_vlan).fragmented.add(1);
         let key = NeighKey {
             vlan: out_vlan,
             ip: next_hop,
@@ -687,15 +709,14 @@ impl L3<'_> {
     /// to such a next hop takes the static MAC. O(static neighbours).
     pub fn adopt(&mut self, state: &ForwardingState) {
         let routing = &*state.routing;
-        let mut neigh = self.cx.shared.neighbours();
+        let mut neigh = self.shared.neighbours();
         neigh.set_max_entries(routing.neigh_max);
         neigh.retain(|k| routing.interface(k.vlan).is_some());
         for (&(vlan, ip), &mac) in &state.neighbours {
             neigh.forget_unless(&NeighKey { vlan, ip }, mac);
         }
         drop(neigh);
-        self.cx
-            .shared
+        self.shared
             .conntrack()
             .set_max_entries(state.nat.conntrack_max);
     }
@@ -706,16 +727,12 @@ impl L3<'_> {
         self.nat_tick(now);
         let mut probes = Vec::new();
         let mut failed = Vec::new();
-        self.cx
-            .shared
-            .neighbours()
-            .tick(now, &mut probes, &mut failed);
+        self.shared.neighbours().tick(now, &mut probes, &mut failed);
         for (key, mac) in probes {
             self.probe(state, key, mac, now);
         }
         for (key, b) in failed {
-            self.cx
-                .counters
+            self.counters
                 .interface(key.vlan)
                 .drop(DropReason::NeighbourFailed);
             self.unreachable_about(state, &b, now);
@@ -728,7 +745,7 @@ impl L3<'_> {
         let released = std::mem::take(&mut self.r.released);
         for mut b in released.into_iter() {
             b[..6].copy_from_slice(mac.as_bytes());
-            let c = self.cx.counters.interface(vlan);
+            let c = self.counters.interface(vlan);
             c.tx_packets.add(1);
             c.tx_bytes.add(b.len() as u64);
             self.r
@@ -800,7 +817,7 @@ impl L3<'_> {
         let Some(IpAddr::V4(src)) = state.routing.source_for(IpAddr::V4(peer)) else {
             return;
         };
-        let ident = self.cx.next_ip_ident();
+        let ident = self.next_ip_ident();
         let mut buf = self.r.buffer();
         buf.resize(L2 + ICMPV4_ERROR_MAX, 0);
         let Some(n) = icmp::icmpv4_error(&mut buf[L2..], src, ident, offending, kind) else {
@@ -810,19 +827,19 @@ impl L3<'_> {
         // Path MTU discovery is never rate limited (as in Linux).
         if kind.is_rate_limited() && !self.r.icmp_limit.allow(now) {
             if let Some(v) = in_vlan {
-                self.cx.counters.interface(v).icmp_rate_limited.add(1);
+                self.counters.interface(v).icmp_rate_limited.add(1);
             }
             self.r.recycle(buf);
             return;
         }
         buf.truncate(L2 + n);
         if let Some(v) = in_vlan {
-            self.cx.counters.interface(v).icmp_errors.add(1);
+            self.counters.interface(v).icmp_errors.add(1);
         }
         // About a translated packet: the error goes to its sender as the sender knows it,
         // from the router's address on the sender's side (as if no translation had happened).
         if self.translate_icmp_error(&mut buf[L2..], 20, now) {
-            self.cx.counters.nat.icmp_translated.add(1);
+            self.counters.nat.icmp_translated.add(1);
             let mut ip = Ipv4Packet::new_unchecked(&mut buf[L2..]);
             if let Some(IpAddr::V4(src)) = state.routing.source_for(IpAddr::V4(ip.dst_addr())) {
                 ip.set_src_addr(src);
@@ -857,14 +874,14 @@ impl L3<'_> {
         };
         if kind.is_rate_limited() && !self.r.icmp_limit.allow(now) {
             if let Some(v) = in_vlan {
-                self.cx.counters.interface(v).icmp_rate_limited.add(1);
+                self.counters.interface(v).icmp_rate_limited.add(1);
             }
             self.r.recycle(buf);
             return;
         }
         buf.truncate(L2 + n);
         if let Some(v) = in_vlan {
-            self.cx.counters.interface(v).icmp_errors.add(1);
+            self.counters.interface(v).icmp_errors.add(1);
         }
         self.send_ip(state, buf, now);
     }

@@ -26,7 +26,6 @@
 //!   a few seconds by (source, destination, protocol, identification).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::sync::Arc;
 
 use hashbrown::HashMap;
 
@@ -267,7 +266,7 @@ impl L3<'_> {
             L4::LaterFragment => return self.nat_fragment(state, packet, &p, now),
             L4::IcmpError => {
                 if self.translate_icmp_error(packet, p.l4_offset, now) {
-                    self.cx.counters.nat.icmp_translated.add(1);
+                    self.counters.nat.icmp_translated.add(1);
                 }
                 return Ok(());
             }
@@ -275,7 +274,7 @@ impl L3<'_> {
         }
         // The lock is held from the lookup to the insert of a new entry: no other worker can
         // create the same connection in between.
-        let shared = Arc::clone(&self.cx.shared);
+        let shared = self.shared;
         let mut ct = shared.conntrack();
         let found = ct.lookup(&p.key, now).filter(|&(slot, dir)| {
             // An echo request where the entry expects replies (or the other way round) is
@@ -289,14 +288,14 @@ impl L3<'_> {
             let e = ct.entry_mut(slot);
             if let (L4::Tcp(seg), ProtoState::Tcp(track)) = (p.l4, &mut e.proto) {
                 if track.update(dir, &seg).is_err() {
-                    self.cx.counters.nat.invalid.add(1);
+                    self.counters.nat.invalid.add(1);
                     return Err(DropReason::ConntrackInvalid);
                 }
             }
             e.seen(dir, total, now);
             let to = e.translated(dir);
             crate::pipeline::trace::record(
-                &mut self.cx.trace,
+                self.trace,
                 crate::pipeline::Stage::Nat,
                 "conntrack_hit",
                 move |s| {
@@ -322,7 +321,7 @@ impl L3<'_> {
             drop(ct);
             if to != p.key {
                 self.rewrite(packet, p.l4_offset, &p.key, &to);
-                self.cx.counters.nat.translated.add(1);
+                self.counters.nat.translated.add(1);
                 if p.first_fragment {
                     self.remember_fragment(packet, &p.key, &to, now);
                 }
@@ -375,7 +374,7 @@ impl L3<'_> {
                     to.dport = sa.port();
                     nat |= NAT_DNAT;
                     crate::pipeline::trace::record(
-                        &mut self.cx.trace,
+                        self.trace,
                         crate::pipeline::Stage::Nat,
                         "dnat",
                         move |s| {
@@ -385,12 +384,12 @@ impl L3<'_> {
                 }
                 Some(Target::Service(svc)) => {
                     let chosen = if opens {
-                        self.cx.shared.balancer().pick(ct, svc, &key, now)
+                        self.shared.balancer().pick(ct, svc, &key, now)
                     } else {
                         None
                     };
                     crate::pipeline::trace::record(
-                        &mut self.cx.trace,
+                        self.trace,
                         crate::pipeline::Stage::Nat,
                         "service",
                         move |s| {
@@ -410,7 +409,7 @@ impl L3<'_> {
                     );
                     let Some(b) = chosen else {
                         if !opens {
-                            self.cx.counters.nat.invalid.add(1);
+                            self.counters.nat.invalid.add(1);
                             return Err(DropReason::ConntrackInvalid);
                         }
                         return Err(DropReason::ServiceNoBackend);
@@ -441,7 +440,7 @@ impl L3<'_> {
             if nat != 0 || snat_to.is_some() {
                 // Mid-stream TCP (or an echo reply) that would need translating: no entry
                 // to translate it with, so it must not leave untranslated.
-                self.cx.counters.nat.invalid.add(1);
+                self.counters.nat.invalid.add(1);
                 return Err(DropReason::ConntrackInvalid);
             }
             return Ok(());
@@ -466,7 +465,7 @@ impl L3<'_> {
         let mut reply = to.reversed();
         if nat & NAT_SNAT != 0 || ct.contains(&reply) {
             if matches!(p.l4, L4::Tcp(_) | L4::Udp | L4::Echo { .. }) {
-                let mut balancer = self.cx.shared.balancer();
+                let mut balancer = self.shared.balancer();
                 if !allocate_port(ct, &mut reply, || balancer.random()) {
                     return Err(DropReason::NatNoPort);
                 }
@@ -484,7 +483,7 @@ impl L3<'_> {
         let slot = match ct.insert(entry, now) {
             Ok(slot) => {
                 crate::pipeline::trace::record(
-                    &mut self.cx.trace,
+                    self.trace,
                     crate::pipeline::Stage::Nat,
                     "new_connection",
                     move |s| {
@@ -499,19 +498,19 @@ impl L3<'_> {
                 slot
             }
             Err(InsertError::Full) => {
-                self.cx.counters.nat.insert_failed.add(1);
+                self.counters.nat.insert_failed.add(1);
                 return Err(DropReason::ConntrackFull);
             }
             Err(InsertError::Clash) => return Err(DropReason::NatNoPort),
         };
-        self.cx.counters.nat.connections.add(1);
+        self.counters.nat.connections.add(1);
         let e = ct.entry_mut(slot);
         e.seen(Dir::Original, total, now);
         let to = e.translated(Dir::Original);
         if to != key {
             let packet = &mut frame[l3..l3 + total];
             self.rewrite(packet, p.l4_offset, &key, &to);
-            self.cx.counters.nat.translated.add(1);
+            self.counters.nat.translated.add(1);
             if p.first_fragment {
                 self.remember_fragment(packet, &key, &to, now);
             }
@@ -532,7 +531,7 @@ impl L3<'_> {
         if !self.r.icmp_limit.allow(now) {
             return;
         }
-        let ident = self.cx.next_ip_ident();
+        let ident = self.next_ip_ident();
         let mut buf = self.r.buffer();
         buf.resize(L2 + 576, 0);
         let n = match p.l4 {
@@ -550,7 +549,7 @@ impl L3<'_> {
         match n {
             Some(n) => {
                 buf.truncate(L2 + n);
-                self.cx.counters.nat.rejected.add(1);
+                self.counters.nat.rejected.add(1);
                 self.send_ip(state, buf, now);
             }
             None => self.r.recycle(buf),
@@ -565,14 +564,14 @@ impl L3<'_> {
         l4_offset: usize,
         now: Timestamp,
     ) -> bool {
-        if !self.cx.shared.tracks_any() {
+        if !self.shared.tracks_any() {
             return false;
         }
         let Some(q) = packet_nat::quoted(packet, l4_offset) else {
             return false;
         };
         let look = q.key.reversed();
-        let mut ct = self.cx.shared.conntrack();
+        let mut ct = self.shared.conntrack();
         let Some((slot, dir)) = ct.lookup(&look, now) else {
             return false;
         };
@@ -598,15 +597,15 @@ impl L3<'_> {
     /// Whether an IPv4 packet the router forwarded was translated (its reply tuple is
     /// tracked).
     pub(super) fn is_translated(&self, packet: &[u8]) -> bool {
-        self.cx.shared.tracks_any()
+        self.shared.tracks_any()
             && packet_nat::parse(packet)
-                .is_ok_and(|p| self.cx.shared.conntrack().contains(&p.key.reversed()))
+                .is_ok_and(|p| self.shared.conntrack().contains(&p.key.reversed()))
     }
 
     /// Remembers how the first fragment of a packet was translated, for its later fragments.
     fn remember_fragment(&mut self, packet: &[u8], from: &FlowKey, to: &FlowKey, now: Timestamp) {
         let ident = u16::from_be_bytes([packet[4], packet[5]]);
-        let mut balancer = self.cx.shared.balancer();
+        let mut balancer = self.shared.balancer();
         let frags = &mut balancer.fragments;
         if frags.len() >= FRAGMENTS_MAX {
             frags.retain(|_, (_, _, e)| *e > now);
@@ -636,12 +635,12 @@ impl L3<'_> {
     ) -> Result<(), DropReason> {
         let ident = u16::from_be_bytes([packet[4], packet[5]]);
         let k = (p.key.src, p.key.dst, p.key.proto, ident);
-        let known = self.cx.shared.balancer().fragments.get(&k).copied();
+        let known = self.shared.balancer().fragments.get(&k).copied();
         if let Some((src, dst, expires)) = known {
             if expires > now {
                 let to = FlowKey { src, dst, ..p.key };
                 packet_nat::rewrite(packet, p.l4_offset, &p.key, &to, false);
-                self.cx.counters.nat.translated.add(1);
+                self.counters.nat.translated.add(1);
                 return Ok(());
             }
         }
@@ -662,13 +661,13 @@ impl L3<'_> {
     /// Timer work (about once a second): a slice of the conntrack table swept for expired
     /// entries, expired affinities and fragment translations forgotten.
     pub(super) fn nat_tick(&mut self, now: Timestamp) {
-        let mut ct = self.cx.shared.conntrack();
+        let mut ct = self.shared.conntrack();
         if !ct.is_empty() {
             let budget = (ct.len() / 30).max(SWEEP_MIN);
             ct.tick(now, budget);
         }
         drop(ct);
-        let mut b = self.cx.shared.balancer();
+        let mut b = self.shared.balancer();
         if !b.affinity.is_empty() {
             b.affinity.retain(|_, (_, e)| *e > now);
         }
