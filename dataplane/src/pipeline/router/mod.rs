@@ -491,7 +491,7 @@ impl L3<'_> {
                 Decision::Forward(Egress {
                     vlan: out_vlan,
                     inner_offset: off,
-                    targets: l2_targets(&self.shared, state, out_vlan, mac, now),
+                    targets: l2_targets(self.shared, state, out_vlan, mac, now),
                 })
             }
             NeighLookup::Pending { probe } => {
