@@ -115,7 +115,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum PortCmd {
     /// Create a TAP port (or attach an existing interface with --attach).
-    Add(PortAddArgs),
+    Add(Box<PortAddArgs>),
     /// Remove a port (a TAP device is deleted).
     Del { name: String },
     /// List ports.
@@ -166,6 +166,26 @@ pub struct PortAddArgs {
     /// A label KEY=VALUE, repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// Port security on (the default for a TAP port with addresses) or off.
+    #[arg(long, value_parser = parse_on_off, value_name = "on|off")]
+    pub port_security: Option<bool>,
+    /// Another address the workload may send from: PREFIX[,MAC] (repeatable).
+    #[arg(long = "allowed-pair")]
+    pub allowed_pairs: Vec<String>,
+    /// With port security: the workload may send router advertisements.
+    #[arg(long)]
+    pub allow_ra: bool,
+    /// With port security: the workload may send DHCP server messages.
+    #[arg(long)]
+    pub allow_dhcp_server: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: on or off")),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -677,6 +697,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         }
         Command::Demo => crate::demo::run(),
         Command::Port(PortCmd::Add(a)) => {
+            let a = *a;
             let port = PortConfig {
                 name: a.name,
                 netns: a.netns,
@@ -692,6 +713,10 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 container_id: a.container_id,
                 addresses: a.addresses,
                 labels: a.labels.into_iter().collect(),
+                port_security: a.port_security,
+                allowed_pairs: a.allowed_pairs,
+                allow_ra: a.allow_ra,
+                allow_dhcp_server: a.allow_dhcp_server,
             };
             api::call(socket, &Request::PortAdd { port })?;
             Ok(())

@@ -32,6 +32,7 @@ command -v runc >/dev/null || need="$need runc"
 dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 command -v promtool >/dev/null || need="$need prometheus"
 dpkg -s libpcap-dev >/dev/null 2>&1 || need="$need libpcap-dev"
+dpkg -s python3-scapy >/dev/null 2>&1 || need="$need python3-scapy"
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq

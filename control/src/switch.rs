@@ -16,8 +16,8 @@ use tapswitch_dataplane::io::{
     PortDevice, PortError, Snapshot, TapSpec, TunnelSocket, WorkerHandle,
 };
 use tapswitch_dataplane::pipeline::{
-    DropReason, ForwardingState, NextHop, PortCounters, PortMode, PortState, Route, RoutingState,
-    SharedTables, VxlanPort,
+    security, DropReason, ForwardingState, NextHop, PortCounters, PortMode, PortSecurity,
+    PortState, Route, RoutingState, SharedTables, VxlanPort,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
@@ -185,6 +185,7 @@ fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
         max_macs: u32::MAX,
         offload: false,
         device: v.port_name(),
+        security: None,
     }
 }
 
@@ -370,6 +371,14 @@ pub struct PortInfo {
     pub addresses: Vec<String>,
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Port security in force on the port.
+    pub port_security: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_pairs: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_ra: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub allow_dhcp_server: bool,
 }
 
 /// One line of `vxlan list`.
@@ -720,6 +729,18 @@ impl Switch {
                 })
                 .collect(),
         );
+        forwarding.security = self
+            .ports
+            .iter()
+            .map(|p| {
+                let p = p.as_ref()?;
+                let spec = p.spec.security.as_ref()?;
+                let Backend::Device(d) = &p.backend else {
+                    return None;
+                };
+                Some(port_security(spec, d.mac()))
+            })
+            .collect();
         forwarding.generation = self.generation;
         forwarding.mac_aging_ms = self.config.switch.mac_aging_secs * 1000;
         forwarding.mac_table_max = self.config.switch.mac_table_max;
@@ -1277,6 +1298,10 @@ impl Switch {
                     container_id: c.and_then(|c| c.container_id.clone()),
                     addresses: c.map(|c| c.addresses.clone()).unwrap_or_default(),
                     labels: c.map(|c| c.labels.clone()).unwrap_or_default(),
+                    port_security: p.spec.security.is_some(),
+                    allowed_pairs: c.map(|c| c.allowed_pairs.clone()).unwrap_or_default(),
+                    allow_ra: c.is_some_and(|c| c.allow_ra),
+                    allow_dhcp_server: c.is_some_and(|c| c.allow_dhcp_server),
                 }
             })
             .collect()
@@ -1665,4 +1690,26 @@ fn open_device(
         name: spec.name.clone(),
         source,
     })
+}
+
+/// What the dataplane checks for a port with port security whose device has `mac`: its
+/// addresses, its EUI-64 link-local address, its allowed pairs.
+fn port_security(spec: &config::SecuritySpec, mac: EthernetAddress) -> PortSecurity {
+    use std::net::IpAddr;
+    let mut ipv4 = Vec::new();
+    let mut ipv6 = vec![security::link_local(mac)];
+    for a in &spec.addresses {
+        match a {
+            IpAddr::V4(a) => ipv4.push(*a),
+            IpAddr::V6(a) => ipv6.push(*a),
+        }
+    }
+    PortSecurity {
+        mac,
+        ipv4,
+        ipv6,
+        pairs: spec.pairs.clone(),
+        allow_ra: spec.allow_ra,
+        allow_dhcp_server: spec.allow_dhcp_server,
+    }
 }

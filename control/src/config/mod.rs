@@ -25,7 +25,7 @@ pub use nat::{
 pub use routing::{parse_cidr, Addresses, InterfaceConfig, InterfaceSpec, RouteConfig, RouteSpec};
 use tapswitch_dataplane::io::port::valid_ifname;
 use tapswitch_dataplane::pipeline::routing::{same_subnet_v4, same_subnet_v6};
-use tapswitch_dataplane::pipeline::{Ipv4Prefix, PortMode, TunnelEndpoint, VlanSet};
+use tapswitch_dataplane::pipeline::{AllowedPair, Ipv4Prefix, PortMode, TunnelEndpoint, VlanSet};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
 /// The embedded default: a switch with no ports, ready for `port add`.
@@ -259,6 +259,21 @@ pub struct PortConfig {
     /// Labels (`app = "web"`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Port security: the workload may send only from the port's MAC and `addresses` (and
+    /// `allowed_pairs`). Default: on for a TAP port with addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
+    /// More addresses the workload may send from, each `PREFIX[,MAC]` (`10.42.0.100/32,
+    /// 00:00:5e:00:01:01` for a VRRP address; without a MAC, the port's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_pairs: Vec<String>,
+    /// With port security: the workload may send IPv6 router advertisements.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_ra: bool,
+    /// With port security: the workload may send DHCP server messages (UDP from port 67,
+    /// DHCPv6 from 547).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_dhcp_server: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -483,6 +498,17 @@ pub struct PortSpec {
     pub offload: bool,
     /// The device's name in its namespace (`ifname`, else the port's name).
     pub device: String,
+    /// Port security, when on.
+    pub security: Option<SecuritySpec>,
+}
+
+/// A port's validated port security; the MAC is the device's, known once it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecuritySpec {
+    pub addresses: Vec<IpAddr>,
+    pub pairs: Vec<AllowedPair>,
+    pub allow_ra: bool,
+    pub allow_dhcp_server: bool,
 }
 
 /// A validated static FDB entry.
@@ -572,9 +598,48 @@ impl PortConfig {
                 ));
             }
         }
+        let mut addresses = Vec::with_capacity(self.addresses.len());
         for a in &self.addresses {
-            routing::parse_cidr(&f("addresses"), a, false)?;
+            addresses.push(routing::parse_cidr(&f("addresses"), a, false)?.0);
         }
+        let mut pairs = Vec::with_capacity(self.allowed_pairs.len());
+        for pair in &self.allowed_pairs {
+            let (prefix, mac) = match pair.split_once(',') {
+                Some((p, m)) => (p.trim(), Some(parse_mac(&f("allowed_pairs"), m.trim())?)),
+                None => (pair.trim(), None),
+            };
+            let (prefix, len) = routing::parse_cidr(&f("allowed_pairs"), prefix, false)?;
+            pairs.push(AllowedPair { prefix, len, mac });
+        }
+        let security = self
+            .port_security
+            .unwrap_or(!self.addresses.is_empty() && !self.attach);
+        if security && self.attach {
+            return Err(ConfigError::new(
+                f("port_security"),
+                "not with attach: the workload behind an attached interface has a MAC of its own that the switch does not know",
+            ));
+        }
+        if !security {
+            for (set, name) in [
+                (!self.allowed_pairs.is_empty(), "allowed_pairs"),
+                (self.allow_ra, "allow_ra"),
+                (self.allow_dhcp_server, "allow_dhcp_server"),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        f(name),
+                        "only with port security (addresses, or port_security = true)",
+                    ));
+                }
+            }
+        }
+        let security = security.then_some(SecuritySpec {
+            addresses,
+            pairs,
+            allow_ra: self.allow_ra,
+            allow_dhcp_server: self.allow_dhcp_server,
+        });
         for (k, v) in &self.labels {
             let ok = |s: &str, max: usize| {
                 !s.is_empty()
@@ -652,6 +717,7 @@ impl PortConfig {
             max_macs: self.max_macs.unwrap_or(u32::MAX),
             offload: self.offload.unwrap_or(true),
             device: self.device().to_string(),
+            security,
         })
     }
 }

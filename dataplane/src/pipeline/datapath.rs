@@ -100,9 +100,14 @@ impl Stages {
         now: Timestamp,
     ) -> Result<Switched<'s>, DropReason> {
         let headers = parse(frame)?;
-        let admitted =
-            self.ingress
-                .admit::<TRACE>(&mut self.cx.trace, state, port, &headers, wire_len)?;
+        let admitted = self.ingress.admit::<TRACE>(
+            &mut self.cx.trace,
+            state,
+            port,
+            &headers,
+            frame,
+            wire_len,
+        )?;
         self.bridge
             .switch::<TRACE>(&mut self.cx, state, port, admitted, &headers, frame, now)
     }

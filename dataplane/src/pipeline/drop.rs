@@ -82,10 +82,22 @@ pub enum DropReason {
     NatMalformed,
     /// A later fragment of a translated packet whose first fragment was not seen.
     NatFragment,
+    /// Port security: a source MAC the port does not own.
+    SpoofedMac,
+    /// Port security: an IPv4 or IPv6 source address the port does not own.
+    SpoofedSource,
+    /// Port security: an ARP packet that claims an address (or MAC) the port does not own.
+    SpoofedArp,
+    /// Port security: a neighbour advertisement for an address the port does not own.
+    SpoofedNd,
+    /// Port security: a router advertisement from a workload that may not send one.
+    RaGuard,
+    /// Port security: a DHCP server's message from a workload that may not send one.
+    DhcpGuard,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 33;
+    pub const COUNT: usize = 39;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -121,6 +133,12 @@ impl DropReason {
         DropReason::NatNoPort,
         DropReason::NatMalformed,
         DropReason::NatFragment,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedSource,
+        DropReason::SpoofedArp,
+        DropReason::SpoofedNd,
+        DropReason::RaGuard,
+        DropReason::DhcpGuard,
     ];
 
     /// The name used in `stats` output.
@@ -159,6 +177,12 @@ impl DropReason {
             DropReason::NatNoPort => "nat_no_port",
             DropReason::NatMalformed => "nat_malformed",
             DropReason::NatFragment => "nat_fragment",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::SpoofedNd => "spoofed_nd",
+            DropReason::RaGuard => "ra_guard",
+            DropReason::DhcpGuard => "dhcp_guard",
         }
     }
 
@@ -171,7 +195,8 @@ impl DropReason {
         use DropReason::*;
         match self {
             Runt | BadVlanTag | StackedVlan | Oversized | BadOffload | UnknownPort => Stage::Parse,
-            VlanNotAllowed | UntaggedOnTrunk | BadSourceMac => Stage::Ingress,
+            VlanNotAllowed | UntaggedOnTrunk | BadSourceMac | SpoofedMac | SpoofedSource
+            | SpoofedArp | SpoofedNd | RaGuard | DhcpGuard => Stage::Ingress,
             LinkLocal | SamePort => Stage::L2,
             IpHeaderBad | Martian | TtlExceeded | NoRoute | FragNeeded | NeighbourFailed
             | NeighbourQueueFull | NeighbourTableFull | LocalUnsupported | L3Unsupported => {

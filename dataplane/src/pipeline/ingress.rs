@@ -2,10 +2,15 @@
 //! port's MTU, belong to a VLAN the port is a member of (by its mode: an access port's VLAN,
 //! a trunk's allowed tags and native VLAN), and carry a unicast source MAC.
 //!
+//! A port with port security ([`security`](super::security)) may besides send only as
+//! itself: its MAC, its addresses, no router advertisements or DHCP server messages unless
+//! allowed.
+//!
 //! The stage keeps no state of its own: what it checks against is the port's configuration
 //! in the published [`ForwardingState`].
 
 use super::parse::Headers;
+use super::security;
 use super::trace::{record_if, Stage, Trace};
 use super::{DropReason, ForwardingState, PortMode, PortState};
 use crate::tables::PortId;
@@ -26,15 +31,17 @@ pub struct Admitted<'s> {
 pub struct Ingress;
 
 impl Ingress {
-    /// Admits a frame with `headers` (`wire_len` bytes on the wire, the largest segment of a
+    /// Admits `frame` with `headers` (`wire_len` bytes on the wire, the largest segment of a
     /// super-frame) received on `ingress`, and classifies it into its VLAN.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub fn admit<'s, const TRACE: bool>(
         &self,
         trace: &mut Option<Box<Trace>>,
         state: &'s ForwardingState,
         ingress: PortId,
         headers: &Headers,
+        frame: &[u8],
         wire_len: usize,
     ) -> Result<Admitted<'s>, DropReason> {
         let port = state.port(ingress).ok_or(DropReason::UnknownPort)?;
@@ -60,6 +67,12 @@ impl Ingress {
         });
         if headers.src.is_multicast() || headers.src.is_zero() {
             return Err(DropReason::BadSourceMac);
+        }
+        if let Some(sec) = state.port_security(ingress) {
+            security::check(sec, headers, frame)?;
+            record_if::<TRACE, _>(trace, Stage::Ingress, "port_security", move |s| {
+                s.with("result", "allowed").with("mac", sec.mac);
+            });
         }
         Ok(Admitted { port, vlan })
     }
@@ -152,7 +165,7 @@ mod tests {
         let ok = headers([2, 0, 0, 0, 0, 1], None, false);
         let admit = |h: &Headers, port: u16, len: usize| {
             Ingress
-                .admit::<false>(&mut None, &s, PortId(port), h, len)
+                .admit::<false>(&mut None, &s, PortId(port), h, &[], len)
                 .map(|a| a.vlan)
         };
         assert_eq!(admit(&ok, 0, 1514), Ok(vlan(10)));
@@ -169,7 +182,7 @@ mod tests {
         // Traced: the classification is recorded.
         let mut trace = Some(Box::default());
         Ingress
-            .admit::<true>(&mut trace, &s, PortId(0), &ok, 64)
+            .admit::<true>(&mut trace, &s, PortId(0), &ok, &[], 64)
             .unwrap();
         let step = &trace.unwrap().steps[0];
         assert_eq!((step.stage, step.action), (Stage::Ingress, "classified"));

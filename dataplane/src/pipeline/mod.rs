@@ -32,6 +32,7 @@ pub mod offload;
 pub mod parse;
 pub mod router;
 pub mod routing;
+pub mod security;
 pub mod shared;
 pub mod state;
 pub mod suppress;
@@ -55,8 +56,8 @@ pub use shared::{
     SavedConnection, SharedTables,
 };
 pub use state::{
-    ForwardingState, Ipv4Prefix, PortMode, PortState, TunnelEndpoint, VlanMember, VlanSet,
-    VxlanPort,
+    AllowedPair, ForwardingState, Ipv4Prefix, PortMode, PortSecurity, PortState, TunnelEndpoint,
+    VlanMember, VlanSet, VxlanPort,
 };
 pub use trace::{Stage, Step, Trace};
 pub use tunnel::Tunnel;

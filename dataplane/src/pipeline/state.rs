@@ -4,7 +4,7 @@
 //! it; workers adopt a new one between batches, so a frame is always processed against one
 //! whole state, never half an update. It is immutable once published.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use hashbrown::HashMap;
@@ -128,6 +128,32 @@ pub struct TunnelEndpoint {
     pub port: u16,
 }
 
+/// What a port with port security may send (see [`security`](super::security)).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortSecurity {
+    /// The port's own MAC: the only source MAC it may send from, besides `pairs`.
+    pub mac: EthernetAddress,
+    /// Its IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// Its IPv6 addresses, its link-local address included.
+    pub ipv6: Vec<Ipv6Addr>,
+    /// Allowed address pairs: a prefix it may also send from, with the MAC it may use for
+    /// it (`None`: its own MAC).
+    pub pairs: Vec<AllowedPair>,
+    /// May send router advertisements.
+    pub allow_ra: bool,
+    /// May send DHCP server messages (UDP from port 67 or 547).
+    pub allow_dhcp_server: bool,
+}
+
+/// An allowed address pair: `prefix/len` from `mac`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowedPair {
+    pub prefix: IpAddr,
+    pub len: u8,
+    pub mac: Option<EthernetAddress>,
+}
+
 /// A VXLAN port: one VNI extending one VLAN to remote VTEPs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanPort {
@@ -185,6 +211,8 @@ pub struct ForwardingState {
     pub routing: Arc<RoutingState>,
     /// Source NAT rules, port forwards and Services.
     pub nat: NatRules,
+    /// Indexed by [`PortId`]: the port security of ports that have it.
+    pub security: Vec<Option<PortSecurity>>,
 }
 
 impl Default for ForwardingState {
@@ -202,6 +230,7 @@ impl Default for ForwardingState {
             neighbours: HashMap::new(),
             routing: Arc::new(RoutingState::default()),
             nat: NatRules::default(),
+            security: Vec::new(),
         }
     }
 }
@@ -256,6 +285,12 @@ impl ForwardingState {
             Some(p) if p.name == name => Some((PortId(i as u16), p)),
             _ => None,
         })
+    }
+
+    /// The port security of `id`, if it has any.
+    #[inline]
+    pub fn port_security(&self, id: PortId) -> Option<&PortSecurity> {
+        self.security.get(id.index()).and_then(Option::as_ref)
     }
 
     /// The VXLAN settings of `id`, if it is a VXLAN port.

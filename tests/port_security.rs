@@ -1,0 +1,197 @@
+//! Port security with real kernel stacks: a workload on a port with addresses sends only as
+//! itself. Spoofing attempts are crafted with scapy inside the workload's namespace; each is
+//! dropped and counted with its reason while the workload's own traffic passes.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs a scapy script inside `ns` (Debian's python3-scapy, with the system Python).
+fn scapy(ns: &probe::Netns, script: &str) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "/usr/bin/python3", "-c"])
+        .arg(format!("from scapy.all import *\nconf.verb = 0\n{script}"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "scapy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn spoofing_from_a_workload_is_dropped_and_counted_while_its_own_traffic_passes() {
+    if !have_root() {
+        return;
+    }
+    let sw = Switch::start();
+    let (a, b) = (container("psa", true), container("psb", true));
+    let (pa, pb) = (unique("psa"), unique("psb"));
+    // a has port security (its addresses are on the port); b does not.
+    sw.cli(&[
+        "port",
+        "add",
+        &pa,
+        "--netns",
+        a.name(),
+        "--address",
+        "10.78.0.2/24",
+        "--address",
+        "fd78::2/64",
+        "--allowed-pair",
+        "10.78.0.100/32,00:00:5e:00:01:01",
+    ]);
+    sw.cli(&["port", "add", &pb, "--netns", b.name()]);
+    for (ns, port, v4, v6) in [
+        (&a, &pa, "10.78.0.2/24", "fd78::2/64"),
+        (&b, &pb, "10.78.0.3/24", "fd78::3/64"),
+    ] {
+        ns.add_addr(port, v4).unwrap();
+        ns.add_addr(port, v6).unwrap();
+    }
+    let ports = sw.json(&["port", "list"]);
+    let info = |name: &str| {
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(info(&pa)["port_security"], true, "{ports}");
+    assert_eq!(info(&pb)["port_security"], false, "{ports}");
+    let mac = info(&pa)["mac"].as_str().unwrap().to_string();
+
+    // Its own traffic, both families, passes.
+    assert_eq!(ping(&a, "10.78.0.3", 2), 2);
+    assert_eq!(ping(&a, "fd78::3", 2), 2);
+
+    let iface = format!("iface={pa:?}");
+    let attempts = [
+        // Another source MAC.
+        ("spoofed_mac", "Ether(src='02:00:00:00:78:99', dst='ff:ff:ff:ff:ff:ff')/IP(src='10.78.0.2', dst='10.78.0.3')/UDP(sport=1, dport=9)".to_string()),
+        // Another source IP.
+        ("spoofed_source", format!("Ether(src='{mac}', dst='ff:ff:ff:ff:ff:ff')/IP(src='10.78.0.3', dst='10.78.0.9')/UDP(sport=1, dport=9)")),
+        // An ARP reply that says the neighbour's IP is here.
+        ("spoofed_arp", format!("Ether(src='{mac}', dst='ff:ff:ff:ff:ff:ff')/ARP(op=2, hwsrc='{mac}', psrc='10.78.0.3', pdst='10.78.0.1')")),
+        // A gratuitous ARP for an address the port does not own.
+        ("spoofed_arp", format!("Ether(src='{mac}', dst='ff:ff:ff:ff:ff:ff')/ARP(op=1, hwsrc='{mac}', psrc='10.78.0.50', pdst='10.78.0.50')")),
+        // A neighbour advertisement for the neighbour's IPv6 address.
+        ("spoofed_nd", format!("Ether(src='{mac}', dst='33:33:00:00:00:01')/IPv6(src='fd78::2', dst='ff02::1')/ICMPv6ND_NA(tgt='fd78::3', R=0, S=0, O=1)/ICMPv6NDOptDstLLAddr(lladdr='{mac}')")),
+        // A router advertisement.
+        ("ra_guard", format!("Ether(src='{mac}', dst='33:33:00:00:00:01')/IPv6(src='fd78::2', dst='ff02::1')/ICMPv6ND_RA()/ICMPv6NDOptPrefixInfo(prefix='2001:db8::', prefixlen=64)")),
+        // A DHCP offer.
+        ("dhcp_guard", format!("Ether(src='{mac}', dst='ff:ff:ff:ff:ff:ff')/IP(src='10.78.0.2', dst='255.255.255.255')/UDP(sport=67, dport=68)/BOOTP(op=2, yiaddr='10.78.0.3')/DHCP(options=[('message-type', 'offer'), 'end'])")),
+    ];
+    let mut want = std::collections::BTreeMap::new();
+    for (reason, packet) in &attempts {
+        scapy(&a, &format!("sendp({packet}, {iface}, count=3)"));
+        *want.entry(*reason).or_insert(0u64) += 3;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for (reason, n) in &want {
+        assert_eq!(
+            drops(&sw, &pa, reason),
+            *n,
+            "{reason}: {}",
+            sw.port_stats(&pa)
+        );
+    }
+    // The allowed pair: its address from its MAC passes.
+    scapy(
+        &a,
+        &format!("sendp(Ether(src='00:00:5e:00:01:01', dst='ff:ff:ff:ff:ff:ff')/ARP(op=1, hwsrc='00:00:5e:00:01:01', psrc='10.78.0.100', pdst='10.78.0.3'), {iface}, count=1)"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        b.neighbour("10.78.0.100").as_deref(),
+        Some("00:00:5e:00:01:01"),
+        "b learned the pair from its ARP request"
+    );
+    // b never heard the gratuitous ARP for 10.78.0.50.
+    assert_eq!(b.neighbour("10.78.0.50"), None);
+    // And the workload's own traffic still passes.
+    assert_eq!(ping(&a, "10.78.0.3", 2), 2);
+    assert_eq!(ping(&a, "fd78::3", 2), 2);
+
+    // Off at runtime for b's kind of port: a port added with addresses but port security off.
+    let (c, pc) = (container("psc", false), unique("psc"));
+    sw.cli(&[
+        "port",
+        "add",
+        &pc,
+        "--netns",
+        c.name(),
+        "--address",
+        "10.78.0.4/24",
+        "--port-security",
+        "off",
+    ]);
+    c.add_addr(&pc, "10.78.0.4/24").unwrap();
+    let ports = sw.json(&["port", "list"]);
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == pc.as_str() && p["port_security"] == false),
+        "{ports}"
+    );
+}
+
+#[test]
+fn bad_port_security_settings_are_refused_naming_the_field() {
+    if !have_root() {
+        return;
+    }
+    let sw = Switch::start();
+    let ns = container("psd", false);
+    let port = unique("psd");
+    for (args, field) in [
+        (
+            vec![
+                "--address",
+                "10.79.0.2/24",
+                "--allowed-pair",
+                "10.79.0.300/32",
+            ],
+            "allowed_pairs",
+        ),
+        (
+            vec![
+                "--address",
+                "10.79.0.2/24",
+                "--allowed-pair",
+                "10.79.0.9/32,zz:00:00:00:00:01",
+            ],
+            "allowed_pairs",
+        ),
+        (vec!["--allow-ra"], "allow_ra"),
+        (
+            vec![
+                "--address",
+                "10.79.0.2/24",
+                "--port-security",
+                "off",
+                "--allow-dhcp-server",
+            ],
+            "allow_dhcp_server",
+        ),
+    ] {
+        let mut full = vec!["port", "add", &port, "--netns", ns.name()];
+        full.extend(args.iter().copied());
+        let err = sw.try_cli(&full).expect_err("accepted");
+        assert!(err.contains(field), "{full:?}: {err}");
+    }
+    let ports = sw.json(&["port", "list"]);
+    assert_eq!(
+        ports.as_array().unwrap().len(),
+        0,
+        "nothing changed: {ports}"
+    );
+}
