@@ -71,6 +71,43 @@ fn spoofing_from_a_workload_is_dropped_and_counted_while_its_own_traffic_passes(
     assert_eq!(ping(&a, "10.78.0.3", 2), 2);
     assert_eq!(ping(&a, "fd78::3", 2), 2);
 
+    // A dry run names the check that refuses a packet from another address.
+    let t = sw.json(&[
+        "trace",
+        "--in-port",
+        &pa,
+        "udp 10.78.0.9:1000 > 10.78.0.3:53",
+    ]);
+    assert_eq!(t["verdict"], "dropped", "{t:#}");
+    let drop = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["action"] == "drop")
+        .cloned()
+        .unwrap_or_else(|| panic!("no drop in {t:#}"));
+    assert_eq!(
+        (&drop["stage"], &drop["reason"]),
+        (&"ingress".into(), &"spoofed_source".into()),
+        "{t:#}"
+    );
+    // And lets its own through, naming the check.
+    let t = sw.json(&[
+        "trace",
+        "--in-port",
+        &pa,
+        "udp 10.78.0.2:1000 > 10.78.0.3:53",
+    ]);
+    assert_eq!(t["verdict"], "forwarded", "{t:#}");
+    assert!(
+        t["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["action"] == "port_security" && s["result"] == "allowed"),
+        "{t:#}"
+    );
+
     let iface = format!("iface={pa:?}");
     let attempts = [
         // Another source MAC.
