@@ -178,6 +178,34 @@ pub struct PortAddArgs {
     /// With port security: the workload may send DHCP server messages.
     #[arg(long)]
     pub allow_dhcp_server: bool,
+    /// Limits on flooded frames per second: broadcast=N,multicast=N,unknown_unicast=N[,burst=N].
+    #[arg(long, value_parser = parse_storm_control, value_name = "KIND=RATE,...")]
+    pub storm_control: Option<tapswitch_control::config::StormControlConfig>,
+}
+
+fn parse_storm_control(s: &str) -> Result<tapswitch_control::config::StormControlConfig, String> {
+    let mut c = tapswitch_control::config::StormControlConfig::default();
+    for part in s.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?} is not KIND=RATE"))?;
+        let n: u32 = v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{k}: {v:?} is not a number"))?;
+        match k.trim().replace('-', "_").as_str() {
+            "broadcast" => c.broadcast = Some(n),
+            "multicast" => c.multicast = Some(n),
+            "unknown_unicast" => c.unknown_unicast = Some(n),
+            "burst" => c.burst = Some(n),
+            other => {
+                return Err(format!(
+                    "{other:?}: broadcast, multicast, unknown_unicast or burst"
+                ))
+            }
+        }
+    }
+    Ok(c)
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -717,6 +745,7 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 allowed_pairs: a.allowed_pairs,
                 allow_ra: a.allow_ra,
                 allow_dhcp_server: a.allow_dhcp_server,
+                storm_control: a.storm_control,
             };
             api::call(socket, &Request::PortAdd { port })?;
             Ok(())

@@ -16,8 +16,8 @@ use tapswitch_dataplane::io::{
     PortDevice, PortError, Snapshot, TapSpec, TunnelSocket, WorkerHandle,
 };
 use tapswitch_dataplane::pipeline::{
-    security, DropReason, ForwardingState, NextHop, PortCounters, PortMode, PortSecurity,
-    PortState, Route, RoutingState, SharedTables, VxlanPort,
+    security, DropReason, ForwardingState, Limiter, NextHop, PortCounters, PortMode, PortSecurity,
+    PortState, Route, RoutingState, SharedTables, StormControl, VxlanPort,
 };
 use tapswitch_dataplane::tables::{FdbKey, PortId};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
@@ -186,6 +186,7 @@ fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
         offload: false,
         device: v.port_name(),
         security: None,
+        storm: None,
     }
 }
 
@@ -379,6 +380,8 @@ pub struct PortInfo {
     pub allow_ra: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub allow_dhcp_server: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm_control: Option<config::StormControlConfig>,
 }
 
 /// One line of `vxlan list`.
@@ -470,6 +473,10 @@ pub struct Switch {
     /// Live traces and captures of clients (see [`tap`]).
     taps: Vec<tap::Session>,
     next_tap: u64,
+    /// The storm control limits of ports, by port name: kept from one publication to the
+    /// next while the port's settings stay the same, so that a change elsewhere does not
+    /// refill their buckets.
+    storm: HashMap<String, (config::StormSpec, Arc<StormControl>)>,
 }
 
 impl Switch {
@@ -675,6 +682,7 @@ impl Switch {
             published: Arc::default(),
             taps: Vec::new(),
             next_tap: 0,
+            storm: HashMap::new(),
         };
         let snapshot = switch.compile();
         switch.published = Arc::clone(&snapshot);
@@ -741,6 +749,22 @@ impl Switch {
                 Some(port_security(spec, d.mac()))
             })
             .collect();
+        let mut storm = HashMap::new();
+        forwarding.storm = self
+            .ports
+            .iter()
+            .map(|p| {
+                let p = p.as_ref()?;
+                let spec = p.spec.storm?;
+                let limits = match self.storm.remove(&p.spec.name) {
+                    Some((s, limits)) if s == spec => limits,
+                    _ => Arc::new(storm_control(&spec)),
+                };
+                storm.insert(p.spec.name.clone(), (spec, Arc::clone(&limits)));
+                Some(limits)
+            })
+            .collect();
+        self.storm = storm;
         forwarding.generation = self.generation;
         forwarding.mac_aging_ms = self.config.switch.mac_aging_secs * 1000;
         forwarding.mac_table_max = self.config.switch.mac_table_max;
@@ -1302,6 +1326,7 @@ impl Switch {
                     allowed_pairs: c.map(|c| c.allowed_pairs.clone()).unwrap_or_default(),
                     allow_ra: c.is_some_and(|c| c.allow_ra),
                     allow_dhcp_server: c.is_some_and(|c| c.allow_dhcp_server),
+                    storm_control: c.and_then(|c| c.storm_control.clone()),
                 }
             })
             .collect()
@@ -1690,6 +1715,16 @@ fn open_device(
         name: spec.name.clone(),
         source,
     })
+}
+
+/// The dataplane's limits for a port's storm control.
+fn storm_control(spec: &config::StormSpec) -> StormControl {
+    let limiter = |l: Option<(u32, u32)>| l.map(|(rate, burst)| Limiter::new(rate, burst));
+    StormControl {
+        broadcast: limiter(spec.broadcast),
+        multicast: limiter(spec.multicast),
+        unknown_unicast: limiter(spec.unknown_unicast),
+    }
 }
 
 /// What the dataplane checks for a port with port security whose device has `mac`: its

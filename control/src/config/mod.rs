@@ -274,7 +274,37 @@ pub struct PortConfig {
     /// DHCPv6 from 547).
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_dhcp_server: bool,
+    /// Limits on what the port floods, in frames per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_control: Option<StormControlConfig>,
 }
+
+/// `storm_control = { broadcast = 1000, multicast = 5000, unknown_unicast = 1000, burst = 100 }`:
+/// frames per second of each kind the port may flood (a kind left out is not limited), and
+/// how many may come at once (default: a tenth of a second's worth of each rate).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StormControlConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multicast: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_unicast: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// A port's validated storm control: (rate, burst) of each kind it limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StormSpec {
+    pub broadcast: Option<(u32, u32)>,
+    pub multicast: Option<(u32, u32)>,
+    pub unknown_unicast: Option<(u32, u32)>,
+}
+
+/// The most frames per second a storm control limit may name.
+pub const STORM_RATE_MAX: u32 = 100_000_000;
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -500,6 +530,8 @@ pub struct PortSpec {
     pub device: String,
     /// Port security, when on.
     pub security: Option<SecuritySpec>,
+    /// Storm control, when set.
+    pub storm: Option<StormSpec>,
 }
 
 /// A port's validated port security; the MAC is the device's, known once it exists.
@@ -634,6 +666,11 @@ impl PortConfig {
                 }
             }
         }
+        let storm = self
+            .storm_control
+            .as_ref()
+            .map(|c| c.validate(&f("storm_control")))
+            .transpose()?;
         let security = security.then_some(SecuritySpec {
             addresses,
             pairs,
@@ -718,7 +755,48 @@ impl PortConfig {
             offload: self.offload.unwrap_or(true),
             device: self.device().to_string(),
             security,
+            storm,
         })
+    }
+}
+
+impl StormControlConfig {
+    fn validate(&self, field: &str) -> Result<StormSpec, ConfigError> {
+        let mut any = false;
+        let mut limit =
+            |name: &str, rate: Option<u32>| -> Result<Option<(u32, u32)>, ConfigError> {
+                let Some(rate) = rate else {
+                    return Ok(None);
+                };
+                if !(1..=STORM_RATE_MAX).contains(&rate) {
+                    return Err(ConfigError::new(
+                        format!("{field}.{name}"),
+                        format!("{rate} frames per second is out of range (1..={STORM_RATE_MAX})"),
+                    ));
+                }
+                any = true;
+                Ok(Some((rate, self.burst.unwrap_or((rate / 10).max(1)))))
+            };
+        let spec = StormSpec {
+            broadcast: limit("broadcast", self.broadcast)?,
+            multicast: limit("multicast", self.multicast)?,
+            unknown_unicast: limit("unknown_unicast", self.unknown_unicast)?,
+        };
+        if !any {
+            return Err(ConfigError::new(
+                field,
+                "names no limit: give broadcast, multicast or unknown_unicast (frames per second)",
+            ));
+        }
+        if let Some(b) = self.burst {
+            if !(1..=STORM_RATE_MAX).contains(&b) {
+                return Err(ConfigError::new(
+                    format!("{field}.burst"),
+                    format!("{b} is out of range (1..={STORM_RATE_MAX})"),
+                ));
+            }
+        }
+        Ok(spec)
     }
 }
 

@@ -94,10 +94,13 @@ pub enum DropReason {
     RaGuard,
     /// Port security: a DHCP server's message from a workload that may not send one.
     DhcpGuard,
+    /// Storm control: a flooded frame (broadcast, multicast, unknown unicast) over the
+    /// port's limit for its kind.
+    Storm,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 39;
+    pub const COUNT: usize = 40;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -139,6 +142,7 @@ impl DropReason {
         DropReason::SpoofedNd,
         DropReason::RaGuard,
         DropReason::DhcpGuard,
+        DropReason::Storm,
     ];
 
     /// The name used in `stats` output.
@@ -183,6 +187,7 @@ impl DropReason {
             DropReason::SpoofedNd => "spoofed_nd",
             DropReason::RaGuard => "ra_guard",
             DropReason::DhcpGuard => "dhcp_guard",
+            DropReason::Storm => "storm",
         }
     }
 
@@ -197,7 +202,7 @@ impl DropReason {
             Runt | BadVlanTag | StackedVlan | Oversized | BadOffload | UnknownPort => Stage::Parse,
             VlanNotAllowed | UntaggedOnTrunk | BadSourceMac | SpoofedMac | SpoofedSource
             | SpoofedArp | SpoofedNd | RaGuard | DhcpGuard => Stage::Ingress,
-            LinkLocal | SamePort => Stage::L2,
+            LinkLocal | SamePort | Storm => Stage::L2,
             IpHeaderBad | Martian | TtlExceeded | NoRoute | FragNeeded | NeighbourFailed
             | NeighbourQueueFull | NeighbourTableFull | LocalUnsupported | L3Unsupported => {
                 Stage::L3

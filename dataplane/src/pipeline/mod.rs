@@ -35,6 +35,7 @@ pub mod routing;
 pub mod security;
 pub mod shared;
 pub mod state;
+pub mod storm;
 pub mod suppress;
 pub mod trace;
 pub mod tunnel;
@@ -59,5 +60,6 @@ pub use state::{
     AllowedPair, ForwardingState, Ipv4Prefix, PortMode, PortSecurity, PortState, TunnelEndpoint,
     VlanMember, VlanSet, VxlanPort,
 };
+pub use storm::{Limiter, StormControl};
 pub use trace::{Stage, Step, Trace};
 pub use tunnel::Tunnel;

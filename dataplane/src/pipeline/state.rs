@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use super::storm::StormControl;
 use super::RoutingState;
 use crate::tables::{FdbKey, NatRules, PortId};
 use crate::wire::{EthernetAddress, VlanId};
@@ -213,6 +214,9 @@ pub struct ForwardingState {
     pub nat: NatRules,
     /// Indexed by [`PortId`]: the port security of ports that have it.
     pub security: Vec<Option<PortSecurity>>,
+    /// Indexed by [`PortId`]: the storm control of ports that have it (its limits' state is
+    /// shared with the states published before and after).
+    pub storm: Vec<Option<Arc<StormControl>>>,
 }
 
 impl Default for ForwardingState {
@@ -231,6 +235,7 @@ impl Default for ForwardingState {
             routing: Arc::new(RoutingState::default()),
             nat: NatRules::default(),
             security: Vec::new(),
+            storm: Vec::new(),
         }
     }
 }
@@ -285,6 +290,12 @@ impl ForwardingState {
             Some(p) if p.name == name => Some((PortId(i as u16), p)),
             _ => None,
         })
+    }
+
+    /// The storm control of `id`, if it has any.
+    #[inline]
+    pub fn storm_control(&self, id: PortId) -> Option<&StormControl> {
+        self.storm.get(id.index()).and_then(Option::as_deref)
     }
 
     /// The port security of `id`, if it has any.

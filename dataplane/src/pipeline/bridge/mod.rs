@@ -11,6 +11,7 @@ use super::ingress::Admitted;
 use super::parse::Headers;
 use super::router;
 use super::shared::SharedTables;
+use super::storm::Flood;
 use super::suppress;
 use super::trace::{record_if, Stage};
 use super::{DropReason, ForwardingState, VlanMember};
@@ -139,6 +140,18 @@ impl Bridge {
                 None => flood,
             }
         };
+        if let (Targets::Flood { .. }, Some(storm)) = (targets, state.storm_control(ingress)) {
+            let kind = if dst.is_broadcast() {
+                Flood::Broadcast
+            } else if dst.is_multicast() {
+                Flood::Multicast
+            } else {
+                Flood::UnknownUnicast
+            };
+            if !storm.allow(kind, now) {
+                return Err(DropReason::Storm);
+            }
+        }
         record_if::<TRACE, _>(&mut cx.trace, Stage::L2, "lookup", move |s| {
             s.with("dst", dst);
             match targets {

@@ -344,6 +344,37 @@ fn malformed_frames_are_counted_drops() {
 }
 
 #[test]
+fn storm_control_limits_what_a_port_floods_and_nothing_else() {
+    use crate::pipeline::{Limiter, StormControl};
+    let mut sim = Sim::new(vec![access("a", 10), access("b", 10), access("c", 10)]);
+    sim.state.storm = vec![Some(Arc::new(StormControl {
+        broadcast: Some(Limiter::new(100, 5)),
+        multicast: None,
+        unknown_unicast: Some(Limiter::new(100, 1)),
+    }))];
+    let bcast = untagged(EthernetAddress::BROADCAST, mac(1));
+    let passed = (0..20).filter(|_| sim.send(0, &bcast).is_ok()).count();
+    assert_eq!(passed, 5, "the burst");
+    assert_eq!(sim.drops(0, DropReason::Storm), 15);
+    // Multicast has no limit here; unknown unicast has its own.
+    let mcast = untagged(EthernetAddress([1, 0, 0x5e, 0, 0, 9]), mac(1));
+    assert!((0..20).all(|_| sim.send(0, &mcast).is_ok()));
+    let unknown = untagged(mac(9), mac(1));
+    assert_eq!((0..20).filter(|_| sim.send(0, &unknown).is_ok()).count(), 1);
+    // Known unicast is never limited, and other ports are not port 0.
+    sim.send(1, &untagged(EthernetAddress::BROADCAST, mac(2)))
+        .unwrap();
+    let known = untagged(mac(2), mac(1));
+    assert!((0..50).all(|_| sim.out_ports(0, &known) == [1]));
+    assert!((0..50).all(|_| sim
+        .send(1, &untagged(EthernetAddress::BROADCAST, mac(2)))
+        .is_ok()));
+    // A second later: the rate again (100 per second, so the burst's worth at once).
+    sim.advance_secs(1);
+    assert_eq!((0..20).filter(|_| sim.send(0, &bcast).is_ok()).count(), 5);
+}
+
+#[test]
 fn full_tables_stop_learning_but_frames_still_flood() {
     let mut ports = vec![access("a", 1), access("b", 1), access("c", 1)];
     if let Some(p) = ports[0].as_mut() {
