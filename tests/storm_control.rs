@@ -115,3 +115,37 @@ fn a_broadcast_flood_is_held_to_its_limit_and_unicast_is_unaffected() {
         "unicast between other ports: {ping_out}"
     );
 }
+
+#[test]
+fn bad_storm_control_is_refused_naming_the_field() {
+    if !have_root() {
+        return;
+    }
+    let sw = Switch::start();
+    let ns = container("scb", false);
+    let port = unique("scb");
+    for (value, field) in [
+        ("broadcast=0", "storm_control.broadcast"),
+        ("burst=10", "storm_control"),
+        ("multicast=10,burst=0", "storm_control.burst"),
+    ] {
+        let err = sw
+            .try_cli(&[
+                "port",
+                "add",
+                &port,
+                "--netns",
+                ns.name(),
+                "--storm-control",
+                value,
+            ])
+            .expect_err("accepted");
+        assert!(err.contains(field), "{value}: {err}");
+    }
+    let ports = sw.json(&["port", "list"]);
+    assert_eq!(
+        ports.as_array().unwrap().len(),
+        0,
+        "nothing changed: {ports}"
+    );
+}
