@@ -116,6 +116,8 @@ pub enum Command {
 pub enum PortCmd {
     /// Create a TAP port (or attach an existing interface with --attach).
     Add(Box<PortAddArgs>),
+    /// Change a port's labels, addresses, port security or storm control.
+    Set(Box<PortSetArgs>),
     /// Remove a port (a TAP device is deleted).
     Del { name: String },
     /// List ports.
@@ -206,6 +208,42 @@ fn parse_storm_control(s: &str) -> Result<tapswitch_control::config::StormContro
         }
     }
     Ok(c)
+}
+
+#[derive(Debug, Args)]
+pub struct PortSetArgs {
+    pub name: String,
+    /// Set a label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Remove the label KEY (repeatable).
+    #[arg(long = "del-label")]
+    pub del_labels: Vec<String>,
+    /// The port's addresses: these replace the ones it has (repeatable or comma separated).
+    #[arg(long = "address", value_delimiter = ',')]
+    pub addresses: Vec<String>,
+    /// Remove every address of the port.
+    #[arg(long, conflicts_with = "addresses")]
+    pub no_addresses: bool,
+    /// Port security on or off.
+    #[arg(long, value_parser = parse_on_off, value_name = "on|off")]
+    pub port_security: Option<bool>,
+    /// The allowed pairs: these replace the ones it has (repeatable).
+    #[arg(long = "allowed-pair")]
+    pub allowed_pairs: Vec<String>,
+    /// Remove every allowed pair.
+    #[arg(long, conflicts_with = "allowed_pairs")]
+    pub no_allowed_pairs: bool,
+    #[arg(long, value_parser = parse_on_off, value_name = "on|off")]
+    pub allow_ra: Option<bool>,
+    #[arg(long, value_parser = parse_on_off, value_name = "on|off")]
+    pub allow_dhcp_server: Option<bool>,
+    /// Storm control limits, replacing the port's: KIND=RATE,...[,burst=N].
+    #[arg(long, value_parser = parse_storm_control, value_name = "KIND=RATE,...")]
+    pub storm_control: Option<tapswitch_control::config::StormControlConfig>,
+    /// Remove the port's storm control.
+    #[arg(long, conflicts_with = "storm_control")]
+    pub no_storm_control: bool,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -748,6 +786,29 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 storm_control: a.storm_control,
             };
             api::call(socket, &Request::PortAdd { port })?;
+            Ok(())
+        }
+        Command::Port(PortCmd::Set(a)) => {
+            let a = *a;
+            let change = tapswitch_control::config::PortChange {
+                labels: a.labels.into_iter().collect(),
+                del_labels: a.del_labels,
+                addresses: (a.no_addresses || !a.addresses.is_empty()).then_some(a.addresses),
+                port_security: a.port_security,
+                allowed_pairs: (a.no_allowed_pairs || !a.allowed_pairs.is_empty())
+                    .then_some(a.allowed_pairs),
+                allow_ra: a.allow_ra,
+                allow_dhcp_server: a.allow_dhcp_server,
+                storm_control: a.storm_control,
+                no_storm_control: a.no_storm_control,
+            };
+            api::call(
+                socket,
+                &Request::PortSet {
+                    name: a.name,
+                    change,
+                },
+            )?;
             Ok(())
         }
         Command::Port(PortCmd::Del { name }) => {

@@ -232,3 +232,110 @@ fn bad_port_security_settings_are_refused_naming_the_field() {
         "nothing changed: {ports}"
     );
 }
+
+#[test]
+fn port_set_changes_identity_and_checks_at_runtime() {
+    if !have_root() {
+        return;
+    }
+    let sw = Switch::start();
+    let (a, b) = (container("pss", false), container("pst", false));
+    let (pa, pb) = (unique("pss"), unique("pst"));
+    sw.add_container_port(&a, &pa, &[], &["10.80.0.2/24"]);
+    sw.add_container_port(&b, &pb, &[], &["10.80.0.3/24"]);
+    let port = |name: &str| {
+        sw.json(&["port", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let mac = port(&pa)["mac"].as_str().unwrap().to_string();
+    let iface = format!("iface={pa:?}");
+    let spoof = format!(
+        "sendp(Ether(src='{mac}', dst='ff:ff:ff:ff:ff:ff')/IP(src='10.80.0.9', dst='10.80.0.3')/UDP(sport=1, dport=9), {iface}, count=2)"
+    );
+    // No addresses recorded: no port security, anything goes.
+    assert_eq!(port(&pa)["port_security"], false);
+    scapy(&a, &spoof);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(drops(&sw, &pa, "spoofed_source"), 0);
+
+    // Its address recorded at runtime: port security on, the spoof dropped, its own passes.
+    sw.cli(&[
+        "port",
+        "set",
+        &pa,
+        "--address",
+        "10.80.0.2/24",
+        "--label",
+        "app=web",
+        "--label",
+        "tier=front",
+    ]);
+    let p = port(&pa);
+    assert_eq!(p["port_security"], true, "{p}");
+    assert_eq!(p["addresses"], serde_json::json!(["10.80.0.2/24"]), "{p}");
+    assert_eq!(
+        p["labels"],
+        serde_json::json!({"app": "web", "tier": "front"}),
+        "{p}"
+    );
+    scapy(&a, &spoof);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(drops(&sw, &pa, "spoofed_source"), 2);
+    assert_eq!(ping(&a, "10.80.0.3", 2), 2);
+
+    // Labels one by one; storm control on and off; port security off again.
+    sw.cli(&[
+        "port",
+        "set",
+        &pa,
+        "--del-label",
+        "tier",
+        "--storm-control",
+        "broadcast=10",
+    ]);
+    let p = port(&pa);
+    assert_eq!(p["labels"], serde_json::json!({"app": "web"}), "{p}");
+    assert_eq!(p["storm_control"]["broadcast"], 10, "{p}");
+    sw.cli(&[
+        "port",
+        "set",
+        &pa,
+        "--no-storm-control",
+        "--port-security",
+        "off",
+    ]);
+    let p = port(&pa);
+    assert!(p.get("storm_control").is_none(), "{p}");
+    assert_eq!(p["port_security"], false, "{p}");
+    scapy(&a, &spoof);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(drops(&sw, &pa, "spoofed_source"), 2, "off: not dropped");
+
+    // A bad change names its field and changes nothing; so does an unknown port.
+    let before = port(&pa);
+    let err = sw
+        .try_cli(&[
+            "port",
+            "set",
+            &pa,
+            "--port-security",
+            "on",
+            "--allowed-pair",
+            "10.80.0.300/32",
+        ])
+        .expect_err("accepted");
+    assert!(err.contains("allowed_pairs"), "{err}");
+    assert_eq!(port(&pa), before);
+    let err = sw
+        .try_cli(&["port", "set", "nosuchport", "--label", "a=b"])
+        .expect_err("accepted");
+    assert!(err.contains("nosuchport"), "{err}");
+    // What was set is the running configuration (saved like any change).
+    let toml = sw.cli(&["config"]);
+    assert!(toml.contains("app = \"web\""), "{toml}");
+}

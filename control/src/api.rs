@@ -32,6 +32,12 @@ pub enum Request {
     PortDel {
         name: String,
     },
+    /// Changes a port's labels, addresses, port security or storm control at runtime.
+    PortSet {
+        name: String,
+        #[serde(flatten)]
+        change: crate::config::PortChange,
+    },
     PortList,
     FdbShow,
     FdbAdd {
@@ -223,6 +229,9 @@ pub fn handle(switch: &mut Switch, mut req: Request) -> Response {
     let result: Result<Response, SwitchError> = match req {
         Request::PortAdd { port } => switch.add_port(port).map(|()| Response::ok(())),
         Request::PortDel { name } => switch.del_port(&name).map(|()| Response::ok(())),
+        Request::PortSet { name, change } => {
+            switch.set_port(&name, &change).map(|()| Response::ok(()))
+        }
         Request::PortList => Ok(Response::ok(switch.list_ports())),
         Request::FdbShow => switch.show_fdb().map(Response::ok),
         Request::FdbAdd { entry } => switch.add_fdb(entry).map(|()| Response::ok(())),

@@ -23,7 +23,7 @@ use tapswitch_dataplane::tables::{FdbKey, PortId};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
 use crate::config::{
-    self, Config, ConfigError, FdbConfig, FdbTarget, NeighConfig, PortConfig, PortSpec,
+    self, Config, ConfigError, FdbConfig, FdbTarget, NeighConfig, PortChange, PortConfig, PortSpec,
     VxlanConfig, VxlanSpec,
 };
 use crate::state::{StateError, StateStore, TapRef};
@@ -1250,6 +1250,43 @@ impl Switch {
             self.config.ports.pop();
             if let Err(undo) = self.persist() {
                 log::error!("{undo}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `port set`: changes what a port is known as and what is checked of it (labels,
+    /// addresses, port security, storm control), not its device. Validated as a whole first;
+    /// a change that cannot be saved or published is undone.
+    pub fn set_port(&mut self, name: &str, change: &PortChange) -> Result<(), SwitchError> {
+        let id = self
+            .port_id(name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        if let Some(v) = self.ports[id.index()]
+            .as_ref()
+            .and_then(|p| p.backend.vxlan())
+        {
+            return Err(SwitchError::IsVxlan(name.to_string(), v.vni));
+        }
+        let at = self
+            .config
+            .ports
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
+        let old = self.config.ports[at].clone();
+        let new = change.apply(&old);
+        let spec = new.validate(&format!("port {name}"))?;
+        let port = self.ports[id.index()]
+            .as_mut()
+            .expect("the port found above");
+        let old_spec = std::mem::replace(&mut port.spec, spec);
+        self.config.ports[at] = new;
+        if let Err(e) = self.publish() {
+            self.config.ports[at] = old;
+            if let Some(p) = self.ports[id.index()].as_mut() {
+                p.spec = old_spec;
             }
             return Err(e);
         }

@@ -279,6 +279,71 @@ pub struct PortConfig {
     pub storm_control: Option<StormControlConfig>,
 }
 
+/// `port set`: what changes on a port that exists (its identity and the checks made of
+/// it; not its device). A field left out stays as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortChange {
+    /// Labels to set (added, or replacing the value of the same key).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub del_labels: Vec<String>,
+    /// The port's addresses, all of them (replacing the ones it has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addresses: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<bool>,
+    /// The allowed pairs, all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_pairs: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_ra: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_dhcp_server: Option<bool>,
+    /// Storm control, replacing the port's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storm_control: Option<StormControlConfig>,
+    /// Removes the port's storm control.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_storm_control: bool,
+}
+
+impl PortChange {
+    /// `port` with this change made (not validated).
+    pub fn apply(&self, port: &PortConfig) -> PortConfig {
+        let mut p = port.clone();
+        for k in &self.del_labels {
+            p.labels.remove(k);
+        }
+        p.labels
+            .extend(self.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if let Some(a) = &self.addresses {
+            p.addresses = a.clone();
+        }
+        if let Some(s) = self.port_security {
+            p.port_security = Some(s);
+        }
+        if let Some(a) = &self.allowed_pairs {
+            p.allowed_pairs = a.clone();
+        }
+        if let Some(b) = self.allow_ra {
+            p.allow_ra = b;
+        }
+        if let Some(b) = self.allow_dhcp_server {
+            p.allow_dhcp_server = b;
+        }
+        if self.no_storm_control {
+            p.storm_control = None;
+        }
+        if let Some(c) = &self.storm_control {
+            p.storm_control = Some(c.clone());
+        }
+        p
+    }
+}
+
 /// `storm_control = { broadcast = 1000, multicast = 5000, unknown_unicast = 1000, burst = 100 }`:
 /// frames per second of each kind the port may flood (a kind left out is not limited), and
 /// how many may come at once (default: a tenth of a second's worth of each rate).
