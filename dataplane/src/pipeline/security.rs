@@ -5,7 +5,7 @@
 //! - IPv4 and IPv6 packets come from its addresses (an allowed pair's prefix with the pair's
 //!   MAC), its link-local address included. The unspecified address is let through only
 //!   where a host uses it before it has an address: a DHCP client's request (UDP to port 67)
-//!   and ICMPv6 (duplicate address detection, MLD).
+//!   and ICMPv6 neighbour and router solicitations and MLD reports.
 //! - ARP says the sender is who the frame says and claims only its addresses (`0.0.0.0`,
 //!   an ARP probe, included); a neighbour advertisement claims only its addresses.
 //! - Router advertisements and DHCP server messages (UDP from port 67, DHCPv6 from 547) are
@@ -175,9 +175,12 @@ fn ipv6(sec: &PortSecurity, mac: EthernetAddress, p: &[u8]) -> Result<(), DropRe
     let src = Ipv6Addr::from(a);
     let upper = upper(p[6], &p[40..]);
     if src.is_unspecified() {
-        // Duplicate address detection and MLD reports, before the host has an address.
+        // Before the host has an address: duplicate address detection (neighbour
+        // solicitations), router solicitations and MLD reports; nothing else.
         return match upper {
-            Upper::Found(ICMPV6, icmp) if icmp.first() != Some(&ROUTER_ADVERTISEMENT) => Ok(()),
+            Upper::Found(ICMPV6, icmp) if matches!(icmp.first(), Some(131 | 133 | 135 | 143)) => {
+                Ok(())
+            }
             _ => Err(DropReason::SpoofedSource),
         };
     }
@@ -420,6 +423,26 @@ mod tests {
             check_frame(&s, &ipv6(IP6, UDP, &udp(547, 546))),
             Err(DropReason::DhcpGuard)
         );
+    }
+
+    #[test]
+    fn the_unspecified_source_only_solicits() {
+        let s = sec();
+        let any = Ipv6Addr::UNSPECIFIED;
+        for kind in [131, 133, 135, 143] {
+            assert_eq!(
+                check_frame(&s, &ipv6(any, ICMPV6, &icmpv6(kind, IP6))),
+                Ok(())
+            );
+        }
+        let other6 = Ipv6Addr::new(0xfd42, 0, 0, 0, 0, 0, 0, 6);
+        for kind in [128, 134, 136] {
+            assert_eq!(
+                check_frame(&s, &ipv6(any, ICMPV6, &icmpv6(kind, other6))),
+                Err(DropReason::SpoofedSource),
+                "type {kind}"
+            );
+        }
     }
 
     #[test]
