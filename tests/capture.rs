@@ -58,6 +58,30 @@ fn assert_recent(text: &str) {
     }
 }
 
+/// Hosts A (192.168.79.1) and B (192.168.79.2) at the two ends of an underlay veth.
+fn underlay(prefix: &str) -> (probe::Netns, probe::Netns) {
+    let (ha, hb) = (container(prefix, false), container(prefix, false));
+    let (ia, ib) = (unique(prefix), unique(prefix));
+    ha.ip(&[
+        "link",
+        "add",
+        &ia,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &ib,
+        "netns",
+        hb.name(),
+    ])
+    .unwrap();
+    for (ns, dev, addr) in [(&ha, &ia, "192.168.79.1/24"), (&hb, &ib, "192.168.79.2/24")] {
+        ns.add_addr(dev, addr).unwrap();
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    (ha, hb)
+}
+
 fn lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| !l.trim().is_empty()).collect()
 }
@@ -291,25 +315,7 @@ fn an_underlay_capture_shows_outer_packets_with_the_vni() {
     }
     // Host A runs the switch; host B (192.168.79.2) is the remote VTEP at the other end of
     // an underlay veth.
-    let (ha, hb) = (container("cuha", false), container("cuhb", false));
-    let (ia, ib) = (unique("cua"), unique("cub"));
-    ha.ip(&[
-        "link",
-        "add",
-        &ia,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &ib,
-        "netns",
-        hb.name(),
-    ])
-    .unwrap();
-    for (ns, dev, addr) in [(&ha, &ia, "192.168.79.1/24"), (&hb, &ib, "192.168.79.2/24")] {
-        ns.add_addr(dev, addr).unwrap();
-        ns.ip(&["link", "set", dev, "up"]).unwrap();
-    }
+    let (ha, _hb) = underlay("cuh");
     let config = "[[vxlan]]\nvni = 4343\nvlan = 10\nlocal = \"192.168.79.1\"\nremotes = [\"192.168.79.2\"]\n";
     let sw = Switch::start_in(&ha, Some(config));
     let c = container("cuc", false);
@@ -413,25 +419,8 @@ fn a_frame_from_a_tunnel_is_traced_live_and_its_outer_source_port_is_the_senders
     }
     // Host A runs the switch; host B (192.168.79.2) has a kernel vxlan device (VNI 4343)
     // with 10.76.0.9 on it, at the other end of an underlay veth.
-    let (ha, hb) = (container("cuta", false), container("cutb", false));
-    let (ia, ib, vx) = (unique("cta"), unique("ctb"), unique("ctv"));
-    ha.ip(&[
-        "link",
-        "add",
-        &ia,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &ib,
-        "netns",
-        hb.name(),
-    ])
-    .unwrap();
-    for (ns, dev, addr) in [(&ha, &ia, "192.168.79.1/24"), (&hb, &ib, "192.168.79.2/24")] {
-        ns.add_addr(dev, addr).unwrap();
-        ns.ip(&["link", "set", dev, "up"]).unwrap();
-    }
+    let (ha, hb) = underlay("cut");
+    let vx = unique("ctv");
     hb.ip(&[
         "link",
         "add",

@@ -1256,10 +1256,8 @@ impl Switch {
         Ok(())
     }
 
-    /// `port set`: changes what a port is known as and what is checked of it (labels,
-    /// addresses, port security, storm control), not its device. Validated as a whole first;
-    /// a change that cannot be saved or published is undone.
-    pub fn set_port(&mut self, name: &str, change: &PortChange) -> Result<(), SwitchError> {
+    /// The id of port `name`, which must be a device's (a VXLAN port goes with its VNI).
+    fn device_port(&self, name: &str) -> Result<PortId, SwitchError> {
         let id = self
             .port_id(name)
             .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
@@ -1269,6 +1267,14 @@ impl Switch {
         {
             return Err(SwitchError::IsVxlan(name.to_string(), v.vni));
         }
+        Ok(id)
+    }
+
+    /// `port set`: changes what a port is known as and what is checked of it (labels,
+    /// addresses, port security, storm control), not its device. Validated as a whole first;
+    /// a change that cannot be saved or published is undone.
+    pub fn set_port(&mut self, name: &str, change: &PortChange) -> Result<(), SwitchError> {
+        let id = self.device_port(name)?;
         let at = self
             .config
             .ports
@@ -1295,15 +1301,7 @@ impl Switch {
 
     /// `port del`: removes the port, its static FDB entries and what was learned on it.
     pub fn del_port(&mut self, name: &str) -> Result<(), SwitchError> {
-        let id = self
-            .port_id(name)
-            .ok_or_else(|| SwitchError::NoSuchPort(name.to_string()))?;
-        if let Some(v) = self.ports[id.index()]
-            .as_ref()
-            .and_then(|p| p.backend.vxlan())
-        {
-            return Err(SwitchError::IsVxlan(name.to_string(), v.vni));
-        }
+        let id = self.device_port(name)?;
         let removed = self.ports[id.index()].take();
         let old_config = self.config.clone();
         self.config.ports.retain(|p| p.name != name);

@@ -51,7 +51,12 @@ impl Context {
 
     /// The IPv4 identification for the next outer header.
     pub fn next_ip_ident(&mut self) -> u16 {
-        self.ident = self.ident.wrapping_add(1);
-        self.ident
+        next_ident(&mut self.ident)
     }
+}
+
+/// Moves `ident` on to the next IPv4 identification and returns it.
+pub(super) fn next_ident(ident: &mut u16) -> u16 {
+    *ident = ident.wrapping_add(1);
+    *ident
 }

@@ -19,6 +19,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::parse::Headers;
+use super::routing::{same_subnet_v4, same_subnet_v6};
 use super::state::{AllowedPair, PortSecurity};
 use super::DropReason;
 use crate::wire::EthernetAddress;
@@ -66,14 +67,8 @@ fn owns(sec: &PortSecurity, mac: EthernetAddress, ip: IpAddr) -> bool {
 
 fn contains(p: &AllowedPair, ip: IpAddr) -> bool {
     match (p.prefix, ip) {
-        (IpAddr::V4(net), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(p.len)).unwrap_or(0);
-            u32::from(net) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(net), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(p.len)).unwrap_or(0);
-            u128::from(net) & mask == u128::from(a) & mask
-        }
+        (IpAddr::V4(net), IpAddr::V4(a)) => same_subnet_v4(net, a, p.len),
+        (IpAddr::V6(net), IpAddr::V6(a)) => same_subnet_v6(net, a, p.len),
         _ => false,
     }
 }

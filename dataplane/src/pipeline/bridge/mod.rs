@@ -140,16 +140,19 @@ impl Bridge {
                 None => flood,
             }
         };
-        if let (Targets::Flood { .. }, Some(storm)) = (targets, state.storm_control(ingress)) {
-            let kind = if dst.is_broadcast() {
-                Flood::Broadcast
-            } else if dst.is_multicast() {
-                Flood::Multicast
-            } else {
-                Flood::UnknownUnicast
-            };
-            if !storm.allow(kind, now) {
-                return Err(DropReason::Storm);
+        // Storm control: looked up only for what floods.
+        if let Targets::Flood { .. } = targets {
+            if let Some(storm) = state.storm_control(ingress) {
+                let kind = if dst.is_broadcast() {
+                    Flood::Broadcast
+                } else if dst.is_multicast() {
+                    Flood::Multicast
+                } else {
+                    Flood::UnknownUnicast
+                };
+                if !storm.allow(kind, now) {
+                    return Err(DropReason::Storm);
+                }
             }
         }
         record_if::<TRACE, _>(&mut cx.trace, Stage::L2, "lookup", move |s| {

@@ -216,8 +216,7 @@ pub(super) fn for_router(
 impl L3<'_> {
     /// The IPv4 identification for the next outer header (see [`Context::next_ip_ident`]).
     fn next_ip_ident(&mut self) -> u16 {
-        *self.ident = self.ident.wrapping_add(1);
-        *self.ident
+        super::context::next_ident(self.ident)
     }
 
     /// The L3 stage for a frame [`for_router`] claimed; `inner_offset` is where its EtherType
