@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod fib;
 pub mod mac;
 pub mod neigh;
+pub mod policy;
 pub mod service;
 pub mod shard_map;
 pub mod vtep;
