@@ -187,6 +187,8 @@ fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
         device: v.port_name(),
         security: None,
         storm: None,
+        labels: Default::default(),
+        addresses: Vec::new(),
     }
 }
 

@@ -30,6 +30,9 @@ pub const KEYS: &[(&str, &[&str])] = &[
     ("snat", &["source", "out_vlan"]),
     ("dnat", &["protocol", "address", "port"]),
     ("service", &["name"]),
+    ("policy", &["name"]),
+    ("admin_policy", &["name"]),
+    ("baseline_policy", &["name"]),
 ];
 
 /// The running configuration after applying `file` to `running`, whose last applied file was
@@ -234,6 +237,13 @@ to = "10.0.0.1"
 name = "s"
 vip = "10.96.0.1"
 port = 80
+[[policy]]
+name = "p"
+[[admin_policy]]
+name = "a"
+priority = 1
+[[baseline_policy]]
+name = "b"
 "#,
         );
         for (section, value) in object(&full) {

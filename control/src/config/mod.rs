@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 pub mod cluster;
 pub mod merge;
 pub mod nat;
+pub mod policy;
 mod routing;
 pub use nat::{
     BackendConfig, BackendSpec, BackendTable, ConntrackFilter, DnatConfig, DnatSpec, NatIndex,
@@ -85,6 +86,15 @@ pub struct Config {
     pub dnat: Vec<DnatConfig>,
     #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceConfig>,
+    /// Network policy (Kubernetes NetworkPolicy semantics).
+    #[serde(default, rename = "policy", skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<policy::PolicyConfig>,
+    /// The admin tier of network policy: evaluated first, by priority.
+    #[serde(default, rename = "admin_policy", skip_serializing_if = "Vec::is_empty")]
+    pub admin_policies: Vec<policy::PolicyConfig>,
+    /// The baseline tier: what neither the admin tier nor a `[[policy]]` decided.
+    #[serde(default, rename = "baseline_policy", skip_serializing_if = "Vec::is_empty")]
+    pub baseline_policies: Vec<policy::PolicyConfig>,
     /// Cluster mode on etcd; read at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<cluster::ClusterConfig>,
@@ -597,6 +607,10 @@ pub struct PortSpec {
     pub security: Option<SecuritySpec>,
     /// Storm control, when set.
     pub storm: Option<StormSpec>,
+    /// What network policies select it by.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Its addresses: what policy peers that select it match.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// A port's validated port security; the MAC is the device's, known once it exists.
@@ -737,25 +751,12 @@ impl PortConfig {
             .map(|c| c.validate(&f("storm_control")))
             .transpose()?;
         let security = security.then_some(SecuritySpec {
-            addresses,
+            addresses: addresses.clone(),
             pairs,
             allow_ra: self.allow_ra,
             allow_dhcp_server: self.allow_dhcp_server,
         });
-        for (k, v) in &self.labels {
-            let ok = |s: &str, max: usize| {
-                !s.is_empty()
-                    && s.len() <= max
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
-            };
-            if !ok(k, 253) || !(v.is_empty() || ok(v, 63)) {
-                return Err(ConfigError::new(
-                    f("labels"),
-                    format!("{k:?} = {v:?}: keys and values are letters, digits and ._-/"),
-                ));
-            }
-        }
+        check_labels(&f("labels"), &self.labels)?;
         let mac = self
             .mac
             .as_deref()
@@ -821,8 +822,33 @@ impl PortConfig {
             device: self.device().to_string(),
             security,
             storm,
+            labels: self.labels.clone(),
+            addresses,
         })
     }
+}
+
+/// Checks label keys (up to 253 bytes) and values (up to 63, or empty): letters, digits
+/// and `._-/`.
+pub fn check_labels(
+    field: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    for (k, v) in labels {
+        let ok = |s: &str, max: usize| {
+            !s.is_empty()
+                && s.len() <= max
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        };
+        if !ok(k, 253) || !(v.is_empty() || ok(v, 63)) {
+            return Err(ConfigError::new(
+                field,
+                format!("{k:?} = {v:?}: keys and values are letters, digits and ._-/"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl StormControlConfig {
@@ -1030,6 +1056,9 @@ impl Config {
             snat: mine(&self.snat, |e| e.owner.is_some()),
             dnat: self.dnat.clone(),
             services: mine(&self.services, |e| e.owner.is_some()),
+            policies: self.policies.clone(),
+            admin_policies: self.admin_policies.clone(),
+            baseline_policies: self.baseline_policies.clone(),
             cluster: self.cluster.clone(),
             metrics: self.metrics.clone(),
         }
@@ -1071,7 +1100,47 @@ impl Config {
     pub fn validate(&self) -> Result<Validated, ConfigError> {
         let mut v = self.validate_without_nat()?;
         v.nat = self.validate_nat(&v.interfaces)?;
+        self.validate_policies()?;
         Ok(v)
+    }
+
+    /// The policies of one tier, as configured.
+    pub fn policies_of(&self, tier: policy::Tier) -> &Vec<policy::PolicyConfig> {
+        match tier {
+            policy::Tier::Admin => &self.admin_policies,
+            policy::Tier::Policy => &self.policies,
+            policy::Tier::Baseline => &self.baseline_policies,
+        }
+    }
+
+    /// The policies of one tier, to change.
+    pub fn policies_of_mut(&mut self, tier: policy::Tier) -> &mut Vec<policy::PolicyConfig> {
+        match tier {
+            policy::Tier::Admin => &mut self.admin_policies,
+            policy::Tier::Policy => &mut self.policies,
+            policy::Tier::Baseline => &mut self.baseline_policies,
+        }
+    }
+
+    /// Checks the policy sections: every policy, and names unique within a tier. Returns them
+    /// validated, tier by tier, in file order.
+    pub fn validate_policies(&self) -> Result<Vec<policy::PolicySpec>, ConfigError> {
+        let mut out = Vec::new();
+        for tier in [policy::Tier::Admin, policy::Tier::Policy, policy::Tier::Baseline] {
+            let section = policy::section(tier);
+            let mut names = std::collections::HashSet::new();
+            for (i, p) in self.policies_of(tier).iter().enumerate() {
+                let at = format!("{section}[{i}] ({})", p.name);
+                if !names.insert(p.name.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.name"),
+                        format!("{:?} is named twice in [[{section}]]", p.name),
+                    ));
+                }
+                out.push(p.validate(tier, &at)?);
+            }
+        }
+        Ok(out)
     }
 
     /// Checks everything but the NAT sections, leaving [`Validated::nat`] empty: for callers

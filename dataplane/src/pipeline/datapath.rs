@@ -28,13 +28,14 @@ use std::sync::{Arc, MutexGuard};
 
 use super::bridge::{Bridge, Switched};
 use super::context::Context;
-use super::decision::Decision;
+use super::decision::{Decision, Egress, Targets};
 use super::egress::{self, Output};
 use super::gro::{Coalescer, Push};
 use super::ingress::Ingress;
 use super::observe::{Direction, Link, TapKind, Tapped, Taps};
 use super::offload::{complete_checksum, segment, Offload};
 use super::parse::parse;
+use super::policy;
 use super::router::{Generated, Router};
 use super::shared::{ConntrackGuard, SharedTables};
 use super::trace::{Stage, Trace};
@@ -144,11 +145,23 @@ impl Stages {
         c.rx_packets.add(1);
         c.rx_bytes.add(frame.len() as u64);
         let decision = match self.switch_traced(state, port, frame, frame.len(), now) {
-            Ok(Switched::Done(decision)) => return decision,
+            Ok(Switched::Done(decision)) => {
+                if state.policy.active {
+                    if let Err(reason) = self.police(state, port, &decision, frame, true, now) {
+                        self.dropped(port, reason);
+                        return Decision::Drop(reason);
+                    }
+                }
+                return decision;
+            }
             Ok(Switched::Route { vlan, inner_offset }) => {
-                self.router
+                self.router.in_port = Some(port);
+                let d = self
+                    .router
                     .with(&mut self.cx)
-                    .route_in(state, vlan, inner_offset, frame, now)
+                    .route_in(state, vlan, inner_offset, frame, now);
+                self.router.in_port = None;
+                self.police_routed(state, port, d, frame, now)
             }
             Err(reason) => Decision::Drop(reason),
         };
@@ -175,7 +188,18 @@ impl Stages {
     ) -> Option<Decision<'s>> {
         let wire_len = offload.wire_len(frame);
         let decision = match self.switch_traced(state, port, frame, wire_len, now) {
-            Ok(Switched::Done(d @ (Decision::Forward(_) | Decision::Drop(_)))) => d,
+            Ok(Switched::Done(d @ Decision::Drop(_))) => d,
+            Ok(Switched::Done(d @ Decision::Forward(_))) => {
+                if state.policy.active {
+                    if let Err(reason) = self.police(state, port, &d, frame, true, now) {
+                        Decision::Drop(reason)
+                    } else {
+                        d
+                    }
+                } else {
+                    d
+                }
+            }
             Ok(Switched::Route { vlan, inner_offset })
                 if matches!(
                     frame.get(inner_offset..inner_offset + 2),
@@ -183,12 +207,14 @@ impl Stages {
                 ) =>
             {
                 self.router.offload = Some(*offload);
+                self.router.in_port = Some(port);
                 let d =
                     self.router
                         .with(&mut self.cx)
                         .route_in(state, vlan, inner_offset, frame, now);
                 self.router.offload = None;
-                d
+                self.router.in_port = None;
+                self.police_routed(state, port, d, frame, now)
             }
             Ok(_) => {
                 // Decided again, frame by frame, once the offloads are done.
@@ -206,6 +232,62 @@ impl Stages {
             self.dropped(port, reason);
         }
         Some(decision)
+    }
+
+    /// The policy stage over a routed `decision` for a frame received on `port`.
+    #[inline(always)]
+    fn police_routed<'s>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        decision: Decision<'s>,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        if !state.policy.active {
+            return decision;
+        }
+        match self.police(state, port, &decision, frame, false, now) {
+            Ok(()) => decision,
+            Err(reason) => Decision::Drop(reason),
+        }
+    }
+
+    /// The [`policy`] stage, for a frame from `port` that `decision` sends to one port or
+    /// into an IPIP tunnel (a flood is checked member by member at its egress; what the router
+    /// sends later, when it does).
+    #[inline(never)]
+    fn police(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        decision: &Decision<'_>,
+        frame: &[u8],
+        bridged: bool,
+        now: Timestamp,
+    ) -> Result<(), DropReason> {
+        let (to, inner_offset) = match decision {
+            Decision::Forward(Egress {
+                targets: Targets::One(m),
+                inner_offset,
+                ..
+            }) => (Some(m.port), *inner_offset),
+            Decision::Tunnel(t) if t.start >= 2 => (None, t.start - 2),
+            _ => return Ok(()),
+        };
+        if !policy::applies(state, Some(port), to) {
+            return Ok(());
+        }
+        let path = policy::Path::between(port, to, bridged);
+        policy::check(
+            &self.cx.shared,
+            &mut self.cx.trace,
+            state,
+            path,
+            frame,
+            inner_offset,
+            now,
+        )
     }
 
     /// Counts a frame received on `port` as dropped for `reason`.

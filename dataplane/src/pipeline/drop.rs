@@ -97,10 +97,13 @@ pub enum DropReason {
     /// Storm control: a flooded frame (broadcast, multicast, unknown unicast) over the
     /// port's limit for its kind.
     Storm,
+    /// Network policy: no tier allowed the packet (a deny rule, or an isolated port that no
+    /// rule lets it reach or leave).
+    PolicyDenied,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 40;
+    pub const COUNT: usize = 41;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -143,6 +146,7 @@ impl DropReason {
         DropReason::RaGuard,
         DropReason::DhcpGuard,
         DropReason::Storm,
+        DropReason::PolicyDenied,
     ];
 
     /// The name used in `stats` output.
@@ -188,6 +192,7 @@ impl DropReason {
             DropReason::RaGuard => "ra_guard",
             DropReason::DhcpGuard => "dhcp_guard",
             DropReason::Storm => "storm",
+            DropReason::PolicyDenied => "policy_denied",
         }
     }
 
@@ -209,6 +214,7 @@ impl DropReason {
             }
             ConntrackInvalid | ConntrackFull | ServiceNoBackend | NatNoPort | NatMalformed
             | NatFragment => Stage::Nat,
+            PolicyDenied => Stage::Policy,
             VxlanTruncated
             | VxlanBadFlags
             | VxlanUnknownVni

@@ -15,6 +15,8 @@ use std::net::Ipv4Addr;
 use super::datapath::Stages;
 use super::decision::{Egress, EgressFrame, Targets};
 use super::offload::{complete_checksum, segment, Offload, VNET_HDR_LEN};
+use super::policy;
+use super::router::ROUTER_PORT;
 use super::trace::{record, Stage};
 use super::tunnel::OUTER_LEN;
 use super::{Decision, ForwardingState, Generated, PortCounters, TunnelEndpoint, VlanMember};
@@ -181,6 +183,18 @@ fn send_generated_slow<O: Output>(
         match &generated {
             Generated::Frame { vlan, bytes } => {
                 let egress = super::router::router_egress(&st.cx.shared, state, *vlan, bytes, now);
+                if let (true, Targets::One(m)) = (state.policy.active, egress.targets) {
+                    // A routed packet released by its next hop's answer: the receiver's side
+                    // (for a frame the router made itself, from its own address: allowed).
+                    let path = policy::Path::released(m.port);
+                    let checked =
+                        policy::check(&st.cx.shared, &mut st.cx.trace, state, path, bytes, 12, now);
+                    if let Err(reason) = checked {
+                        st.cx.counters.interface(*vlan).drop(reason);
+                        st.router.recycle_generated(generated);
+                        continue;
+                    }
+                }
                 send_egress(st, out, state, &egress, bytes, now);
             }
             Generated::Ipip {
@@ -250,6 +264,9 @@ fn send_member<O: Output>(
     pending: Option<&Offload>,
     now: Timestamp,
 ) {
+    if state.policy.active && flood_denied(st, state, egress, member, frame, now) {
+        return;
+    }
     let out_frame = egress.frame_for(member, frame);
     let mtu = state.port(member.port).map_or(u16::MAX, |p| p.mtu);
     let tag = if member.tagged { TAG_LEN } else { 0 };
@@ -292,6 +309,43 @@ fn send_member<O: Output>(
         );
     }
     sent.count(st.cx.counters.port(member.port));
+}
+
+/// The policy stage for one member of a flood (a frame to one port was checked when it was
+/// decided): whether the member may not have it. A denial counts on the ingress port (on the
+/// member for a flood from the router).
+#[inline(never)]
+fn flood_denied(
+    st: &mut Stages,
+    state: &ForwardingState,
+    egress: &Egress<'_>,
+    member: VlanMember,
+    frame: &[u8],
+    now: Timestamp,
+) -> bool {
+    let Targets::Flood { except, .. } = egress.targets else {
+        return false;
+    };
+    let from = (except != ROUTER_PORT).then_some(except);
+    if !policy::applies(state, from, Some(member.port)) {
+        return false;
+    }
+    let path = policy::Path::flood_member(from, member.port);
+    match policy::check(
+        &st.cx.shared,
+        &mut st.cx.trace,
+        state,
+        path,
+        frame,
+        egress.inner_offset,
+        now,
+    ) {
+        Ok(()) => false,
+        Err(reason) => {
+            st.cx.counters.port(from.unwrap_or(member.port)).drop(reason);
+            true
+        }
+    }
 }
 
 /// Whether a frame with `offload` left to do may go out of `port` as it is: not into a

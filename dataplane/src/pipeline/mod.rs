@@ -30,6 +30,7 @@ pub mod nat;
 pub mod observe;
 pub mod offload;
 pub mod parse;
+pub mod policy;
 pub mod router;
 pub mod routing;
 pub mod security;

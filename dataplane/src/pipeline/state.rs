@@ -11,6 +11,7 @@ use hashbrown::HashMap;
 
 use super::storm::StormControl;
 use super::RoutingState;
+use crate::tables::policy::PolicyTable;
 use crate::tables::{FdbKey, NatRules, PortId};
 use crate::wire::{EthernetAddress, VlanId};
 
@@ -212,6 +213,9 @@ pub struct ForwardingState {
     pub routing: Arc<RoutingState>,
     /// Source NAT rules, port forwards and Services.
     pub nat: NatRules,
+    /// Network policy: the classifiers of each port (shared between publications that do
+    /// not change them).
+    pub policy: Arc<PolicyTable>,
     /// Indexed by [`PortId`]: the port security of ports that have it.
     pub security: Vec<Option<PortSecurity>>,
     /// Indexed by [`PortId`]: the storm control of ports that have it (its limits' state is
@@ -234,6 +238,7 @@ impl Default for ForwardingState {
             neighbours: HashMap::new(),
             routing: Arc::new(RoutingState::default()),
             nat: NatRules::default(),
+            policy: Arc::default(),
             security: Vec::new(),
             storm: Vec::new(),
         }

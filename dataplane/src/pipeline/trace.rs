@@ -26,6 +26,8 @@ pub enum Stage {
     L3,
     /// Connection tracking and address translation (Services, port forwards, SNAT).
     Nat,
+    /// Network policy: the sender's egress and the receiver's ingress rules.
+    Policy,
     /// VXLAN and IPIP, in and out.
     Tunnel,
     /// MTU, VLAN tagging, offloads, transmits.
@@ -33,13 +35,14 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 9] = [
         Stage::Receive,
         Stage::Parse,
         Stage::Ingress,
         Stage::L2,
         Stage::L3,
         Stage::Nat,
+        Stage::Policy,
         Stage::Tunnel,
         Stage::Egress,
     ];
@@ -52,6 +55,7 @@ impl Stage {
             Stage::L2 => "l2",
             Stage::L3 => "l3",
             Stage::Nat => "nat",
+            Stage::Policy => "policy",
             Stage::Tunnel => "tunnel",
             Stage::Egress => "egress",
         }

@@ -47,6 +47,7 @@ use super::offload::{complete_checksum, segment, Offload};
 use super::routing::{NextHop, Route, RoutingState};
 use super::shared::SharedTables;
 use super::trace::{record, Stage, Trace};
+use super::policy;
 use super::{Decision, DropReason, ForwardingState, VlanMember, WorkerCounters};
 use crate::tables::{NeighKey, NeighLookup, PortId, Resolve, Timestamp};
 use crate::wire::{EtherType, EthernetAddress, Ipv4Packet, VlanId};
@@ -88,6 +89,9 @@ pub struct Router {
     /// The offloads still to do on the frame being routed (a TCP super-frame, a partial
     /// checksum), while one is routed whole.
     pub(super) offload: Option<Offload>,
+    /// The port the frame being routed came in on (for the sender's side of the policy
+    /// stage, checked here for a packet that waits on its next hop or is fragmented).
+    pub(super) in_port: Option<PortId>,
 }
 
 /// The router at work on a frame: its own state and the pipeline's [`Context`], split into
@@ -109,6 +113,7 @@ impl Router {
             scratch: Vec::new(),
             released: Vec::new(),
             offload: None,
+            in_port: None,
         }
     }
 
@@ -416,6 +421,9 @@ impl L3<'_> {
                 );
                 return Decision::Drop(DropReason::FragNeeded);
             }
+            if let Err(reason) = self.police_sender(state, frame, off, now) {
+                return Decision::Drop(reason);
+            }
             Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
             if self.r.offload.is_some() {
                 let mut result = Decision::Local;
@@ -494,6 +502,9 @@ impl L3<'_> {
                 })
             }
             NeighLookup::Pending { probe } => {
+                if let Err(reason) = self.police_sender(state, frame, off, now) {
+                    return Decision::Drop(reason);
+                }
                 if probe {
                     self.probe(state, key, None, now);
                 }
@@ -551,6 +562,30 @@ impl L3<'_> {
                 Decision::Drop(DropReason::NeighbourFailed)
             }
             NeighLookup::TableFull => Decision::Drop(DropReason::NeighbourTableFull),
+        }
+    }
+
+    /// The sender's side of the policy stage for a routed packet (its EtherType at
+    /// `frame[off..]`) that leaves later than now: the receiver's side is checked when it
+    /// does.
+    fn police_sender(
+        &mut self,
+        state: &ForwardingState,
+        frame: &[u8],
+        off: usize,
+        now: Timestamp,
+    ) -> Result<(), DropReason> {
+        match self.r.in_port {
+            Some(from) if policy::applies(state, Some(from), None) => policy::check(
+                self.shared,
+                self.trace,
+                state,
+                policy::Path::sender(from),
+                frame,
+                off,
+                now,
+            ),
+            _ => Ok(()),
         }
     }
 

@@ -132,6 +132,9 @@ pub struct Entry {
     pub backend: Option<(u32, SocketAddrV4)>,
     pub packets: [u64; 2],
     pub bytes: [u64; 2],
+    /// The network policy allowed its original direction (see the pipeline's policy stage):
+    /// its packets pass without another look, its replies as replies.
+    pub policy_allowed: bool,
 }
 
 impl Entry {
@@ -148,6 +151,7 @@ impl Entry {
             backend: None,
             packets: [0; 2],
             bytes: [0; 2],
+            policy_allowed: false,
         };
         e.refresh(now);
         e
