@@ -98,6 +98,10 @@ pub enum Command {
     /// Tracked connections: show, flush.
     #[command(subcommand)]
     Conntrack(ConntrackCmd),
+    /// Network policy ([[policy]], [[admin_policy]], [[baseline_policy]]): add, del, list,
+    /// show.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// What the pipeline does with a packet, stage by stage: a dry run of a described packet
     /// (or a hex dump, or a packet of a pcap file) against the live tables, changing nothing;
     /// or, with --live, the path of real packets as they pass.
@@ -432,6 +436,114 @@ pub enum DnatCmd {
     /// List port forwards with their tracked connections.
     #[command(alias = "show")]
     List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Add the policies of a TOML file (`-`: standard input) with [[policy]],
+    /// [[admin_policy]] and [[baseline_policy]] sections, replacing those of the same tier and
+    /// name. All are checked before any is applied.
+    Add { file: String },
+    /// Remove a policy.
+    Del {
+        name: String,
+        /// admin, policy or baseline: needed only when two tiers have the name.
+        #[arg(long)]
+        tier: Option<String>,
+    },
+    /// List policies, admin tier first, each tier in evaluation order, with the ports they
+    /// apply to and each rule's hits.
+    List,
+    /// One policy: its rules as resolved now, and their hits.
+    Show {
+        name: String,
+        #[arg(long)]
+        tier: Option<String>,
+    },
+}
+
+/// The request of a `policy` verb (reading the file of `policy add`).
+fn policy_request(cmd: PolicyCmd) -> Result<Request, Error> {
+    Ok(match cmd {
+        PolicyCmd::Add { file } => {
+            let text = if file == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+                t
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?
+            };
+            let f = tapswitch_control::config::policy::PolicyFile::from_toml(&text)
+                .map_err(|e| format!("{file}: {e}"))?;
+            Request::PolicyAdd {
+                policy: f.policy,
+                admin_policy: f.admin_policy,
+                baseline_policy: f.baseline_policy,
+            }
+        }
+        PolicyCmd::Del { name, tier } => Request::PolicyDel { name, tier },
+        PolicyCmd::List => Request::PolicyList,
+        PolicyCmd::Show { name, tier } => Request::PolicyShow { name, tier },
+    })
+}
+
+/// `policy list`: one line per policy, one per rule.
+pub fn print_policies(data: &Value) {
+    let list = match data {
+        Value::Array(a) => a.clone(),
+        v => vec![v.clone()],
+    };
+    println!(
+        "{:<9} {:<24} {:>8}  {:<30} PORTS",
+        "TIER", "NAME", "PRIORITY", "SELECT"
+    );
+    for p in &list {
+        let select: Vec<String> = p["select"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        let ports: Vec<&str> = p["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{:<9} {:<24} {:>8}  {:<30} {}",
+            s(p, "tier"),
+            s(p, "name"),
+            p["priority"].as_u64().map_or("-".into(), |n| n.to_string()),
+            if select.is_empty() { "{} (all)".to_string() } else { select.join(",") },
+            ports.join(",")
+        );
+        for r in p["rules"].as_array().into_iter().flatten() {
+            let peers = match r["peers"].as_array() {
+                Some(a) => a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                None => "all".into(),
+            };
+            let ports: Vec<&str> = r["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            println!(
+                "    {}[{}] {:<5} peers {}  ports {}  hits {}",
+                s(r, "direction"),
+                s(r, "index"),
+                s(r, "action"),
+                if peers.is_empty() { "none" } else { &peers },
+                if ports.is_empty() { "all".to_string() } else { ports.join(",") },
+                s(r, "hits")
+            );
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -948,6 +1060,16 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
         Command::Trace(a) if a.live => trace_live(socket, a, cli.json),
         Command::Trace(a) => trace(socket, a, cli.json),
         Command::Capture(a) => capture(socket, a),
+        Command::Policy(cmd) => {
+            let printer = matches!(cmd, PolicyCmd::List | PolicyCmd::Show { .. });
+            let req = policy_request(cmd)?;
+            if printer {
+                show(socket, &req, cli.json, print_policies)
+            } else {
+                api::call(socket, &req)?;
+                Ok(())
+            }
+        }
         Command::Config => {
             let v = api::call(socket, &Request::ConfigShow)?;
             print!("{}", v.as_str().unwrap_or_default());

@@ -114,6 +114,30 @@ pub enum Request {
         name: String,
     },
     ServiceList,
+    /// Adds policies (the sections of a policy file), replacing those of the same tier and
+    /// name; all are checked before any is applied.
+    PolicyAdd {
+        #[serde(default)]
+        policy: Vec<crate::config::policy::PolicyConfig>,
+        #[serde(default)]
+        admin_policy: Vec<crate::config::policy::PolicyConfig>,
+        #[serde(default)]
+        baseline_policy: Vec<crate::config::policy::PolicyConfig>,
+    },
+    /// Removes a policy (`tier`: admin, policy or baseline; needed only when two tiers have
+    /// the name).
+    PolicyDel {
+        name: String,
+        #[serde(default)]
+        tier: Option<String>,
+    },
+    /// Every policy with its rules' hit counters.
+    PolicyList,
+    PolicyShow {
+        name: String,
+        #[serde(default)]
+        tier: Option<String>,
+    },
     /// Replaces a Service's backends; an empty list leaves it rejecting connections.
     ServiceSetBackends {
         name: String,
@@ -287,6 +311,20 @@ pub fn handle(switch: &mut Switch, mut req: Request) -> Response {
         Request::ServiceAdd { service } => switch.add_service(service).map(|()| Response::ok(())),
         Request::ServiceDel { name } => switch.del_service(&name).map(|()| Response::ok(())),
         Request::ServiceList => switch.list_services().map(Response::ok),
+        Request::PolicyAdd {
+            policy,
+            admin_policy,
+            baseline_policy,
+        } => switch
+            .add_policy_sections(admin_policy, policy, baseline_policy)
+            .map(|()| Response::ok(())),
+        Request::PolicyDel { name, tier } => switch
+            .del_policy(tier.as_deref(), &name)
+            .map(|()| Response::ok(())),
+        Request::PolicyList => Ok(Response::ok(switch.list_policies())),
+        Request::PolicyShow { name, tier } => {
+            switch.show_policy(tier.as_deref(), &name).map(Response::ok)
+        }
         Request::ServiceSetBackends { name, backends } => switch
             .set_service_backends(&name, backends)
             .map(|()| Response::ok(())),

@@ -31,6 +31,7 @@ use crate::state::{StateError, StateStore, TapRef};
 pub mod batch;
 mod learned;
 mod nat;
+pub mod policy;
 mod routing;
 pub mod tap;
 mod trace;
@@ -107,6 +108,9 @@ pub enum SwitchError {
     /// No Service has that name.
     #[error("service {0}: no such service")]
     NoSuchService(String),
+    /// No policy has that name.
+    #[error("policy {0}: no such policy")]
+    NoSuchPolicy(String),
     /// A Service with that name exists.
     #[error("service {0}: already exists")]
     ServiceExists(String),
@@ -479,6 +483,9 @@ pub struct Switch {
     /// next while the port's settings stay the same, so that a change elsewhere does not
     /// refill their buckets.
     storm: HashMap<String, (config::StormSpec, Arc<StormControl>)>,
+    /// Network policy, kept compiled so that one change costs O(that change) (see
+    /// [`policy`]).
+    policy: policy::PolicyState,
 }
 
 impl Switch {
@@ -685,6 +692,7 @@ impl Switch {
             taps: Vec::new(),
             next_tap: 0,
             storm: HashMap::new(),
+            policy: policy::PolicyState::default(),
         };
         let snapshot = switch.compile();
         switch.published = Arc::clone(&snapshot);
@@ -767,6 +775,9 @@ impl Switch {
             })
             .collect();
         self.storm = storm;
+        let views = self.policy_ports();
+        self.policy.sync_ports(views);
+        forwarding.policy = Arc::clone(&self.policy.table);
         forwarding.generation = self.generation;
         forwarding.mac_aging_ms = self.config.switch.mac_aging_secs * 1000;
         forwarding.mac_table_max = self.config.switch.mac_table_max;
@@ -930,6 +941,16 @@ impl Switch {
         let queues = self.workers.len();
         // NAT: re-checked and rebuilt only when a NAT section or the interfaces changed.
         let nat = self.nat_for(&config, &validated)?;
+        // Policies: re-checked only when a policy section changed.
+        let policies = if self.starting
+            || config.policies != self.config.policies
+            || config.admin_policies != self.config.admin_policies
+            || config.baseline_policies != self.config.baseline_policies
+        {
+            Some(config.validate_policies()?)
+        } else {
+            None
+        };
         if config.metrics != self.config.metrics && !self.starting {
             return Err(ConfigError::new(
                 "metrics",
@@ -1089,8 +1110,16 @@ impl Switch {
         let old_routing = std::mem::replace(&mut self.routing, routing);
         let old_ipip = std::mem::replace(&mut self.ipip, ipip);
         let old_nat = nat.map(|n| std::mem::replace(&mut self.nat, n));
+        let policies_changed = policies.is_some();
+        if let Some(specs) = policies {
+            self.policy.set_policies(specs);
+        }
         let marked = self.mark_deleting(&gone);
         if let Err(e) = self.publish() {
+            if policies_changed {
+                let specs = old_config.validate_policies().unwrap_or_default();
+                self.policy.set_policies(specs);
+            }
             self.deleting.truncate(self.deleting.len() - marked);
             // Put back what was there; new devices and sockets are dropped with the tables.
             self.ports = old_ports;

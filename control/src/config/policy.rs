@@ -98,6 +98,24 @@ pub struct PortConfig {
     pub end_port: Option<u16>,
 }
 
+/// A file of policies, as `policy add` reads it: the three sections of the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default)]
+    pub policy: Vec<PolicyConfig>,
+    #[serde(default)]
+    pub admin_policy: Vec<PolicyConfig>,
+    #[serde(default)]
+    pub baseline_policy: Vec<PolicyConfig>,
+}
+
+impl PolicyFile {
+    pub fn from_toml(text: &str) -> Result<PolicyFile, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::new("policy file", e.to_string()))
+    }
+}
+
 /// A validated policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
