@@ -515,7 +515,11 @@ pub fn print_policies(data: &Value) {
             s(p, "tier"),
             s(p, "name"),
             p["priority"].as_u64().map_or("-".into(), |n| n.to_string()),
-            if select.is_empty() { "{} (all)".to_string() } else { select.join(",") },
+            if select.is_empty() {
+                "{} (all)".to_string()
+            } else {
+                select.join(",")
+            },
             ports.join(",")
         );
         for r in p["rules"].as_array().into_iter().flatten() {
@@ -539,7 +543,11 @@ pub fn print_policies(data: &Value) {
                 s(r, "index"),
                 s(r, "action"),
                 if peers.is_empty() { "none" } else { &peers },
-                if ports.is_empty() { "all".to_string() } else { ports.join(",") },
+                if ports.is_empty() {
+                    "all".to_string()
+                } else {
+                    ports.join(",")
+                },
                 s(r, "hits")
             );
         }

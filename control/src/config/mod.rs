@@ -90,10 +90,18 @@ pub struct Config {
     #[serde(default, rename = "policy", skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<policy::PolicyConfig>,
     /// The admin tier of network policy: evaluated first, by priority.
-    #[serde(default, rename = "admin_policy", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "admin_policy",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub admin_policies: Vec<policy::PolicyConfig>,
     /// The baseline tier: what neither the admin tier nor a `[[policy]]` decided.
-    #[serde(default, rename = "baseline_policy", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "baseline_policy",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub baseline_policies: Vec<policy::PolicyConfig>,
     /// Cluster mode on etcd; read at start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1126,7 +1134,11 @@ impl Config {
     /// validated, tier by tier, in file order.
     pub fn validate_policies(&self) -> Result<Vec<policy::PolicySpec>, ConfigError> {
         let mut out = Vec::new();
-        for tier in [policy::Tier::Admin, policy::Tier::Policy, policy::Tier::Baseline] {
+        for tier in [
+            policy::Tier::Admin,
+            policy::Tier::Policy,
+            policy::Tier::Baseline,
+        ] {
             let section = policy::section(tier);
             let mut names = std::collections::HashSet::new();
             for (i, p) in self.policies_of(tier).iter().enumerate() {

@@ -219,10 +219,7 @@ impl PolicyConfig {
         if !name_ok {
             return Err(ConfigError::new(
                 f("name"),
-                format!(
-                    "{:?}: 1 to 253 letters, digits and ._-/",
-                    self.name
-                ),
+                format!("{:?}: 1 to 253 letters, digits and ._-/", self.name),
             ));
         }
         check_labels(&f("select"), &self.select)?;
@@ -308,37 +305,36 @@ impl RuleConfig {
         other: &str,
     ) -> Result<RuleSpec, ConfigError> {
         let f = |field: &str| format!("{at}.{field}");
-        let action = match (tier, self.action.as_deref()) {
-            (Tier::Policy, None) => Action::Allow,
-            (Tier::Policy, Some(_)) => {
-                return Err(ConfigError::new(
+        let action =
+            match (tier, self.action.as_deref()) {
+                (Tier::Policy, None) => Action::Allow,
+                (Tier::Policy, Some(_)) => return Err(ConfigError::new(
                     f("action"),
                     "a [[policy]] rule allows; deny and pass are for admin and baseline policies",
-                ))
-            }
-            (_, None) => {
-                return Err(ConfigError::new(
-                    f("action"),
-                    "missing: allow or deny (or, in an admin policy, pass)",
-                ))
-            }
-            (_, Some("allow")) => Action::Allow,
-            (_, Some("deny")) => Action::Deny,
-            (Tier::Admin, Some("pass")) => Action::Pass,
-            (_, Some(a)) => {
-                return Err(ConfigError::new(
-                    f("action"),
-                    format!(
-                        "{a:?}: {}",
-                        if tier == Tier::Admin {
-                            "allow, deny or pass"
-                        } else {
-                            "allow or deny"
-                        }
-                    ),
-                ))
-            }
-        };
+                )),
+                (_, None) => {
+                    return Err(ConfigError::new(
+                        f("action"),
+                        "missing: allow or deny (or, in an admin policy, pass)",
+                    ))
+                }
+                (_, Some("allow")) => Action::Allow,
+                (_, Some("deny")) => Action::Deny,
+                (Tier::Admin, Some("pass")) => Action::Pass,
+                (_, Some(a)) => {
+                    return Err(ConfigError::new(
+                        f("action"),
+                        format!(
+                            "{a:?}: {}",
+                            if tier == Tier::Admin {
+                                "allow, deny or pass"
+                            } else {
+                                "allow or deny"
+                            }
+                        ),
+                    ))
+                }
+            };
         let (peers, wrong) = if peer_field == "from" {
             (&self.from, &self.to)
         } else {
@@ -487,7 +483,14 @@ ports = [ { protocol = "udp", port = 53 } ]
         .unwrap();
         assert_eq!(p.isolates, [true, false]);
         assert_eq!(p.ingress[0].ports.len(), 2);
-        assert_eq!(p.ingress[0].ports[1], PortMatch { proto: PROTO_TCP, lo: 8000, hi: 8100 });
+        assert_eq!(
+            p.ingress[0].ports[1],
+            PortMatch {
+                proto: PROTO_TCP,
+                lo: 8000,
+                hi: 8100
+            }
+        );
         let Some(PeerSpec::Blocks(b)) = p.ingress[0].peers.as_ref().map(|v| v[1].clone()) else {
             panic!()
         };
@@ -502,7 +505,10 @@ ports = [ { protocol = "udp", port = 53 } ]
     fn bad_policies_name_the_field() {
         let err = |tier, text: &str| policy(tier, text).unwrap_err().field;
         assert_eq!(
-            err(Tier::Policy, "name = \"p\"\n[[ingress]]\nfrom = [ { cidr = \"10.0.0/8\" } ]"),
+            err(
+                Tier::Policy,
+                "name = \"p\"\n[[ingress]]\nfrom = [ { cidr = \"10.0.0/8\" } ]"
+            ),
             "policy[0] (p).ingress[0].from[0].cidr"
         );
         assert_eq!(
@@ -533,11 +539,17 @@ ports = [ { protocol = "udp", port = 53 } ]
         );
         assert_eq!(err(Tier::Admin, "name = \"p\""), "policy[0] (p).priority");
         assert_eq!(
-            err(Tier::Admin, "name = \"p\"\npriority = 1\n[[ingress]]\naction = \"drop\""),
+            err(
+                Tier::Admin,
+                "name = \"p\"\npriority = 1\n[[ingress]]\naction = \"drop\""
+            ),
             "policy[0] (p).ingress[0].action"
         );
         assert_eq!(
-            err(Tier::Baseline, "name = \"p\"\n[[ingress]]\naction = \"pass\""),
+            err(
+                Tier::Baseline,
+                "name = \"p\"\n[[ingress]]\naction = \"pass\""
+            ),
             "policy[0] (p).ingress[0].action"
         );
         assert_eq!(

@@ -18,14 +18,12 @@ use std::sync::Arc;
 use hashbrown::{HashMap, HashSet};
 use serde::Serialize;
 use tapswitch_dataplane::tables::policy::{
-    block_bounds, Applied, Block, Classifier, Direction, PolicyTable, PortPolicy, Rule,
-    RuleMeta, Tier,
+    block_bounds, Applied, Block, Classifier, Direction, PolicyTable, PortPolicy, Rule, RuleMeta,
+    Tier,
 };
 
 use super::{Switch, SwitchError};
-use crate::config::policy::{
-    parse_tier, section, selects, PeerSpec, PolicyConfig, PolicySpec,
-};
+use crate::config::policy::{parse_tier, section, selects, PeerSpec, PolicyConfig, PolicySpec};
 
 /// What policy sees of a port.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -151,8 +149,7 @@ impl PolicyState {
             return Some(Arc::clone(c));
         }
         let d = key[0] as usize;
-        let by_id: HashMap<u32, &Installed> =
-            self.installed.values().map(|p| (p.id, p)).collect();
+        let by_id: HashMap<u32, &Installed> = self.installed.values().map(|p| (p.id, p)).collect();
         let mut applied = Applied::default();
         for id in &key[1..] {
             let p = by_id[id];
@@ -580,9 +577,12 @@ impl Switch {
                 info.ports = names
                     .iter()
                     .filter(|(i, _)| {
-                        self.policy.ports.get(*i).cloned().flatten().is_some_and(|v| {
-                            (0..2).any(|d| PolicyState::applies(p, &v.labels, d))
-                        })
+                        self.policy
+                            .ports
+                            .get(*i)
+                            .cloned()
+                            .flatten()
+                            .is_some_and(|v| (0..2).any(|d| PolicyState::applies(p, &v.labels, d)))
                     })
                     .map(|(_, n)| n.clone())
                     .collect();

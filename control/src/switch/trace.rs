@@ -60,10 +60,11 @@ impl Switch {
     }
 
     /// The MAC addresses of a described packet that names none: the source is the sender's
-    /// (its neighbour entry, else the port's configured MAC, else one learned on the port,
-    /// else one made from its IP address); the destination is the router interface's when the
-    /// packet is routed or for the router, broadcast for an ARP request, else the neighbour's
-    /// (else one made from the IP address: an unknown unicast).
+    /// (its neighbour entry, else the port's configured MAC, else the MAC of the port with that
+    /// address, else one learned on the port, else one made from its IP address); the
+    /// destination is the router interface's when the packet is routed or for the router,
+    /// broadcast for an ARP request, else the neighbour's, else that of the port with that
+    /// address (else one made from the IP address: an unknown unicast).
     fn default_macs(&self, port: PortId, probe: &Probe) -> (EthernetAddress, EthernetAddress) {
         let (src_ip, dst_ip) = probe.addresses();
         let spec = self
@@ -104,8 +105,16 @@ impl Switch {
             };
             EthernetAddress([0x02, 0xfe, b[0], b[1], b[2], b[3]])
         };
+        // The device MAC of the port that has the address (`[[port]] addresses`).
+        let owner = |ip: IpAddr| -> Option<EthernetAddress> {
+            self.ports.iter().flatten().find_map(|p| match &p.backend {
+                super::Backend::Device(d) if p.spec.addresses.contains(&ip) => Some(d.mac()),
+                _ => None,
+            })
+        };
         let src = neighbour(src_ip)
             .or_else(|| spec.and_then(|s| s.mac))
+            .or_else(|| owner(src_ip))
             .or_else(|| {
                 self.shared
                     .macs()
@@ -123,7 +132,9 @@ impl Switch {
         } else if let Some(i) = iface.filter(|i| !on_link(i, dst_ip) || is_own(i, dst_ip)) {
             i.mac
         } else {
-            neighbour(dst_ip).unwrap_or_else(|| made(dst_ip))
+            neighbour(dst_ip)
+                .or_else(|| owner(dst_ip))
+                .unwrap_or_else(|| made(dst_ip))
         };
         (src, dst)
     }

@@ -156,10 +156,10 @@ impl Stages {
             }
             Ok(Switched::Route { vlan, inner_offset }) => {
                 self.router.in_port = Some(port);
-                let d = self
-                    .router
-                    .with(&mut self.cx)
-                    .route_in(state, vlan, inner_offset, frame, now);
+                let d =
+                    self.router
+                        .with(&mut self.cx)
+                        .route_in(state, vlan, inner_offset, frame, now);
                 self.router.in_port = None;
                 self.police_routed(state, port, d, frame, now)
             }

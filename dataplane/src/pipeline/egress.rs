@@ -342,7 +342,10 @@ fn flood_denied(
     ) {
         Ok(()) => false,
         Err(reason) => {
-            st.cx.counters.port(from.unwrap_or(member.port)).drop(reason);
+            st.cx
+                .counters
+                .port(from.unwrap_or(member.port))
+                .drop(reason);
             true
         }
     }

@@ -28,8 +28,8 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-use super::shared::SharedTables;
 use super::nat::{self as packet_nat, L4};
+use super::shared::SharedTables;
 use super::trace::{record, Stage, Trace};
 use super::{DropReason, ForwardingState};
 use crate::tables::conntrack::{Dir, ProtoState, TcpTrack};
@@ -108,13 +108,17 @@ impl Path {
     }
 }
 
-/// Whether any policy applies to a packet from `from` to `to` (two loads when none does).
+/// Whether the policy stage has to look at a packet from `from` to `to`: when either port
+/// has rules in either direction. (Rules for the reply's direction count too: the
+/// connection must be known allowed when its replies come.)
 #[inline]
 pub(super) fn applies(state: &ForwardingState, from: Option<PortId>, to: Option<PortId>) -> bool {
     let t = &*state.policy;
-    t.active
-        && (from.is_some_and(|p| t.classifier(p.index(), Direction::Egress).is_some())
-            || to.is_some_and(|p| t.classifier(p.index(), Direction::Ingress).is_some()))
+    let restricted = |p: Option<PortId>| {
+        p.and_then(|p| t.ports.get(p.index()))
+            .is_some_and(|p| p.ingress.is_some() || p.egress.is_some())
+    };
+    t.active && (restricted(from) || restricted(to))
 }
 
 /// What the stage reads of a packet.
@@ -163,9 +167,7 @@ pub(super) fn check(
         return Err(DropReason::PolicyDenied);
     };
     let routing = &*state.routing;
-    if p.infrastructure
-        || routing.local.contains_key(&p.src)
-        || routing.local.contains_key(&p.dst)
+    if p.infrastructure || routing.local.contains_key(&p.src) || routing.local.contains_key(&p.dst)
     {
         record(trace, Stage::Policy, "not_restricted", move |s| {
             s.with("src", p.src).with("dst", p.dst);
@@ -211,7 +213,9 @@ pub(super) fn check(
             ct.entry_mut(slot).policy_allowed = true;
         } else {
             let proto = match p.l4 {
-                Some(L4::Tcp(seg)) => TcpTrack::new(&seg).map_or(ProtoState::Other, ProtoState::Tcp),
+                Some(L4::Tcp(seg)) => {
+                    TcpTrack::new(&seg).map_or(ProtoState::Other, ProtoState::Tcp)
+                }
                 Some(L4::Udp) => ProtoState::Udp,
                 Some(L4::Echo { .. }) => ProtoState::Icmp,
                 _ => ProtoState::Other,
@@ -293,7 +297,11 @@ fn trace_outcome(
     record(
         trace,
         Stage::Policy,
-        if outcome.allowed() { "allowed" } else { "denied" },
+        if outcome.allowed() {
+            "allowed"
+        } else {
+            "denied"
+        },
         move |s| {
             let d = c.describe(outcome);
             s.with("port", state.port(port).map_or("?", |p| p.name.as_str()))
@@ -305,7 +313,7 @@ fn trace_outcome(
             if let Some(rule) = d.rule {
                 s.with("rule", rule);
             }
-            s.with("action", d.action)
+            s.with("rule_action", d.action)
                 .with("src", p.src)
                 .with("dst", p.dst)
                 .with("protocol", p.proto);
