@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,9 +18,23 @@ struct Pod {
 }
 
 fn pod(sw: &Switch, prefix: &str, ip: &'static str, labels: &[&str]) -> Pod {
-    let ns = container(prefix, false);
+    routed_pod(sw, prefix, ip, 1, None, labels)
+}
+
+/// A pod on `vlan` whose default route is `gateway` (the switch's router).
+fn routed_pod(
+    sw: &Switch,
+    prefix: &str,
+    ip: &'static str,
+    vlan: u16,
+    gateway: Option<&str>,
+    labels: &[&str],
+) -> Pod {
+    let v6 = ip.contains(':');
+    let ns = container(prefix, v6);
     let port = unique(prefix);
-    let cidr = format!("{ip}/24");
+    let cidr = format!("{ip}/{}", if v6 { 64 } else { 24 });
+    let vlan = vlan.to_string();
     let mut args = vec![
         "port",
         "add",
@@ -29,6 +43,8 @@ fn pod(sw: &Switch, prefix: &str, ip: &'static str, labels: &[&str]) -> Pod {
         ns.name(),
         "--address",
         &cidr,
+        "--vlan",
+        &vlan,
     ];
     for l in labels {
         args.push("--label");
@@ -36,15 +52,32 @@ fn pod(sw: &Switch, prefix: &str, ip: &'static str, labels: &[&str]) -> Pod {
     }
     sw.cli(&args);
     ns.add_addr(&port, &cidr).unwrap();
+    if let Some(gw) = gateway {
+        ns.ip(&["route", "add", "default", "via", gw]).unwrap();
+    }
     Pod { ns, port, ip }
 }
 
 /// Whether a TCP connection from `client` to `server` port `port` opens and carries data
 /// both ways (the server answers what it read).
 fn tcp(client: &Pod, server: &Pod, port: u16) -> bool {
+    let to = match server.ip.contains(':') {
+        true => format!("[{}]:{port}", server.ip),
+        false => format!("{}:{port}", server.ip),
+    };
+    tcp_to(client, server, port, &to)
+}
+
+/// [`tcp`] to the address `to` (a Service's VIP, say) that reaches `server` on `port`.
+fn tcp_to(client: &Pod, server: &Pod, port: u16, to: &str) -> bool {
+    let any: std::net::IpAddr = if server.ip.contains(':') {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
     let listener = server
         .ns
-        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .run(|| TcpListener::bind((any, port)))
         .expect("listen");
     listener.set_nonblocking(true).unwrap();
     let srv = std::thread::spawn(move || {
@@ -64,7 +97,7 @@ fn tcp(client: &Pod, server: &Pod, port: u16) -> bool {
             }
         }
     });
-    let to: SocketAddr = format!("{}:{port}", server.ip).parse().unwrap();
+    let to: SocketAddr = to.parse().unwrap();
     let ok = client
         .ns
         .run(|| {
@@ -451,4 +484,116 @@ select = { app = "db" }
         config.contains("[[admin_policy]]") && config.contains("db-lockdown"),
         "{config}"
     );
+}
+
+#[test]
+fn routed_and_service_traffic_is_decided_after_translation_and_the_router_is_not_restricted() {
+    if !have_root() {
+        return;
+    }
+    let sw = Switch::with_config(
+        r#"
+[[interface]]
+vlan = 10
+address = "10.80.0.1/24"
+
+[[interface]]
+vlan = 20
+address = "10.80.1.1/24"
+
+[[service]]
+name = "api"
+vip = "10.96.80.10"
+port = 80
+backends = ["10.80.1.2:8080"]
+"#,
+    );
+    let front = routed_pod(
+        &sw,
+        "rfront",
+        "10.80.0.2",
+        10,
+        Some("10.80.0.1"),
+        &["role=frontend"],
+    );
+    let guest = routed_pod(
+        &sw,
+        "rguest",
+        "10.80.0.3",
+        10,
+        Some("10.80.0.1"),
+        &["role=guest"],
+    );
+    let api = routed_pod(
+        &sw,
+        "rapi",
+        "10.80.1.2",
+        20,
+        Some("10.80.1.1"),
+        &["app=api"],
+    );
+    add(
+        &sw,
+        r#"
+[[policy]]
+name = "api-from-frontends"
+select = { app = "api" }
+  [[policy.ingress]]
+  from = [ { select = { role = "frontend" } } ]
+  ports = [ { protocol = "tcp", port = 8080 } ]
+
+[[policy]]
+name = "frontends-to-api-only"
+select = { role = "frontend" }
+types = ["egress"]
+  [[policy.egress]]
+  to = [ { select = { app = "api" } } ]
+  ports = [ { protocol = "tcp", port = 8080 } ]
+"#,
+    );
+    // Routed, first packets waiting on ARP for the backend: allowed from a frontend only.
+    assert!(tcp(&front, &api, 8080));
+    assert!(!tcp(&guest, &api, 8080));
+    // Through the Service's VIP: decided on the backend's address and port after DNAT.
+    assert!(tcp_to(&front, &api, 8080, "10.96.80.10:80"));
+    assert!(!tcp_to(&guest, &api, 8080, "10.96.80.10:80"));
+    // The router's own address is not restricted (node traffic); ICMP to the backend is not
+    // in the frontend's egress rule.
+    assert_eq!(ping(&front.ns, "10.80.0.1", 2), 2);
+    assert_eq!(ping(&front.ns, "10.80.1.2", 1), 0);
+    // The backend connects out to a frontend? Its egress is open, but the frontend's
+    // ingress is not isolated either: allowed, and the frontend's egress-isolated replies
+    // pass as replies.
+    assert!(tcp(&api, &front, 9090));
+    assert!(hits(&sw, "api-from-frontends", "ingress", 0) >= 2);
+}
+
+#[test]
+fn ipv6_is_decided_per_packet_and_replies_pass_as_answers() {
+    if !have_root() {
+        return;
+    }
+    let sw = Switch::start();
+    let web = pod(&sw, "6web", "fd79::10", &["app=web"]);
+    let front = pod(&sw, "6front", "fd79::11", &["role=frontend"]);
+    let other = pod(&sw, "6other", "fd79::12", &["role=other"]);
+    add(
+        &sw,
+        r#"
+[[policy]]
+name = "web6"
+select = { app = "web" }
+  [[policy.ingress]]
+  from = [ { select = { role = "frontend" } }, { cidr = "fd00::/8", except = ["fd79::12/128"] } ]
+  ports = [ { protocol = "tcp", port = 80 } ]
+"#,
+    );
+    assert!(tcp(&front, &web, 80));
+    assert!(!tcp(&other, &web, 80));
+    assert!(!tcp(&front, &web, 81));
+    // web's own connection out: its replies come back into the isolated port as answers
+    // to what web's rules would allow (no IPv6 conntrack: see the README).
+    assert!(tcp(&web, &front, 80));
+    // Neighbour discovery is never restricted: web resolved its neighbours meanwhile.
+    assert!(web.ns.neighbour("fd79::11").is_some());
 }

@@ -627,6 +627,9 @@ impl Pipeline {
         } = &mut self.stages;
         bridge.age(cx, state, now);
         router.with(cx).tick(state, now);
+        if state.policy.active || !cx.shared.policy6().is_empty() {
+            cx.shared.policy6().expire(now.millis());
+        }
     }
 
     /// Removes learned MACs and remote VTEPs idle for the state's aging time; returns how

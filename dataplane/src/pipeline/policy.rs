@@ -16,8 +16,12 @@
 //! its later packets, and its replies, pass on that one lookup. A reply is allowed because
 //! its connection was, whatever the rules would say of it alone. Cached verdicts stay
 //! while the connection lives: a policy change applies to new connections (`conntrack
-//! flush` ends old ones). IPv6 has no conntrack here: an IPv6 packet is allowed when the
-//! rules allow it, or allow the packet that it answers (its addresses and ports swapped).
+//! flush` ends old ones). IPv6 connections, which conntrack does not track (it is IPv4
+//! only, for NAT), are kept the same way in a table of their own ([`Flows6`]): allowed
+//! connections by tuple, expiring when idle (TCP after an hour, UDP after two minutes,
+//! anything else after 30 s).
+//!
+//! [`Flows6`]: crate::tables::policy::Flows6
 //!
 //! What is never restricted: packets from or to the router's own addresses (the host's
 //! node traffic, like a kubelet's probes); neighbour discovery and MLD; a DHCP client's
@@ -33,7 +37,7 @@ use super::shared::SharedTables;
 use super::trace::{record, Stage, Trace};
 use super::{DropReason, ForwardingState};
 use crate::tables::conntrack::{Dir, ProtoState, TcpTrack};
-use crate::tables::policy::{Classifier, Direction, Outcome, PROTO_SCTP};
+use crate::tables::policy::{Classifier, Direction, Flow6, Flow6Dir, Outcome, PROTO_SCTP};
 use crate::tables::service::{PROTO_TCP, PROTO_UDP};
 use crate::tables::{CtEntry, FlowKey, PortId, Timestamp};
 
@@ -135,6 +139,8 @@ struct Packet {
     l4: Option<L4>,
     /// An ICMP error: the tuple of the packet it quotes.
     related: Option<FlowKey>,
+    /// Its IPv6 connection tuple, when it has one to track.
+    key6: Option<Flow6>,
     /// Never restricted: neighbour discovery, MLD, a DHCP client's request.
     infrastructure: bool,
     len: usize,
@@ -198,15 +204,33 @@ pub(super) fn check(
             }
         }
     }
-    let verdict = decide(trace, state, &path, &p, false);
-    let verdict = match verdict {
-        Err(reason) if p.key.is_none() && p.src.is_ipv6() => {
-            // IPv6, stateless: the packet may answer one the rules allow.
-            decide(trace, state, &path, &p, true).map_err(|_| reason)
+    if let Some(k6) = p.key6 {
+        let dir = shared.policy6().lookup(&k6, now.millis());
+        if let Some(dir) = dir.filter(|d| *d == Flow6Dir::Reply || path.shortcut) {
+            record(trace, Stage::Policy, "established", move |s| {
+                s.with(
+                    "flow",
+                    format_args!(
+                        "{} {}:{} > {}:{}",
+                        k6.proto, k6.src, k6.sport, k6.dst, k6.dport
+                    ),
+                )
+                .with(
+                    "direction",
+                    if dir == Flow6Dir::Reply {
+                        "reply"
+                    } else {
+                        "original"
+                    },
+                );
+            });
+            return Ok(());
         }
-        v => v,
-    };
-    verdict?;
+    }
+    decide(trace, state, &path, &p)?;
+    if let (true, Some(k6)) = (path.cache, p.key6) {
+        shared.policy6().insert(k6, now.millis());
+    }
     if let (true, Some(key)) = (path.cache, p.key) {
         let mut ct = shared.conntrack();
         if let Some((slot, _)) = ct.lookup(&key.reversed(), now) {
@@ -247,21 +271,16 @@ fn dir_name(d: Dir) -> &'static str {
     }
 }
 
-/// The sender's egress rules, then the receiver's ingress rules, for `p` (`reverse`: for
-/// the packet `p` would answer). Counts the deciding rule of a new connection or a denial.
+/// The sender's egress rules, then the receiver's ingress rules, for `p`. Counts the
+/// deciding rule of a new connection or a denial.
 fn decide(
     trace: &mut Option<Box<Trace>>,
     state: &ForwardingState,
     path: &Path,
     p: &Packet,
-    reverse: bool,
 ) -> Result<(), DropReason> {
     let table = &*state.policy;
-    let (from, to, src, dst, port) = if reverse {
-        (path.to, path.from, p.dst, p.src, p.sport)
-    } else {
-        (path.from, path.to, p.src, p.dst, p.dport)
-    };
+    let (from, to, src, dst, port) = (path.from, path.to, p.src, p.dst, p.dport);
     let sides = [
         (from, Direction::Egress, dst),
         (to, Direction::Ingress, src),
@@ -272,10 +291,8 @@ fn decide(
             continue;
         };
         let outcome = c.classify(peer, p.proto, port);
-        if !reverse || outcome.allowed() {
-            c.hit(outcome);
-        }
-        trace_outcome(trace, state, c, outcome, port_id, direction, p, reverse);
+        c.hit(outcome);
+        trace_outcome(trace, state, c, outcome, port_id, direction, p);
         if !outcome.allowed() {
             return Err(DropReason::PolicyDenied);
         }
@@ -292,7 +309,6 @@ fn trace_outcome(
     port: PortId,
     direction: Direction,
     p: &Packet,
-    reverse: bool,
 ) {
     record(
         trace,
@@ -320,9 +336,6 @@ fn trace_outcome(
             if let Some(port) = p.dport {
                 s.with("dport", port);
             }
-            if reverse {
-                s.with("as", "reply");
-            }
         },
     );
 }
@@ -346,6 +359,7 @@ fn parse_v4(ip: &[u8]) -> Option<Packet> {
         key: Some(key),
         l4: Some(parsed.l4),
         related: None,
+        key6: None,
         infrastructure: false,
         len,
     };
@@ -410,23 +424,37 @@ fn parse_v6(ip: &[u8]) -> Option<Packet> {
         key: None,
         l4: None,
         related: None,
+        key6: None,
         infrastructure: false,
         len: ip.len(),
     };
     if later_fragment {
         return Some(p);
     }
+    let (mut sport, mut dport) = (0, 0);
     match next {
         PROTO_TCP | PROTO_UDP | PROTO_SCTP => {
-            p.sport = get16(l4, 0);
-            p.dport = get16(l4, 2);
-            p.sport?;
-            p.dport?;
-            p.infrastructure = next == PROTO_UDP && p.sport == Some(546) && p.dport == Some(547);
+            sport = get16(l4, 0)?;
+            dport = get16(l4, 2)?;
+            p.sport = Some(sport);
+            p.dport = Some(dport);
+            p.infrastructure = next == PROTO_UDP && sport == 546 && dport == 547;
         }
         // Router and neighbour solicitation and advertisement, redirect; MLD.
-        PROTO_ICMPV6 => p.infrastructure = matches!(l4.first(), Some(130..=137 | 143)),
+        PROTO_ICMPV6 => match l4.first() {
+            Some(130..=137 | 143) => p.infrastructure = true,
+            // Echo request and reply: tracked by identifier.
+            Some(128 | 129) => sport = get16(l4, 4)?,
+            _ => {}
+        },
         _ => {}
     }
+    p.key6 = Some(Flow6 {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: next,
+    });
     Some(p)
 }

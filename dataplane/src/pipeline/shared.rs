@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::router::Balancer;
+use crate::tables::policy::Flows6;
 use crate::tables::{
     Conntrack, CtEntry, FdbKey, MacTable, NeighKey, NeighbourTable, PortId, RemoteTable, Timestamp,
 };
@@ -42,6 +43,8 @@ pub struct SharedTables {
     /// skip the lock when nothing is tracked.
     tracked: AtomicUsize,
     balancer: Mutex<Balancer>,
+    /// The IPv6 connections network policy allowed.
+    policy6: Mutex<Flows6>,
 }
 
 impl SharedTables {
@@ -53,6 +56,7 @@ impl SharedTables {
             conntrack: Mutex::new(Conntrack::new(conntrack_max)),
             tracked: AtomicUsize::new(0),
             balancer: Mutex::new(Balancer::default()),
+            policy6: Mutex::new(Flows6::new(conntrack_max)),
         }
     }
 
@@ -67,7 +71,13 @@ impl SharedTables {
             tracked: AtomicUsize::new(conntrack.len()),
             conntrack: Mutex::new(conntrack),
             balancer: Mutex::new(self.balancer().clone()),
+            policy6: Mutex::new(self.policy6().clone()),
         }
+    }
+
+    /// The IPv6 connections network policy allowed.
+    pub fn policy6(&self) -> MutexGuard<'_, Flows6> {
+        lock(&self.policy6)
     }
 
     pub fn macs(&self) -> MutexGuard<'_, MacTable> {

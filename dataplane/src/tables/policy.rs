@@ -704,6 +704,122 @@ impl PolicyTable {
     }
 }
 
+/// An IPv6 connection's tuple in its original direction. For ICMPv6 echo `sport` is the
+/// identifier and `dport` 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Flow6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Flow6 {
+    /// The tuple of a packet going the other way (an echo keeps its identifier).
+    pub fn reversed(&self) -> Flow6 {
+        if self.proto == 58 {
+            return Flow6 {
+                src: self.dst,
+                dst: self.src,
+                ..*self
+            };
+        }
+        Flow6 {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
+    /// How long the connection lives idle: TCP an hour, UDP two minutes, anything else
+    /// half a minute.
+    pub fn timeout_ms(&self) -> u64 {
+        match self.proto {
+            PROTO_TCP | PROTO_SCTP => 3_600_000,
+            PROTO_UDP => 120_000,
+            _ => 30_000,
+        }
+    }
+}
+
+/// The IPv6 connections the network policy allowed (IPv4 ones are in conntrack): bounded,
+/// idle entries expire, a full table gives up an arbitrary entry for a new one.
+#[derive(Debug, Clone)]
+pub struct Flows6 {
+    /// Original-direction tuple -> when it expires (ms of the switch's clock).
+    map: HashMap<Flow6, u64>,
+    max: usize,
+}
+
+/// Which direction of an allowed connection a packet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow6Dir {
+    Original,
+    Reply,
+}
+
+impl Flows6 {
+    pub fn new(max: usize) -> Flows6 {
+        Flows6 {
+            map: HashMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The direction of a live connection a packet with tuple `key` belongs to (its timer
+    /// restarted), if any.
+    pub fn lookup(&mut self, key: &Flow6, now_ms: u64) -> Option<Flow6Dir> {
+        let expires = now_ms + key.timeout_ms();
+        for (k, dir) in [
+            (*key, Flow6Dir::Original),
+            (key.reversed(), Flow6Dir::Reply),
+        ] {
+            if let Some(e) = self.map.get_mut(&k) {
+                if *e > now_ms {
+                    *e = expires;
+                    return Some(dir);
+                }
+                self.map.remove(&k);
+            }
+        }
+        None
+    }
+
+    /// Records an allowed connection.
+    pub fn insert(&mut self, key: Flow6, now_ms: u64) {
+        if self.map.len() >= self.max && !self.map.contains_key(&key) {
+            let victim = self.map.keys().next().copied();
+            if let Some(v) = victim {
+                self.map.remove(&v);
+            }
+        }
+        self.map.insert(key, now_ms + key.timeout_ms());
+    }
+
+    /// Removes the expired entries.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, e| *e > now_ms);
+        before - self.map.len()
+    }
+
+    /// Forgets every connection.
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
 /// `Ipv4Addr`/`Ipv6Addr` of a block's bounds, for display.
 pub fn block_bounds(b: &Block) -> (IpAddr, IpAddr) {
     match *b {
@@ -757,6 +873,31 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_flows_are_found_from_both_directions_and_expire() {
+        let mut t = Flows6::new(2);
+        let k = Flow6 {
+            src: "fd00::1".parse().unwrap(),
+            dst: "fd00::2".parse().unwrap(),
+            sport: 40000,
+            dport: 80,
+            proto: PROTO_TCP,
+        };
+        t.insert(k, 0);
+        assert_eq!(t.lookup(&k, 1000), Some(Flow6Dir::Original));
+        assert_eq!(t.lookup(&k.reversed(), 2000), Some(Flow6Dir::Reply));
+        let other = Flow6 { dport: 81, ..k };
+        assert_eq!(t.lookup(&other, 2000), None);
+        // Idle past its timeout: gone.
+        assert_eq!(t.lookup(&k, 2000 + 3_600_000), None);
+        // Bounded: a third entry takes the place of one of two.
+        t.insert(k, 0);
+        t.insert(other, 0);
+        t.insert(Flow6 { dport: 82, ..k }, 0);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.expire(10_000_000), 2);
     }
 
     #[test]
