@@ -777,7 +777,7 @@ impl Switch {
         self.storm = storm;
         let views = self.policy_ports();
         self.policy.sync_ports(views);
-        forwarding.policy = Arc::clone(&self.policy.table);
+        forwarding.policy = Arc::clone(self.policy.table());
         forwarding.generation = self.generation;
         forwarding.mac_aging_ms = self.config.switch.mac_aging_secs * 1000;
         forwarding.mac_table_max = self.config.switch.mac_table_max;

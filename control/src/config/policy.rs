@@ -207,6 +207,11 @@ pub fn parse_tier(field: &str, s: &str) -> Result<Tier, ConfigError> {
 }
 
 impl PolicyConfig {
+    /// One policy from TOML text (its fields at the top level, rules as `[[ingress]]`).
+    pub fn from_toml(text: &str) -> Result<PolicyConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::new("policy", e.to_string()))
+    }
+
     /// Validates a policy of `tier`; `at` names it in errors (`policy[0] (web)`).
     pub fn validate(&self, tier: Tier, at: &str) -> Result<PolicySpec, ConfigError> {
         let f = |field: &str| format!("{at}.{field}");

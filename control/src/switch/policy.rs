@@ -27,7 +27,7 @@ use crate::config::policy::{parse_tier, section, selects, PeerSpec, PolicyConfig
 
 /// What policy sees of a port.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(super) struct PortView {
+pub struct PortView {
     pub labels: BTreeMap<String, String>,
     pub addresses: Vec<IpAddr>,
 }
@@ -44,13 +44,19 @@ struct Installed {
     rules: [Vec<Rule>; 2],
 }
 
-/// The policy configuration, compiled and indexed. Owned by the control thread.
+/// The policy configuration, compiled and indexed. Owned by the control thread (public for
+/// benches).
 #[derive(Debug, Default)]
-pub(super) struct PolicyState {
+pub struct PolicyState {
     /// By (tier, name).
     installed: HashMap<(Tier, String), Installed>,
+    /// (tier, name) by id.
+    ids: HashMap<u32, (Tier, String)>,
+    /// The policies by the first label of their selector; those that select every port.
+    by_label: HashMap<(String, String), Vec<(Tier, String)>>,
+    select_all: Vec<(Tier, String)>,
     /// What every snapshot carries.
-    pub(super) table: Arc<PolicyTable>,
+    table: Arc<PolicyTable>,
     /// The ports as last compiled, by port id.
     ports: Vec<Option<PortView>>,
     /// The keys of each port (ingress, egress) as last compiled.
@@ -64,6 +70,11 @@ pub(super) struct PolicyState {
 const DIRECTIONS: [Direction; 2] = [Direction::Ingress, Direction::Egress];
 
 impl PolicyState {
+    /// What a snapshot carries: the classifiers of each port.
+    pub fn table(&self) -> &Arc<PolicyTable> {
+        &self.table
+    }
+
     /// Resolves the rules of `spec` against `ports`, keeping the hit counters of `old`
     /// (the same policy's rules before) where the rule is the same.
     fn resolve(
@@ -129,15 +140,32 @@ impl PolicyState {
     /// The key of a port with `labels` in direction `d`: the tag `d`, then the ids of the
     /// policies that apply, in evaluation order. Just the tag: none applies.
     fn key(&self, labels: &BTreeMap<String, String>, d: usize) -> Vec<u32> {
-        let mut applied: Vec<&Installed> = self
-            .installed
-            .values()
+        let candidates = labels
+            .iter()
+            .filter_map(|(k, v)| self.by_label.get(&(k.clone(), v.clone())))
+            .flatten()
+            .chain(&self.select_all);
+        let mut applied: Vec<&Installed> = candidates
+            .filter_map(|k| self.installed.get(k))
             .filter(|p| Self::applies(p, labels, d))
             .collect();
         applied.sort_by_key(|p| (p.spec.tier, p.spec.priority, p.seq));
         std::iter::once(d as u32)
             .chain(applied.iter().map(|p| p.id))
             .collect()
+    }
+
+    /// Indexes (or, `add` false, unindexes) the policy `key` by its selector.
+    fn index(&mut self, key: &(Tier, String), select: &BTreeMap<String, String>, add: bool) {
+        let list = match select.iter().next() {
+            Some((k, v)) => self.by_label.entry((k.clone(), v.clone())).or_default(),
+            None => &mut self.select_all,
+        };
+        if add {
+            list.push(key.clone());
+        } else {
+            list.retain(|k| k != key);
+        }
     }
 
     /// The classifier of `key`, compiled when no port had it yet.
@@ -217,7 +245,10 @@ impl PolicyState {
         if let Some(o) = &old {
             affected.extend(self.selected(&o.spec));
             self.forget(o.id);
+            self.ids.remove(&o.id);
+            self.index(&key, &o.spec.select, false);
         }
+        self.index(&key, &spec.select, true);
         let rules = Self::resolve(&spec, &self.ports, old.as_ref().map(|o| &o.rules));
         let seq = old.as_ref().map_or_else(
             || {
@@ -227,6 +258,7 @@ impl PolicyState {
             |o| o.seq,
         );
         self.next_id += 1;
+        self.ids.insert(self.next_id, key.clone());
         self.installed.insert(
             key,
             Installed {
@@ -246,14 +278,17 @@ impl PolicyState {
 
     /// Removes a policy; returns the ports it applied to.
     fn uninstall(&mut self, tier: Tier, name: &str) -> Option<Vec<usize>> {
-        let old = self.installed.remove(&(tier, name.to_string()))?;
+        let key = (tier, name.to_string());
+        let old = self.installed.remove(&key)?;
         self.forget(old.id);
+        self.ids.remove(&old.id);
+        self.index(&key, &old.spec.select, false);
         Some(self.selected(&old.spec))
     }
 
     /// Replaces every policy with `specs` (a start or reload): the unchanged keep their
     /// compiled rules and counters.
-    pub(super) fn set_policies(&mut self, specs: Vec<PolicySpec>) {
+    pub fn set_policies(&mut self, specs: Vec<PolicySpec>) {
         let wanted: HashSet<(Tier, String)> =
             specs.iter().map(|s| (s.tier, s.name.clone())).collect();
         let mut affected = Vec::new();
@@ -280,7 +315,7 @@ impl PolicyState {
 
     /// Takes the ports as they are now (labels, addresses, which exist): a port whose view
     /// changed is recompiled, and so is every policy whose peers select it (before or after).
-    pub(super) fn sync_ports(&mut self, ports: Vec<Option<PortView>>) {
+    pub fn sync_ports(&mut self, ports: Vec<Option<PortView>>) {
         let n = ports.len().max(self.ports.len());
         let mut changed = Vec::new();
         for i in 0..n {
@@ -321,13 +356,13 @@ impl PolicyState {
     }
 
     /// `policy add`: one policy (replacing the one of its tier and name).
-    pub(super) fn add(&mut self, spec: PolicySpec) {
+    pub fn add(&mut self, spec: PolicySpec) {
         let affected = self.install(spec);
         self.refresh(dedup(affected));
     }
 
     /// `policy del`.
-    pub(super) fn del(&mut self, tier: Tier, name: &str) -> bool {
+    pub fn del(&mut self, tier: Tier, name: &str) -> bool {
         match self.uninstall(tier, name) {
             Some(affected) => {
                 self.refresh(dedup(affected));
