@@ -43,8 +43,23 @@ fn metrics_move_with_the_traffic_and_prometheus_parses_them() {
     switch.add_container_port(&c1, &p1, &["--vlan", "10"], &["10.66.0.1/24"]);
     switch.add_container_port(&c2, &p2, &["--vlan", "10"], &["10.66.0.2/24"]);
     assert_eq!(ping(&c1, "10.66.0.2", 20), 20);
+    // A policy rule's hits: one ping is one connection it allowed.
+    let file = std::env::temp_dir().join(unique("mtpol"));
+    std::fs::write(
+        &file,
+        "[[policy]]\nname = \"m\"\nselect = {}\n[[policy.ingress]]\nfrom = [ { cidr = \"10.66.0.0/24\" } ]\n",
+    )
+    .unwrap();
+    switch.cli(&["policy", "add", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(ping(&c1, "10.66.0.2", 2), 2);
 
     let (status, body) = get(&addr, "/metrics");
+    let hits = "tapswitch_policy_rule_hits_total{tier=\"policy\",policy=\"m\",direction=\"ingress\",rule=\"0\",action=\"allow\"}";
+    assert!(
+        sample(&body, hits).is_some_and(|n| n >= 1.0),
+        "{hits}:\n{body}"
+    );
     assert!(status.contains("200"), "{status}");
     let rx = format!("tapswitch_port_rx_packets_total{{port=\"{p1}\"}}");
     let first = sample(&body, &rx).unwrap_or_else(|| panic!("{rx} missing:\n{body}"));

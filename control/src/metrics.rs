@@ -228,6 +228,7 @@ fn label(k: &str, v: impl ToString) -> (String, String) {
 pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
     let stats = api::call(socket, &Request::Stats).map_err(|e| e.to_string())?;
     let services = api::call(socket, &Request::ServiceList).map_err(|e| e.to_string())?;
+    let policies = api::call(socket, &Request::PolicyList).map_err(|e| e.to_string())?;
     let mut s = Scrape {
         registry: Registry::default(),
     };
@@ -582,6 +583,26 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
         "tapswitch_service_connections",
         "Connections tracked now to each Service",
         per_service,
+    );
+    let mut hits = Vec::new();
+    for p in policies.as_array().into_iter().flatten() {
+        for r in p["rules"].as_array().into_iter().flatten() {
+            hits.push((
+                vec![
+                    label("tier", p["tier"].as_str().unwrap_or("?")),
+                    label("policy", p["name"].as_str().unwrap_or("?")),
+                    label("direction", r["direction"].as_str().unwrap_or("?")),
+                    label("rule", &r["index"]),
+                    label("action", r["action"].as_str().unwrap_or("?")),
+                ],
+                u(&r["hits"]),
+            ));
+        }
+    }
+    s.counter(
+        "tapswitch_policy_rule_hits",
+        "Connections (and packets outside one) each network policy rule decided",
+        hits,
     );
     let control = &stats["control"];
     s.gauge(
