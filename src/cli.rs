@@ -187,6 +187,29 @@ pub struct PortAddArgs {
     /// Limits on flooded frames per second: broadcast=N,multicast=N,unknown_unicast=N[,burst=N].
     #[arg(long, value_parser = parse_storm_control, value_name = "KIND=RATE,...")]
     pub storm_control: Option<tapswitch_control::config::StormControlConfig>,
+    /// Ingress policing (what the workload sends): RATE[,burst=SIZE], e.g. 200mbit,burst=256kb.
+    #[arg(long, value_parser = parse_rate_limit, value_name = "RATE[,burst=SIZE]")]
+    pub police: Option<tapswitch_control::config::RateConfig>,
+    /// Egress shaping (what the workload receives): RATE[,burst=SIZE][,latency=50ms].
+    #[arg(long, value_parser = parse_rate_limit, value_name = "RATE[,burst=SIZE][,latency=T]")]
+    pub shape: Option<tapswitch_control::config::RateConfig>,
+}
+
+/// `200mbit,burst=256kb,latency=50ms`: checked by the switch.
+fn parse_rate_limit(s: &str) -> Result<tapswitch_control::config::RateConfig, String> {
+    let mut parts = s.split(',');
+    let mut c = tapswitch_control::config::RateConfig {
+        rate: parts.next().unwrap_or_default().trim().to_string(),
+        ..Default::default()
+    };
+    for part in parts {
+        match part.split_once('=') {
+            Some(("burst", v)) => c.burst = Some(v.trim().to_string()),
+            Some(("latency", v)) => c.latency = Some(v.trim().to_string()),
+            _ => return Err(format!("{part:?}: burst=SIZE or latency=TIME")),
+        }
+    }
+    Ok(c)
 }
 
 fn parse_storm_control(s: &str) -> Result<tapswitch_control::config::StormControlConfig, String> {
@@ -248,6 +271,18 @@ pub struct PortSetArgs {
     /// Remove the port's storm control.
     #[arg(long, conflicts_with = "storm_control")]
     pub no_storm_control: bool,
+    /// Ingress policing, replacing the port's: RATE[,burst=SIZE].
+    #[arg(long, value_parser = parse_rate_limit, value_name = "RATE[,burst=SIZE]")]
+    pub police: Option<tapswitch_control::config::RateConfig>,
+    /// Remove the port's policing.
+    #[arg(long, conflicts_with = "police")]
+    pub no_police: bool,
+    /// Egress shaping, replacing the port's: RATE[,burst=SIZE][,latency=T].
+    #[arg(long, value_parser = parse_rate_limit, value_name = "RATE[,burst=SIZE][,latency=T]")]
+    pub shape: Option<tapswitch_control::config::RateConfig>,
+    /// Remove the port's shaping.
+    #[arg(long, conflicts_with = "shape")]
+    pub no_shape: bool,
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
@@ -904,6 +939,8 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 allow_ra: a.allow_ra,
                 allow_dhcp_server: a.allow_dhcp_server,
                 storm_control: a.storm_control,
+                police: a.police,
+                shape: a.shape,
             };
             api::call(socket, &Request::PortAdd { port })?;
             Ok(())
@@ -921,6 +958,10 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 allow_dhcp_server: a.allow_dhcp_server,
                 storm_control: a.storm_control,
                 no_storm_control: a.no_storm_control,
+                police: a.police,
+                no_police: a.no_police,
+                shape: a.shape,
+                no_shape: a.no_shape,
             };
             api::call(
                 socket,

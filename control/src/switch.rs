@@ -15,6 +15,7 @@ use tapswitch_dataplane::io::ipip::IpipSocket;
 use tapswitch_dataplane::io::{
     PortDevice, PortError, Snapshot, TapSpec, TunnelSocket, WorkerHandle,
 };
+use tapswitch_dataplane::pipeline::rate::{ByteBucket, RateLimits, Shaper};
 use tapswitch_dataplane::pipeline::{
     security, DropReason, ForwardingState, Limiter, NextHop, PortCounters, PortMode, PortSecurity,
     PortState, Route, RoutingState, SharedTables, StormControl, VxlanPort,
@@ -24,7 +25,7 @@ use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
 use crate::config::{
     self, Config, ConfigError, FdbConfig, FdbTarget, NeighConfig, PortChange, PortConfig, PortSpec,
-    VxlanConfig, VxlanSpec,
+    RateSpec, VxlanConfig, VxlanSpec,
 };
 use crate::state::{StateError, StateStore, TapRef};
 
@@ -193,6 +194,8 @@ fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
         storm: None,
         labels: Default::default(),
         addresses: Vec::new(),
+        police: None,
+        shape: None,
     }
 }
 
@@ -388,6 +391,32 @@ pub struct PortInfo {
     pub allow_dhcp_server: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm_control: Option<config::StormControlConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub police: Option<RateInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shape: Option<RateInfo>,
+}
+
+/// A rate limit as `port list` shows it: as configured, and in bits and bytes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateInfo {
+    /// As configured (`200mbit`).
+    pub rate: String,
+    pub rate_bits_per_sec: u64,
+    pub burst_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+}
+
+impl RateInfo {
+    fn of(c: &config::RateConfig, spec: &RateSpec, shaping: bool) -> RateInfo {
+        RateInfo {
+            rate: c.rate.clone(),
+            rate_bits_per_sec: spec.rate * 8,
+            burst_bytes: spec.burst,
+            latency_us: shaping.then_some(spec.latency_us),
+        }
+    }
 }
 
 /// One line of `vxlan list`.
@@ -483,6 +512,9 @@ pub struct Switch {
     /// next while the port's settings stay the same, so that a change elsewhere does not
     /// refill their buckets.
     storm: HashMap<String, (config::StormSpec, Arc<StormControl>)>,
+    /// The rate limits of ports, by port name, kept like `storm`.
+    #[allow(clippy::type_complexity)]
+    rate: HashMap<String, ((Option<RateSpec>, Option<RateSpec>), Arc<RateLimits>)>,
     /// Network policy, kept compiled so that one change costs O(that change) (see
     /// [`policy`]).
     policy: policy::PolicyState,
@@ -692,6 +724,7 @@ impl Switch {
             taps: Vec::new(),
             next_tap: 0,
             storm: HashMap::new(),
+            rate: HashMap::new(),
             policy: policy::PolicyState::default(),
         };
         let snapshot = switch.compile();
@@ -775,6 +808,25 @@ impl Switch {
             })
             .collect();
         self.storm = storm;
+        let mut rate = HashMap::new();
+        forwarding.rate = self
+            .ports
+            .iter()
+            .map(|p| {
+                let p = p.as_ref()?;
+                let spec = (p.spec.police, p.spec.shape);
+                if spec == (None, None) {
+                    return None;
+                }
+                let limits = match self.rate.remove(&p.spec.name) {
+                    Some((s, limits)) if s == spec => limits,
+                    _ => Arc::new(rate_limits(spec)),
+                };
+                rate.insert(p.spec.name.clone(), (spec, Arc::clone(&limits)));
+                Some(limits)
+            })
+            .collect();
+        self.rate = rate;
         let views = self.policy_ports();
         self.policy.sync_ports(views);
         forwarding.policy = Arc::clone(self.policy.table());
@@ -1393,6 +1445,14 @@ impl Switch {
                     allow_ra: c.is_some_and(|c| c.allow_ra),
                     allow_dhcp_server: c.is_some_and(|c| c.allow_dhcp_server),
                     storm_control: c.and_then(|c| c.storm_control.clone()),
+                    police: c
+                        .and_then(|c| c.police.as_ref())
+                        .zip(p.spec.police.as_ref())
+                        .map(|(c, s)| RateInfo::of(c, s, false)),
+                    shape: c
+                        .and_then(|c| c.shape.as_ref())
+                        .zip(p.spec.shape.as_ref())
+                        .map(|(c, s)| RateInfo::of(c, s, true)),
                 }
             })
             .collect()
@@ -1781,6 +1841,17 @@ fn open_device(
         name: spec.name.clone(),
         source,
     })
+}
+
+/// The dataplane's rate limits for a port's (policing, shaping).
+fn rate_limits((police, shape): (Option<RateSpec>, Option<RateSpec>)) -> RateLimits {
+    RateLimits {
+        police: police.map(|p| ByteBucket::new(p.rate, p.burst)),
+        shape: shape.map(|s| Shaper {
+            bucket: ByteBucket::new(s.rate, s.burst),
+            latency_ns: s.latency_us * 1000,
+        }),
+    }
 }
 
 /// The dataplane's limits for a port's storm control.

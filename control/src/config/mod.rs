@@ -295,6 +295,12 @@ pub struct PortConfig {
     /// Limits on what the port floods, in frames per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storm_control: Option<StormControlConfig>,
+    /// Ingress policing: the rate the port's workload may send at (more is dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub police: Option<RateConfig>,
+    /// Egress shaping: the rate the port's workload receives at (more waits, up to a latency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<RateConfig>,
 }
 
 /// `port set`: what changes on a port that exists (its identity and the checks made of
@@ -326,6 +332,16 @@ pub struct PortChange {
     /// Removes the port's storm control.
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_storm_control: bool,
+    /// Ingress policing, replacing the port's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub police: Option<RateConfig>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_police: bool,
+    /// Egress shaping, replacing the port's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<RateConfig>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_shape: bool,
 }
 
 impl PortChange {
@@ -358,7 +374,170 @@ impl PortChange {
         if let Some(c) = &self.storm_control {
             p.storm_control = Some(c.clone());
         }
+        if self.no_police {
+            p.police = None;
+        }
+        if let Some(c) = &self.police {
+            p.police = Some(c.clone());
+        }
+        if self.no_shape {
+            p.shape = None;
+        }
+        if let Some(c) = &self.shape {
+            p.shape = Some(c.clone());
+        }
         p
+    }
+}
+
+/// A rate limit, in tc's units: `police = { rate = "200mbit", burst = "256kb" }`,
+/// `shape = { rate = "200mbit", burst = "256kb", latency = "50ms" }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    /// `bit`, `kbit`, `mbit`, `gbit` (bits per second, powers of 1000), `bps`, `kbps`,
+    /// `mbps`, `gbps` (bytes per second); `kibit`, `mibit`, `gibit` in powers of 1024.
+    pub rate: String,
+    /// Bytes at once: `b`, `kb`/`k`, `mb`/`m`, `gb` (powers of 1024), `kbit`, `mbit`
+    /// (bits); default: 250 ms at the rate for policing, 10 ms for shaping, at least
+    /// 128 KiB (two super-frames).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<String>,
+    /// Shaping only: the longest a frame waits (`ms`, `us`, `s`); default 50 ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<String>,
+}
+
+/// A validated rate limit: bytes per second, burst bytes, and (shaping) the longest wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub rate: u64,
+    pub burst: u64,
+    pub latency_us: u64,
+}
+
+/// Rates from 8 kbit/s to 1 Tbit/s.
+pub const RATE_MIN: u64 = 1_000;
+pub const RATE_MAX: u64 = 125_000_000_000;
+
+fn number_unit(s: &str) -> Option<(f64, String)> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then(|| (n, unit.trim().to_ascii_lowercase()))
+}
+
+/// A rate in tc's units, in bytes per second.
+pub fn parse_rate(field: &str, s: &str) -> Result<u64, ConfigError> {
+    let bad = || {
+        ConfigError::new(
+            field,
+            format!("{s:?} is not a rate like 200mbit, 1gbit or 25mbps"),
+        )
+    };
+    let (n, unit) = number_unit(s).ok_or_else(bad)?;
+    let bits = |m: f64| n * m / 8.0;
+    let bytes = match unit.as_str() {
+        "bit" => bits(1.0),
+        "kbit" => bits(1e3),
+        "mbit" => bits(1e6),
+        "gbit" => bits(1e9),
+        "tbit" => bits(1e12),
+        "kibit" => bits(1024.0),
+        "mibit" => bits(1024.0 * 1024.0),
+        "gibit" => bits(1024.0 * 1024.0 * 1024.0),
+        "bps" => n,
+        "kbps" => n * 1e3,
+        "mbps" => n * 1e6,
+        "gbps" => n * 1e9,
+        _ => return Err(bad()),
+    };
+    let bytes = bytes.round() as u64;
+    if !(RATE_MIN..=RATE_MAX).contains(&bytes) {
+        return Err(ConfigError::new(
+            field,
+            format!("{s:?} is out of range (8kbit..=1tbit)"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A size in tc's units, in bytes.
+pub fn parse_size(field: &str, s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::new(field, format!("{s:?} is not a size like 256kb or 2mbit"));
+    let (n, unit) = number_unit(s).ok_or_else(bad)?;
+    let k = 1024.0;
+    let bytes = match unit.as_str() {
+        "" | "b" => n,
+        "k" | "kb" => n * k,
+        "m" | "mb" => n * k * k,
+        "g" | "gb" => n * k * k * k,
+        "kbit" => n * 1e3 / 8.0,
+        "mbit" => n * 1e6 / 8.0,
+        "gbit" => n * 1e9 / 8.0,
+        _ => return Err(bad()),
+    };
+    let bytes = bytes.round() as u64;
+    if !(1_514..=(1 << 32)).contains(&bytes) {
+        return Err(ConfigError::new(
+            field,
+            format!("{s:?} is out of range (one full frame, 1514 bytes, up to 4 GiB)"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// A duration: `ms`, `us`, `s`, in microseconds.
+fn parse_latency(field: &str, s: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::new(field, format!("{s:?} is not a latency like 50ms"));
+    let (n, unit) = number_unit(s).ok_or_else(bad)?;
+    let us = match unit.as_str() {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => return Err(bad()),
+    };
+    let us = us.round() as u64;
+    if !(100..=10_000_000).contains(&us) {
+        return Err(ConfigError::new(
+            field,
+            format!("{s:?} is out of range (100us..=10s)"),
+        ));
+    }
+    Ok(us)
+}
+
+impl RateConfig {
+    /// Validates a limit; `shaping`: `latency` is allowed.
+    pub fn validate(&self, field: &str, shaping: bool) -> Result<RateSpec, ConfigError> {
+        let rate = parse_rate(&format!("{field}.rate"), &self.rate)?;
+        let burst = match &self.burst {
+            Some(b) => parse_size(&format!("{field}.burst"), b)?,
+            // A shaper's bucket: 10 ms at the rate. A policer's: 250 ms, because TCP on a
+            // short path that loses the tail of a flight to an empty bucket waits out a
+            // retransmission timeout (200 ms) before it sends again; a smaller bucket caps it
+            // at about one bucket per timeout (see the README's Rate limits).
+            None if shaping => (rate / 100).max(128 * 1024),
+            None => (rate / 4).max(128 * 1024),
+        };
+        let latency_us = match (&self.latency, shaping) {
+            (Some(_), false) => {
+                return Err(ConfigError::new(
+                    format!("{field}.latency"),
+                    "only for shape: a policer drops what is over its rate, it does not delay",
+                ))
+            }
+            (Some(l), true) => parse_latency(&format!("{field}.latency"), l)?,
+            (None, _) => 50_000,
+        };
+        Ok(RateSpec {
+            rate,
+            burst,
+            latency_us,
+        })
     }
 }
 
@@ -615,6 +794,9 @@ pub struct PortSpec {
     pub security: Option<SecuritySpec>,
     /// Storm control, when set.
     pub storm: Option<StormSpec>,
+    /// Ingress policing and egress shaping, when set.
+    pub police: Option<RateSpec>,
+    pub shape: Option<RateSpec>,
     /// What network policies select it by.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Its addresses: what policy peers that select it match.
@@ -765,6 +947,16 @@ impl PortConfig {
             allow_dhcp_server: self.allow_dhcp_server,
         });
         check_labels(&f("labels"), &self.labels)?;
+        let police = self
+            .police
+            .as_ref()
+            .map(|r| r.validate(&f("police"), false))
+            .transpose()?;
+        let shape = self
+            .shape
+            .as_ref()
+            .map(|r| r.validate(&f("shape"), true))
+            .transpose()?;
         let mac = self
             .mac
             .as_deref()
@@ -832,6 +1024,8 @@ impl PortConfig {
             storm,
             labels: self.labels.clone(),
             addresses,
+            police,
+            shape,
         })
     }
 }

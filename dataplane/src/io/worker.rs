@@ -355,7 +355,14 @@ impl Worker {
         loop {
             let timeout =
                 if self.ready.is_empty() && self.ready_tunnels.is_empty() && !self.ipip_ready {
-                    next_aging.saturating_duration_since(Instant::now())
+                    let aging = next_aging.saturating_duration_since(Instant::now());
+                    // Shaped frames wait for their time (the poll sleeps whole milliseconds).
+                    match self.pipeline.next_release() {
+                        Some(at) => aging.min(Duration::from_millis(
+                            at.millis().saturating_sub(self.now().millis()),
+                        )),
+                        None => aging,
+                    }
                 } else {
                     Duration::ZERO
                 };
@@ -387,6 +394,9 @@ impl Worker {
             if self.ipip_ready {
                 self.service_ipip();
             }
+            if self.pipeline.next_release().is_some() {
+                self.release_shaped();
+            }
             let poll = &self.pipeline.counters().poll;
             poll.wakeups.add(1);
             poll.busy_ns.add(busy.elapsed().as_nanos() as u64);
@@ -403,6 +413,15 @@ impl Worker {
                 next_aging = Instant::now() + AGING_TICK;
             }
         }
+    }
+
+    /// Sends the shaped frames whose time has come.
+    fn release_shaped(&mut self) {
+        let now = self.now();
+        let snapshot = Arc::clone(&self.snapshot);
+        let mut out = self.tx.out(&snapshot, self.index);
+        self.pipeline.release_shaped(now, &mut out);
+        out.flush(self.pipeline.counters());
     }
 
     fn mark_ready(&mut self, port: PortId) {

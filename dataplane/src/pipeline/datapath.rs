@@ -28,14 +28,16 @@ use std::sync::{Arc, MutexGuard};
 
 use super::bridge::{Bridge, Switched};
 use super::context::Context;
+use super::decision::EgressFrame;
 use super::decision::{Decision, Egress, Targets};
-use super::egress::{self, Output};
+use super::egress::{self, Output, Transmit};
 use super::gro::{Coalescer, Push};
 use super::ingress::Ingress;
 use super::observe::{Direction, Link, TapKind, Tapped, Taps};
 use super::offload::{complete_checksum, segment, Offload};
 use super::parse::parse;
 use super::policy;
+use super::rate::{ByteBucket, Conform, Queues};
 use super::router::{Generated, Router};
 use super::shared::{ConntrackGuard, SharedTables};
 use super::trace::{Stage, Trace};
@@ -53,6 +55,8 @@ pub(super) struct Stages {
     pub(super) bridge: Bridge,
     pub(super) router: Router,
     pub(super) tunnel: Tunnel,
+    /// Frames waiting for their egress port's shaping rate (see [`rate`](super::rate)).
+    pub(super) queues: Queues,
 }
 
 /// One worker's packet path: its stages and the buffers it reuses from frame to frame.
@@ -80,6 +84,12 @@ pub struct RxMeta {
 }
 
 impl RxMeta {
+    /// Whether the frame is whole as read, with a segmentation this switch can do left to do.
+    #[inline]
+    pub fn is_plain_but_pending(&self) -> bool {
+        !self.truncated && !self.offload.gso_unsupported && self.offload.is_pending()
+    }
+
     /// Whether the frame is whole as read and has no checksum or segmentation left to do.
     #[inline]
     pub fn is_plain(&self) -> bool {
@@ -320,6 +330,7 @@ impl Pipeline {
                 bridge: Bridge,
                 router: Router::new(),
                 tunnel: Tunnel,
+                queues: Queues::default(),
             },
             gro: Coalescer::new(),
             scratch: Vec::with_capacity(SCRATCH),
@@ -345,6 +356,24 @@ impl Pipeline {
         now: Timestamp,
         out: &mut O,
     ) {
+        if let Some(police) = state.rate_limits(port).and_then(|r| r.police.as_ref()) {
+            let bytes = if meta.offload.is_pending() {
+                meta.offload.wire_bytes(frame)
+            } else {
+                frame.len()
+            };
+            if police.take(bytes as u64, now, None) != Conform::Now {
+                if meta.offload.gso_size.is_some() && meta.is_plain_but_pending() {
+                    // A super-frame over the rate: its segments are policed one by one, as
+                    // they would be on the wire (a whole super-frame dropped at once is
+                    // dozens of packets lost together, which TCP recovers from badly).
+                    self.receive_policed(state, port, frame, meta, police, now, out);
+                } else {
+                    self.policed(port, frame.len());
+                }
+                return;
+            }
+        }
         if !self.taps.is_empty() {
             self.receive_tapped(state, port, frame, meta, now, out);
         } else if meta.is_plain() {
@@ -354,6 +383,47 @@ impl Pipeline {
         } else {
             self.receive_frame(state, port, frame, meta, now, out);
         }
+    }
+
+    /// A super-frame over `port`'s policing rate: cut into its segments, each policed; those
+    /// within the rate go on.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn receive_policed<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        police: &ByteBucket,
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        let Pipeline {
+            stages, scratch, ..
+        } = self;
+        let result = segment(frame, &meta.offload, scratch, |seg| {
+            if police.take(seg.len() as u64, now, None) == Conform::Now {
+                forward(stages, out, state, port, seg, now);
+            } else {
+                let c = stages.cx.counters.port(port);
+                c.rx_packets.add(1);
+                c.rx_bytes.add(seg.len() as u64);
+                stages.dropped(port, DropReason::RateLimited);
+            }
+        });
+        if let Err(reason) = result {
+            stages.cx.counters.port(port).drop(reason);
+        }
+    }
+
+    /// Counts a frame of `len` bytes received on `port` and dropped by its policing rate.
+    #[cold]
+    fn policed(&mut self, port: PortId, len: usize) {
+        let c = self.stages.cx.counters.port(port);
+        c.rx_packets.add(1);
+        c.rx_bytes.add(len as u64);
+        self.stages.dropped(port, DropReason::RateLimited);
     }
 
     /// [`receive`](Self::receive) of a frame with nothing left to do and nothing wrong with
@@ -617,6 +687,33 @@ impl Pipeline {
             let mut tapped = Tapped::new(out, &self.taps, self.worker);
             egress::send_generated(&mut self.stages, &mut tapped, state, now);
         }
+    }
+
+    /// Sends the frames whose shaping rate lets them go at `now` (a worker calls this while
+    /// [`next_release`](Self::next_release) says some wait).
+    pub fn release_shaped<O: Output>(&mut self, now: Timestamp, out: &mut O) {
+        let Stages { cx, queues, .. } = &mut self.stages;
+        queues.release(now, |w| {
+            let frame = EgressFrame {
+                addresses: &w.bytes[..12],
+                tag: None,
+                rest: &w.bytes[12..],
+            };
+            out.send(Transmit::Device {
+                port: w.port,
+                frame,
+                vnet: w.vnet,
+            })
+            .count(cx.counters.port(w.port));
+        });
+    }
+
+    /// When the next shaped frame may go (ms of the clock, rounded up), if any waits.
+    pub fn next_release(&self) -> Option<Timestamp> {
+        self.stages
+            .queues
+            .next_ns()
+            .map(|ns| Timestamp::from_millis(ns.div_ceil(1_000_000)))
     }
 
     /// [`tick`](Self::tick) without the sending: what the router generates stays queued

@@ -100,10 +100,13 @@ pub enum DropReason {
     /// Network policy: no tier allowed the packet (a deny rule, or an isolated port that no
     /// rule lets it reach or leave).
     PolicyDenied,
+    /// Rate limits: over a port's policing rate (what its workload sends), or over its
+    /// shaping rate with its queue full (what it receives).
+    RateLimited,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 41;
+    pub const COUNT: usize = 42;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -147,6 +150,7 @@ impl DropReason {
         DropReason::DhcpGuard,
         DropReason::Storm,
         DropReason::PolicyDenied,
+        DropReason::RateLimited,
     ];
 
     /// The name used in `stats` output.
@@ -193,6 +197,7 @@ impl DropReason {
             DropReason::DhcpGuard => "dhcp_guard",
             DropReason::Storm => "storm",
             DropReason::PolicyDenied => "policy_denied",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 
@@ -215,6 +220,7 @@ impl DropReason {
             ConntrackInvalid | ConntrackFull | ServiceNoBackend | NatNoPort | NatMalformed
             | NatFragment => Stage::Nat,
             PolicyDenied => Stage::Policy,
+            RateLimited => Stage::Qos,
             VxlanTruncated
             | VxlanBadFlags
             | VxlanUnknownVni

@@ -16,10 +16,13 @@ use super::datapath::Stages;
 use super::decision::{Egress, EgressFrame, Targets};
 use super::offload::{complete_checksum, segment, Offload, VNET_HDR_LEN};
 use super::policy;
+use super::rate::{Conform, Shaper, Waiting};
 use super::router::ROUTER_PORT;
 use super::trace::{record, Stage};
 use super::tunnel::OUTER_LEN;
-use super::{Decision, ForwardingState, Generated, PortCounters, TunnelEndpoint, VlanMember};
+use super::{
+    Decision, DropReason, ForwardingState, Generated, PortCounters, TunnelEndpoint, VlanMember,
+};
 use crate::tables::{PortId, Timestamp};
 use crate::wire::ethernet::HEADER_LEN as ETHERNET_HEADER_LEN;
 use crate::wire::vlan::TAG_LEN;
@@ -290,10 +293,20 @@ fn send_member<O: Output>(
         encap(st, out, state, member.port, frame, &out_frame, now);
         return;
     }
+    let vnet = pending.map(|o| o.header_moved(delta));
+    if let Some(shaper) = state
+        .rate_limits(member.port)
+        .and_then(|r| r.shape.as_ref())
+    {
+        let bytes = pending.map_or(out_frame.len(), |o| o.wire_bytes(frame));
+        if shaped(st, member.port, shaper, bytes, &out_frame, vnet, now) {
+            return;
+        }
+    }
     let sent = out.send(Transmit::Device {
         port: member.port,
         frame: out_frame,
-        vnet: pending.map(|o| o.header_moved(delta)),
+        vnet,
     });
     if let Some(t) = st.cx.trace.as_deref_mut() {
         let tag = out_frame.tag.map(|_| egress.vlan);
@@ -309,6 +322,52 @@ fn send_member<O: Output>(
         );
     }
     sent.count(st.cx.counters.port(member.port));
+}
+
+/// The shaping of a frame of `bytes` on the wire to `port`: false to send it now; true when
+/// it waits in the worker's queue for the port (or, the queue full, is dropped and counted).
+#[inline(never)]
+fn shaped(
+    st: &mut Stages,
+    port: PortId,
+    shaper: &Shaper,
+    bytes: usize,
+    frame: &EgressFrame<'_>,
+    vnet: Option<[u8; VNET_HDR_LEN]>,
+    now: Timestamp,
+) -> bool {
+    let at = match shaper
+        .bucket
+        .take(bytes as u64, now, Some(shaper.latency_ns))
+    {
+        // Within the rate, and nothing of this port waits before it here.
+        Conform::Now if !st.queues.waits(port) => return false,
+        Conform::Now => 0,
+        Conform::At(at) => at,
+        Conform::No => {
+            st.cx.counters.port(port).drop(DropReason::RateLimited);
+            record(&mut st.cx.trace, Stage::Qos, "drop", move |s| {
+                s.with("reason", "rate_limited").with("len", bytes);
+            });
+            return true;
+        }
+    };
+    let mut buf = st.queues.buffer();
+    buf.extend_from_slice(frame.addresses);
+    if let Some(tag) = &frame.tag {
+        buf.extend_from_slice(tag);
+    }
+    buf.extend_from_slice(frame.rest);
+    st.queues.push(Waiting {
+        port,
+        at_ns: at,
+        bytes: buf,
+        vnet,
+    });
+    record(&mut st.cx.trace, Stage::Qos, "shaped", move |s| {
+        s.with("len", bytes).with("until_ms", at / 1_000_000);
+    });
+    true
 }
 
 /// The policy stage for one member of a flood (a frame to one port was checked when it was

@@ -31,6 +31,7 @@ pub mod observe;
 pub mod offload;
 pub mod parse;
 pub mod policy;
+pub mod rate;
 pub mod router;
 pub mod routing;
 pub mod security;

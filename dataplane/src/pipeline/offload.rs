@@ -71,6 +71,20 @@ impl Offload {
         }
     }
 
+    /// The bytes on the wire of the frames `frame` stands for: of a super-frame, every
+    /// segment with its headers; else its own length.
+    pub fn wire_bytes(&self, frame: &[u8]) -> usize {
+        let (Some(mss), Some(_)) = (self.gso_size, self.csum) else {
+            return frame.len();
+        };
+        let largest = self.wire_len(frame);
+        let mss = usize::from(mss.max(1));
+        let headers = largest.saturating_sub(mss).min(frame.len());
+        let payload = frame.len() - headers;
+        let segments = payload.div_ceil(mss).max(1);
+        payload + segments * headers
+    }
+
     /// The header to send the frame with after `delta` bytes were inserted (a VLAN tag, +4)
     /// or removed (-4) in front of its L3 header: checksum start and header length move.
     pub fn header_moved(&self, delta: isize) -> [u8; VNET_HDR_LEN] {

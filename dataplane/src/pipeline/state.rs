@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use hashbrown::HashMap;
 
+use super::rate::RateLimits;
 use super::storm::StormControl;
 use super::RoutingState;
 use crate::tables::policy::PolicyTable;
@@ -221,6 +222,9 @@ pub struct ForwardingState {
     /// Indexed by [`PortId`]: the storm control of ports that have it (its limits' state is
     /// shared with the states published before and after).
     pub storm: Vec<Option<Arc<StormControl>>>,
+    /// Indexed by [`PortId`]: the rate limits of ports that have them (their buckets' state
+    /// is shared with the states published before and after).
+    pub rate: Vec<Option<Arc<RateLimits>>>,
 }
 
 impl Default for ForwardingState {
@@ -241,6 +245,7 @@ impl Default for ForwardingState {
             policy: Arc::default(),
             security: Vec::new(),
             storm: Vec::new(),
+            rate: Vec::new(),
         }
     }
 }
@@ -301,6 +306,12 @@ impl ForwardingState {
     #[inline]
     pub fn storm_control(&self, id: PortId) -> Option<&StormControl> {
         self.storm.get(id.index()).and_then(Option::as_deref)
+    }
+
+    /// The rate limits of `id`, if it has any.
+    #[inline]
+    pub fn rate_limits(&self, id: PortId) -> Option<&RateLimits> {
+        self.rate.get(id.index()).and_then(Option::as_deref)
     }
 
     /// The port security of `id`, if it has any.

@@ -28,6 +28,8 @@ pub enum Stage {
     Nat,
     /// Network policy: the sender's egress and the receiver's ingress rules.
     Policy,
+    /// Rate limits: policing and shaping.
+    Qos,
     /// VXLAN and IPIP, in and out.
     Tunnel,
     /// MTU, VLAN tagging, offloads, transmits.
@@ -35,7 +37,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::Receive,
         Stage::Parse,
         Stage::Ingress,
@@ -43,6 +45,7 @@ impl Stage {
         Stage::L3,
         Stage::Nat,
         Stage::Policy,
+        Stage::Qos,
         Stage::Tunnel,
         Stage::Egress,
     ];
@@ -56,6 +59,7 @@ impl Stage {
             Stage::L3 => "l3",
             Stage::Nat => "nat",
             Stage::Policy => "policy",
+            Stage::Qos => "qos",
             Stage::Tunnel => "tunnel",
             Stage::Egress => "egress",
         }
