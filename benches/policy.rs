@@ -152,7 +152,7 @@ fn setup(policy: Option<&PolicyState>) -> Setup {
     let mut state = ForwardingState::with_ports(ports);
     state.nat.conntrack_max = 1 << 20;
     if let Some(ps) = policy {
-        state.policy = Arc::clone(ps.table());
+        state.set_policy(Arc::clone(ps.table()));
     }
     let mut pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
     for i in 0..2 {

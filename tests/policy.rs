@@ -478,12 +478,29 @@ select = { app = "db" }
         before.as_array().unwrap().len(),
         after.as_array().unwrap().len()
     );
-    // The policies are part of the running configuration.
+    // The policies are part of the running configuration, and survive a restart.
     let config = sw.cli(&["config"]);
     assert!(
         config.contains("[[admin_policy]]") && config.contains("db-lockdown"),
         "{config}"
     );
+    let mut sw = sw;
+    sw.stop();
+    sw.restart();
+    let restored = sw.json(&["policy", "list"]);
+    let names = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&restored), names(&after));
+    assert!(
+        !tcp(&front, &db, 5432),
+        "the lockdown holds after the restart"
+    );
+    assert!(tcp(&mon, &db, 5432), "and the monitoring allow");
 }
 
 #[test]

@@ -809,7 +809,7 @@ impl Switch {
             .collect();
         self.storm = storm;
         let mut rate = HashMap::new();
-        forwarding.rate = self
+        let limits = self
             .ports
             .iter()
             .map(|p| {
@@ -826,10 +826,11 @@ impl Switch {
                 Some(limits)
             })
             .collect();
+        forwarding.set_rate_limits(limits);
         self.rate = rate;
         let views = self.policy_ports();
         self.policy.sync_ports(views);
-        forwarding.policy = Arc::clone(self.policy.table());
+        forwarding.set_policy(Arc::clone(self.policy.table()));
         forwarding.generation = self.generation;
         forwarding.mac_aging_ms = self.config.switch.mac_aging_secs * 1000;
         forwarding.mac_table_max = self.config.switch.mac_table_max;

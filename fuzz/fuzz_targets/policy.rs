@@ -258,7 +258,7 @@ fuzz_target!(|data: &[u8]| {
     };
     table.ports[0].ingress = Some(Arc::clone(&c));
     table.ports[1].egress = Some(Arc::clone(&c));
-    state.policy = Arc::new(table);
+    state.set_policy(Arc::new(table));
     let mut pipeline = Pipeline::new(&state, Arc::new(WorkerCounters::default()));
     let now = Timestamp::from_secs(1);
     // Port 0's MAC learned: frames to it are known unicast.

@@ -155,15 +155,10 @@ impl Stages {
         c.rx_packets.add(1);
         c.rx_bytes.add(frame.len() as u64);
         let decision = match self.switch_traced(state, port, frame, frame.len(), now) {
-            Ok(Switched::Done(decision)) => {
-                if state.policy.active {
-                    if let Err(reason) = self.police(state, port, &decision, frame, true, now) {
-                        self.dropped(port, reason);
-                        return Decision::Drop(reason);
-                    }
-                }
-                return decision;
+            Ok(Switched::Done(decision)) if state.policy_active() => {
+                return self.policed_switched(state, port, decision, frame, now);
             }
+            Ok(Switched::Done(decision)) => return decision,
             Ok(Switched::Route { vlan, inner_offset }) => {
                 self.router.in_port = Some(port);
                 let d =
@@ -200,7 +195,7 @@ impl Stages {
         let decision = match self.switch_traced(state, port, frame, wire_len, now) {
             Ok(Switched::Done(d @ Decision::Drop(_))) => d,
             Ok(Switched::Done(d @ Decision::Forward(_))) => {
-                if state.policy.active {
+                if state.policy_active() {
                     if let Err(reason) = self.police(state, port, &d, frame, true, now) {
                         Decision::Drop(reason)
                     } else {
@@ -244,6 +239,27 @@ impl Stages {
         Some(decision)
     }
 
+    /// The policy stage over a switched (not routed) `decision` for a frame received on
+    /// `port`, the drop counted.
+    #[cold]
+    #[inline(never)]
+    fn policed_switched<'s>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        decision: Decision<'s>,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
+        match self.police(state, port, &decision, frame, true, now) {
+            Ok(()) => decision,
+            Err(reason) => {
+                self.dropped(port, reason);
+                Decision::Drop(reason)
+            }
+        }
+    }
+
     /// The policy stage over a routed `decision` for a frame received on `port`.
     #[inline(always)]
     fn police_routed<'s>(
@@ -254,7 +270,7 @@ impl Stages {
         frame: &[u8],
         now: Timestamp,
     ) -> Decision<'s> {
-        if !state.policy.active {
+        if !state.policy_active() {
             return decision;
         }
         match self.police(state, port, &decision, frame, false, now) {
@@ -265,8 +281,9 @@ impl Stages {
 
     /// The [`policy`] stage, for a frame from `port` that `decision` sends to one port or
     /// into an IPIP tunnel (a flood is checked member by member at its egress; what the router
-    /// sends later, when it does).
-    #[inline(never)]
+    /// sends later, when it does). Takes the decision's parts by value, in registers: a
+    /// decision passed by reference would have to live in memory on the hot path too.
+    #[inline(always)]
     fn police(
         &mut self,
         state: &ForwardingState,
@@ -276,15 +293,30 @@ impl Stages {
         bridged: bool,
         now: Timestamp,
     ) -> Result<(), DropReason> {
-        let (to, inner_offset) = match decision {
+        let (to, inner_offset) = match *decision {
             Decision::Forward(Egress {
                 targets: Targets::One(m),
                 inner_offset,
                 ..
-            }) => (Some(m.port), *inner_offset),
+            }) => (Some(m.port), inner_offset),
             Decision::Tunnel(t) if t.start >= 2 => (None, t.start - 2),
             _ => return Ok(()),
         };
+        self.police_path(state, port, to, inner_offset, frame, bridged, now)
+    }
+
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn police_path(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        to: Option<PortId>,
+        inner_offset: usize,
+        frame: &[u8],
+        bridged: bool,
+        now: Timestamp,
+    ) -> Result<(), DropReason> {
         if !policy::applies(state, Some(port), to) {
             return Ok(());
         }
@@ -356,24 +388,40 @@ impl Pipeline {
         now: Timestamp,
         out: &mut O,
     ) {
-        if let Some(police) = state.rate_limits(port).and_then(|r| r.police.as_ref()) {
-            let bytes = if meta.offload.is_pending() {
-                meta.offload.wire_bytes(frame)
-            } else {
-                frame.len()
-            };
-            if police.take(bytes as u64, now, None) != Conform::Now {
-                if meta.offload.gso_size.is_some() && meta.is_plain_but_pending() {
-                    // A super-frame over the rate: its segments are policed one by one, as
-                    // they would be on the wire (a whole super-frame dropped at once is
-                    // dozens of packets lost together, which TCP recovers from badly).
-                    self.receive_policed(state, port, frame, meta, police, now, out);
-                } else {
-                    self.policed(port, frame.len());
-                }
-                return;
-            }
+        if state.rate_active() {
+            self.receive_limited(state, port, frame, meta, now, out);
+        } else {
+            self.receive_unlimited(state, port, frame, meta, now, out);
         }
+    }
+
+    /// [`receive`](Self::receive) on a switch where some port has rate limits.
+    #[inline(never)]
+    fn receive_limited<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        now: Timestamp,
+        out: &mut O,
+    ) {
+        if !self.policed_away(state, port, frame, meta, now, out) {
+            self.receive_unlimited(state, port, frame, meta, now, out);
+        }
+    }
+
+    /// [`receive`](Self::receive) past the policing.
+    #[inline(always)]
+    fn receive_unlimited<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        now: Timestamp,
+        out: &mut O,
+    ) {
         if !self.taps.is_empty() {
             self.receive_tapped(state, port, frame, meta, now, out);
         } else if meta.is_plain() {
@@ -383,6 +431,40 @@ impl Pipeline {
         } else {
             self.receive_frame(state, port, frame, meta, now, out);
         }
+    }
+
+    /// Policing of a frame received on `port`: true when it is dropped (or, a super-frame over
+    /// the rate, handled segment by segment).
+    #[inline(never)]
+    fn policed_away<O: Output>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        frame: &mut [u8],
+        meta: &RxMeta,
+        now: Timestamp,
+        out: &mut O,
+    ) -> bool {
+        let Some(police) = state.rate_limits(port).and_then(|r| r.police.as_ref()) else {
+            return false;
+        };
+        let bytes = if meta.offload.is_pending() {
+            meta.offload.wire_bytes(frame)
+        } else {
+            frame.len()
+        };
+        if police.take(bytes as u64, now, None) == Conform::Now {
+            return false;
+        }
+        if meta.offload.gso_size.is_some() && meta.is_plain_but_pending() {
+            // A super-frame over the rate: its segments are policed one by one, as they would
+            // be on the wire (a whole super-frame dropped at once is dozens of packets lost
+            // together, which TCP recovers from badly).
+            self.receive_policed(state, port, frame, meta, police, now, out);
+        } else {
+            self.policed(port, frame.len());
+        }
+        true
     }
 
     /// A super-frame over `port`'s policing rate: cut into its segments, each policed; those
@@ -724,7 +806,7 @@ impl Pipeline {
         } = &mut self.stages;
         bridge.age(cx, state, now);
         router.with(cx).tick(state, now);
-        if state.policy.active || !cx.shared.policy6().is_empty() {
+        if state.policy_active() || !cx.shared.policy6().is_empty() {
             cx.shared.policy6().expire(now.millis());
         }
     }

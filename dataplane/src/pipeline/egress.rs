@@ -186,7 +186,7 @@ fn send_generated_slow<O: Output>(
         match &generated {
             Generated::Frame { vlan, bytes } => {
                 let egress = super::router::router_egress(&st.cx.shared, state, *vlan, bytes, now);
-                if let (true, Targets::One(m)) = (state.policy.active, egress.targets) {
+                if let (true, Targets::One(m)) = (state.policy_active(), egress.targets) {
                     // A routed packet released by its next hop's answer: the receiver's side
                     // (for a frame the router made itself, from its own address: allowed).
                     let path = policy::Path::released(m.port);
@@ -267,7 +267,43 @@ fn send_member<O: Output>(
     pending: Option<&Offload>,
     now: Timestamp,
 ) {
-    if state.policy.active && flood_denied(st, state, egress, member, frame, now) {
+    if state.checks == 0 {
+        send_member_as::<O, false>(st, out, state, egress, member, frame, pending, now);
+    } else {
+        send_member_checked(st, out, state, egress, member, frame, pending, now);
+    }
+}
+
+/// [`send_member`] with policy and rate limits in force somewhere in the switch.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn send_member_checked<O: Output>(
+    st: &mut Stages,
+    out: &mut O,
+    state: &ForwardingState,
+    egress: &Egress<'_>,
+    member: VlanMember,
+    frame: &[u8],
+    pending: Option<&Offload>,
+    now: Timestamp,
+) {
+    send_member_as::<O, true>(st, out, state, egress, member, frame, pending, now);
+}
+
+/// [`send_member`], compiled with (`CHECKS`) or without the policy and shaping checks.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn send_member_as<O: Output, const CHECKS: bool>(
+    st: &mut Stages,
+    out: &mut O,
+    state: &ForwardingState,
+    egress: &Egress<'_>,
+    member: VlanMember,
+    frame: &[u8],
+    pending: Option<&Offload>,
+    now: Timestamp,
+) {
+    if CHECKS && state.policy_active() && flood_denied(st, state, egress, member, frame, now) {
         return;
     }
     let out_frame = egress.frame_for(member, frame);
@@ -294,13 +330,15 @@ fn send_member<O: Output>(
         return;
     }
     let vnet = pending.map(|o| o.header_moved(delta));
-    if let Some(shaper) = state
-        .rate_limits(member.port)
-        .and_then(|r| r.shape.as_ref())
-    {
-        let bytes = pending.map_or(out_frame.len(), |o| o.wire_bytes(frame));
-        if shaped(st, member.port, shaper, bytes, &out_frame, vnet, now) {
-            return;
+    if CHECKS && state.rate_active() {
+        if let Some(shaper) = state
+            .rate_limits(member.port)
+            .and_then(|r| r.shape.as_ref())
+        {
+            let bytes = pending.map_or(out_frame.len(), |o| o.wire_bytes(frame));
+            if shaped(st, member.port, shaper, bytes, &out_frame, vnet, now) {
+                return;
+            }
         }
     }
     let sent = out.send(Transmit::Device {

@@ -186,6 +186,11 @@ pub struct VlanMember {
     pub tagged: bool,
 }
 
+/// [`ForwardingState::checks`]: some port has network policy.
+pub const CHECK_POLICY: u8 = 1;
+/// [`ForwardingState::checks`]: some port has rate limits.
+pub const CHECK_RATE: u8 = 2;
+
 /// Immutable forwarding state, compiled by control.
 #[derive(Debug, Clone)]
 pub struct ForwardingState {
@@ -215,15 +220,19 @@ pub struct ForwardingState {
     /// Source NAT rules, port forwards and Services.
     pub nat: NatRules,
     /// Network policy: the classifiers of each port (shared between publications that do
-    /// not change them).
+    /// not change them). Set with [`set_policy`](Self::set_policy).
     pub policy: Arc<PolicyTable>,
+    /// Which optional checks some port has ([`CHECK_POLICY`], [`CHECK_RATE`]): one byte the
+    /// hot path reads, so that a switch without them pays one test per frame.
+    pub checks: u8,
     /// Indexed by [`PortId`]: the port security of ports that have it.
     pub security: Vec<Option<PortSecurity>>,
     /// Indexed by [`PortId`]: the storm control of ports that have it (its limits' state is
     /// shared with the states published before and after).
     pub storm: Vec<Option<Arc<StormControl>>>,
     /// Indexed by [`PortId`]: the rate limits of ports that have them (their buckets' state
-    /// is shared with the states published before and after).
+    /// is shared with the states published before and after); empty when no port has any.
+    /// Set with [`set_rate_limits`](Self::set_rate_limits).
     pub rate: Vec<Option<Arc<RateLimits>>>,
 }
 
@@ -243,6 +252,7 @@ impl Default for ForwardingState {
             routing: Arc::new(RoutingState::default()),
             nat: NatRules::default(),
             policy: Arc::default(),
+            checks: 0,
             security: Vec::new(),
             storm: Vec::new(),
             rate: Vec::new(),
@@ -306,6 +316,35 @@ impl ForwardingState {
     #[inline]
     pub fn storm_control(&self, id: PortId) -> Option<&StormControl> {
         self.storm.get(id.index()).and_then(Option::as_deref)
+    }
+
+    /// Publishes network policy.
+    pub fn set_policy(&mut self, table: Arc<PolicyTable>) {
+        self.checks = (self.checks & !CHECK_POLICY) | if table.active { CHECK_POLICY } else { 0 };
+        self.policy = table;
+    }
+
+    /// Whether some port has network policy.
+    #[inline(always)]
+    pub fn policy_active(&self) -> bool {
+        self.checks & CHECK_POLICY != 0
+    }
+
+    /// Whether some port has rate limits.
+    #[inline(always)]
+    pub fn rate_active(&self) -> bool {
+        self.checks & CHECK_RATE != 0
+    }
+
+    /// Sets the ports' rate limits (by port id); none at all leaves the list empty.
+    pub fn set_rate_limits(&mut self, rate: Vec<Option<Arc<RateLimits>>>) {
+        self.rate = if rate.iter().any(Option::is_some) {
+            rate
+        } else {
+            Vec::new()
+        };
+        self.checks =
+            (self.checks & !CHECK_RATE) | if self.rate.is_empty() { 0 } else { CHECK_RATE };
     }
 
     /// The rate limits of `id`, if it has any.
