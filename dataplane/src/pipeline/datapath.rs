@@ -160,12 +160,11 @@ impl Stages {
             }
             Ok(Switched::Done(decision)) => return decision,
             Ok(Switched::Route { vlan, inner_offset }) => {
-                self.router.in_port = Some(port);
+                self.router.in_port = state.policy_active().then_some(port);
                 let d =
                     self.router
                         .with(&mut self.cx)
                         .route_in(state, vlan, inner_offset, frame, now);
-                self.router.in_port = None;
                 self.police_routed(state, port, d, frame, now)
             }
             Err(reason) => Decision::Drop(reason),
@@ -273,6 +272,19 @@ impl Stages {
         if !state.policy_active() {
             return decision;
         }
+        self.policed_routed(state, port, decision, frame, now)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn policed_routed<'s>(
+        &mut self,
+        state: &ForwardingState,
+        port: PortId,
+        decision: Decision<'s>,
+        frame: &[u8],
+        now: Timestamp,
+    ) -> Decision<'s> {
         match self.police(state, port, &decision, frame, false, now) {
             Ok(()) => decision,
             Err(reason) => Decision::Drop(reason),
@@ -806,7 +818,9 @@ impl Pipeline {
         } = &mut self.stages;
         bridge.age(cx, state, now);
         router.with(cx).tick(state, now);
-        if state.policy_active() || !cx.shared.policy6().is_empty() {
+        // (Flows left when the last policy went are looked at by no one and go when policy
+        // is back.)
+        if state.policy_active() {
             cx.shared.policy6().expire(now.millis());
         }
     }
