@@ -252,6 +252,9 @@ fuzz_target!(|data: &[u8]| {
         })
         .collect();
     let mut state = ForwardingState::with_ports(ports);
+    // Small tables: a pipeline is made for every input.
+    state.mac_table_max = 64;
+    state.nat.conntrack_max = 64;
     let mut table = PolicyTable {
         ports: vec![PortPolicy::default(); 3],
         active: true,
