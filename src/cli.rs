@@ -522,6 +522,15 @@ fn policy_request(cmd: PolicyCmd) -> Result<Request, Error> {
     })
 }
 
+/// The strings of a JSON array (none for anything else).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// `policy list`: one line per policy, one per rule.
 pub fn print_policies(data: &Value) {
     let list = match data {
@@ -539,12 +548,7 @@ pub fn print_policies(data: &Value) {
             .flatten()
             .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
             .collect();
-        let ports: Vec<&str> = p["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let ports = strings(&p["ports"]);
         println!(
             "{:<9} {:<24} {:>8}  {:<30} {}",
             s(p, "tier"),
@@ -558,20 +562,11 @@ pub fn print_policies(data: &Value) {
             ports.join(",")
         );
         for r in p["rules"].as_array().into_iter().flatten() {
-            let peers = match r["peers"].as_array() {
-                Some(a) => a
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                None => "all".into(),
+            let peers = match r["peers"].is_array() {
+                true => strings(&r["peers"]).join(","),
+                false => "all".into(),
             };
-            let ports: Vec<&str> = r["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
+            let ports = strings(&r["ports"]);
             println!(
                 "    {}[{}] {:<5} peers {}  ports {}  hits {}",
                 s(r, "direction"),

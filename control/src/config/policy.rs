@@ -24,7 +24,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 pub use tapswitch_dataplane::tables::policy::Tier;
@@ -452,11 +451,6 @@ impl PortConfig {
         };
         Ok(PortMatch { proto, lo, hi })
     }
-}
-
-/// The address blocks of a port's addresses.
-pub fn host_blocks(addresses: &[IpAddr]) -> impl Iterator<Item = Block> + '_ {
-    addresses.iter().map(|a| Block::host(*a))
 }
 
 #[cfg(test)]

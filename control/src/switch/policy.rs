@@ -373,8 +373,6 @@ impl PolicyState {
     }
 
     fn info(&self, p: &Installed) -> PolicyInfo {
-        let ports: Vec<String> = Vec::new();
-        let _ = ports;
         PolicyInfo {
             name: p.spec.name.clone(),
             tier: p.spec.tier.name(),

@@ -156,7 +156,7 @@ impl Stages {
         c.rx_bytes.add(frame.len() as u64);
         let decision = match self.switch_traced(state, port, frame, frame.len(), now) {
             Ok(Switched::Done(decision)) if state.policy_active() => {
-                return self.policed_switched(state, port, decision, frame, now);
+                return self.policy_switched(state, port, decision, frame, now);
             }
             Ok(Switched::Done(decision)) => return decision,
             Ok(Switched::Route { vlan, inner_offset }) => {
@@ -165,7 +165,7 @@ impl Stages {
                     self.router
                         .with(&mut self.cx)
                         .route_in(state, vlan, inner_offset, frame, now);
-                self.police_routed(state, port, d, frame, now)
+                self.policy_routed(state, port, d, frame, now)
             }
             Err(reason) => Decision::Drop(reason),
         };
@@ -195,7 +195,7 @@ impl Stages {
             Ok(Switched::Done(d @ Decision::Drop(_))) => d,
             Ok(Switched::Done(d @ Decision::Forward(_))) => {
                 if state.policy_active() {
-                    if let Err(reason) = self.police(state, port, &d, frame, true, now) {
+                    if let Err(reason) = self.check_policy(state, port, &d, frame, true, now) {
                         Decision::Drop(reason)
                     } else {
                         d
@@ -218,7 +218,7 @@ impl Stages {
                         .route_in(state, vlan, inner_offset, frame, now);
                 self.router.offload = None;
                 self.router.in_port = None;
-                self.police_routed(state, port, d, frame, now)
+                self.policy_routed(state, port, d, frame, now)
             }
             Ok(_) => {
                 // Decided again, frame by frame, once the offloads are done.
@@ -242,7 +242,7 @@ impl Stages {
     /// `port`, the drop counted.
     #[cold]
     #[inline(never)]
-    fn policed_switched<'s>(
+    fn policy_switched<'s>(
         &mut self,
         state: &ForwardingState,
         port: PortId,
@@ -250,7 +250,7 @@ impl Stages {
         frame: &[u8],
         now: Timestamp,
     ) -> Decision<'s> {
-        match self.police(state, port, &decision, frame, true, now) {
+        match self.check_policy(state, port, &decision, frame, true, now) {
             Ok(()) => decision,
             Err(reason) => {
                 self.dropped(port, reason);
@@ -261,7 +261,7 @@ impl Stages {
 
     /// The policy stage over a routed `decision` for a frame received on `port`.
     #[inline(always)]
-    fn police_routed<'s>(
+    fn policy_routed<'s>(
         &mut self,
         state: &ForwardingState,
         port: PortId,
@@ -272,12 +272,12 @@ impl Stages {
         if !state.policy_active() {
             return decision;
         }
-        self.policed_routed(state, port, decision, frame, now)
+        self.policy_routed_slow(state, port, decision, frame, now)
     }
 
     #[cold]
     #[inline(never)]
-    fn policed_routed<'s>(
+    fn policy_routed_slow<'s>(
         &mut self,
         state: &ForwardingState,
         port: PortId,
@@ -285,7 +285,7 @@ impl Stages {
         frame: &[u8],
         now: Timestamp,
     ) -> Decision<'s> {
-        match self.police(state, port, &decision, frame, false, now) {
+        match self.check_policy(state, port, &decision, frame, false, now) {
             Ok(()) => decision,
             Err(reason) => Decision::Drop(reason),
         }
@@ -296,7 +296,7 @@ impl Stages {
     /// sends later, when it does). Takes the decision's parts by value, in registers: a
     /// decision passed by reference would have to live in memory on the hot path too.
     #[inline(always)]
-    fn police(
+    fn check_policy(
         &mut self,
         state: &ForwardingState,
         port: PortId,
@@ -314,12 +314,12 @@ impl Stages {
             Decision::Tunnel(t) if t.start >= 2 => (None, t.start - 2),
             _ => return Ok(()),
         };
-        self.police_path(state, port, to, inner_offset, frame, bridged, now)
+        self.check_policy_on(state, port, to, inner_offset, frame, bridged, now)
     }
 
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
-    fn police_path(
+    fn check_policy_on(
         &mut self,
         state: &ForwardingState,
         port: PortId,
@@ -447,7 +447,7 @@ impl Pipeline {
 
     /// Policing of a frame received on `port`: true when it is dropped (or, a super-frame over
     /// the rate, handled segment by segment).
-    #[inline(never)]
+    #[inline]
     fn policed_away<O: Output>(
         &mut self,
         state: &ForwardingState,

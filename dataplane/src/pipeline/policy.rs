@@ -33,6 +33,7 @@
 use std::net::{IpAddr, Ipv6Addr};
 
 use super::nat::{self as packet_nat, L4};
+use super::security::{upper, Upper};
 use super::shared::SharedTables;
 use super::trace::{record, Stage, Trace};
 use super::{DropReason, ForwardingState};
@@ -391,30 +392,12 @@ fn parse_v6(ip: &[u8]) -> Option<Packet> {
     }
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).ok()?);
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[24..40]).ok()?);
-    let mut next = ip[6];
-    let mut at = 40;
-    let mut later_fragment = false;
-    // Hop-by-hop, routing, fragment and destination options; a bounded walk.
-    for _ in 0..8 {
-        match next {
-            0 | 43 | 60 => {
-                let len = (usize::from(*ip.get(at + 1)?) + 1) * 8;
-                next = ip[at];
-                at += len;
-            }
-            44 => {
-                let offset = get16(ip, at + 2)? >> 3;
-                later_fragment = offset != 0;
-                next = *ip.get(at)?;
-                at += 8;
-                if later_fragment {
-                    break;
-                }
-            }
-            _ => break,
-        }
-    }
-    let l4 = ip.get(at..).unwrap_or_default();
+    let (next, l4, later_fragment) = match upper(ip[6], &ip[40..]) {
+        Upper::Found(proto, rest) => (proto, rest, false),
+        Upper::LaterFragment(proto) => (proto, &[][..], true),
+        // Cut short, or hidden behind more extension headers than are walked.
+        Upper::Unknown => return None,
+    };
     let mut p = Packet {
         src: src.into(),
         dst: dst.into(),

@@ -114,17 +114,6 @@ pub struct RateLimits {
     pub shape: Option<Shaper>,
 }
 
-impl RateLimits {
-    /// Whether a frame of `bytes` received from the port's workload at `now` is within its
-    /// policing rate.
-    #[inline]
-    pub fn police(&self, bytes: usize, now: Timestamp) -> bool {
-        self.police
-            .as_ref()
-            .is_none_or(|b| b.take(bytes as u64, now, None) == Conform::Now)
-    }
-}
-
 /// A frame waiting in a shaping queue: its bytes as sent and its virtio-net header.
 #[derive(Debug)]
 pub struct Waiting {

@@ -120,16 +120,18 @@ fn ipv4(sec: &PortSecurity, mac: EthernetAddress, p: &[u8]) -> Result<(), DropRe
 }
 
 /// What follows an IPv6 header, past its extension headers.
-enum Upper<'a> {
+pub(super) enum Upper<'a> {
     /// The upper-layer protocol and its bytes.
     Found(u8, &'a [u8]),
-    /// A later fragment: no upper-layer header in it.
-    LaterFragment,
+    /// A later fragment of this upper-layer protocol: no upper-layer header in it.
+    LaterFragment(u8),
     /// Cut short, or more extension headers than are walked.
     Unknown,
 }
 
-fn upper(mut next: u8, mut rest: &[u8]) -> Upper<'_> {
+/// Walks the extension headers from `next` (the IPv6 header's next header) over `rest` (what
+/// follows the IPv6 header).
+pub(super) fn upper(mut next: u8, mut rest: &[u8]) -> Upper<'_> {
     for _ in 0..8 {
         match next {
             // Hop-by-hop, routing, destination options: length in 8-byte units past the first 8.
@@ -150,7 +152,7 @@ fn upper(mut next: u8, mut rest: &[u8]) -> Upper<'_> {
                     return Upper::Unknown;
                 };
                 if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    return Upper::LaterFragment;
+                    return Upper::LaterFragment(h[0]);
                 }
                 next = h[0];
                 rest = &rest[8..];
@@ -204,7 +206,7 @@ fn ipv6(sec: &PortSecurity, mac: EthernetAddress, p: &[u8]) -> Result<(), DropRe
                 _ => Ok(()),
             }
         }
-        Upper::Found(..) | Upper::LaterFragment => Ok(()),
+        Upper::Found(..) | Upper::LaterFragment(_) => Ok(()),
         // Hidden behind more headers than are walked: it could be a router advertisement.
         Upper::Unknown if !sec.allow_ra => Err(DropReason::RaGuard),
         Upper::Unknown => Ok(()),

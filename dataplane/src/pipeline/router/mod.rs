@@ -421,7 +421,7 @@ impl L3<'_> {
                 );
                 return Decision::Drop(DropReason::FragNeeded);
             }
-            if let Err(reason) = self.police_sender(state, frame, off, now) {
+            if let Err(reason) = self.check_policy_sender(state, frame, off, now) {
                 return Decision::Drop(reason);
             }
             Ipv4Packet::new_unchecked(&mut frame[l3..l3 + total]).decrement_ttl();
@@ -502,7 +502,7 @@ impl L3<'_> {
                 })
             }
             NeighLookup::Pending { probe } => {
-                if let Err(reason) = self.police_sender(state, frame, off, now) {
+                if let Err(reason) = self.check_policy_sender(state, frame, off, now) {
                     return Decision::Drop(reason);
                 }
                 if probe {
@@ -568,7 +568,7 @@ impl L3<'_> {
     /// The sender's side of the policy stage for a routed packet (its EtherType at
     /// `frame[off..]`) that leaves later than now: the receiver's side is checked when it
     /// does.
-    fn police_sender(
+    fn check_policy_sender(
         &mut self,
         state: &ForwardingState,
         frame: &[u8],
