@@ -238,6 +238,7 @@ fn routing_state() -> RoutingState {
         mtu: 1500,
         v4: vec![(addr, len)],
         v6: vec![],
+        dhcp: None,
     };
     let interfaces = vec![iface(10, R10, GW10, 16), iface(100, R100, GW100, 24)];
     let routes = vec![Route {

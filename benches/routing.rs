@@ -243,6 +243,7 @@ fn routing_state(forward_routes: usize, ipip_nodes: usize) -> RoutingState {
         mtu: 1500,
         v4: vec![(addr, len)],
         v6: vec![],
+        dhcp: None,
     };
     let interfaces = vec![
         iface(10, R10, GW10, 16),

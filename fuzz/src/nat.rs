@@ -93,6 +93,7 @@ pub fn routing() -> RoutingState {
         mtu,
         v4,
         v6: vec![],
+        dhcp: None,
     };
     let interfaces = vec![
         iface(

@@ -70,6 +70,7 @@ pub fn routing() -> RoutingState {
             mtu: 1500,
             v4: vec![v4([10, 42, 0, 1], 24), v4([10, 42, 10, 1], 24)],
             v6: vec![v6("fd42::1", 64)],
+            dhcp: None,
         },
         Interface {
             vlan: vlan(20),
@@ -77,6 +78,7 @@ pub fn routing() -> RoutingState {
             mtu: 1280,
             v4: vec![v4([10, 42, 1, 1], 24)],
             v6: vec![v6("fd42:1::1", 64)],
+            dhcp: None,
         },
         Interface {
             vlan: vlan(100),
@@ -84,6 +86,7 @@ pub fn routing() -> RoutingState {
             mtu: 1500,
             v4: vec![v4([10, 200, 0, 1], 24)],
             v6: vec![],
+            dhcp: None,
         },
     ];
     let route = |prefix: IpAddr, len, next_hop| Route {

@@ -222,6 +222,7 @@ impl InterfaceConfig {
             mtu: mtu.min(u32::from(u16::MAX)) as u16,
             v4,
             v6,
+            dhcp: None,
         })
     }
 }

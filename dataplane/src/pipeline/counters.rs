@@ -105,6 +105,12 @@ pub struct InterfaceCounters {
     pub neigh_probes: Counter,
     /// ICMP echo requests to the router's addresses answered.
     pub echo_replies: Counter,
+    /// DHCP offers, acks and naks sent; declines received (a client found its address in
+    /// use).
+    pub dhcp_offers: Counter,
+    pub dhcp_acks: Counter,
+    pub dhcp_naks: Counter,
+    pub dhcp_declines: Counter,
     /// ICMP errors sent: time exceeded, unreachable, fragmentation needed / packet too big.
     pub icmp_errors: Counter,
     /// ICMP errors not sent because of the rate limit.

@@ -167,6 +167,11 @@ impl Stages {
                         .route_in(state, vlan, inner_offset, frame, now);
                 self.policy_routed(state, port, d, frame, now)
             }
+            Ok(Switched::Dhcp { vlan, inner_offset }) => {
+                self.router
+                    .with(&mut self.cx)
+                    .dhcp_in(state, port, vlan, inner_offset, frame, now)
+            }
             Err(reason) => Decision::Drop(reason),
         };
         if let Decision::Drop(reason) = decision {

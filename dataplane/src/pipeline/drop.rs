@@ -103,10 +103,17 @@ pub enum DropReason {
     /// Rate limits: over a port's policing rate (what its workload sends), or over its
     /// shaping rate with its queue full (what it receives).
     RateLimited,
+    /// DHCP: a request on a VLAN whose interface serves DHCP, from a port with no address
+    /// on the interface's subnets to hand out (an uplink, a VXLAN port, a workload without
+    /// `addresses`).
+    DhcpNoAddress,
+    /// DHCP: a request to the interface's server that is not a readable DHCP client message
+    /// (short, not BOOTP over Ethernet, no message type, a server's message type, relayed).
+    DhcpMalformed,
 }
 
 impl DropReason {
-    pub const COUNT: usize = 42;
+    pub const COUNT: usize = 44;
 
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::Runt,
@@ -151,6 +158,8 @@ impl DropReason {
         DropReason::Storm,
         DropReason::PolicyDenied,
         DropReason::RateLimited,
+        DropReason::DhcpNoAddress,
+        DropReason::DhcpMalformed,
     ];
 
     /// The name used in `stats` output.
@@ -198,6 +207,8 @@ impl DropReason {
             DropReason::Storm => "storm",
             DropReason::PolicyDenied => "policy_denied",
             DropReason::RateLimited => "rate_limited",
+            DropReason::DhcpNoAddress => "dhcp_no_address",
+            DropReason::DhcpMalformed => "dhcp_malformed",
         }
     }
 
@@ -214,9 +225,8 @@ impl DropReason {
             | SpoofedArp | SpoofedNd | RaGuard | DhcpGuard => Stage::Ingress,
             LinkLocal | SamePort | Storm => Stage::L2,
             IpHeaderBad | Martian | TtlExceeded | NoRoute | FragNeeded | NeighbourFailed
-            | NeighbourQueueFull | NeighbourTableFull | LocalUnsupported | L3Unsupported => {
-                Stage::L3
-            }
+            | NeighbourQueueFull | NeighbourTableFull | LocalUnsupported | L3Unsupported
+            | DhcpNoAddress | DhcpMalformed => Stage::L3,
             ConntrackInvalid | ConntrackFull | ServiceNoBackend | NatNoPort | NatMalformed
             | NatFragment => Stage::Nat,
             PolicyDenied => Stage::Policy,

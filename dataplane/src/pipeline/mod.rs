@@ -53,7 +53,7 @@ pub use drop::DropReason;
 pub use egress::{Output, Sent, Transmit};
 pub use ingress::Ingress;
 pub use router::{Generated, IpipEgress, Router};
-pub use routing::{Interface, NextHop, Route, RoutingState};
+pub use routing::{DhcpServer, Interface, NextHop, Route, RoutingState};
 pub use shared::{
     ImportCounts, LearnedMac, LearnedNeighbour, LearnedRemote, LearnedState, SavedAffinity,
     SavedConnection, SharedTables,

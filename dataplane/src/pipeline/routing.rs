@@ -21,6 +21,20 @@ pub struct Interface {
     pub v4: Vec<(Ipv4Addr, u8)>,
     /// IPv6 addresses with their prefix lengths, the first one primary.
     pub v6: Vec<(Ipv6Addr, u8)>,
+    /// DHCPv4 served on this VLAN (see [`router::dhcp`](super::router::dhcp)), when on.
+    pub dhcp: Option<DhcpServer>,
+}
+
+/// What the DHCP server of an interface hands out besides the address, prefix, gateway and
+/// MTU it derives from the interface and the port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpServer {
+    /// DNS servers (option 6), at most three.
+    pub dns: Vec<Ipv4Addr>,
+    /// Domain name (option 15).
+    pub domain: Option<String>,
+    /// Lease time in seconds (option 51); renewal (T1) at half, rebinding (T2) at 7/8.
+    pub lease_secs: u32,
 }
 
 impl Interface {

@@ -227,6 +227,9 @@ pub struct ForwardingState {
     pub checks: u8,
     /// Indexed by [`PortId`]: the port security of ports that have it.
     pub security: Vec<Option<PortSecurity>>,
+    /// Indexed by [`PortId`]: the IPv4 addresses of each port's workload (its `addresses`),
+    /// what the DHCP server of an interface hands out ([`router::dhcp`](super::router::dhcp)).
+    pub addresses: Vec<Vec<Ipv4Addr>>,
     /// Indexed by [`PortId`]: the storm control of ports that have it (its limits' state is
     /// shared with the states published before and after).
     pub storm: Vec<Option<Arc<StormControl>>>,
@@ -254,6 +257,7 @@ impl Default for ForwardingState {
             policy: Arc::default(),
             checks: 0,
             security: Vec::new(),
+            addresses: Vec::new(),
             storm: Vec::new(),
             rate: Vec::new(),
         }

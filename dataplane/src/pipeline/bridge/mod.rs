@@ -27,6 +27,11 @@ pub enum Switched<'s> {
         vlan: VlanId,
         inner_offset: usize,
     },
+    /// A DHCP client's message for the DHCP server of `vlan`'s interface.
+    Dhcp {
+        vlan: VlanId,
+        inner_offset: usize,
+    },
 }
 
 /// The L2 stage.
@@ -86,7 +91,14 @@ impl Bridge {
         });
 
         // The router interface of this VLAN, if any, takes what is addressed to it.
-        if router::for_router(&state.routing, vlan, frame, inner_offset) {
+        let claim = router::for_router(&state.routing, vlan, frame, inner_offset);
+        if claim == router::Claim::Dhcp {
+            record_if::<TRACE, _>(&mut cx.trace, Stage::L2, "to_dhcp", move |s| {
+                s.with("vlan", vlan);
+            });
+            return Ok(Switched::Dhcp { vlan, inner_offset });
+        }
+        if claim == router::Claim::Route {
             record_if::<TRACE, _>(&mut cx.trace, Stage::L2, "to_router", move |s| {
                 s.with("vlan", vlan);
                 if let Some(i) = state.routing.interface(vlan) {

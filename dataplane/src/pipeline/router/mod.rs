@@ -26,6 +26,7 @@
 //! The stage's own state is a [`Router`]; it works on a frame as an [`L3`], the router
 //! together with the pipeline's [`Context`] (the shared tables, counters, trace).
 
+pub mod dhcp;
 mod ipip;
 mod local;
 mod nat;
@@ -196,26 +197,49 @@ fn ethertype_name(t: EtherType) -> &'static str {
     }
 }
 
-/// Whether a frame classified into `vlan` is for the router: addressed to the interface's MAC,
-/// or an ARP request / neighbour solicitation for one of its addresses.
+/// What the router claims of a frame classified into a VLAN ([`for_router`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claim {
+    /// Not the router's: switch it.
+    No,
+    /// Addressed to the interface's MAC, or an ARP request / neighbour solicitation for one
+    /// of its addresses: route it.
+    Route,
+    /// A DHCP client's message on a VLAN whose interface serves DHCP: answer it
+    /// ([`dhcp`]).
+    Dhcp,
+}
+
+/// What the router of `vlan` claims of a frame: one addressed to the interface's MAC, an ARP
+/// request / neighbour solicitation for one of its addresses, or a DHCP client's message
+/// (broadcast or to its MAC) when it serves DHCP.
 #[inline]
 pub(super) fn for_router(
     routing: &RoutingState,
     vlan: VlanId,
     frame: &[u8],
     inner_offset: usize,
-) -> bool {
+) -> Claim {
     let Some(iface) = routing.interface(vlan) else {
-        return false;
+        return Claim::No;
     };
     let dst = &frame[..6];
     if dst == iface.mac.as_bytes() {
-        return true;
+        if iface.dhcp.is_some() && dhcp::is_client_message(frame, inner_offset) {
+            return Claim::Dhcp;
+        }
+        return Claim::Route;
     }
     if dst[0] & 1 == 0 {
-        return false;
+        return Claim::No;
     }
-    local::is_resolution_for(iface, frame, inner_offset)
+    if local::is_resolution_for(iface, frame, inner_offset) {
+        Claim::Route
+    } else if iface.dhcp.is_some() && dhcp::is_client_message(frame, inner_offset) {
+        Claim::Dhcp
+    } else {
+        Claim::No
+    }
 }
 
 impl L3<'_> {

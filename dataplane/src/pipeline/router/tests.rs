@@ -1,6 +1,7 @@
 //! Router simulations: frames in, frames out (decisions plus everything the router generated),
 //! on a fake clock.
 
+mod dhcp;
 mod nat;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -49,6 +50,12 @@ fn port(name: &str, v: u16) -> Option<PortState> {
 }
 
 fn routing(vlan20_mtu: u16) -> RoutingState {
+    let (interfaces, routes) = routing_parts(vlan20_mtu);
+    RoutingState::build(interfaces, routes, 1024).unwrap()
+}
+
+/// The interfaces and static routes of [`routing`].
+fn routing_parts(vlan20_mtu: u16) -> (Vec<Interface>, Vec<Route>) {
     let interfaces = vec![
         Interface {
             vlan: vlan(10),
@@ -56,6 +63,7 @@ fn routing(vlan20_mtu: u16) -> RoutingState {
             mtu: 1500,
             v4: vec![(Ipv4Addr::new(10, 42, 0, 1), 24)],
             v6: vec![("fd42::1".parse().unwrap(), 64)],
+            dhcp: None,
         },
         Interface {
             vlan: vlan(20),
@@ -63,6 +71,7 @@ fn routing(vlan20_mtu: u16) -> RoutingState {
             mtu: vlan20_mtu,
             v4: vec![(Ipv4Addr::new(10, 42, 1, 1), 24)],
             v6: vec![("fd42:1::1".parse().unwrap(), 64)],
+            dhcp: None,
         },
         Interface {
             vlan: vlan(100),
@@ -70,6 +79,7 @@ fn routing(vlan20_mtu: u16) -> RoutingState {
             mtu: 1500,
             v4: vec![(Ipv4Addr::new(10, 200, 0, 1), 24)],
             v6: vec![],
+            dhcp: None,
         },
     ];
     let routes = vec![
@@ -100,7 +110,7 @@ fn routing(vlan20_mtu: u16) -> RoutingState {
             connected: false,
         },
     ];
-    RoutingState::build(interfaces, routes, 1024).unwrap()
+    (interfaces, routes)
 }
 
 /// What one frame caused: the decision's own output plus generated frames, as (port, bytes),
@@ -780,6 +790,7 @@ fn static_neighbours_resolve_onlink_next_hops_without_probes() {
         mtu: 1450,
         v4: vec![(Ipv4Addr::new(10, 42, 0, 0), 32)],
         v6: vec![],
+        dhcp: None,
     });
     let mut routes: Vec<Route> = r.routes.iter().filter(|r| !r.connected).cloned().collect();
     let gw = Ipv4Addr::new(10, 42, 7, 0);
