@@ -358,6 +358,19 @@ pub enum InterfaceCmd {
         /// Largest IP packet routed out of it; default 1500.
         #[arg(long)]
         mtu: Option<u32>,
+        /// Do not answer DHCP on this VLAN (on by default when the interface has an IPv4
+        /// address): leave it to a DHCP server of the VLAN's own.
+        #[arg(long)]
+        no_dhcp: bool,
+        /// DHCP: DNS servers to hand out, comma separated (IPv4, at most 3).
+        #[arg(long, value_delimiter = ',')]
+        dns: Vec<String>,
+        /// DHCP: the domain name to hand out.
+        #[arg(long)]
+        domain: Option<String>,
+        /// DHCP: the lease time in seconds; default 86400.
+        #[arg(long)]
+        lease_secs: Option<u32>,
     },
     /// Remove the interface of a VLAN.
     Del { vlan: u16 },
@@ -1044,12 +1057,20 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
             addresses,
             mac,
             mtu,
+            no_dhcp,
+            dns,
+            domain,
+            lease_secs,
         }) => {
             let interface = InterfaceConfig {
                 vlan,
                 address: Addresses::Many(addresses),
                 mac,
                 mtu,
+                dhcp: no_dhcp.then_some(false),
+                dns,
+                domain,
+                lease_secs,
                 owner: None,
             };
             api::call(socket, &Request::InterfaceAdd { interface })?;
@@ -1618,6 +1639,21 @@ pub fn print_interfaces(data: &Value) {
             s(&i["stats"], "tx_packets"),
             s(i, "addresses").replace('"', "")
         );
+        let d = &i["dhcp"];
+        if !d.is_null() {
+            let st = &i["stats"];
+            println!(
+                "{:>5} dhcp: dns [{}] domain {} lease {} s; offers {} acks {} naks {} declines {}",
+                "",
+                strings(&d["dns"]).join(", "),
+                d["domain"].as_str().unwrap_or("-"),
+                s(d, "lease_secs"),
+                s(st, "dhcp_offers"),
+                s(st, "dhcp_acks"),
+                s(st, "dhcp_naks"),
+                s(st, "dhcp_declines"),
+            );
+        }
         println!("{:>5} drops: {}", "", drops_of(&i["stats"]));
     }
 }

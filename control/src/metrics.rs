@@ -348,6 +348,22 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
         "Packets routed out of an interface",
         per_iface("tx_packets"),
     );
+    let dhcp = ifaces
+        .iter()
+        .flat_map(|i| {
+            ["offer", "ack", "nak", "decline"].map(|m| {
+                (
+                    vec![label("vlan", &i["vlan"]), label("message", m)],
+                    u(&i[format!("dhcp_{m}s").as_str()]),
+                )
+            })
+        })
+        .collect();
+    s.counter(
+        "tapswitch_interface_dhcp_messages",
+        "DHCP messages of an interface's server: offers, acks and naks sent, declines received",
+        dhcp,
+    );
     for tunnel in ["vxlan", "ipip"] {
         let t = &stats[tunnel];
         s.counter(

@@ -792,6 +792,21 @@ impl Switch {
                 Some(port_security(spec, d.mac()))
             })
             .collect();
+        forwarding.addresses = self
+            .ports
+            .iter()
+            .map(|p| {
+                let Some(p) = p else { return Vec::new() };
+                p.spec
+                    .addresses
+                    .iter()
+                    .filter_map(|a| match a {
+                        std::net::IpAddr::V4(a) => Some(*a),
+                        std::net::IpAddr::V6(_) => None,
+                    })
+                    .collect()
+            })
+            .collect();
         let mut storm = HashMap::new();
         forwarding.storm = self
             .ports

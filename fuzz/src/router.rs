@@ -284,41 +284,54 @@ pub fn check(
 /// Takes every generated frame, checks it and recycles it, as the worker sends them.
 pub fn drain(state: &ForwardingState, pipeline: &mut Pipeline, now: Timestamp) {
     while let Some(g) = pipeline.take_generated() {
-        match &g {
-            Generated::Frame { vlan, bytes } => {
-                let eth =
-                    EthernetFrame::new_checked(&bytes[..]).expect("a generated frame is Ethernet");
-                let iface = state
-                    .routing
-                    .interface(*vlan)
-                    .expect("generated into a routed VLAN");
-                assert_eq!(eth.src_addr(), iface.mac, "sent from the interface's MAC");
-                let egress = pipeline.router_egress(state, *vlan, bytes, now);
-                for member in egress.ports() {
-                    let p = state.port(member.port).expect("egress to a real port");
-                    assert!(
-                        p.mode.is_member(*vlan),
-                        "generated frames stay in their VLAN"
-                    );
-                    let out = egress.frame_for(member, bytes).to_vec();
-                    assert!(EthernetFrame::new_checked(&out[..]).is_ok());
-                }
-            }
-            Generated::Ipip {
-                remote,
-                outer,
-                bytes,
-                start,
-            } => {
-                assert!(PEERS.contains(remote));
-                let inner = bytes.get(*start..).expect("start within the buffer");
-                // No MTU check here: what the router originates itself (echo replies, ICMP
-                // errors) is sent into a tunnel whatever the route's MTU; only forwarded
-                // packets are held to it (fragmented, or refused with DF).
-                check_outer(outer, inner.len());
+        check_generated(state, pipeline, &g, now);
+        pipeline.recycle(g);
+    }
+}
+
+/// The checks on one generated frame or packet: from the interface's MAC, staying in its
+/// VLAN, well-formed; an IPIP packet's outer header.
+pub fn check_generated(
+    state: &ForwardingState,
+    pipeline: &Pipeline,
+    g: &Generated,
+    now: Timestamp,
+) {
+    match g {
+        Generated::Frame { vlan, bytes } | Generated::Reply { vlan, bytes, .. } => {
+            let eth =
+                EthernetFrame::new_checked(&bytes[..]).expect("a generated frame is Ethernet");
+            let iface = state
+                .routing
+                .interface(*vlan)
+                .expect("generated into a routed VLAN");
+            assert_eq!(eth.src_addr(), iface.mac, "sent from the interface's MAC");
+            let egress = pipeline
+                .generated_egress(state, g, now)
+                .expect("a frame has an egress");
+            for member in egress.ports() {
+                let p = state.port(member.port).expect("egress to a real port");
+                assert!(
+                    p.mode.is_member(*vlan),
+                    "generated frames stay in their VLAN"
+                );
+                let out = egress.frame_for(member, bytes).to_vec();
+                assert!(EthernetFrame::new_checked(&out[..]).is_ok());
             }
         }
-        pipeline.recycle(g);
+        Generated::Ipip {
+            remote,
+            outer,
+            bytes,
+            start,
+        } => {
+            assert!(PEERS.contains(remote));
+            let inner = bytes.get(*start..).expect("start within the buffer");
+            // No MTU check here: what the router originates itself (echo replies, ICMP
+            // errors) is sent into a tunnel whatever the route's MTU; only forwarded
+            // packets are held to it (fragmented, or refused with DF).
+            check_outer(outer, inner.len());
+        }
     }
 }
 

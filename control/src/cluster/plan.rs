@@ -77,7 +77,9 @@ impl Local {
                     address: Addresses::One(format!("{}/32", self.subnet.addr)),
                     mac: Some(self.vtep_mac.to_string()),
                     mtu: Some(self.network.backend.pod_mtu()),
-                    owner: None,
+                    // The VTEP's /32 has no clients.
+                    dhcp: Some(false),
+                    ..Default::default()
                 },
             });
             out.push(Request::VxlanAdd {

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 use tapswitch_dataplane::pipeline::routing::{mask_v4, mask_v6, same_subnet_v4, same_subnet_v6};
-use tapswitch_dataplane::pipeline::{Interface, NextHop};
+use tapswitch_dataplane::pipeline::{DhcpServer, Interface, NextHop};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
 
 use super::{parse_mac, parse_vlan, ConfigError, MTU_MAX, MTU_MIN};
@@ -48,6 +48,20 @@ pub struct InterfaceConfig {
     /// Largest IP packet routed out of this interface; default 1500.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// Answer the VLAN's DHCP clients: each port gets its own address (`addresses`) on the
+    /// interface's subnets, with the interface as gateway. Default: on when the interface
+    /// has an IPv4 address. Off leaves DHCP to the VLAN (a server of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<bool>,
+    /// DHCP: the DNS servers handed out (IPv4, at most 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// DHCP: the domain name handed out (option 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// DHCP: the lease time in seconds; default 86400 (a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_secs: Option<u32>,
     /// The agent that manages this entry (`"cluster"`), set by the switch for the entries a
     /// `batch` with an `owner` adds. Such entries are not saved in the state directory (their
     /// agent restores them), are left out of `tapswitch config`, and only their agent may
@@ -216,16 +230,112 @@ impl InterfaceConfig {
             Some(m) => parse_mac(&f("mac"), m)?,
             None => derived_mac(vlan, first),
         };
+        let dhcp = self.dhcp_server(&f, !v4.is_empty())?;
         Ok(Interface {
             vlan,
             mac,
             mtu: mtu.min(u32::from(u16::MAX)) as u16,
             v4,
             v6,
-            dhcp: None,
+            dhcp,
         })
     }
+
+    /// The interface's DHCP server, when on; `has_v4`: it has an IPv4 address.
+    fn dhcp_server(
+        &self,
+        f: &dyn Fn(&str) -> String,
+        has_v4: bool,
+    ) -> Result<Option<DhcpServer>, ConfigError> {
+        let on = match self.dhcp {
+            Some(true) if !has_v4 => {
+                return Err(ConfigError::new(
+                    f("dhcp"),
+                    "needs an IPv4 address on the interface",
+                ))
+            }
+            Some(on) => on,
+            None => has_v4,
+        };
+        let settings = if !self.dns.is_empty() {
+            Some("dns")
+        } else if self.domain.is_some() {
+            Some("domain")
+        } else if self.lease_secs.is_some() {
+            Some("lease_secs")
+        } else {
+            None
+        };
+        if !on {
+            if let Some(key) = settings {
+                return Err(ConfigError::new(
+                    f(key),
+                    "is a DHCP setting, and the interface does not serve DHCP",
+                ));
+            }
+            return Ok(None);
+        }
+        if self.dns.len() > DHCP_DNS_MAX {
+            return Err(ConfigError::new(
+                f("dns"),
+                format!(
+                    "lists {} servers; DHCP hands out at most {DHCP_DNS_MAX}",
+                    self.dns.len()
+                ),
+            ));
+        }
+        let mut dns = Vec::new();
+        for d in &self.dns {
+            match d.parse::<Ipv4Addr>() {
+                Ok(a) if !unusable(IpAddr::V4(a)) => dns.push(a),
+                _ => {
+                    return Err(ConfigError::new(
+                        f("dns"),
+                        format!("{d:?} is not a usable IPv4 address"),
+                    ))
+                }
+            }
+        }
+        if let Some(d) = &self.domain {
+            let label_ok = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            if d.len() > 253 || !d.trim_end_matches('.').split('.').all(label_ok) {
+                return Err(ConfigError::new(
+                    f("domain"),
+                    format!("{d:?} is not a domain name"),
+                ));
+            }
+        }
+        let lease_secs = self.lease_secs.unwrap_or(DHCP_LEASE_DEFAULT);
+        if !(DHCP_LEASE_MIN..=DHCP_LEASE_MAX).contains(&lease_secs) {
+            return Err(ConfigError::new(
+                f("lease_secs"),
+                format!("{lease_secs} is out of range ({DHCP_LEASE_MIN}..={DHCP_LEASE_MAX})"),
+            ));
+        }
+        Ok(Some(DhcpServer {
+            dns,
+            domain: self
+                .domain
+                .as_ref()
+                .map(|d| d.trim_end_matches('.').to_string()),
+            lease_secs,
+        }))
+    }
 }
+
+/// Default of `[[interface]] lease_secs`: a day.
+pub const DHCP_LEASE_DEFAULT: u32 = 86_400;
+const DHCP_LEASE_MIN: u32 = 60;
+/// A year: longer is as good as forever.
+const DHCP_LEASE_MAX: u32 = 31_536_000;
+/// DNS servers a DHCP reply carries at most.
+const DHCP_DNS_MAX: usize = 3;
 
 /// Whether `prefix/len` is the subnet of one of `iface`'s addresses.
 pub(super) fn is_connected(iface: &Interface, prefix: IpAddr, len: u8) -> bool {
@@ -435,6 +545,7 @@ impl RouteConfig {
 #[cfg(test)]
 mod tests {
     use super::super::Config;
+    use super::*;
 
     /// The issue's example, with the interfaces its gateways need.
     const EXAMPLE: &str = r#"
@@ -482,6 +593,34 @@ unreachable = true
         // Round trip through TOML.
         let again = Config::from_toml(&Config::from_toml(EXAMPLE).unwrap().to_toml()).unwrap();
         assert_eq!(again, Config::from_toml(EXAMPLE).unwrap());
+    }
+
+    #[test]
+    fn dhcp_is_on_where_there_is_ipv4() {
+        let text = format!(
+            "{EXAMPLE}[[interface]]\nvlan = 11\naddress = \"fd11::1/64\"\n\
+             [[interface]]\nvlan = 12\naddress = \"10.12.0.1/24\"\ndhcp = false\n\
+             [[interface]]\nvlan = 13\naddress = \"10.13.0.1/24\"\ndns = [\"10.13.0.53\"]\n\
+             domain = \"pods.example.\"\nlease_secs = 600\n"
+        );
+        let v = Config::from_toml(&text).unwrap().validate().unwrap();
+        let dhcp: Vec<_> = v.interfaces.iter().map(|i| i.dhcp.clone()).collect();
+        let default = DhcpServer {
+            dns: vec![],
+            domain: None,
+            lease_secs: DHCP_LEASE_DEFAULT,
+        };
+        assert_eq!(dhcp[0], Some(default.clone()));
+        assert_eq!(dhcp[1], Some(default));
+        assert_eq!((&dhcp[2], &dhcp[3]), (&None, &None));
+        assert_eq!(
+            dhcp[4],
+            Some(DhcpServer {
+                dns: vec![Ipv4Addr::new(10, 13, 0, 53)],
+                domain: Some("pods.example".into()),
+                lease_secs: 600,
+            })
+        );
     }
 
     #[test]
@@ -546,6 +685,30 @@ unreachable = true
             (
                 "[[interface]]\nvlan = 4095\naddress = \"10.43.0.1/24\"\n",
                 "interface[2] (vlan 4095).vlan",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"fd11::1/64\"\ndhcp = true\n",
+                "interface[2] (vlan 11).dhcp: needs an IPv4 address on the interface",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"10.43.0.1/24\"\ndhcp = false\ndns = [\"10.43.0.53\"]\n",
+                "interface[2] (vlan 11).dns: is a DHCP setting, and the interface does not serve DHCP",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"10.43.0.1/24\"\ndns = [\"1.1.1.1\", \"1.0.0.1\", \"8.8.8.8\", \"9.9.9.9\"]\n",
+                "interface[2] (vlan 11).dns: lists 4 servers; DHCP hands out at most 3",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"10.43.0.1/24\"\ndns = [\"fd00::53\"]\n",
+                "interface[2] (vlan 11).dns: \"fd00::53\" is not a usable IPv4 address",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"10.43.0.1/24\"\ndomain = \"bad domain\"\n",
+                "interface[2] (vlan 11).domain: \"bad domain\" is not a domain name",
+            ),
+            (
+                "[[interface]]\nvlan = 11\naddress = \"10.43.0.1/24\"\nlease_secs = 5\n",
+                "interface[2] (vlan 11).lease_secs: 5 is out of range (60..=31536000)",
             ),
         ] {
             let e = err(extra);

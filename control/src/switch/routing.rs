@@ -16,7 +16,19 @@ pub struct InterfaceInfo {
     pub mac: String,
     pub mtu: u16,
     pub addresses: Vec<String>,
+    /// The DHCP server, when the interface answers DHCP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<DhcpInfo>,
     pub stats: InterfaceStats,
+}
+
+/// What an interface's DHCP server hands out besides each port's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DhcpInfo {
+    pub dns: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    pub lease_secs: u32,
 }
 
 /// Counters of one router interface, summed over workers.
@@ -33,6 +45,11 @@ pub struct InterfaceStats {
     /// ARP requests / neighbour solicitations sent to resolve next hops.
     pub neigh_probes: u64,
     pub echo_replies: u64,
+    /// DHCP offers, acks and naks sent; declines received.
+    pub dhcp_offers: u64,
+    pub dhcp_acks: u64,
+    pub dhcp_naks: u64,
+    pub dhcp_declines: u64,
     /// ICMP errors sent about packets that came in here.
     pub icmp_errors: u64,
     /// ICMP errors not sent because of the rate limit (1000/s, burst 50 per worker).
@@ -53,6 +70,10 @@ impl InterfaceStats {
         self.neigh_replies += c.neigh_replies.get();
         self.neigh_probes += c.neigh_probes.get();
         self.echo_replies += c.echo_replies.get();
+        self.dhcp_offers += c.dhcp_offers.get();
+        self.dhcp_acks += c.dhcp_acks.get();
+        self.dhcp_naks += c.dhcp_naks.get();
+        self.dhcp_declines += c.dhcp_declines.get();
         self.icmp_errors += c.icmp_errors.get();
         self.icmp_rate_limited += c.icmp_rate_limited.get();
         self.fragmented += c.fragmented.get();
@@ -168,6 +189,11 @@ impl Switch {
                         .map(|(a, l)| format!("{a}/{l}"))
                         .chain(i.v6.iter().map(|(a, l)| format!("{a}/{l}")))
                         .collect(),
+                    dhcp: i.dhcp.as_ref().map(|d| DhcpInfo {
+                        dns: d.dns.iter().map(ToString::to_string).collect(),
+                        domain: d.domain.clone(),
+                        lease_secs: d.lease_secs,
+                    }),
                     stats,
                 }
             })

@@ -932,14 +932,13 @@ impl Pipeline {
     }
 
     /// The egress of a frame the router generated into `vlan`.
-    pub fn router_egress<'s>(
+    pub fn generated_egress<'s>(
         &self,
         state: &'s ForwardingState,
-        vlan: crate::wire::VlanId,
-        frame: &[u8],
+        generated: &super::Generated,
         now: Timestamp,
-    ) -> super::Egress<'s> {
-        super::router::router_egress(&self.stages.cx.shared, state, vlan, frame, now)
+    ) -> Option<super::Egress<'s>> {
+        super::router::generated_egress(&self.stages.cx.shared, state, generated, now)
     }
 
     /// Records what every stage decides about the frames that follow, until

@@ -171,7 +171,9 @@ fn send_generated_slow<O: Output>(
 ) {
     while let Some(generated) = st.router.take_generated() {
         let (vlan, remote, len) = match &generated {
-            Generated::Frame { vlan, bytes } => (Some(*vlan), None, bytes.len()),
+            Generated::Frame { vlan, bytes } | Generated::Reply { vlan, bytes, .. } => {
+                (Some(*vlan), None, bytes.len())
+            }
             Generated::Ipip { remote, bytes, .. } => (None, Some(*remote), bytes.len()),
         };
         record(&mut st.cx.trace, Stage::L3, "generated", move |s| {
@@ -184,6 +186,13 @@ fn send_generated_slow<O: Output>(
             s.with("len", len);
         });
         match &generated {
+            Generated::Reply { bytes, .. } => {
+                if let Some(egress) =
+                    super::router::generated_egress(&st.cx.shared, state, &generated, now)
+                {
+                    send_egress(st, out, state, &egress, bytes, now);
+                }
+            }
             Generated::Frame { vlan, bytes } => {
                 let egress = super::router::router_egress(&st.cx.shared, state, *vlan, bytes, now);
                 if let (true, Targets::One(m)) = (state.policy_active(), egress.targets) {

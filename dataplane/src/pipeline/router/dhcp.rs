@@ -13,8 +13,9 @@
 //!   address a NAK; a REQUEST naming another server (it chose that one) is ignored; INFORM
 //!   gets an ACK with the options but no lease; DECLINE is counted (the address is in use
 //!   elsewhere); RELEASE changes nothing (the address stays the port's).
-//! - Replies go to the client's MAC, never flooded: to its address when it has one (`ciaddr`)
-//!   or asked without the broadcast flag, else to 255.255.255.255.
+//! - Replies go back out of the port that asked (whatever the MAC table says), to the
+//!   client's MAC, never flooded: at IP to its address when it has one (`ciaddr`) or asked
+//!   without the broadcast flag, else to 255.255.255.255.
 //! - A request from a port without an address on the interface's subnets (an uplink, a VXLAN
 //!   port, a workload without `addresses`) is dropped as `dhcp_no_address`; one that is not a
 //!   readable client message as `dhcp_malformed`. Nothing else on the VLAN sees either: a VLAN
@@ -31,7 +32,7 @@ use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
 
 use super::super::routing::{same_subnet_v4, DhcpServer, Interface};
 use super::super::trace::{record, Stage};
-use super::super::{Decision, DropReason, ForwardingState};
+use super::super::{Decision, DropReason, ForwardingState, VlanMember};
 use super::{Generated, L2, L3};
 use crate::tables::{PortId, Timestamp};
 use crate::wire::{
@@ -318,9 +319,15 @@ impl L3<'_> {
         let c = self.counters.interface(vlan);
         c.tx_packets.add(1);
         c.tx_bytes.add(buf.len() as u64);
-        self.r
-            .generated
-            .push_back(Generated::Frame { vlan, bytes: buf });
+        let to = VlanMember {
+            port,
+            tagged: state.port(port).is_some_and(|p| p.mode.tags_egress(vlan)),
+        };
+        self.r.generated.push_back(Generated::Reply {
+            vlan,
+            to,
+            bytes: buf,
+        });
         Decision::Local
     }
 }

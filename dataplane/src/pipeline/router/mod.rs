@@ -70,6 +70,13 @@ const POOL_MAX: usize = 256;
 pub enum Generated {
     /// An untagged Ethernet frame to switch into `vlan`.
     Frame { vlan: VlanId, bytes: Vec<u8> },
+    /// An untagged Ethernet frame of `vlan` for one port, whatever the MAC table says: an
+    /// answer to the port that asked (a DHCP reply).
+    Reply {
+        vlan: VlanId,
+        to: VlanMember,
+        bytes: Vec<u8>,
+    },
     /// An IPv4 packet (`bytes[start..]`) to send through the IPIP socket behind `outer`.
     Ipip {
         remote: Ipv4Addr,
@@ -151,7 +158,9 @@ impl Router {
     /// Returns a sent frame's buffer to the pool.
     pub fn recycle_generated(&mut self, generated: Generated) {
         match generated {
-            Generated::Frame { bytes, .. } | Generated::Ipip { bytes, .. } => self.recycle(bytes),
+            Generated::Frame { bytes, .. }
+            | Generated::Reply { bytes, .. }
+            | Generated::Ipip { bytes, .. } => self.recycle(bytes),
         }
     }
 
@@ -1069,6 +1078,25 @@ pub fn router_egress<'s>(
         vlan,
         inner_offset: 12,
         targets: l2_targets(shared, state, vlan, dst, now),
+    }
+}
+
+/// Where a frame the router generated goes: the ports of its VLAN the MAC table says, or the
+/// one port a reply is for. `None` for an IPIP packet.
+pub fn generated_egress<'s>(
+    shared: &SharedTables,
+    state: &'s ForwardingState,
+    generated: &Generated,
+    now: Timestamp,
+) -> Option<Egress<'s>> {
+    match generated {
+        Generated::Frame { vlan, bytes } => Some(router_egress(shared, state, *vlan, bytes, now)),
+        Generated::Reply { vlan, to, .. } => Some(Egress {
+            vlan: *vlan,
+            inner_offset: 12,
+            targets: Targets::One(*to),
+        }),
+        Generated::Ipip { .. } => None,
     }
 }
 

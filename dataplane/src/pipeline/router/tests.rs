@@ -194,10 +194,11 @@ impl Sim {
     fn drain(&mut self, out: &mut Out) {
         while let Some(g) = self.pipeline.take_generated() {
             match &g {
-                Generated::Frame { vlan, bytes } => {
+                Generated::Frame { bytes, .. } | Generated::Reply { bytes, .. } => {
                     let e = self
                         .pipeline
-                        .router_egress(&self.state, *vlan, bytes, self.now);
+                        .generated_egress(&self.state, &g, self.now)
+                        .expect("a frame");
                     for m in e.ports() {
                         out.frames.push((m.port.0, e.frame_for(m, bytes).to_vec()));
                     }
