@@ -8,8 +8,10 @@
 # (host-local IPAM for the CNI plugin's tests), podman with runc and busybox-static (the CNI
 # plugin driven by a real runtime, containers made from busybox), prometheus (promtool checks
 # the metrics), libpcap-dev (the build links libpcap: capture and trace filters are compiled
-# from tcpdump's filter language by it). Does nothing when all are there. Needs root
-# (apt-get).
+# from tcpdump's filter language by it); qemu-system-x86 (the VM tests run QEMU under TCG, with
+# a kernel that they fetch themselves with `apt-get download linux-image-*-cloud-amd64`, so the
+# package lists must know it; busybox-static is the guest's userland). Does nothing when all
+# are there. Needs root (apt-get).
 set -eu
 need=""
 command -v ip >/dev/null || need="$need iproute2"
@@ -33,6 +35,11 @@ dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 command -v promtool >/dev/null || need="$need prometheus"
 dpkg -s libpcap-dev >/dev/null 2>&1 || need="$need libpcap-dev"
 dpkg -s python3-scapy >/dev/null 2>&1 || need="$need python3-scapy"
+command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
+if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
+  echo "updating the package lists (the VM tests fetch linux-image-cloud-amd64's kernel)"
+  apt-get update -qq
+fi
 if [ -n "$need" ]; then
   echo "installing:$need"
   apt-get update -qq

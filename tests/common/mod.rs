@@ -1,10 +1,12 @@
 //! What the namespace tests share: a root check that fails under CI, unique names, the
-//! tapswitch daemon as a child process, and the CLI.
+//! tapswitch daemon as a child process, and the CLI; [`vm`]: QEMU VMs on its ports.
 //!
 //! Every namespace, device and process a test makes is owned by a guard whose `Drop` removes
 //! it, so a failing assertion still cleans up.
 
 #![allow(dead_code)]
+
+pub mod vm;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
