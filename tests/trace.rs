@@ -176,7 +176,7 @@ fn dry_runs_name_every_decision() {
     let t = trace(
         sw,
         p1,
-        "dst-mac ff:ff:ff:ff:ff:ff udp 10.72.0.2:68 > 255.255.255.255:67",
+        "dst-mac ff:ff:ff:ff:ff:ff udp 10.72.0.2:5000 > 255.255.255.255:6000",
     );
     let l = step(&t, "l2", "lookup");
     assert_eq!(
@@ -198,6 +198,20 @@ fn dry_runs_name_every_decision() {
     assert_eq!(
         (&e["table"], &e["remotes"]),
         (&Value::from("flood_list"), &Value::from("1"))
+    );
+
+    // A broadcast to the DHCP server port is the gateway's (VLAN 10's interface serves
+    // DHCP): an empty one is no DHCP message.
+    let t = trace(
+        sw,
+        p1,
+        "dst-mac ff:ff:ff:ff:ff:ff udp 10.72.0.2:68 > 255.255.255.255:67",
+    );
+    assert_eq!(step(&t, "l2", "to_dhcp")["vlan"], "10", "{t:#}");
+    assert_eq!(
+        (&t["drop"]["stage"], &t["drop"]["reason"]),
+        (&Value::from("l3"), &Value::from("dhcp_malformed")),
+        "{t:#}"
     );
 
     // Routed and masqueraded TCP SYN to the outside host.
