@@ -17,7 +17,8 @@
 #      receiver counted them,
 #   3. ping RTT (-i 0.01): avg, p50, p99.
 #
-# Setups (every name contains this script's PID; nothing touches the root namespace's links):
+# Setups (every name contains this script's PID; nothing touches the root namespace's links, and
+# the only ones made there are Open vSwitch's TAPs, which the script moves into its namespaces):
 #   tapswitch: namespaces tsb<PID>ta and tsb<PID>tb, each with a TAP port (tsb<PID>tapa,
 #              tsb<PID>tapb) of a `tapswitch run` daemon started by this script in the root
 #              namespace, control socket and state directory in a private temp directory.
