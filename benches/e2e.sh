@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
-# End-to-end bench: tapswitch against the Linux kernel bridge and against a plain veth pair (no
-# switch at all: the ceiling), between two network namespaces; tapswitch's VXLAN overlay against
+# End-to-end bench: tapswitch against Open vSwitch's userspace datapath (TAP ports, TSO on), the
+# Linux kernel bridge and a plain veth pair (no switch at all: the ceiling), between two network
+# namespaces; tapswitch's VXLAN overlay against
 # the kernel's vxlan device + bridge, between two containers on two "hosts"; and tapswitch's
 # router with masquerade against a kernel router namespace with an nftables masquerade rule.
 #
-#   sudo benches/e2e.sh [--duration SECS] [--quick] [--no-overlay] [--no-nat] [--json FILE]
+#   sudo benches/e2e.sh [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--json FILE]
 #
 # In one run it measures, for each of the setups below:
 #   1. TCP throughput (iperf3, Gbit/s at the receiver), one stream and four (-P 4); for tapswitch
-#      also the CPU time of its daemon(s) per GB moved (utime + stime from /proc/PID/stat before
-#      and after the run, over the bytes iperf3 sent in that run),
+#      and Open vSwitch also the CPU time of the switch's daemon(s) (tapswitch's; ovs-vswitchd)
+#      per GB moved (utime + stime from /proc/PID/stat before and after the run, over the bytes
+#      iperf3 sent in that run),
 #   2. 64-byte-frame UDP packets per second (iperf3 -u -l 18 -b 0: 18 B payload + 8 UDP + 20 IPv4
 #      + 14 Ethernet + 4 FCS = 64 B on the wire), received packets per second and loss % as the
 #      receiver counted them,
 #   3. ping RTT (-i 0.01): avg, p50, p99.
 #
-# Setups (every name contains this script's PID; nothing touches the root namespace's links):
+# Setups (every name contains this script's PID; nothing touches the root namespace's links, and
+# the only ones made there are Open vSwitch's TAPs, which the script moves into its namespaces):
 #   tapswitch: namespaces tsb<PID>ta and tsb<PID>tb, each with a TAP port (tsb<PID>tapa,
 #              tsb<PID>tapb) of a `tapswitch run` daemon started by this script in the root
 #              namespace, control socket and state directory in a private temp directory.
@@ -24,7 +27,19 @@
 #              in its own namespace tsb<PID>kbr.
 #   veth:      namespaces tsb<PID>da and tsb<PID>db joined by one veth pair (tsb<PID>dva,
 #              tsb<PID>dvb): no switch at all.
-# All three use 10.111.0.1/24 (side A, the client) and 10.111.0.2/24 (side B, the server), each
+#   ovs:       namespaces tsb<PID>wa and tsb<PID>wb, each with a TAP port (tsb<PID>wpa,
+#              tsb<PID>wpb, `type=tap`) of bridge tsb<PID>wbr (`datapath_type=netdev`) of an
+#              ovsdb-server and ovs-vswitchd started by this script in the root namespace with a
+#              database, run, log and pid files and sockets of their own in a private temp
+#              directory (OVS_RUNDIR/OVS_DBDIR/OVS_LOGDIR/OVS_SYSCONFDIR point there; never the
+#              system's instance), `other_config:userspace-tso-enable=true`, and
+#              --disable-system (so it never looks at, or deletes, kernel datapaths of any other
+#              instance) and --disable-system-route. OVS creates its TAPs in the root namespace;
+#              the script moves them into the namespaces, and the bridge's own local port (a TAP
+#              too, tsb<PID>wbr) into namespace tsb<PID>wl, down. Skipped with a message when
+#              Open vSwitch is not installed (apt-get install openvswitch-switch), or with
+#              --no-ovs.
+# All four use 10.111.0.1/24 (side A, the client) and 10.111.0.2/24 (side B, the server), each
 # pair in its own namespaces.
 #
 # Overlay setups (container 1 on host 1 -> container 2 on host 2, VNI 42 extending VLAN 10; each
@@ -58,7 +73,8 @@
 # Metrics are run interleaved (every setup for one metric, then the next metric) so slow drift of
 # a noisy machine hits all alike. Nothing is pinned to a CPU.
 #
-# Everything the script creates (namespaces, links, processes, temp files) is removed on success,
+# Everything the script creates (namespaces, links, processes, temp files; the OVS bridge is
+# deleted with ovs-vsctl del-br before its daemons are stopped) is removed on success,
 # on failure and on Ctrl-C/SIGTERM; only PIDs the script started are ever signalled. The only
 # sysctl it sets is ip_forward inside the kernel NAT router's own namespace.
 #
@@ -66,7 +82,9 @@
 # (built with `cargo build --release --bin tapswitch` if missing).
 # Requires: root, iproute2 (ip, ss, bridge), iperf3, ping from iputils-ping, awk, timeout
 # (coreutils), getconf (libc-bin); for the overlay, the kernel's vxlan and bridge support; for
-# NAT, nft (nftables), sysctl (procps) and the kernel's nf_tables NAT support.
+# NAT, nft (nftables), sysctl (procps) and the kernel's nf_tables NAT support; for the OVS rows
+# (optional), ovsdb-tool, ovsdb-server, ovs-vswitchd and ovs-vsctl (openvswitch-switch) and
+# Open vSwitch's vswitch.ovsschema ($OVS_PKGDATADIR, default /usr/share/openvswitch).
 
 # cleanup and the helpers it calls run from a trap, which shellcheck cannot see.
 # shellcheck disable=SC2317
@@ -74,10 +92,12 @@ set -u -o pipefail
 
 usage() {
     cat <<EOF
-usage: $0 [--duration SECS] [--quick] [--no-overlay] [--no-nat] [--workers N] [--json FILE]
+usage: $0 [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--workers N] [--json FILE]
 
   --duration SECS  length of each iperf3 run (default 10; ping sends 100 per second of it)
   --quick          short runs for a CI smoke test (2 s each) unless --duration is given
+  --no-ovs         skip Open vSwitch (userspace datapath, TAP ports, TSO); skipped anyway,
+                   with a message, when it is not installed
   --no-overlay     skip the VXLAN overlay setups (tapswitch and kernel vxlan, two hosts)
   --no-nat         skip the NAT setups (tapswitch masquerade and a kernel router with nftables)
   --workers N      tapswitch worker threads ([switch] workers; default: one per CPU)
@@ -101,6 +121,7 @@ warn() { echo "e2e: warning: $*" >&2; }
 # ---------------------------------------------------------------------------------------------
 DURATION=""
 QUICK=0
+OVS=1
 OVERLAY=1
 NAT=1
 JSON_OUT=""
@@ -123,6 +144,10 @@ while [[ $# -gt 0 ]]; do
         ;;
     --quick)
         QUICK=1
+        shift
+        ;;
+    --no-ovs)
+        OVS=0
         shift
         ;;
     --no-overlay)
@@ -190,6 +215,29 @@ done
 ping -V 2>&1 | grep -qi iputils ||
     die "ping is not iputils ping (needs -i 0.01 and per-reply times); install it: apt-get install iputils-ping"
 [[ -c /dev/net/tun ]] || die "/dev/net/tun is missing: the tun module is needed for tapswitch's TAP ports"
+# Open vSwitch is optional: without it the OVS rows are left out, with a message.
+OVS_SCHEMA=${OVS_PKGDATADIR:-/usr/share/openvswitch}/vswitch.ovsschema
+OVS_VERSION=""
+OVS_SKIPPED="--no-ovs"
+if [[ $OVS == 1 ]]; then
+    for tool in ovsdb-tool ovsdb-server ovs-vswitchd ovs-vsctl; do
+        if ! command -v "$tool" >/dev/null 2>&1; then
+            note "Open vSwitch not found ($tool is missing): skipping the OVS rows; install it with: apt-get install openvswitch-switch"
+            OVS=0
+            OVS_SKIPPED="not installed: $tool is missing"
+            break
+        fi
+    done
+fi
+if [[ $OVS == 1 && ! -r $OVS_SCHEMA ]]; then
+    note "Open vSwitch's schema $OVS_SCHEMA is missing (set OVS_PKGDATADIR?): skipping the OVS rows"
+    OVS=0
+    OVS_SKIPPED="$OVS_SCHEMA is missing"
+fi
+if [[ $OVS == 1 ]]; then
+    OVS_VERSION=$(ovs-vswitchd --version 2>/dev/null | awk 'NR == 1 { print $NF }')
+    [[ -n $OVS_VERSION ]] || die "ovs-vswitchd --version gave no version (or run with --no-ovs)"
+fi
 CLK_TCK=$(getconf CLK_TCK 2>/dev/null)
 [[ $CLK_TCK =~ ^[0-9]+$ && $CLK_TCK -gt 0 ]] || die "getconf CLK_TCK gave '$CLK_TCK', not a tick rate"
 
@@ -225,6 +273,8 @@ NS_TA=${PFX}ta NS_TB=${PFX}tb TAP_A=${PFX}tapa TAP_B=${PFX}tapb
 NS_KA=${PFX}ka NS_KB=${PFX}kb NS_KBR=${PFX}kbr BR=${PFX}br
 VETH_A=${PFX}va VETH_B=${PFX}vb PEER_A=${PFX}pa PEER_B=${PFX}pb
 NS_DA=${PFX}da NS_DB=${PFX}db DV_A=${PFX}dva DV_B=${PFX}dvb
+# Open vSwitch: side namespaces, the namespace of the bridge's local port, bridge, TAP ports.
+NS_WA=${PFX}wa NS_WB=${PFX}wb NS_WL=${PFX}wl OVS_BR=${PFX}wbr TAP_WA=${PFX}wpa TAP_WB=${PFX}wpb
 IP_A=10.111.0.1 IP_B=10.111.0.2 PREFIX=24 IPERF_PORT=5201
 # Overlay: tapswitch (o...) and kernel vxlan + bridge (x...); index 1 and 2 are host 1 and 2.
 NS_OH1=${PFX}oh1 NS_OH2=${PFX}oh2 NS_OC1=${PFX}oc1 NS_OC2=${PFX}oc2
@@ -246,7 +296,13 @@ PIDS=()       # long-running background processes this script started (iperf3 se
 CUR_PID=""    # the client (timeout -> iperf3 or ping) running now, if any
 DAEMON_PIDS=()  # tapswitch daemons this script started (examples/lib.sh stops them)
 LAST_DAEMON_PID="" # the one start_daemon started last
-declare -A DAEMONS_OF=() # setup -> PIDs of the tapswitch daemons on its path (for CPU time)
+LAST_OVS_PID=""    # the one ovs_start_daemon started last
+OVS_TSO=""         # 1 if ovs-vswitchd logged that userspace TSO is on, 0 if not
+declare -A DAEMONS_OF=() # setup -> PIDs of the switch daemons on its path (for CPU time)
+OVSDB_PID=""    # the ovsdb-server this script started, if any
+OVSVS_PID=""    # the ovs-vswitchd this script started, if any
+OVS_DIR=""      # their database, sockets, pid and log files
+OVS_BR_MADE=0   # 1 once add-br was asked for (del-br in the cleanup)
 TMP=""
 CLEANED=0
 
@@ -281,13 +337,28 @@ stop_pid() {
     return 0
 }
 
+# ovs-vsctl on this script's own database (never the system's), with a time limit.
+ovs_vsctl() {
+    timeout 20 ovs-vsctl --db="unix:$OVS_DIR/db.sock" --timeout=10 "$@"
+}
+
+# Stops the Open vSwitch this script started: del-br (which deletes its TAPs, wherever they now
+# are), then ovs-vswitchd and ovsdb-server with SIGTERM (SIGKILL if one does not exit).
+ovs_stop() {
+    if [[ $OVS_BR_MADE == 1 ]] && alive "$OVSVS_PID" && alive "$OVSDB_PID"; then
+        ovs_vsctl --if-exists del-br "$OVS_BR" >/dev/null 2>&1 || warn "ovs-vsctl del-br $OVS_BR failed"
+    fi
+    if [[ -n $OVSVS_PID ]]; then stop_pid "$OVSVS_PID" TERM 50; fi
+    if [[ -n $OVSDB_PID ]]; then stop_pid "$OVSDB_PID" TERM 30; fi
+}
+
 cleanup() {
     local rc=$?
     [[ $CLEANED == 1 ]] && return
     CLEANED=1
     # No second Ctrl-C half-way through the cleanup.
     trap '' INT TERM
-    local pid ns i left log
+    local pid ns i left log dev
     [[ $rc -gt 128 ]] && echo "e2e: interrupted (exit $rc); cleaning up" >&2
     # The client (its timeout wrapper forwards SIGTERM to iperf3/ping), the iperf3 servers.
     for pid in $CUR_PID "${PIDS[@]}"; do
@@ -295,17 +366,27 @@ cleanup() {
     done
     # The daemons: `stop --purge` deletes their TAPs and forgets their saved state (a SIGTERM
     # would leave both for a next start), then their state directories and sockets go; SIGTERM
-    # and SIGKILL only if one does not exit.
+    # and SIGKILL only if one does not exit. Open vSwitch: del-br, then its two daemons.
     ts_daemon_stop_all
+    ovs_stop
     # Namespaces: deleting one destroys every link in it (veth peers go with their pair, the
     # bridge with its namespace).
     for ((i = ${#NETNS_MADE[@]} - 1; i >= 0; i--)); do
         ns=${NETNS_MADE[i]}
         ip netns del "$ns" 2>/dev/null || warn "could not delete namespace $ns"
     done
+    # OVS's TAPs are persistent: any that del-br did not remove and that were not yet moved into
+    # a namespace of ours would stay in the root namespace. Only our own names.
+    if [[ $OVS_BR_MADE == 1 ]]; then
+        for dev in "$OVS_BR" "$TAP_WA" "$TAP_WB"; do
+            if ip link show dev "$dev" >/dev/null 2>&1; then
+                ip link del dev "$dev" 2>/dev/null || warn "could not delete $dev"
+            fi
+        done
+    fi
     if [[ -n $TMP && -d $TMP ]]; then
         if [[ $rc -ne 0 ]]; then
-            for log in "$TMP"/tapswitch*.log; do
+            for log in "$TMP"/tapswitch*.log "$TMP"/ovs/*.log; do
                 [[ -s $log ]] || continue
                 echo "---- last lines of ${log##*/} ----" >&2
                 tail -n 20 "$log" >&2
@@ -321,7 +402,7 @@ cleanup() {
         } | grep -E "${PFX}[a-z]" || true
     )
     [[ -z $left ]] || warn "left behind after cleanup: $left"
-    for pid in $CUR_PID "${PIDS[@]}" "${DAEMON_PIDS[@]}"; do
+    for pid in $CUR_PID "${PIDS[@]}" "${DAEMON_PIDS[@]}" $OVSVS_PID $OVSDB_PID; do
         alive "$pid" && warn "process $pid is still running"
     done
     trap - EXIT INT TERM
@@ -421,6 +502,89 @@ setup_bridge() {
     ip -n "$NS_KB" addr add "$IP_B/$PREFIX" dev "$VETH_B" || die "address on $VETH_B failed"
     ip -n "$NS_KA" link set "$VETH_A" up || die "$VETH_A up failed"
     ip -n "$NS_KB" link set "$VETH_B" up || die "$VETH_B up failed"
+}
+
+# Starts an Open vSwitch daemon in the background, output to file $1, in a session of its own
+# (so a Ctrl-C reaches the script, whose cleanup stops it in order; setsid execs, so $! is the
+# daemon itself, a child of this shell). Its PID is left in LAST_OVS_PID.
+ovs_start_daemon() { # out cmd...
+    local out=$1
+    shift
+    command -v setsid >/dev/null 2>&1 && set -- setsid "$@"
+    "$@" >"$out" 2>&1 </dev/null &
+    LAST_OVS_PID=$!
+}
+
+# Open vSwitch's userspace datapath with TSO: its own ovsdb-server and ovs-vswitchd (database,
+# sockets, pid and log files in $TMP/ovs), bridge $OVS_BR with datapath_type=netdev and two
+# type=tap ports, whose TAPs (made by ovs-vswitchd in the root namespace) are moved into the
+# side namespaces; the bridge's local port, a TAP too, goes into a namespace of its own, down.
+# ovs-vswitchd keeps reading and writing a TAP through its file descriptor after the move; only
+# its by-name look-ups (ethtool, statistics) fail, with warnings in its log.
+setup_ovs() {
+    OVS_DIR=$TMP/ovs
+    note "ovs: namespaces $NS_WA $NS_WB, Open vSwitch $OVS_VERSION (userspace datapath, TAP ports, TSO), own database in $OVS_DIR"
+    mk_ns "$NS_WA"
+    mk_ns "$NS_WB"
+    mk_ns "$NS_WL"
+    mkdir "$OVS_DIR" || die "mkdir $OVS_DIR failed"
+    # Every default path of the OVS tools and daemons into our directory, none of the system's.
+    export OVS_RUNDIR=$OVS_DIR OVS_DBDIR=$OVS_DIR OVS_LOGDIR=$OVS_DIR OVS_SYSCONFDIR=$OVS_DIR
+    export OVS_PKGDATADIR=${OVS_SCHEMA%/*}
+    ovsdb-tool create "$OVS_DIR/conf.db" "$OVS_SCHEMA" >"$OVS_DIR/ovsdb-tool.out" 2>&1 ||
+        die "ovsdb-tool create $OVS_DIR/conf.db failed: $(tail -n 5 "$OVS_DIR/ovsdb-tool.out")"
+    ovs_start_daemon "$OVS_DIR/ovsdb-server.out" ovsdb-server "$OVS_DIR/conf.db" \
+        --remote="punix:$OVS_DIR/db.sock" --unixctl="$OVS_DIR/ovsdb-server.ctl" \
+        --pidfile="$OVS_DIR/ovsdb-server.pid" --log-file="$OVS_DIR/ovsdb-server.log" --no-chdir
+    OVSDB_PID=$LAST_OVS_PID
+    local i dev
+    for ((i = 0; ; i++)); do
+        alive "$OVSDB_PID" || die "ovsdb-server exited: $(tail -n 5 "$OVS_DIR/ovsdb-server.out")"
+        if [[ -S $OVS_DIR/db.sock ]] &&
+            timeout 5 ovs-vsctl --db="unix:$OVS_DIR/db.sock" --timeout=2 --no-wait init >/dev/null 2>&1; then
+            break
+        fi
+        [[ $i -lt 100 ]] || die "ovsdb-server does not answer on $OVS_DIR/db.sock after 10 s"
+        sleep 0.1
+    done
+    # Read once, when ovs-vswitchd starts: so before it starts.
+    ovs_vsctl --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true ||
+        die "ovs-vsctl set other_config:userspace-tso-enable=true failed"
+    # --disable-system: no kernel datapath (a second ovs-vswitchd seeing them would delete those
+    # of every bridge it does not know, another instance's included); --disable-system-route: no
+    # copy of the kernel's routing table (tunnels only).
+    ovs_start_daemon "$OVS_DIR/ovs-vswitchd.out" ovs-vswitchd "unix:$OVS_DIR/db.sock" \
+        --unixctl="$OVS_DIR/ovs-vswitchd.ctl" --pidfile="$OVS_DIR/ovs-vswitchd.pid" \
+        --log-file="$OVS_DIR/ovs-vswitchd.log" --no-chdir --disable-system --disable-system-route
+    OVSVS_PID=$LAST_OVS_PID
+    DAEMONS_OF[ov]=$OVSVS_PID
+    OVS_BR_MADE=1
+    # Without --no-wait, ovs-vsctl returns once ovs-vswitchd has made the bridge and its ports.
+    ovs_vsctl add-br "$OVS_BR" -- set bridge "$OVS_BR" datapath_type=netdev \
+        -- add-port "$OVS_BR" "$TAP_WA" -- set interface "$TAP_WA" type=tap \
+        -- add-port "$OVS_BR" "$TAP_WB" -- set interface "$TAP_WB" type=tap ||
+        die "ovs-vsctl add-br $OVS_BR with ports $TAP_WA $TAP_WB failed"
+    alive "$OVSVS_PID" || die "ovs-vswitchd exited: $(tail -n 5 "$OVS_DIR/ovs-vswitchd.out")"
+    for dev in "$OVS_BR" "$TAP_WA" "$TAP_WB"; do
+        for ((i = 0; i < 50; i++)); do
+            ip link show dev "$dev" >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        ip link show dev "$dev" >/dev/null 2>&1 || die "ovs-vswitchd made no TAP $dev"
+    done
+    ip link set "$OVS_BR" netns "$NS_WL" || die "moving $OVS_BR into $NS_WL failed"
+    ip link set "$TAP_WA" netns "$NS_WA" || die "moving $TAP_WA into $NS_WA failed"
+    ip link set "$TAP_WB" netns "$NS_WB" || die "moving $TAP_WB into $NS_WB failed"
+    ip -n "$NS_WA" addr add "$IP_A/$PREFIX" dev "$TAP_WA" || die "address on $TAP_WA failed"
+    ip -n "$NS_WB" addr add "$IP_B/$PREFIX" dev "$TAP_WB" || die "address on $TAP_WB failed"
+    ip -n "$NS_WA" link set "$TAP_WA" up || die "$TAP_WA up failed"
+    ip -n "$NS_WB" link set "$TAP_WB" up || die "$TAP_WB up failed"
+    if grep -q 'Userspace TCP Segmentation Offloading support enabled' "$OVS_DIR/ovs-vswitchd.log"; then
+        OVS_TSO=1
+    else
+        OVS_TSO=0
+        warn "ovs-vswitchd did not log that userspace TSO is enabled; its figures are without TSO"
+    fi
 }
 
 # Two host namespaces joined by an underlay veth (192.168.200.1/24 and .2), and a container
@@ -544,24 +708,28 @@ setup_nat_kernel() {
 }
 
 # Setup name -> client namespace, server namespace, addresses; devices whose drop counters we
-# read. ts/br/ve: the two-namespace setups (tapswitch, bridge, plain veth); ots/okv: the overlay
-# (tapswitch, kernel vxlan); nts/nkv: NAT (tapswitch, kernel router with nftables).
-SETUPS=(ts br ve)
+# read. ts/ov/br/ve: the two-namespace setups (tapswitch, Open vSwitch, bridge, plain veth);
+# ots/okv: the overlay (tapswitch, kernel vxlan); nts/nkv: NAT (tapswitch, kernel router with
+# nftables).
+SETUPS=(ts)
+[[ $OVS == 1 ]] && SETUPS+=(ov)
+SETUPS+=(br ve)
 [[ $OVERLAY == 1 ]] && SETUPS+=(ots okv)
 [[ $NAT == 1 ]] && SETUPS+=(nts nkv)
-declare -A CLIENT_NS=([ts]=$NS_TA [br]=$NS_KA [ve]=$NS_DA [ots]=$NS_OC1 [okv]=$NS_XC1 [nts]=$NS_NC [nkv]=$NS_MC)
-declare -A SERVER_NS=([ts]=$NS_TB [br]=$NS_KB [ve]=$NS_DB [ots]=$NS_OC2 [okv]=$NS_XC2 [nts]=$NS_NO [nkv]=$NS_MO)
-declare -A CLIENT_IP=([ts]=$IP_A [br]=$IP_A [ve]=$IP_A [ots]=$OVL_IP1 [okv]=$OVL_IP1
+declare -A CLIENT_NS=([ts]=$NS_TA [ov]=$NS_WA [br]=$NS_KA [ve]=$NS_DA [ots]=$NS_OC1 [okv]=$NS_XC1 [nts]=$NS_NC [nkv]=$NS_MC)
+declare -A SERVER_NS=([ts]=$NS_TB [ov]=$NS_WB [br]=$NS_KB [ve]=$NS_DB [ots]=$NS_OC2 [okv]=$NS_XC2 [nts]=$NS_NO [nkv]=$NS_MO)
+declare -A CLIENT_IP=([ts]=$IP_A [ov]=$IP_A [br]=$IP_A [ve]=$IP_A [ots]=$OVL_IP1 [okv]=$OVL_IP1
     [nts]=$NAT_CLIENT_IP [nkv]=$NAT_CLIENT_IP)
-declare -A SERVER_IP=([ts]=$IP_B [br]=$IP_B [ve]=$IP_B [ots]=$OVL_IP2 [okv]=$OVL_IP2
+declare -A SERVER_IP=([ts]=$IP_B [ov]=$IP_B [br]=$IP_B [ve]=$IP_B [ots]=$OVL_IP2 [okv]=$OVL_IP2
     [nts]=$NAT_OUTSIDE_IP [nkv]=$NAT_OUTSIDE_IP)
 # The receiving host of an overlay: where the underlay UDP socket is.
 declare -A SERVER_HOST_NS=([ots]=$NS_OH2 [okv]=$NS_XH2)
-declare -A LABEL=([ts]=tapswitch [br]=bridge [ve]=veth [ots]="overlay tapswitch" [okv]="overlay kernel"
+declare -A LABEL=([ts]=tapswitch [ov]=ovs [br]=bridge [ve]=veth [ots]="overlay tapswitch" [okv]="overlay kernel"
     [nts]="NAT tapswitch" [nkv]="NAT kernel")
 # "netns:device" pairs on the path A -> B.
 declare -A PATH_DEVS=(
     [ts]="$NS_TA:$TAP_A $NS_TB:$TAP_B"
+    [ov]="$NS_WA:$TAP_WA $NS_WB:$TAP_WB"
     [br]="$NS_KA:$VETH_A $NS_KBR:$PEER_A $NS_KBR:$PEER_B $NS_KB:$VETH_B"
     [ve]="$NS_DA:$DV_A $NS_DB:$DV_B"
     [nts]="$NS_NC:$TAP_NC $NS_NO:$TAP_NO"
@@ -793,6 +961,13 @@ measure_udp() { # setup
     d0=$(dev_drops "${devs[@]}")
     r0=$(udp_rcvbuf_errors "${SERVER_NS[$s]}")
     [[ $s == ts ]] && t0=$(ts_counters "$SOCK")
+    if [[ $s == ov ]]; then
+        # ovs-vswitchd's own port counters are read by device name, which fails once the TAP is
+        # in another namespace; the TAPs' counters say the same: A's tx is what the switch read
+        # from A, B's rx what it wrote into B.
+        a0=$(dev_stat "$NS_WA" "$TAP_WA" tx_packets)
+        b0=$(dev_stat "$NS_WB" "$TAP_WB" rx_packets)
+    fi
     case $s in
     ots | okv) u0=$(udp_rcvbuf_errors "${SERVER_HOST_NS[$s]}") ;;&
     ots)
@@ -832,6 +1007,13 @@ measure_udp() { # setup
         R[ts.udp_switch_drops]=$((dr1 - dr0))
         # What the switch forwarded, whether or not the receiving iperf3 then kept up.
         R[ts.udp_switch_fwd_kpps]=$(awk -v n="${R[ts.udp_switch_tx]}" -v t="$DURATION" 'BEGIN { printf "%.1f", n / t / 1000 }')
+    fi
+    if [[ $s == ov ]]; then
+        a1=$(dev_stat "$NS_WA" "$TAP_WA" tx_packets)
+        b1=$(dev_stat "$NS_WB" "$TAP_WB" rx_packets)
+        R[ov.udp_switch_rx]=$((a1 - a0))
+        R[ov.udp_switch_tx]=$((b1 - b0))
+        R[ov.udp_switch_fwd_kpps]=$(kpps "${R[ov.udp_switch_tx]}" "$DURATION")
     fi
     case $s in
     ots | okv)
@@ -929,6 +1111,7 @@ if [[ $REV != unknown && -n $(git -C "$ROOT" --no-optional-locks status --porcel
 fi
 
 setup_tapswitch
+[[ $OVS == 1 ]] && setup_ovs
 setup_bridge
 setup_veth
 if [[ $OVERLAY == 1 ]]; then
@@ -953,13 +1136,14 @@ ELAPSED=$((SECONDS - START_SECS))
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-# metric key | label | better | scope: "all" setups, or "ts" for tapswitch setups only (the
-# CPU figures; the kernel's work is spread over softirqs and the senders' system time).
+# metric key | label | better | scope: "all" setups, or "ts" for the setups with a switch daemon
+# only, tapswitch and Open vSwitch (the CPU figures; the kernel's work is spread over softirqs
+# and the senders' system time).
 ROWS=(
     "tcp_gbps|TCP 1 stream [Gbit/s]|higher|all"
-    "tcp_cpu_s_per_gb|  tapswitch CPU [s/GB] (a)|lower|ts"
+    "tcp_cpu_s_per_gb|  switch CPU [s/GB] (a)|lower|ts"
     "tcp4_gbps|TCP 4 streams [Gbit/s]|higher|all"
-    "tcp4_cpu_s_per_gb|  tapswitch CPU [s/GB] (a)|lower|ts"
+    "tcp4_cpu_s_per_gb|  switch CPU [s/GB] (a)|lower|ts"
     "udp_rx_kpps|UDP 64B frames received [kpps]|higher|all"
     "udp_loss_pct|UDP 64B loss at receiver [%]|lower|all"
     "ping_avg_us|ping RTT avg [us]|lower|all"
@@ -994,7 +1178,7 @@ print_table() { # "setups" "headers" "ratios" "ratio headers"
         done
         for r in "${rs[@]}"; do
             v=$(ratio "${R[${r%/*}.$key]:-}" "${R[${r#*/}.$key]:-}")
-            [[ $scope == ts ]] && v=-
+            [[ $scope == ts && (-z ${DAEMONS_OF[${r%/*}]:-} || -z ${DAEMONS_OF[${r#*/}]:-}) ]] && v=-
             printf ' %11s' "${v:-n/a}"
         done
         printf '  %s\n' "$better"
@@ -1024,31 +1208,71 @@ echo
 echo "tapswitch e2e bench: $START_DATE, nproc $NPROC, kernel $KERNEL, iperf3 $IPERF_VERSION"
 echo "tree rev $REV, binary $TAPSWITCH built $BIN_DATE"
 echo "mode $mode: iperf3 ${DURATION} s per run, ping $PING_COUNT x 10 ms; measuring took ${ELAPSED} s"
+if [[ $OVS == 1 ]]; then
+    if [[ $OVS_TSO == 1 ]]; then tso=on; else tso="NOT on"; fi
+    echo "ovs = Open vSwitch $OVS_VERSION, userspace datapath (netdev), TAP ports, userspace TSO $tso"
+else
+    echo "ovs: skipped ($OVS_SKIPPED)"
+fi
 echo
 echo "namespace A -> namespace B"
-print_table "ts br ve" "tapswitch bridge veth" "ts/br ts/ve br/ve" "ts/bridge ts/veth bridge/veth"
+# The first table's setups, their headers, and the ratios (with and without Open vSwitch).
+if [[ $OVS == 1 ]]; then
+    MAIN_S=(ts ov br ve)
+    print_table "ts ov br ve" "tapswitch ovs bridge veth" "ts/br ts/ov ts/ve br/ve" \
+        "ts/bridge ts/ovs ts/veth bridge/veth"
+else
+    MAIN_S=(ts br ve)
+    print_table "ts br ve" "tapswitch bridge veth" "ts/br ts/ve br/ve" "ts/bridge ts/veth bridge/veth"
+fi
 echo "veth = one veth pair between A and B, no switch: the ceiling. ratio = first / second: above 1"
 echo "is better for throughput and pps; for CPU, loss and RTT (lower is better) above 1 is worse."
-echo "(a) user + system CPU time of the tapswitch daemon(s) during the TCP run, per GB (10^9 bytes)"
-echo "    iperf3 sent in it (the omitted first second included on both sides)."
-printf '%-32s %11s %11s %11s\n' "detail" "tapswitch" "bridge" "veth"
-detail "UDP packets sent" "${R[ts.udp_sent_packets]:-}" "${R[br.udp_sent_packets]:-}" "${R[ve.udp_sent_packets]:-}"
-detail "UDP packets received" "${R[ts.udp_rx_packets]:-}" "${R[br.udp_rx_packets]:-}" "${R[ve.udp_rx_packets]:-}"
-detail "  lost: device queues (1)" "${R[ts.udp_link_drops]:-}" "${R[br.udp_link_drops]:-}" "${R[ve.udp_link_drops]:-}"
-detail "  lost: receiver socket (2)" "${R[ts.udp_rcvbuf_drops]:-}" "${R[br.udp_rcvbuf_drops]:-}" "${R[ve.udp_rcvbuf_drops]:-}"
-detail "UDP via the switch [kpps] (3)" "${R[ts.udp_switch_fwd_kpps]:-}" "-" "-"
-detail "TCP retransmits, 1 stream" "${R[ts.tcp_retransmits]:-}" "${R[br.tcp_retransmits]:-}" "${R[ve.tcp_retransmits]:-}"
-detail "TCP retransmits, 4 streams" "${R[ts.tcp4_retransmits]:-}" "${R[br.tcp4_retransmits]:-}" "${R[ve.tcp4_retransmits]:-}"
-detail "CPU s / GB sent, 1 stream (a)" "$(cpu_detail ts tcp)" "-" "-"
-detail "CPU s / GB sent, 4 streams (a)" "$(cpu_detail ts tcp4)" "-" "-"
-detail "ping replies (of $PING_COUNT)" "${R[ts.ping_received]:-}" "${R[br.ping_received]:-}" "${R[ve.ping_received]:-}"
-detail "ping RTT min / max [us]" "${R[ts.ping_min_us]:-?}/${R[ts.ping_max_us]:-?}" \
-    "${R[br.ping_min_us]:-?}/${R[br.ping_max_us]:-?}" "${R[ve.ping_min_us]:-?}/${R[ve.ping_max_us]:-?}"
-echo "(1) rx+tx dropped on the path's links (tapswitch: the TAPs, mostly sender -> switch queue"
-echo "    full; bridge, veth: the veths). (2) UdpRcvbufErrors in B: receiver socket buffer full."
-echo "(3) tapswitch tx counter / duration: what the switch forwarded, whether or not the receiving"
-echo "    iperf3 kept up. Switch counters over the UDP run: rx ${R[ts.udp_switch_rx]:-?}," \
+echo "(a) user + system CPU time of the switch's daemon (tapswitch; ovs: ovs-vswitchd, all threads)"
+echo "    during the TCP run, per GB (10^9 bytes) iperf3 sent in it (the omitted first second"
+echo "    included on both sides)."
+# A detail row of the first table: label, then for every setup the value of R key $2, or "-"
+# for the setups without a switch daemon when $3 is "switch".
+mrow() { # label key [switch]
+    local s
+    local -a v=()
+    for s in "${MAIN_S[@]}"; do
+        if [[ ${3:-} == switch && -z ${DAEMONS_OF[$s]:-} ]]; then
+            v+=(-)
+        else
+            v+=("${R[$s.$2]:-}")
+        fi
+    done
+    detail "$1" "${v[@]}"
+}
+printf '%-32s' "detail"
+for s in "${MAIN_S[@]}"; do printf ' %11s' "${LABEL[$s]}"; done
+printf '\n'
+mrow "UDP packets sent" udp_sent_packets
+mrow "UDP packets received" udp_rx_packets
+mrow "  lost: device queues (1)" udp_link_drops
+mrow "  lost: receiver socket (2)" udp_rcvbuf_drops
+mrow "UDP via the switch [kpps] (3)" udp_switch_fwd_kpps switch
+mrow "TCP retransmits, 1 stream" tcp_retransmits
+mrow "TCP retransmits, 4 streams" tcp4_retransmits
+for s in "${MAIN_S[@]}"; do
+    R[$s.tcp_cpu_detail]=$(cpu_detail "$s" tcp)
+    R[$s.tcp4_cpu_detail]=$(cpu_detail "$s" tcp4)
+    R[$s.ping_min_max]="${R[$s.ping_min_us]:-?}/${R[$s.ping_max_us]:-?}"
+done
+mrow "CPU s / GB sent, 1 stream (a)" tcp_cpu_detail switch
+mrow "CPU s / GB sent, 4 streams (a)" tcp4_cpu_detail switch
+mrow "ping replies (of $PING_COUNT)" ping_received
+mrow "ping RTT min / max [us]" ping_min_max
+echo "(1) rx+tx dropped on the path's links (tapswitch, ovs: the TAPs, mostly sender -> switch"
+echo "    queue full; bridge, veth: the veths). (2) UdpRcvbufErrors in B: receiver socket full."
+echo "(3) per second of the run, what the switch forwarded, whether or not the receiving iperf3"
+echo "    kept up (tapswitch: its tx counter; ovs: rx of B's TAP, what ovs-vswitchd wrote into it)."
+echo "    tapswitch over the UDP run: rx ${R[ts.udp_switch_rx]:-?}," \
     "tx ${R[ts.udp_switch_tx]:-?}, tx_errors ${R[ts.udp_switch_tx_errors]:-?}, drops ${R[ts.udp_switch_drops]:-?}."
+if [[ $OVS == 1 ]]; then
+    echo "    ovs over the UDP run: read from A's TAP ${R[ov.udp_switch_rx]:-?}, written into B's TAP" \
+        "${R[ov.udp_switch_tx]:-?}."
+fi
 
 if [[ $OVERLAY == 1 ]]; then
     echo
@@ -1127,13 +1351,14 @@ if [[ -n $JSON_OUT ]]; then
         done
         printf '\n%s}' "$ind"
     }
-    # The ratios a / b of the table's rows that every setup has.
+    # The ratios a / b of the table's rows that both setups have (the CPU rows only when both
+    # have a switch daemon).
     jratios() { # indent a b
         local ind=$1 a=$2 b=$3 row key label better scope sep=""
         printf '{'
         for row in "${ROWS[@]}"; do
             IFS='|' read -r key label better scope <<<"$row"
-            [[ $scope == all ]] || continue
+            [[ $scope == all || (-n ${DAEMONS_OF[$a]:-} && -n ${DAEMONS_OF[$b]:-}) ]] || continue
             printf '%s\n%s  "%s": %s' "$sep" "$ind" "$key" "$(jnum "$(ratio "${R[$a.$key]:-}" "${R[$b.$key]:-}")")"
             sep=","
         done
@@ -1142,7 +1367,8 @@ if [[ -n $JSON_OUT ]]; then
     KEYS=(tcp_gbps tcp_retransmits tcp4_gbps tcp4_retransmits udp_rx_kpps udp_loss_pct
         udp_sent_packets udp_rx_packets udp_link_drops udp_rcvbuf_drops ping_avg_us ping_p50_us
         ping_p99_us ping_min_us ping_max_us ping_received ping_loss_pct)
-    # tapswitch setups only: daemon CPU seconds, bytes sent over the same window, and their ratio.
+    # Setups with a switch daemon only: its CPU seconds, bytes sent over the same window, and
+    # their ratio.
     CPU_KEYS=(tcp_cpu_s tcp_bytes tcp_cpu_s_per_gb tcp4_cpu_s tcp4_bytes tcp4_cpu_s_per_gb)
     {
         printf '{\n'
@@ -1152,11 +1378,29 @@ if [[ -n $JSON_OUT ]]; then
         printf '  "duration_s": %s,\n  "ping_count": %s,\n  "clock_ticks_per_s": %s,\n' \
             "$DURATION" "$PING_COUNT" "$CLK_TCK"
         printf '  "measuring_s": %s,\n' "$ELAPSED"
+        if [[ $OVS == 1 ]]; then
+            printf '  "ovs_version": "%s",\n  "ovs_userspace_tso": %s,\n' "$OVS_VERSION" \
+                "$([[ $OVS_TSO == 1 ]] && echo true || echo false)"
+        else
+            printf '  "ovs_version": null,\n  "ovs_userspace_tso": null,\n'
+        fi
         printf '  "tapswitch": %s,\n' "$(jobj '  ' ts "${KEYS[@]}" "${CPU_KEYS[@]}" \
             udp_switch_rx udp_switch_tx udp_switch_tx_errors udp_switch_drops udp_switch_fwd_kpps)"
+        if [[ $OVS == 1 ]]; then
+            printf '  "ovs": %s,\n' "$(jobj '  ' ov "${KEYS[@]}" "${CPU_KEYS[@]}" \
+                udp_switch_rx udp_switch_tx udp_switch_fwd_kpps)"
+        else
+            printf '  "ovs": null,\n'
+        fi
         printf '  "bridge": %s,\n' "$(jobj '  ' br "${KEYS[@]}")"
         printf '  "veth": %s,\n' "$(jobj '  ' ve "${KEYS[@]}")"
         printf '  "ratio_tapswitch_over_bridge": %s,\n' "$(jratios '  ' ts br)"
+        if [[ $OVS == 1 ]]; then
+            printf '  "ratio_tapswitch_over_ovs": %s,\n' "$(jratios '  ' ts ov)"
+            printf '  "ratio_ovs_over_bridge": %s,\n' "$(jratios '  ' ov br)"
+        else
+            printf '  "ratio_tapswitch_over_ovs": null,\n  "ratio_ovs_over_bridge": null,\n'
+        fi
         printf '  "ratio_tapswitch_over_veth": %s,\n' "$(jratios '  ' ts ve)"
         printf '  "ratio_bridge_over_veth": %s,\n' "$(jratios '  ' br ve)"
         if [[ $OVERLAY == 1 ]]; then

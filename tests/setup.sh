@@ -1,17 +1,19 @@
 #!/bin/sh
 # Installs what the tests use that a fresh Debian machine may lack: iproute2 and procps
 # (namespaces), tcpdump and tshark (the VXLAN wire checks), ethtool (checksum offload on a
-# kernel VTEP's veth), and, for the end-to-end bench, iperf3, ping and nft (nftables: the kernel
-# NAT baseline); traceroute and tracepath (through NAT); protoc (protobuf-compiler: the etcd
-# client crate compiles etcd's API at build time) and a real etcd server and etcdctl (cluster
-# mode), openssl (the cluster tests make a CA for etcd over TLS), the reference CNI plugins
-# (host-local IPAM for the CNI plugin's tests), podman with runc and busybox-static (the CNI
-# plugin driven by a real runtime, containers made from busybox), prometheus (promtool checks
-# the metrics), libpcap-dev (the build links libpcap: capture and trace filters are compiled
-# from tcpdump's filter language by it); qemu-system-x86 (the VM tests run QEMU under TCG, with
-# a kernel that they fetch themselves with `apt-get download linux-image-*-cloud-amd64`, so the
-# package lists must know it; busybox-static is the guest's userland). Does nothing when all
-# are there. Needs root (apt-get).
+# kernel VTEP's veth), and, for the end-to-end bench, iperf3, ping, nft (nftables: the kernel
+# NAT baseline) and openvswitch-switch (Open vSwitch's userspace datapath as a peer; the bench
+# starts an instance of its own with its own database, never the system service, which the
+# package may start where systemd runs); traceroute and tracepath (through NAT); protoc
+# (protobuf-compiler: the etcd client crate compiles etcd's API at build time) and a real etcd
+# server and etcdctl (cluster mode), openssl (the cluster tests make a CA for etcd over TLS),
+# the reference CNI plugins (host-local IPAM for the CNI plugin's tests), podman with runc and
+# busybox-static (the CNI plugin driven by a real runtime, containers made from busybox),
+# prometheus (promtool checks the metrics), libpcap-dev (the build links libpcap: capture and
+# trace filters are compiled from tcpdump's filter language by it); qemu-system-x86 (the VM
+# tests run QEMU under TCG, with a kernel that they fetch themselves with `apt-get download
+# linux-image-*-cloud-amd64`, so the package lists must know it; busybox-static is the guest's
+# userland). Does nothing when all are there. Needs root (apt-get).
 set -eu
 need=""
 command -v ip >/dev/null || need="$need iproute2"
@@ -24,6 +26,7 @@ command -v ping >/dev/null || need="$need iputils-ping"
 command -v tracepath >/dev/null || need="$need iputils-tracepath"
 command -v traceroute >/dev/null || need="$need traceroute"
 command -v nft >/dev/null || need="$need nftables"
+command -v ovs-vswitchd >/dev/null || need="$need openvswitch-switch"
 command -v protoc >/dev/null || need="$need protobuf-compiler"
 command -v etcd >/dev/null || need="$need etcd-server"
 command -v etcdctl >/dev/null || need="$need etcd-client"
