@@ -159,13 +159,22 @@ impl Stages {
                 return self.policy_switched(state, port, decision, frame, now);
             }
             Ok(Switched::Done(decision)) => return decision,
-            Ok(Switched::Route { vlan, inner_offset }) => {
-                self.router.in_port = state.policy_active().then_some(port);
+            Ok(Switched::Route { vlan, inner_offset }) if state.policy_active() => {
+                self.router.in_port = Some(port);
                 let d =
                     self.router
                         .with(&mut self.cx)
                         .route_in(state, vlan, inner_offset, frame, now);
-                self.policy_routed(state, port, d, frame, now)
+                match self.policy_routed(state, port, &d, frame, now) {
+                    Ok(()) => d,
+                    Err(reason) => Decision::Drop(reason),
+                }
+            }
+            Ok(Switched::Route { vlan, inner_offset }) => {
+                self.router.in_port = None;
+                self.router
+                    .with(&mut self.cx)
+                    .route_in(state, vlan, inner_offset, frame, now)
             }
             Ok(Switched::Dhcp { vlan, inner_offset }) => {
                 self.router
@@ -217,13 +226,18 @@ impl Stages {
             {
                 self.router.offload = Some(*offload);
                 self.router.in_port = Some(port);
-                let d =
+                let mut d =
                     self.router
                         .with(&mut self.cx)
                         .route_in(state, vlan, inner_offset, frame, now);
                 self.router.offload = None;
                 self.router.in_port = None;
-                self.policy_routed(state, port, d, frame, now)
+                if state.policy_active() {
+                    if let Err(reason) = self.policy_routed(state, port, &d, frame, now) {
+                        d = Decision::Drop(reason);
+                    }
+                }
+                d
             }
             Ok(_) => {
                 // Decided again, frame by frame, once the offloads are done.
@@ -264,36 +278,19 @@ impl Stages {
         }
     }
 
-    /// The policy stage over a routed `decision` for a frame received on `port`.
-    #[inline(always)]
-    fn policy_routed<'s>(
-        &mut self,
-        state: &ForwardingState,
-        port: PortId,
-        decision: Decision<'s>,
-        frame: &[u8],
-        now: Timestamp,
-    ) -> Decision<'s> {
-        if !state.policy_active() {
-            return decision;
-        }
-        self.policy_routed_slow(state, port, decision, frame, now)
-    }
-
+    /// The policy stage over a routed `decision` for a frame received on `port`: the reason
+    /// it is denied for.
     #[cold]
     #[inline(never)]
-    fn policy_routed_slow<'s>(
+    fn policy_routed(
         &mut self,
         state: &ForwardingState,
         port: PortId,
-        decision: Decision<'s>,
+        decision: &Decision<'_>,
         frame: &[u8],
         now: Timestamp,
-    ) -> Decision<'s> {
-        match self.check_policy(state, port, &decision, frame, false, now) {
-            Ok(()) => decision,
-            Err(reason) => Decision::Drop(reason),
-        }
+    ) -> Result<(), DropReason> {
+        self.check_policy(state, port, decision, frame, false, now)
     }
 
     /// The [`policy`] stage, for a frame from `port` that `decision` sends to one port or
