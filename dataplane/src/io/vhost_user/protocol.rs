@@ -174,14 +174,17 @@ struct Connection {
     device: Arc<Device>,
     owned: bool,
     mappings: Vec<Mapping>,
+    /// Vrings that got a `SET_VRING_ENABLE` that reached us.
+    enable_seen: Vec<bool>,
 }
 
 impl Connection {
     fn new(device: Arc<Device>) -> Connection {
         Connection {
-            device,
             owned: false,
+            enable_seen: vec![false; device.vrings.len()],
             mappings: Vec::new(),
+            device,
         }
     }
 
@@ -254,8 +257,12 @@ impl VhostUserBackendReqHandlerMut for Connection {
         for index in 0..self.device.vrings.len() {
             let mut vring = self.device.vring(index);
             vring.queue.set_event_idx(event_idx);
-            // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start.
-            if acked & F_PROTOCOL_FEATURES == 0 {
+            // Without VHOST_USER_F_PROTOCOL_FEATURES rings are enabled from the start. With
+            // it they start disabled until SET_VRING_ENABLE; but QEMU 7.2 sends that before
+            // SET_FEATURES, and the message layer refuses it then (the feature is not yet
+            // acknowledged), so a ring whose enable never reached us is enabled here, as DPDK's
+            // vhost library (which does not check) would have it.
+            if acked & F_PROTOCOL_FEATURES == 0 || !self.enable_seen[index] {
                 vring.enabled = true;
                 self.device.update_polling(index, &mut vring);
             }
@@ -397,6 +404,7 @@ impl VhostUserBackendReqHandlerMut for Connection {
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VuResult<()> {
         let index = self.index(index)?;
+        self.enable_seen[index] = true;
         let mut vring = self.device.vring(index);
         vring.enabled = enable;
         self.device.update_polling(index, &mut vring);
