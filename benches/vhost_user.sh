@@ -94,8 +94,8 @@ SW_PID=$!
 for _ in $(seq 50); do [ -S "$DIR/ctl.sock" ] && break; sleep 0.1; done
 ts() { "$BIN" --socket "$DIR/ctl.sock" "$@"; }
 
-testpmd() { # NAME CPU SOCKET PREFIX MODE
-    taskset -c "$2" dpdk-testpmd --lcores "0@$2,1@$2" --no-huge -m 1024 --no-pci \
+testpmd() { # NAME CPU SOCKET PREFIX MODE; exec: the background job's PID is testpmd's
+    exec taskset -c "$2" dpdk-testpmd --lcores "0@$2,1@$2" --no-huge -m 1024 --no-pci \
         --file-prefix="$4" \
         --vdev="net_virtio_user0,path=$3,queues=1,queue_size=$QSIZE$VSRV" -- \
         --forward-mode="$5" --txpkts=64 --stats-period 1 --auto-start --nb-cores=1 \
