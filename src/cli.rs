@@ -118,7 +118,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum PortCmd {
-    /// Create a TAP port (or attach an existing interface with --attach).
+    /// Create a TAP port (or attach an existing interface with --attach, or serve a VM's
+    /// vhost-user socket with --vhost-user PATH).
     Add(Box<PortAddArgs>),
     /// Change a port's labels, addresses, port security or storm control.
     Set(Box<PortSetArgs>),
@@ -137,8 +138,16 @@ pub struct PortAddArgs {
     #[arg(long)]
     pub netns: Option<String>,
     /// Attach to an existing interface over AF_PACKET instead of creating a TAP.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vhost_user")]
     pub attach: bool,
+    /// A vhost-user port: the VM's virtio-net device over the Unix socket PATH (absolute).
+    /// tapswitch listens on it (QEMU `-chardev socket,path=PATH`) unless --vhost-user-client.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["netns", "ifname", "no_offload"])]
+    pub vhost_user: Option<String>,
+    /// With --vhost-user: QEMU listens on the socket (`server=on`) and tapswitch connects to
+    /// it, and connects again whenever QEMU is restarted.
+    #[arg(long, requires = "vhost_user")]
+    pub vhost_user_client: bool,
     /// Access VLAN (untagged); default 1.
     #[arg(long, conflicts_with = "trunk")]
     pub vlan: Option<u16>,
@@ -148,7 +157,8 @@ pub struct PortAddArgs {
     /// With --trunk: untagged frames belong to this VLAN.
     #[arg(long, requires = "trunk")]
     pub native_vlan: Option<u16>,
-    /// MAC of the TAP device.
+    /// MAC of the TAP device (with --vhost-user: the VM's, as given to QEMU, for port
+    /// security).
     #[arg(long)]
     pub mac: Option<String>,
     #[arg(long)]
@@ -931,6 +941,9 @@ pub fn execute(cli: Cli) -> Result<(), Error> {
                 name: a.name,
                 netns: a.netns,
                 attach: a.attach,
+                kind: a.vhost_user.is_some().then(|| "vhost-user".to_string()),
+                socket: a.vhost_user,
+                vhost_user_mode: a.vhost_user_client.then(|| "client".to_string()),
                 mac: a.mac,
                 mtu: a.mtu,
                 vlan: a.vlan,
@@ -1354,7 +1367,7 @@ fn s(v: &Value, key: &str) -> String {
 
 pub fn print_ports(data: &Value) {
     println!(
-        "{:<16} {:>4} {:<7} {:<12} {:<18} {:>6}  VLANS",
+        "{:<16} {:>4} {:<10} {:<12} {:<18} {:>6}  VLANS",
         "NAME", "ID", "KIND", "NETNS", "MAC", "MTU"
     );
     for p in data.as_array().into_iter().flatten() {
@@ -1377,6 +1390,31 @@ pub fn print_ports(data: &Value) {
             let a: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
             extra.push_str(&format!("  addresses {}", a.join(",")));
         }
+        let vu = &p["vhost_user"];
+        if !vu.is_null() {
+            let state = if vu["connected"].as_bool() == Some(true) {
+                let names: Vec<&str> = vu["feature_names"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                format!(
+                    "connected, queue pairs {}/{}, features {} ({})",
+                    s(vu, "queue_pairs_enabled"),
+                    s(vu, "queue_pairs"),
+                    s(vu, "features"),
+                    names.join(",")
+                )
+            } else {
+                "not connected".to_string()
+            };
+            extra.push_str(&format!(
+                "  socket {} ({}): {state}",
+                s(vu, "socket"),
+                s(vu, "mode")
+            ));
+        }
         if let Some(labels) = p["labels"].as_object() {
             let l: Vec<String> = labels
                 .iter()
@@ -1385,7 +1423,7 @@ pub fn print_ports(data: &Value) {
             extra.push_str(&format!("  labels {}", l.join(",")));
         }
         println!(
-            "{:<16} {:>4} {:<7} {:<12} {:<18} {:>6}  {}{extra}",
+            "{:<16} {:>4} {:<10} {:<12} {:<18} {:>6}  {}{extra}",
             s(p, "name"),
             s(p, "id"),
             s(p, "kind"),

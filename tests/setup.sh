@@ -38,6 +38,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || need="$need busybox-static"
 command -v promtool >/dev/null || need="$need prometheus"
 dpkg -s libpcap-dev >/dev/null 2>&1 || need="$need libpcap-dev"
 dpkg -s python3-scapy >/dev/null 2>&1 || need="$need python3-scapy"
+command -v dpdk-testpmd >/dev/null || need="$need dpdk-dev"
 command -v qemu-system-x86_64 >/dev/null || need="$need qemu-system-x86"
 if ! apt-cache show linux-image-cloud-amd64 >/dev/null 2>&1; then
   echo "updating the package lists (the VM tests fetch linux-image-cloud-amd64's kernel)"

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use hashbrown::HashMap;
 use serde::Serialize;
 use tapswitch_dataplane::io::ipip::IpipSocket;
+use tapswitch_dataplane::io::vhost_user::VhostUserSpec;
 use tapswitch_dataplane::io::{
     PortDevice, PortError, Snapshot, TapSpec, TunnelSocket, WorkerHandle,
 };
@@ -184,6 +185,7 @@ fn vxlan_port_spec(v: &VxlanSpec) -> PortSpec {
         name: v.port_name(),
         netns: None,
         attach: false,
+        vhost_user: None,
         mac: None,
         mtu: Some(v.mtu),
         mode: PortMode::Access(v.vlan),
@@ -395,6 +397,48 @@ pub struct PortInfo {
     pub police: Option<RateInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shape: Option<RateInfo>,
+    /// A vhost-user port's socket and connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<VhostUserInfo>,
+}
+
+/// A vhost-user port's connection as `port list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VhostUserInfo {
+    pub socket: String,
+    /// `server` (tapswitch listens) or `client` (tapswitch connects).
+    pub mode: &'static str,
+    /// A frontend (the VM's QEMU) is connected and has negotiated.
+    pub connected: bool,
+    /// The virtio-net features it acknowledged, as a number and by name.
+    pub features: String,
+    pub feature_names: Vec<&'static str>,
+    /// Queue pairs offered, and those whose rings run.
+    pub queue_pairs: usize,
+    pub queue_pairs_enabled: usize,
+    /// Frontends that connected since the port was made.
+    pub connections: u64,
+    /// Frames to the VM dropped for want of buffers in its RX rings.
+    pub rx_no_buffers: u64,
+    /// Malformed chains the VM sent.
+    pub tx_bad_chains: u64,
+}
+
+impl VhostUserInfo {
+    fn of(s: &tapswitch_dataplane::io::vhost_user::VhostUserStatus) -> VhostUserInfo {
+        VhostUserInfo {
+            socket: s.socket.display().to_string(),
+            mode: s.mode.as_str(),
+            connected: s.connected,
+            features: format!("{:#x}", s.features),
+            feature_names: tapswitch_dataplane::io::vhost_user::features::names(s.features),
+            queue_pairs: s.pairs,
+            queue_pairs_enabled: s.pairs_enabled,
+            connections: s.connections,
+            rx_no_buffers: s.rx_no_buffers,
+            tx_bad_chains: s.tx_bad_chains,
+        }
+    }
 }
 
 /// A rate limit as `port list` shows it: as configured, and in bits and bytes.
@@ -568,7 +612,7 @@ impl Switch {
         let taps = |c: &Config| -> Vec<TapRef> {
             c.ports
                 .iter()
-                .filter(|p| !p.attach)
+                .filter(|p| p.is_tap())
                 .map(|p| TapRef {
                     name: p.device().to_string(),
                     netns: p.netns.clone(),
@@ -1045,6 +1089,7 @@ impl Switch {
                 && a.device == b.device
                 && a.netns == b.netns
                 && a.attach == b.attach
+                && a.vhost_user == b.vhost_user
                 && a.mac == b.mac
                 && a.mtu == b.mtu
                 && a.offload == b.offload
@@ -1059,7 +1104,7 @@ impl Switch {
                 .any(|p| matches!(p.backend, Backend::Device(_)) && same_device(&p.spec, spec));
             if !kept {
                 let device = match self.handed.remove(&spec.name) {
-                    Some(h) if !spec.attach && h.offload == spec.offload => {
+                    Some(h) if spec.is_tap() && h.offload == spec.offload => {
                         let tap = tap_spec(spec, queues, true);
                         PortDevice::from_tap_queues(&tap, h.queues, h.uso)
                             .map(Arc::new)
@@ -1469,6 +1514,11 @@ impl Switch {
                         .and_then(|c| c.shape.as_ref())
                         .zip(p.spec.shape.as_ref())
                         .map(|(c, s)| RateInfo::of(c, s, true)),
+                    vhost_user: p
+                        .backend
+                        .device()
+                        .and_then(|d| d.vhost_user_status())
+                        .map(|s| VhostUserInfo::of(&s)),
                 }
             })
             .collect()
@@ -1842,7 +1892,15 @@ fn open_device(
     queues: usize,
     adopt: bool,
 ) -> Result<Arc<PortDevice>, SwitchError> {
-    let device = if spec.attach {
+    let device = if let Some(v) = &spec.vhost_user {
+        let vhost = VhostUserSpec {
+            name: spec.name.clone(),
+            socket: v.socket.clone(),
+            mode: v.mode,
+            pairs: queues,
+        };
+        PortDevice::create_vhost_user(&vhost, spec.mac, spec.mtu)
+    } else if spec.attach {
         PortDevice::attach_with(
             &spec.name,
             spec.netns.as_deref(),

@@ -999,3 +999,85 @@ impl Cpio {
         self.out
     }
 }
+
+/// `len` bytes of a fixed pseudo-random sequence.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// The md5 of `data` in hex, by the host's `md5sum`.
+pub fn md5(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().expect("md5sum output");
+    writer.join().unwrap().expect("feed md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The container in `ns` (at `ns_ip`) sends 4 MiB to the VM (at `vm_ip`) over TCP (busybox
+/// `nc` listening in the guest), checked by md5sum in the guest; then the VM sends it back,
+/// compared byte by byte. Panics on any difference.
+pub fn exchange_tcp(vm: &Vm, ns: &super::Netns, vm_ip: &str, ns_ip: &str) {
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    // The container sends 4 MiB to the VM (busybox nc), checked by md5sum in the guest.
+    let data = pattern(4 << 20);
+    vm.ok("rm -f /run/in; nc -l -p 5001 >/run/in 2>/run/nc.err </dev/null &");
+    vm.ok("i=0; while ! netstat -ltn | grep -q ':5001 '; do \
+         i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done");
+    let to: SocketAddr = format!("{vm_ip}:5001").parse().unwrap();
+    let mut conn = ns
+        .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(10)))
+        .expect("connect to the VM");
+    conn.set_write_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    conn.write_all(&data).expect("send to the VM");
+    conn.shutdown(Shutdown::Write).unwrap();
+    // nc closes its side when it has read everything.
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).expect("the VM closes");
+    drop(conn);
+    let got = vm.ok(
+        "i=0; while pidof nc >/dev/null; do i=$((i+1)); [ $i -gt 100 ] && exit 1; sleep 0.1; done; \
+         wc -c </run/in; md5sum </run/in; cat /run/nc.err",
+    );
+    let mut lines = got.lines();
+    assert_eq!(lines.next().map(str::trim), Some("4194304"), "{got}");
+    let guest_md5 = lines.next().unwrap_or("").split_whitespace().next();
+    assert_eq!(guest_md5, Some(md5(&data).as_str()), "{got}");
+
+    // And the VM sends it back to the container, compared byte by byte.
+    let listener = ns
+        .run(|| TcpListener::bind(format!("{ns_ip}:5002")))
+        .expect("listen in the container");
+    let receiver = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+        let mut got = Vec::new();
+        conn.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    vm.ok(&format!("nc {ns_ip} 5002 </run/in"));
+    let back = receiver.join().unwrap().expect("receive from the VM");
+    assert_eq!(back.len(), data.len(), "bytes back from the VM");
+    assert!(back == data, "the stream from the VM is byte-exact");
+}

@@ -25,6 +25,7 @@ pub use nat::{
 };
 pub use routing::{parse_cidr, Addresses, InterfaceConfig, InterfaceSpec, RouteConfig, RouteSpec};
 use tapswitch_dataplane::io::port::valid_ifname;
+pub use tapswitch_dataplane::io::vhost_user::Mode as VhostUserMode;
 use tapswitch_dataplane::pipeline::routing::{same_subnet_v4, same_subnet_v6};
 use tapswitch_dataplane::pipeline::{AllowedPair, Ipv4Prefix, PortMode, TunnelEndpoint, VlanSet};
 use tapswitch_dataplane::wire::{EthernetAddress, VlanId};
@@ -231,7 +232,8 @@ impl Default for SwitchConfig {
     }
 }
 
-/// `[[port]]`: a TAP port that tapswitch creates, or an existing interface it attaches to.
+/// `[[port]]`: a TAP port that tapswitch creates, an existing interface it attaches to, or a
+/// VM's vhost-user socket.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortConfig {
@@ -243,6 +245,19 @@ pub struct PortConfig {
     /// Attach to an existing interface over AF_PACKET instead of creating a TAP.
     #[serde(default, skip_serializing_if = "is_false")]
     pub attach: bool,
+    /// What the port is: `"tap"` (the default), `"attach"` (as `attach = true`) or
+    /// `"vhost-user"` (a VM's virtio-net device over the vhost-user socket `socket`).
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// `type = "vhost-user"`: the socket's path (absolute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// `type = "vhost-user"`: `"server"` (the default: tapswitch listens on `socket`, QEMU
+    /// connects) or `"client"` (QEMU listens, `server=on`; tapswitch connects and reconnects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user_mode: Option<String>,
+    /// The workload's MAC: a TAP's (set on the device), or a VM's on a vhost-user port (as
+    /// given to QEMU; for port security).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -781,6 +796,8 @@ pub struct PortSpec {
     pub name: String,
     pub netns: Option<String>,
     pub attach: bool,
+    /// A vhost-user port: its socket and who opens it.
+    pub vhost_user: Option<VhostUserPortSpec>,
     pub mac: Option<EthernetAddress>,
     pub mtu: Option<u32>,
     pub mode: PortMode,
@@ -801,6 +818,20 @@ pub struct PortSpec {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Its addresses: what policy peers that select it match.
     pub addresses: Vec<IpAddr>,
+}
+
+impl PortSpec {
+    /// A TAP that tapswitch creates (not an attached interface, not a vhost-user socket).
+    pub fn is_tap(&self) -> bool {
+        !self.attach && self.vhost_user.is_none()
+    }
+}
+
+/// A vhost-user port's validated socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserPortSpec {
+    pub socket: std::path::PathBuf,
+    pub mode: VhostUserMode,
 }
 
 /// A port's validated port security; the MAC is the device's, known once it exists.
@@ -842,16 +873,122 @@ pub fn parse_mac(field: &str, s: &str) -> Result<EthernetAddress, ConfigError> {
     Ok(mac)
 }
 
+/// Longest path of a Unix socket (`sun_path` less its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 impl PortConfig {
     /// The device's name in its namespace: `ifname`, else the port's name.
     pub fn device(&self) -> &str {
         self.ifname.as_deref().unwrap_or(&self.name)
     }
 
+    /// A TAP that tapswitch creates (not an attached interface, not a vhost-user socket).
+    pub fn is_tap(&self) -> bool {
+        !self.attach && matches!(self.kind.as_deref(), None | Some("tap"))
+    }
+
+    /// `type`, `attach`, `socket` and `vhost_user_mode` checked together: whether the port
+    /// attaches an interface, and its vhost-user socket.
+    fn validate_kind(
+        &self,
+        f: &dyn Fn(&str) -> String,
+    ) -> Result<(bool, Option<VhostUserPortSpec>), ConfigError> {
+        let only_vhost_user =
+            |key: &str| ConfigError::new(f(key), "only with type = \"vhost-user\"");
+        match self.kind.as_deref() {
+            None | Some("tap") | Some("attach") => {
+                if self.kind.as_deref() == Some("tap") && self.attach {
+                    return Err(ConfigError::new(
+                        f("attach"),
+                        "not with type = \"tap\" (type = \"attach\" attaches an interface)",
+                    ));
+                }
+                if self.socket.is_some() {
+                    return Err(only_vhost_user("socket"));
+                }
+                if self.vhost_user_mode.is_some() {
+                    return Err(only_vhost_user("vhost_user_mode"));
+                }
+                Ok((self.attach || self.kind.as_deref() == Some("attach"), None))
+            }
+            Some("vhost-user") => {
+                let Some(socket) = &self.socket else {
+                    return Err(ConfigError::new(
+                        f("socket"),
+                        "missing: a vhost-user port needs the path of its socket",
+                    ));
+                };
+                if !socket.starts_with('/') || socket.contains('\0') || socket.ends_with('/') {
+                    return Err(ConfigError::new(
+                        f("socket"),
+                        format!("{socket:?} is not an absolute path of a file"),
+                    ));
+                }
+                if socket.len() > SOCKET_PATH_MAX {
+                    return Err(ConfigError::new(
+                        f("socket"),
+                        format!("longer than a Unix socket path may be ({SOCKET_PATH_MAX} bytes)"),
+                    ));
+                }
+                let mode = match self.vhost_user_mode.as_deref() {
+                    None | Some("server") => VhostUserMode::Server,
+                    Some("client") => VhostUserMode::Client,
+                    Some(other) => {
+                        return Err(ConfigError::new(
+                            f("vhost_user_mode"),
+                            format!("{other:?}: \"server\" or \"client\""),
+                        ))
+                    }
+                };
+                for (set, key, why) in [
+                    (
+                        self.attach,
+                        "attach",
+                        "a vhost-user port attaches no interface",
+                    ),
+                    (
+                        self.netns.is_some(),
+                        "netns",
+                        "a vhost-user port has no device in a namespace",
+                    ),
+                    (
+                        self.ifname.is_some(),
+                        "ifname",
+                        "a vhost-user port has no device to name",
+                    ),
+                    (
+                        self.offload.is_some(),
+                        "offload",
+                        "the VM negotiates its offloads when it connects",
+                    ),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            f(key),
+                            format!("not with type = \"vhost-user\": {why}"),
+                        ));
+                    }
+                }
+                Ok((
+                    false,
+                    Some(VhostUserPortSpec {
+                        socket: socket.into(),
+                        mode,
+                    }),
+                ))
+            }
+            Some(other) => Err(ConfigError::new(
+                f("type"),
+                format!("{other:?}: \"tap\", \"attach\" or \"vhost-user\""),
+            )),
+        }
+    }
+
     /// Checks this port on its own; `at` is how errors name it (`port[0] (tap-c1)` or
     /// `port tap-c1`).
     pub fn validate(&self, at: &str) -> Result<PortSpec, ConfigError> {
         let f = |key: &str| format!("{at}.{key}");
+        let (attach, vhost_user) = self.validate_kind(&f)?;
         if !valid_ifname(&self.name) {
             return Err(ConfigError::new(
                 f("name"),
@@ -884,7 +1021,7 @@ impl PortConfig {
                     format!("{ifname:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)"),
                 ));
             }
-            if self.attach {
+            if attach {
                 return Err(ConfigError::new(
                     f("ifname"),
                     "not with attach: the port is named for the interface it attaches",
@@ -912,13 +1049,19 @@ impl PortConfig {
             let (prefix, len) = routing::parse_cidr(&f("allowed_pairs"), prefix, false)?;
             pairs.push(AllowedPair { prefix, len, mac });
         }
-        let security = self
-            .port_security
-            .unwrap_or(!self.addresses.is_empty() && !self.attach);
-        if security && self.attach {
+        let security = self.port_security.unwrap_or(
+            !self.addresses.is_empty() && !attach && (vhost_user.is_none() || self.mac.is_some()),
+        );
+        if security && attach {
             return Err(ConfigError::new(
                 f("port_security"),
                 "not with attach: the workload behind an attached interface has a MAC of its own that the switch does not know",
+            ));
+        }
+        if security && vhost_user.is_some() && self.mac.is_none() {
+            return Err(ConfigError::new(
+                f("port_security"),
+                "a vhost-user port needs the VM's mac for port security",
             ));
         }
         if !security {
@@ -962,7 +1105,7 @@ impl PortConfig {
             .as_deref()
             .map(|m| parse_mac(&f("mac"), m))
             .transpose()?;
-        if self.attach && mac.is_some() {
+        if attach && mac.is_some() {
             return Err(ConfigError::new(
                 f("mac"),
                 "not allowed with attach: an attached interface keeps its own MAC",
@@ -1013,7 +1156,8 @@ impl PortConfig {
         Ok(PortSpec {
             name: self.name.clone(),
             netns: self.netns.clone(),
-            attach: self.attach,
+            attach,
+            vhost_user,
             mac,
             mtu: self.mtu,
             mode,
@@ -1681,6 +1825,15 @@ mod tests {
             ("[[port]]\nname = \"a/b\"", "port[0] (a/b).name:"),
             ("[[port]]\nname = \"a\"\n[[port]]\nname = \"a\"", "port[1] (a).name: port a is defined twice"),
             ("[[port]]\nname = \"a\"\nattach = true\nmac = \"02:00:00:00:00:01\"", "not allowed with attach"),
+            ("[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"", "port[0] (vm1).socket: missing"),
+            ("[[port]]\nname = \"a\"\nsocket = \"/run/a.sock\"", "port[0] (a).socket: only with type = \"vhost-user\""),
+            ("[[port]]\nname = \"a\"\nattach = true\nsocket = \"/run/a.sock\"", "port[0] (a).socket: only with"),
+            ("[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\nsocket = \"vm1.sock\"", "port[0] (vm1).socket: \"vm1.sock\" is not an absolute path"),
+            ("[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\nsocket = \"/run/vm1.sock\"\nvhost_user_mode = \"listen\"", "port[0] (vm1).vhost_user_mode: \"listen\""),
+            ("[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\nsocket = \"/run/vm1.sock\"\nnetns = \"x\"", "port[0] (vm1).netns: not with type = \"vhost-user\""),
+            ("[[port]]\nname = \"vm1\"\ntype = \"vhost-user\"\nsocket = \"/run/vm1.sock\"\nport_security = true", "port[0] (vm1).port_security: a vhost-user port needs the VM's mac"),
+            ("[[port]]\nname = \"vm1\"\ntype = \"virtio\"", "port[0] (vm1).type: \"virtio\""),
+            ("[[port]]\nname = \"a\"\ntype = \"tap\"\nattach = true", "port[0] (a).attach: not with type = \"tap\""),
             ("[switch]\nmac_table_max = 0", "switch.mac_table_max: 0 is out of range"),
             ("[switch]\nmac_aging_secs = 0", "switch.mac_aging_secs"),
             ("[switch]\nworkers = 0", "switch.workers"),

@@ -5,6 +5,7 @@
 //! - [`netdev`]: interface ioctls (index, MAC, MTU, flags).
 //! - [`port`]: a port's device: a TAP that tapswitch creates and owns, or an existing
 //!   interface attached over AF_PACKET.
+//! - [`vhost_user`]: a VM's virtio-net rings in shared memory, served over a vhost-user socket.
 //! - [`steering`]: the eBPF program that picks a multiqueue TAP's queue by flow hash.
 //! - [`worker`]: a worker thread: a mio poll loop over its ports that runs the pipeline and
 //!   adopts published snapshots between batches.
@@ -17,6 +18,7 @@ pub mod port;
 pub mod raw;
 pub mod steering;
 pub mod tunnel;
+pub mod vhost_user;
 pub mod worker;
 
 pub use port::{PortDevice, PortError, PortKind, TapSpec};

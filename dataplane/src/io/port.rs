@@ -12,6 +12,9 @@
 //!   out of the frame (auxdata) are put back. The socket reads a virtio-net header with every
 //!   frame, so checksums and TCP segmentation that the sender left to offload are known (see
 //!   [`Offload`]) and finished in software before the frame goes anywhere.
+//! - [`PortKind::VhostUser`]: a VM's virtio-net device, its rings in the VM's memory, the
+//!   VM's QEMU (or another vhost-user frontend) on a Unix socket; see
+//!   [`vhost_user`](super::vhost_user). Its queues are its virtqueue pairs.
 //!
 //! # Queues
 //!
@@ -48,6 +51,7 @@ use super::netdev::{self, IfReq};
 use super::netns;
 use super::raw;
 use super::steering;
+use super::vhost_user::{VhostUserError, VhostUserPort, VhostUserSpec, VhostUserStatus};
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
 use crate::pipeline::EgressFrame;
 use crate::wire::EthernetAddress;
@@ -96,6 +100,9 @@ pub enum PortError {
     /// An attached port names a device that does not exist.
     #[error("no device named {name}{}", in_netns(.netns))]
     NoSuchDevice { name: String, netns: Option<String> },
+    /// A vhost-user port's socket could not be set up.
+    #[error(transparent)]
+    VhostUser(#[from] VhostUserError),
     /// A syscall failed while setting the device up.
     #[error("{what} {name}: {source}")]
     Os {
@@ -147,6 +154,7 @@ pub struct TapSpec {
 pub enum PortKind {
     Tap,
     Packet,
+    VhostUser,
 }
 
 impl PortKind {
@@ -154,6 +162,7 @@ impl PortKind {
         match self {
             PortKind::Tap => "tap",
             PortKind::Packet => "attach",
+            PortKind::VhostUser => "vhost-user",
         }
     }
 }
@@ -162,7 +171,8 @@ impl PortKind {
 #[derive(Debug)]
 pub struct PortDevice {
     kind: PortKind,
-    /// One descriptor per queue, queue 0 first; never empty.
+    /// One descriptor per queue, queue 0 first; never empty. A vhost-user port's are epoll
+    /// sets, one per queue pair, that hold the kicks of the guest's TX rings.
     queues: Vec<OwnedFd>,
     name: String,
     netns: Option<String>,
@@ -177,6 +187,8 @@ pub struct PortDevice {
     /// UDP super-frames (`VIRTIO_NET_HDR_GSO_UDP_L4`) may be written to it, and it hands them
     /// over: a TAP with UDP segmentation offload (Linux 6.2 and later).
     uso: bool,
+    /// The shared rings and the protocol thread of a vhost-user port.
+    vhost_user: Option<VhostUserPort>,
 }
 
 fn os<'a>(what: &'static str, name: &'a str) -> impl FnOnce(io::Error) -> PortError + 'a {
@@ -299,6 +311,7 @@ impl PortDevice {
             vnet: spec.offload,
             offload: spec.offload,
             uso,
+            vhost_user: None,
         })
     }
 
@@ -358,6 +371,7 @@ impl PortDevice {
             vnet: spec.offload,
             offload: spec.offload,
             uso: uso && spec.offload,
+            vhost_user: None,
         })
     }
 
@@ -476,7 +490,37 @@ impl PortDevice {
             // A packet socket's frames come segmented by the kernel's own rules; UDP
             // super-frames are not written to it.
             uso: false,
+            vhost_user: None,
         })
+    }
+
+    /// Makes a vhost-user port as `spec` says: in server mode its socket listens when this
+    /// returns; a frontend may connect (or be connected to) at any time after. `mac` is the
+    /// VM's, as given to its frontend (for port security and `port list`), and `mtu` what the
+    /// VM is configured with; neither is sent to the frontend.
+    pub fn create_vhost_user(
+        spec: &VhostUserSpec,
+        mac: Option<EthernetAddress>,
+        mtu: Option<u32>,
+    ) -> Result<PortDevice, PortError> {
+        let (port, queues) = VhostUserPort::create(spec)?;
+        Ok(PortDevice {
+            kind: PortKind::VhostUser,
+            queues,
+            name: spec.name.clone(),
+            netns: None,
+            mac: mac.unwrap_or(EthernetAddress([0; 6])),
+            mtu: mtu.unwrap_or(1500),
+            vnet: true,
+            offload: true,
+            uso: false,
+            vhost_user: Some(port),
+        })
+    }
+
+    /// The connection of a vhost-user port (`None` for other kinds).
+    pub fn vhost_user_status(&self) -> Option<VhostUserStatus> {
+        self.vhost_user.as_ref().map(VhostUserPort::status)
     }
 
     pub fn kind(&self) -> PortKind {
@@ -505,13 +549,25 @@ impl PortDevice {
     pub fn delete_on_close(&self) -> io::Result<()> {
         match self.kind {
             PortKind::Tap => set_persist(&self.queues[0], false),
-            PortKind::Packet => Ok(()),
+            PortKind::Packet | PortKind::VhostUser => Ok(()),
         }
     }
 
-    /// Whether frames with a checksum or segmentation still to do may be written to it.
+    /// Whether frames with a checksum or segmentation still to do may be written to it (a
+    /// vhost-user port: whether the guest now connected takes pending checksums).
     pub fn takes_offloads(&self) -> bool {
-        self.offload
+        match &self.vhost_user {
+            Some(v) => v.device().takes_checksums(),
+            None => self.offload,
+        }
+    }
+
+    /// Whether a frame with `offload` still to do may be written to it as it is.
+    pub fn takes(&self, offload: &Offload) -> bool {
+        match &self.vhost_user {
+            Some(v) => v.device().takes(offload),
+            None => self.offload && (!offload.gso_udp || self.uso),
+        }
     }
 
     /// Whether UDP super-frames (UDP segmentation offload) may be written to it.
@@ -539,6 +595,9 @@ impl PortDevice {
     /// range in `buf`. `Ok(None)` means nothing more to read now on that queue.
     /// `buf` must be at least [`HEADROOM`] + [`MAX_FRAME`] long.
     pub fn recv(&self, queue: usize, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+        if let Some(v) = &self.vhost_user {
+            return v.device().recv(queue, buf);
+        }
         let fd = self.fd(queue);
         match self.kind {
             PortKind::Tap if self.vnet => {
@@ -581,6 +640,7 @@ impl PortDevice {
                 }))
             }
             PortKind::Packet => recv_packet(fd, buf),
+            PortKind::VhostUser => Ok(None),
         }
     }
 
@@ -599,6 +659,9 @@ impl PortDevice {
         frame: &EgressFrame<'_>,
         vnet: &[u8; VNET_HDR_LEN],
     ) -> io::Result<()> {
+        if let Some(v) = &self.vhost_user {
+            return v.device().send(queue, frame, vnet);
+        }
         let prefix: &[u8] = if self.vnet { &vnet[..] } else { &[] };
         let iov = frame_iovecs(prefix, frame);
         // SAFETY: every iovec points at a live buffer of its length; writev only reads them.

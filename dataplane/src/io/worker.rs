@@ -827,9 +827,7 @@ struct Out<'a> {
 
 impl Output for Out<'_> {
     fn takes_offloads(&self, port: PortId, offload: &Offload) -> bool {
-        self.snapshot
-            .device(port)
-            .is_some_and(|d| d.takes_offloads() && (!offload.gso_udp || d.takes_udp_segmentation()))
+        self.snapshot.device(port).is_some_and(|d| d.takes(offload))
     }
 
     fn send(&mut self, transmit: Transmit<'_>) -> Sent {
