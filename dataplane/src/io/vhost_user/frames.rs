@@ -101,7 +101,13 @@ impl Device {
                     }
                     got += k;
                     left -= k;
-                    addr = GuestAddress(addr.0 + k as u64);
+                    // A guest's descriptor may name any address: no arithmetic that can
+                    // overflow.
+                    let Some(next) = addr.0.checked_add(k as u64) else {
+                        ok = false;
+                        break;
+                    };
+                    addr = GuestAddress(next);
                 }
                 let k = left.min(room.len() - len);
                 truncated |= k < left;
@@ -195,7 +201,7 @@ impl Device {
                     for (k, slot) in num_buffers_at.iter_mut().enumerate() {
                         let byte = NUM_BUFFERS + k;
                         if (at..at + n).contains(&byte) {
-                            *slot = Some(GuestAddress(d.addr().0 + (byte - at) as u64));
+                            *slot = Some(GuestAddress(d.addr().0.wrapping_add((byte - at) as u64)));
                         }
                     }
                 }
@@ -274,8 +280,9 @@ impl<'a> Pieces<'a> {
         while n < room && !self.done() {
             let piece = &self.pieces[self.piece][self.offset..];
             let k = piece.len().min(room - n);
-            mem.write_slice(&piece[..k], GuestAddress(addr.0 + n as u64))
-                .ok()?;
+            // A guest's descriptor may name any address: no arithmetic that can overflow.
+            let at = GuestAddress(addr.0.checked_add(n as u64)?);
+            mem.write_slice(&piece[..k], at).ok()?;
             n += k;
             self.offset += k;
             self.position += k;

@@ -201,7 +201,7 @@ impl Connection {
         self.mappings
             .iter()
             .find(|m| addr >= m.user_addr && addr - m.user_addr < m.size)
-            .map(|m| addr - m.user_addr + m.gpa)
+            .map(|m| (addr - m.user_addr).wrapping_add(m.gpa))
             .ok_or(VuError::InvalidParam)
     }
 

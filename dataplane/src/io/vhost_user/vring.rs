@@ -99,7 +99,9 @@ impl Vring {
         let size = self.queue.size().max(1);
         let slot = (Wrapping(self.queue.next_used()) + Wrapping(self.unpublished)).0 % size;
         let elem = u64::from(head) | (u64::from(len) << 32);
-        let at = self.queue.used_ring() + 4 + 8 * u64::from(slot);
+        // Ring addresses are the frontend's: wrap rather than overflow (an address outside
+        // guest memory fails the access).
+        let at = self.queue.used_ring().wrapping_add(4 + 8 * u64::from(slot));
         let _ = mem.write_obj(elem.to_le(), GuestAddress(at));
         self.unpublished += 1;
     }
@@ -125,13 +127,17 @@ impl Vring {
         let new = old + Wrapping(self.unpublished);
         self.unpublished = 0;
         let used = self.queue.used_ring();
-        let _ = mem.store(new.0.to_le(), GuestAddress(used + 2), Ordering::Release);
+        let _ = mem.store(
+            new.0.to_le(),
+            GuestAddress(used.wrapping_add(2)),
+            Ordering::Release,
+        );
         self.queue.set_next_used(new.0);
         // The used index must be visible before the driver's suppression state is read.
         fence(Ordering::SeqCst);
         let avail = self.queue.avail_ring();
         let notify = if self.queue.event_idx_enabled() {
-            let at = avail + 4 + 2 * u64::from(self.queue.size());
+            let at = avail.wrapping_add(4 + 2 * u64::from(self.queue.size()));
             let event = mem
                 .load::<u16>(GuestAddress(at), Ordering::Acquire)
                 .map_or(Wrapping(old.0), |e| Wrapping(u16::from_le(e)));
