@@ -265,3 +265,66 @@ fn bad_vhost_user_ports_are_refused() {
     assert!(err.contains("cannot be used with"), "{err}");
     assert!(!port_names(&switch).contains(&port), "nothing was added");
 }
+
+/// Multiqueue: a VM with two vCPUs and two queue pairs, on a port of a switch with two
+/// workers (a pair per worker). The Linux guest enables both pairs, and what it sends from
+/// each vCPU comes in on that vCPU's pair; the VM and the container still talk.
+#[test]
+fn a_two_queue_vm_sends_on_both_pairs() {
+    if !have_root() || !vm::available() {
+        return;
+    }
+    let dir = SocketDir::new();
+    let socket = dir.path("vm.sock");
+    let switch = Switch::with_config("[switch]\nworkers = 2\n");
+    let port = unique("tsvq");
+    let mac = "52:54:00:95:00:02";
+    switch.cli(&[
+        "port",
+        "add",
+        &port,
+        "--vhost-user",
+        socket.to_str().unwrap(),
+        "--mac",
+        mac,
+        "--address",
+        "10.95.0.2/24",
+    ]);
+    let ns = container("tsvqc", false);
+    let tap = unique("tsvqp");
+    switch.add_container_port(&ns, &tap, &[], &["10.95.0.1/24"]);
+    let mut config = VmConfig::new(
+        Nic::VhostUser {
+            socket: socket.clone(),
+            server: false,
+        },
+        Net::fixed("10.95.0.2/24", None),
+    );
+    config.mac = mac.to_string();
+    config.cpus = 2;
+    config.queues = 2;
+    let vm = Vm::boot(config);
+    let vu = wait_connected(&switch, &port, true);
+    assert_eq!(
+        (&vu["queue_pairs"], &vu["queue_pairs_enabled"]),
+        (&serde_json::Value::from(2), &serde_json::Value::from(2)),
+        "the guest enables both pairs: {vu}"
+    );
+    // A ping from each vCPU: the guest sends on the pair of the CPU it runs on.
+    let out = vm.ok("taskset 1 ping -c 20 -i 0.05 10.95.0.1 >/run/p0 & \
+         taskset 2 ping -c 20 -i 0.05 10.95.0.1 >/run/p1; wait; cat /run/p0 /run/p1");
+    assert_eq!(out.matches("20 packets received").count(), 2, "{out}");
+    let vu = listed_port(&switch, &port)["vhost_user"].clone();
+    let frames: Vec<u64> = vu["pair_frames"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no pair_frames: {vu}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    eprintln!("frames from the guest by queue pair: {frames:?}");
+    assert!(
+        frames.len() == 2 && frames.iter().all(|&n| n >= 10),
+        "each pair carried one vCPU's pings: {vu}"
+    );
+    vm_talks_to_container(&vm, &ns, "10.95.0.2", "10.95.0.1");
+}

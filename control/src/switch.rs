@@ -422,6 +422,8 @@ pub struct VhostUserInfo {
     pub rx_no_buffers: u64,
     /// Malformed chains the VM sent.
     pub tx_bad_chains: u64,
+    /// Frames the VM sent, by queue pair (how its flows spread over the workers).
+    pub pair_frames: Vec<u64>,
 }
 
 impl VhostUserInfo {
@@ -437,6 +439,7 @@ impl VhostUserInfo {
             connections: s.connections,
             rx_no_buffers: s.rx_no_buffers,
             tx_bad_chains: s.tx_bad_chains,
+            pair_frames: s.pair_frames.clone(),
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct VmConfig {
     pub mtu: Option<u32>,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// Queue pairs of a vhost-user NIC (`queues=N` and `mq=on`); 1: a single pair.
+    pub queues: u32,
     /// Guest RAM as a shared memfd backend (`share=on`, one NUMA node); forced for vhost-user.
     pub shared_memory: bool,
     /// IPv6 on in the guest (off by default: the only traffic is what the test sends).
@@ -122,6 +124,7 @@ impl VmConfig {
             mtu: None,
             memory_mib: 256,
             cpus: 1,
+            queues: 1,
             shared_memory: false,
             ipv6: false,
             device_opts: Vec::new(),
@@ -267,7 +270,13 @@ impl Vm {
                 let server = if *server { ",server=on" } else { "" };
                 cmd.arg("-chardev")
                     .arg(format!("socket,id=c1,path={}{server}", socket.display()));
-                cmd.args(["-netdev", "vhost-user,id=n1,chardev=c1"]);
+                let queues = if config.queues > 1 {
+                    format!(",queues={}", config.queues)
+                } else {
+                    String::new()
+                };
+                cmd.arg("-netdev")
+                    .arg(format!("vhost-user,id=n1,chardev=c1{queues}"));
             }
             Nic::Args(args) => {
                 cmd.args(args);
@@ -276,6 +285,9 @@ impl Vm {
         // No MSI-X (vectors=0: legacy INTx) unless asked, the setting known to work for
         // vhost-user under TCG (no KVM irqfd); on a TAP, MSI-X works under TCG as well.
         let mut device = format!("virtio-net-pci,netdev=n1,mac={}", config.mac);
+        if config.queues > 1 {
+            device.push_str(",mq=on");
+        }
         if !config.device_opts.iter().any(|o| o.starts_with("vectors=")) {
             device.push_str(",vectors=0");
         }

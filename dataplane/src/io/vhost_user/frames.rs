@@ -125,6 +125,9 @@ impl Device {
                 self.counters.tx_bad_chains.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            if let Some(n) = self.counters.from_guest.get(index / 2) {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
             let mut vnet = [0u8; VNET_HDR_LEN];
             vnet.copy_from_slice(&header[..VNET_HDR_LEN]);
             return Ok(Some(RxFrame {

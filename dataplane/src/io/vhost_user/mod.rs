@@ -106,6 +106,8 @@ pub struct VhostUserStatus {
     pub rx_no_buffers: u64,
     /// Chains from the guest that were malformed (outside its memory, no header).
     pub tx_bad_chains: u64,
+    /// Frames the guest sent, by the queue pair they came on.
+    pub pair_frames: Vec<u64>,
 }
 
 /// Setup errors of a vhost-user port. Each message names the socket.
@@ -134,6 +136,9 @@ struct Counters {
     connections: AtomicU64,
     rx_no_buffers: AtomicU64,
     tx_bad_chains: AtomicU64,
+    /// Indexed by queue pair: frames the guest sent on that pair's TX ring (each pair is
+    /// read by one worker, so the adds do not contend).
+    from_guest: Box<[AtomicU64]>,
 }
 
 /// The state a port's protocol thread and the workers share.
@@ -243,6 +248,12 @@ impl Device {
             connections: self.counters.connections.load(Ordering::Relaxed),
             rx_no_buffers: self.counters.rx_no_buffers.load(Ordering::Relaxed),
             tx_bad_chains: self.counters.tx_bad_chains.load(Ordering::Relaxed),
+            pair_frames: self
+                .counters
+                .from_guest
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect(),
         }
     }
 }
@@ -330,7 +341,10 @@ impl VhostUserPort {
             features: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             connection: Mutex::new(None),
-            counters: Counters::default(),
+            counters: Counters {
+                from_guest: (0..pairs.max(1)).map(|_| AtomicU64::new(0)).collect(),
+                ..Counters::default()
+            },
         });
         let thread_stop = stop
             .try_clone()
