@@ -575,7 +575,8 @@ pub fn input(sim: &Sim, data: &[u8]) -> Option<Input> {
 ///   incremental updates of every translation are right;
 /// - no packet from a source network with a source NAT rule (10.42.0.0/16, 10.60.0.0/16)
 ///   leaves through the uplink VLAN untranslated unless it belongs to a tracked connection
-///   (one that an outside host opened to it, which is not translated); ICMP errors that quote
+///   (one that an outside host opened to it, which is not translated, or the reply of one,
+///   translated back); ICMP errors that quote
 ///   no tracked connection and later fragments are routed as they are and are left out.
 pub fn check_nat(pipeline: &Pipeline, decision: Decision<'_>, input: &Input, frame: &[u8]) {
     let Decision::Forward(egress) = decision else {
@@ -618,10 +619,69 @@ pub fn check_nat(pipeline: &Pipeline, decision: Decision<'_>, input: &Input, fra
     if parsed.l4 == L4::IcmpError {
         return;
     }
+    // Tracked: the tuple is an entry's (either direction), or it is a reply translated back
+    // to the reverse of the entry's original tuple (the reply of a masqueraded connection
+    // from an outside host with an inside-looking source, hairpinned out of the uplink).
+    let ct = pipeline.conntrack();
     assert!(
-        pipeline.conntrack().contains(&parsed.key),
+        ct.contains(&parsed.key) || ct.contains(&parsed.key.reversed()),
         "an untranslated packet from {src} left through the uplink without a tracked \
          connection: {:?}",
         parsed.key
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::check;
+    use tapswitch_dataplane::tables::Timestamp;
+    use tapswitch_dataplane::wire::builder::{arp_request, ethernet_frame};
+    use tapswitch_dataplane::wire::{EtherType, EthernetAddress};
+
+    /// An IPv4 packet of protocol 64 (tracked by addresses alone) from `src` to `dst`, in a
+    /// frame to the router's MAC of `port`.
+    fn other(port: u16, src: Ipv4Addr, dst: Ipv4Addr) -> Input {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[8] = 64;
+        p[9] = 64;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        fix_ipv4(&mut p);
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 0x30 + port as u8]);
+        Input {
+            port: PortId(port),
+            frame: ethernet_frame(router_mac_of_port(port), mac, None, EtherType::Ipv4, &p),
+            l4_valid: false,
+        }
+    }
+
+    /// The case the fuzzer found: an outside host with an inside-looking source (in a source
+    /// NAT rule's prefix) opens a connection that is routed back out of the uplink, so it is
+    /// masqueraded; its reply comes back to the masquerade address and is translated back to
+    /// the reverse of the original tuple, leaving through the uplink with that source. It is
+    /// tracked (its reverse is the entry's original tuple), and the check must say so.
+    #[test]
+    fn a_hairpinned_masqueraded_reply_is_tracked() {
+        let mut sim = sim();
+        let now = Timestamp::from_millis(2_000);
+        // The outside gateway (the default route's next hop) makes itself known first.
+        let gw_mac = EthernetAddress([2, 0, 0, 0, 0, 0xfe]);
+        let mut arp = arp_request(gw_mac, ip(10, 200, 0, 254), UPLINK_ADDR, None);
+        let d = sim.pipeline.decide(&sim.state, PortId(3), &mut arp, now);
+        crate::router::drain(&sim.state, &mut sim.pipeline, now);
+        assert!(!matches!(d, Decision::Drop(_)), "{d:?}");
+        let (a, b) = (ip(10, 42, 3, 0), ip(10, 42, 255, 255));
+        for input in [other(3, a, b), other(1, b, UPLINK_ADDR)] {
+            let Sim {
+                state, pipeline, ..
+            } = &mut sim;
+            let mut frame = input.frame.clone();
+            let decision = pipeline.decide(state, input.port, &mut frame, now);
+            assert!(matches!(decision, Decision::Forward(_)), "{decision:?}");
+            check_nat(pipeline, decision, &input, &frame);
+            check(state, pipeline, decision, Some(input.port), &frame, now);
+        }
+    }
 }
