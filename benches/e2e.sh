@@ -5,7 +5,7 @@
 # the kernel's vxlan device + bridge, between two containers on two "hosts"; and tapswitch's
 # router with masquerade against a kernel router namespace with an nftables masquerade rule.
 #
-#   sudo benches/e2e.sh [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--json FILE]
+#   sudo benches/e2e.sh [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--json FILE] [--perf DIR]
 #
 # In one run it measures, for each of the setups below:
 #   1. TCP throughput (iperf3, Gbit/s at the receiver), one stream and four (-P 4); for tapswitch
@@ -93,6 +93,7 @@ set -u -o pipefail
 usage() {
     cat <<EOF
 usage: $0 [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--workers N] [--json FILE]
+          [--perf DIR]
 
   --duration SECS  length of each iperf3 run (default 10; ping sends 100 per second of it)
   --quick          short runs for a CI smoke test (2 s each) unless --duration is given
@@ -102,6 +103,9 @@ usage: $0 [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--wo
   --no-nat         skip the NAT setups (tapswitch masquerade and a kernel router with nftables)
   --workers N      tapswitch worker threads ([switch] workers; default: one per CPU)
   --json FILE      also write the results as JSON to FILE
+  --perf DIR       profile the switch daemons (tapswitch, ovs-vswitchd) during each 64-byte UDP
+                   run with \`perf record -g\` into DIR/udp-SETUP.data (needs perf, from
+                   linux-perf); read them with \`perf report -i FILE\`
   -h, --help       this text
 
 Run as root. TAPSWITCH=path selects the binary (default: target/release/tapswitch, built if
@@ -126,8 +130,16 @@ OVERLAY=1
 NAT=1
 JSON_OUT=""
 WORKERS=""
+PERF_DIR=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
+    --perf)
+        [[ $# -ge 2 ]] || die "--perf needs a directory"
+        PERF_DIR=$2
+        mkdir -p "$PERF_DIR" || die "cannot make $PERF_DIR"
+        command -v perf >/dev/null || die "--perf needs perf (apt-get install linux-perf)"
+        shift 2
+        ;;
     --workers)
         [[ $# -ge 2 ]] || die "--workers needs a value"
         WORKERS=$2
@@ -981,7 +993,19 @@ measure_udp() { # setup
     nts) a0=$(ts_counters "$NSOCK" "$TAP_NO") ;;
     nkv) a0=$(dev_stat "$NS_MR" "$VE_MRU" tx_packets) ;;
     esac
+    local perf_pid="" pids_csv
+    if [[ -n $PERF_DIR && -n ${DAEMONS_OF[$s]:-} ]]; then
+        # The whole run but its first and last half second, of every daemon of the setup.
+        pids_csv=$(tr ' ' ',' <<<"${DAEMONS_OF[$s]}")
+        perf record -F 999 -g -p "$pids_csv" -o "$PERF_DIR/udp-$s.data" -- \
+            sleep "$(awk -v d="$DURATION" 'BEGIN { print (d > 1 ? d - 1 : d) }')" \
+            >"$PERF_DIR/udp-$s.log" 2>&1 &
+        perf_pid=$!
+        PIDS+=("$perf_pid")
+        sleep 0.5
+    fi
     iperf_client "$s" "$out" -u -l 18 -b 0 -t "$DURATION" || return 0
+    [[ -n $perf_pid ]] && wait "$perf_pid" 2>/dev/null
     d1=$(dev_drops "${devs[@]}")
     r1=$(udp_rcvbuf_errors "${SERVER_NS[$s]}")
     # iperf3 >= 3.10 has the receiver's view in sum_received; older ones only in sum.
