@@ -61,8 +61,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use tapswitch_dataplane::pipeline::routing::NEIGH_MAX_DEFAULT;
 use tapswitch_dataplane::pipeline::Targets;
 use tapswitch_dataplane::pipeline::{
-    Decision, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState, Route,
-    RoutingState, RxMeta, WorkerCounters,
+    Decision, DhcpServer, ForwardingState, Interface, NextHop, Pipeline, PortMode, PortState,
+    Route, RoutingState, RxMeta, WorkerCounters,
 };
 use tapswitch_dataplane::tables::{Fib, NeighKey, NeighState, PortId, Timestamp};
 use tapswitch_dataplane::wire::builder::ethernet_frame;
@@ -243,7 +243,13 @@ fn routing_state(forward_routes: usize, ipip_nodes: usize) -> RoutingState {
         mtu: 1500,
         v4: vec![(addr, len)],
         v6: vec![],
-        dhcp: None,
+        // As configured by default: an interface with IPv4 serves DHCP, which the router
+        // checks for on every frame to its MAC.
+        dhcp: Some(DhcpServer {
+            dns: vec![],
+            domain: None,
+            lease_secs: 86_400,
+        }),
     };
     let interfaces = vec![
         iface(10, R10, GW10, 16),

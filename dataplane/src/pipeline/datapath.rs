@@ -171,7 +171,7 @@ impl Stages {
                 }
             }
             Ok(Switched::Route { vlan, inner_offset }) => {
-                self.router.in_port = None;
+                self.router.in_port = Some(port);
                 self.router
                     .with(&mut self.cx)
                     .route_in(state, vlan, inner_offset, frame, now)
@@ -179,7 +179,7 @@ impl Stages {
             Ok(Switched::Dhcp { vlan, inner_offset }) => {
                 self.router
                     .with(&mut self.cx)
-                    .dhcp_in(state, port, vlan, inner_offset, frame, now)
+                    .dhcp_in(state, port, vlan, inner_offset, frame)
             }
             Err(reason) => Decision::Drop(reason),
         };

@@ -9,6 +9,9 @@
 //! the interface's), the broadcast address, and the DNS servers, domain and lease time of
 //! the interface's DHCP settings ([`DhcpServer`]).
 //!
+//! - Broadcasts are claimed by the L2 stage ([`for_router`](super::for_router)); a renewal,
+//!   unicast to the server's address, is routed there and answered by the router's local
+//!   delivery.
 //! - DISCOVER gets an OFFER; REQUEST for the port's address gets an ACK, for any other
 //!   address a NAK; a REQUEST naming another server (it chose that one) is ignored; INFORM
 //!   gets an ACK with the options but no lease; DECLINE is counted (the address is in use
@@ -34,7 +37,7 @@ use super::super::routing::{same_subnet_v4, DhcpServer, Interface};
 use super::super::trace::{record, Stage};
 use super::super::{Decision, DropReason, ForwardingState, VlanMember};
 use super::{Generated, L2, L3};
-use crate::tables::{PortId, Timestamp};
+use crate::tables::PortId;
 use crate::wire::{
     EtherType, EthernetAddress, HeaderOptions, IpProtocol, Ipv4Packet, Ipv4Repr, PseudoHeader,
     UdpPacket, UdpRepr, VlanId,
@@ -216,26 +219,27 @@ impl L3<'_> {
         vlan: VlanId,
         off: usize,
         frame: &[u8],
-        now: Timestamp,
     ) -> Decision<'s> {
         let c = self.counters.interface(vlan);
         c.rx_packets.add(1);
         c.rx_bytes.add(frame.len() as u64);
-        let decision = self.dhcp(state, port, vlan, off, frame, now);
+        let decision = self.dhcp(state, port, vlan, off, frame);
         if let Decision::Drop(reason) = decision {
             self.counters.interface(vlan).drop(reason);
         }
         decision
     }
 
-    fn dhcp<'s>(
+    /// The server's answer to a DHCP client's message from `port` on `vlan` (its EtherType
+    /// at `off`); what [`dhcp_in`](Self::dhcp_in) does besides counting, and what a unicast
+    /// to the router's address gets.
+    pub(super) fn dhcp<'s>(
         &mut self,
         state: &'s ForwardingState,
         port: PortId,
         vlan: VlanId,
         off: usize,
         frame: &[u8],
-        _now: Timestamp,
     ) -> Decision<'s> {
         let Some(iface) = state.routing.interface(vlan) else {
             return Decision::Drop(DropReason::L3Unsupported);

@@ -176,6 +176,16 @@ impl L3<'_> {
                 }
             }
             IpProtocol::Udp => {
+                // A DHCP client's unicast (a renewal) to the server of its VLAN.
+                if let (Some(vlan), Some(port)) = (in_vlan, self.r.in_port) {
+                    let serves = state
+                        .routing
+                        .interface(vlan)
+                        .is_some_and(|i| i.dhcp.is_some());
+                    if serves && super::dhcp::is_client_message(frame, l3 - 2) {
+                        return self.dhcp(state, port, vlan, l3 - 2, frame);
+                    }
+                }
                 self.icmpv4_error(
                     state,
                     in_vlan,

@@ -98,7 +98,8 @@ pub struct Router {
     /// checksum), while one is routed whole.
     pub(super) offload: Option<Offload>,
     /// The port the frame being routed came in on (for the sender's side of the policy
-    /// stage, checked here for a packet that waits on its next hop or is fragmented).
+    /// stage, checked here for a packet that waits on its next hop or is fragmented, and for
+    /// the DHCP server, answering a renewal sent to the router's address).
     pub(super) in_port: Option<PortId>,
 }
 
@@ -214,14 +215,14 @@ pub(super) enum Claim {
     /// Addressed to the interface's MAC, or an ARP request / neighbour solicitation for one
     /// of its addresses: route it.
     Route,
-    /// A DHCP client's message on a VLAN whose interface serves DHCP: answer it
+    /// A DHCP client's broadcast on a VLAN whose interface serves DHCP: answer it
     /// ([`dhcp`]).
     Dhcp,
 }
 
 /// What the router of `vlan` claims of a frame: one addressed to the interface's MAC, an ARP
-/// request / neighbour solicitation for one of its addresses, or a DHCP client's message
-/// (broadcast or to its MAC) when it serves DHCP.
+/// request / neighbour solicitation for one of its addresses, or a DHCP client's broadcast
+/// when it serves DHCP.
 #[inline]
 pub(super) fn for_router(
     routing: &RoutingState,
@@ -234,9 +235,9 @@ pub(super) fn for_router(
     };
     let dst = &frame[..6];
     if dst == iface.mac.as_bytes() {
-        if iface.dhcp.is_some() && dhcp::is_client_message(frame, inner_offset) {
-            return Claim::Dhcp;
-        }
+        // A DHCP message to the MAC (a renewal, to the server's address) is routed to the
+        // router's own address, which answers it (`local_v4`): no check here, on the path
+        // of every routed frame.
         return Claim::Route;
     }
     if dst[0] & 1 == 0 {
