@@ -19,6 +19,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::parse::Headers;
+use super::router::dhcp::SERVER_PORT as DHCP_SERVER;
 use super::routing::{same_subnet_v4, same_subnet_v6};
 use super::state::{AllowedPair, PortSecurity};
 use super::DropReason;
@@ -31,7 +32,6 @@ const UDP: u8 = 17;
 const ICMPV6: u8 = 58;
 const ROUTER_ADVERTISEMENT: u8 = 134;
 const NEIGHBOUR_ADVERTISEMENT: u8 = 136;
-const DHCP_SERVER: u16 = 67;
 const DHCPV6_SERVER: u16 = 547;
 
 /// Whether the port may send `frame` (its L2 headers parsed as `headers`).

@@ -33,7 +33,7 @@ use std::net::Ipv4Addr;
 
 use smoltcp::wire::{DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr};
 
-use super::super::routing::{same_subnet_v4, DhcpServer, Interface};
+use super::super::routing::{mask_v4, same_subnet_v4, DhcpServer, Interface};
 use super::super::trace::{record, Stage};
 use super::super::{Decision, DropReason, ForwardingState, VlanMember};
 use super::{Generated, L2, L3};
@@ -43,10 +43,8 @@ use crate::wire::{
     UdpPacket, UdpRepr, VlanId,
 };
 
-/// The server's UDP port.
-pub const SERVER_PORT: u16 = 67;
-/// The client's UDP port.
-pub const CLIENT_PORT: u16 = 68;
+/// The server's and the client's UDP ports, as smoltcp names them.
+pub use smoltcp::wire::{DHCP_CLIENT_PORT as CLIENT_PORT, DHCP_SERVER_PORT as SERVER_PORT};
 /// BOOTP's smallest message (RFC 1542 2.1): replies are padded to it.
 const BOOTP_MIN: usize = 300;
 /// TTL of the replies.
@@ -105,19 +103,11 @@ pub struct Lease {
 
 impl Lease {
     fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(prefix_mask(self.prefix_len))
+        mask_v4(Ipv4Addr::BROADCAST, self.prefix_len)
     }
 
     fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.address) | !prefix_mask(self.prefix_len))
-    }
-}
-
-fn prefix_mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
+        self.address | !self.mask()
     }
 }
 
