@@ -93,7 +93,7 @@ set -u -o pipefail
 usage() {
     cat <<EOF
 usage: $0 [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--workers N] [--json FILE]
-          [--perf DIR]
+          [--perf DIR] [--busy-poll-us N]
 
   --duration SECS  length of each iperf3 run (default 10; ping sends 100 per second of it)
   --quick          short runs for a CI smoke test (2 s each) unless --duration is given
@@ -102,6 +102,8 @@ usage: $0 [--duration SECS] [--quick] [--no-ovs] [--no-overlay] [--no-nat] [--wo
   --no-overlay     skip the VXLAN overlay setups (tapswitch and kernel vxlan, two hosts)
   --no-nat         skip the NAT setups (tapswitch masquerade and a kernel router with nftables)
   --workers N      tapswitch worker threads ([switch] workers; default: one per CPU)
+  --busy-poll-us N how long tapswitch's workers poll on after traffic ([switch] busy_poll_us;
+                   0: off; default: tapswitch's default)
   --json FILE      also write the results as JSON to FILE
   --perf DIR       profile the switch daemons (tapswitch, ovs-vswitchd) during each 64-byte UDP
                    run with \`perf record -g\` into DIR/udp-SETUP.data (needs perf, from
@@ -130,6 +132,7 @@ OVERLAY=1
 NAT=1
 JSON_OUT=""
 WORKERS=""
+BUSY_POLL_US=""
 PERF_DIR=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -143,6 +146,11 @@ while [[ $# -gt 0 ]]; do
     --workers)
         [[ $# -ge 2 ]] || die "--workers needs a value"
         WORKERS=$2
+        shift 2
+        ;;
+    --busy-poll-us)
+        [[ $# -ge 2 ]] || die "--busy-poll-us needs a value"
+        BUSY_POLL_US=$2
         shift 2
         ;;
     --duration)
@@ -457,8 +465,12 @@ run_logged() {
 start_daemon() { # socket log [netns]
     local sock=$1 log=$2 ns=${3:-}
     local opts=()
-    if [[ -n $WORKERS ]]; then
-        printf '[switch]\nworkers = %s\n' "$WORKERS" >"$sock.toml"
+    if [[ -n $WORKERS || -n $BUSY_POLL_US ]]; then
+        {
+            echo '[switch]'
+            [[ -n $WORKERS ]] && echo "workers = $WORKERS"
+            [[ -n $BUSY_POLL_US ]] && echo "busy_poll_us = $BUSY_POLL_US"
+        } >"$sock.toml"
         opts+=(--config "$sock.toml")
     fi
     [[ -n $ns ]] && opts+=(--netns "$ns")
@@ -1232,6 +1244,7 @@ echo
 echo "tapswitch e2e bench: $START_DATE, nproc $NPROC, kernel $KERNEL, iperf3 $IPERF_VERSION"
 echo "tree rev $REV, binary $TAPSWITCH built $BIN_DATE"
 echo "mode $mode: iperf3 ${DURATION} s per run, ping $PING_COUNT x 10 ms; measuring took ${ELAPSED} s"
+echo "tapswitch [switch]: workers ${WORKERS:-default (one per CPU)}, busy_poll_us ${BUSY_POLL_US:-default}"
 if [[ $OVS == 1 ]]; then
     if [[ $OVS_TSO == 1 ]]; then tso=on; else tso="NOT on"; fi
     echo "ovs = Open vSwitch $OVS_VERSION, userspace datapath (netdev), TAP ports, userspace TSO $tso"

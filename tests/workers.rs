@@ -144,3 +144,82 @@ fn worker_count_is_fixed_while_running() {
     let stats = sw.json(&["stats"]);
     assert_eq!(stats["workers"].as_array().map_or(0, Vec::len), 2);
 }
+
+/// The sum over the workers of `key` in `stats -j`.
+fn workers_sum(sw: &Switch, key: &str) -> u64 {
+    sw.json(&["stats"])["workers"]
+        .as_array()
+        .expect("stats -j has workers")
+        .iter()
+        .map(|w| w[key].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// The daemon's CPU time (user + system) in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The fields after the command's closing parenthesis; utime and stime are the 12th and
+    // 13th of them.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Adaptive polling (`busy_poll_us`): after traffic a worker polls on and finds the answers
+/// that way (hits), within its CPU budget, and an idle worker does not poll at all.
+#[test]
+fn busy_polling_follows_traffic_within_its_budget_and_stops_when_idle() {
+    if !have_root() {
+        return;
+    }
+    let a = container("bpa", false);
+    let b = container("bpb", false);
+    // Each ping (every 50 ms) would have the worker poll on for 10 ms, 20 % of a CPU (about
+    // 10 % measured: its polls' own time); the budget allows 5 %.
+    let sw = Switch::with_config(
+        "[switch]\nworkers = 1\nbusy_poll_us = 10000\nbusy_poll_budget_percent = 5\n",
+    );
+    let (pa, pb) = (unique("bppa"), unique("bppb"));
+    sw.add_container_port(&a, &pa, &["--vlan", "10"], &["10.63.0.1/24"]);
+    sw.add_container_port(&b, &pb, &["--vlan", "10"], &["10.63.0.2/24"]);
+    assert_eq!(ping(&a, "10.63.0.2", 3), 3);
+
+    let (spun0, hits0) = (
+        workers_sum(&sw, "busy_poll_ns"),
+        workers_sum(&sw, "busy_poll_hits"),
+    );
+    let start = std::time::Instant::now();
+    assert_eq!(ping(&a, "10.63.0.2", 40), 40);
+    let elapsed = start.elapsed();
+    let spun = workers_sum(&sw, "busy_poll_ns") - spun0;
+    let hits = workers_sum(&sw, "busy_poll_hits") - hits0;
+    eprintln!("40 pings in {elapsed:?}: polled on {spun} ns, {hits} hits");
+    assert!(
+        hits >= 10,
+        "the replies are found by polling on: {hits} hits"
+    );
+    let budget = elapsed.as_nanos() as u64 / 20;
+    assert!(
+        spun >= budget / 3,
+        "the worker polls on after traffic: {spun} ns in {elapsed:?}"
+    );
+    // At most the budget, and one poll over it in each 100 ms period.
+    let periods = elapsed.as_millis() as u64 / 100 + 1;
+    assert!(
+        spun <= budget + periods * 1_000_000,
+        "polling on keeps to 5 % of a CPU: {spun} ns in {elapsed:?}"
+    );
+
+    // Idle: no polling, and next to no CPU.
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = sw.pid().expect("daemon pid");
+    let (idle0, cpu0) = (workers_sum(&sw, "busy_poll_ns"), cpu_ticks(pid));
+    std::thread::sleep(Duration::from_secs(1));
+    let (idle1, cpu1) = (workers_sum(&sw, "busy_poll_ns"), cpu_ticks(pid));
+    assert_eq!(idle1, idle0, "an idle worker does not poll");
+    assert!(
+        cpu1 - cpu0 <= 10,
+        "an idle switch takes next to no CPU: {} ticks in 1 s",
+        cpu1 - cpu0
+    );
+}

@@ -519,6 +519,11 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
             "tapswitch_worker_wakeups",
             "Times a worker's poll loop woke up",
         ),
+        (
+            "busy_poll_hits",
+            "tapswitch_worker_busy_poll_hits",
+            "Polls on after traffic (busy_poll_us) that found frames: wake-ups saved",
+        ),
     ] {
         s.counter(
             name,
@@ -538,6 +543,19 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
                 (
                     vec![label("worker", &w["worker"])],
                     u(&w["busy_ns"]) as f64 / 1e9,
+                )
+            })
+            .collect(),
+    );
+    s.counter_f64(
+        "tapswitch_worker_busy_poll_seconds",
+        "Time a worker spent polling on after traffic (busy_poll_us) and finding nothing",
+        workers
+            .iter()
+            .map(|w| {
+                (
+                    vec![label("worker", &w["worker"])],
+                    u(&w["busy_poll_ns"]) as f64 / 1e9,
                 )
             })
             .collect(),

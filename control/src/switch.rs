@@ -310,6 +310,10 @@ pub struct WorkerStats {
     /// Time spent on frames, not waiting for them.
     pub busy_ns: u64,
     pub wakeups: u64,
+    /// Time spent polling on after traffic and finding nothing (`[switch] busy_poll_us`).
+    pub busy_poll_ns: u64,
+    /// Polls on after traffic that found frames: wake-ups saved.
+    pub busy_poll_hits: u64,
 }
 
 /// `stats`: how full each bounded table is.
@@ -952,6 +956,7 @@ impl Switch {
             tunnels: self.tunnels.clone(),
             ipip: self.ipip.clone(),
             purge: self.nat.take_purge(),
+            busy_poll: self.config.switch.busy_poll(),
         })
     }
 
@@ -1717,6 +1722,8 @@ impl Switch {
                         .collect(),
                     busy_ns: poll.busy_ns.get(),
                     wakeups: poll.wakeups.get(),
+                    busy_poll_ns: poll.busy_poll_ns.get(),
+                    busy_poll_hits: poll.busy_poll_hits.get(),
                 }
             })
             .collect();

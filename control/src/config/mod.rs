@@ -170,7 +170,22 @@ pub struct SwitchConfig {
     /// unset: root only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
+    /// Adaptive polling: microseconds a worker keeps polling its ports after its last frame
+    /// before it sleeps (0: off, sleep as soon as they run dry); at most 10000. Default
+    /// [`BUSY_POLL_US_DEFAULT`] (off: on a host whose CPUs the workloads use, polling takes
+    /// CPU from them; see the README).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_poll_us: Option<u64>,
+    /// Share of a CPU (percent, 0-100) that each worker's polling on may take when it finds
+    /// nothing, counted over every 100 ms. Default [`BUSY_POLL_BUDGET_PERCENT_DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_poll_budget_percent: Option<u8>,
 }
+
+/// Default of `[switch] busy_poll_us`.
+pub const BUSY_POLL_US_DEFAULT: u64 = 0;
+/// Default of `[switch] busy_poll_budget_percent`.
+pub const BUSY_POLL_BUDGET_PERCENT_DEFAULT: u8 = 20;
 
 /// Most worker threads a switch runs.
 pub const WORKERS_MAX: usize = 64;
@@ -195,6 +210,18 @@ impl SwitchConfig {
     /// Seconds between checkpoints; 0: none but the one of a planned stop.
     pub fn checkpoint_secs(&self) -> u64 {
         self.checkpoint_secs.unwrap_or(CHECKPOINT_SECS_DEFAULT)
+    }
+
+    /// How workers poll on after traffic (`busy_poll_us`, `busy_poll_budget_percent`).
+    pub fn busy_poll(&self) -> tapswitch_dataplane::io::BusyPoll {
+        tapswitch_dataplane::io::BusyPoll {
+            window: std::time::Duration::from_micros(
+                self.busy_poll_us.unwrap_or(BUSY_POLL_US_DEFAULT),
+            ),
+            budget_percent: self
+                .busy_poll_budget_percent
+                .unwrap_or(BUSY_POLL_BUDGET_PERCENT_DEFAULT),
+        }
     }
 }
 
@@ -228,6 +255,8 @@ impl Default for SwitchConfig {
             state_dir: None,
             checkpoint_secs: None,
             socket_group: None,
+            busy_poll_us: None,
+            busy_poll_budget_percent: None,
         }
     }
 }
@@ -1524,6 +1553,19 @@ impl Config {
                 format!("{n} is out of range (0..=86400)"),
             ));
         }
+        let window_max = tapswitch_dataplane::io::busy_poll::WINDOW_MAX.as_micros() as u64;
+        if let Some(n) = s.busy_poll_us.filter(|n| *n > window_max) {
+            return Err(ConfigError::new(
+                "switch.busy_poll_us",
+                format!("{n} is out of range (0..={window_max})"),
+            ));
+        }
+        if let Some(n) = s.busy_poll_budget_percent.filter(|n| *n > 100) {
+            return Err(ConfigError::new(
+                "switch.busy_poll_budget_percent",
+                format!("{n} is out of range (0..=100)"),
+            ));
+        }
         if let Some(g) = &s.socket_group {
             if g.is_empty() || g.contains(['/', ':', ' ', '\n']) {
                 return Err(ConfigError::new(
@@ -1838,6 +1880,11 @@ mod tests {
             ("[switch]\nmac_aging_secs = 0", "switch.mac_aging_secs"),
             ("[switch]\nworkers = 0", "switch.workers"),
             ("[switch]\nworkers = 65", "switch.workers"),
+            ("[switch]\nbusy_poll_us = 10001", "switch.busy_poll_us"),
+            (
+                "[switch]\nbusy_poll_budget_percent = 101",
+                "switch.busy_poll_budget_percent",
+            ),
             ("[[fdb]]\nmac = \"02:00:00:00:00:01\"\nport = \"nope\"", "fdb[0].port: port nope: no such port"),
             (
                 "[[port]]\nname = \"a\"\nvlan = 10\n[[fdb]]\nmac = \"02:00:00:00:00:01\"\nport = \"a\"\nvlan = 20",

@@ -13,7 +13,13 @@
 //!
 //! The program is written out as instructions here (classic packet loads, `LD_ABS`/`LD_IND`,
 //! which socket filter programs may use) and loaded with the `bpf(2)` syscall; the kernel
-//! verifies it. It returns a 32-bit hash; the TAP takes it modulo its number of queues.
+//! verifies it. It returns a 16-bit hash; the TAP takes it modulo its number of queues.
+//!
+//! The same hash, of the frame inside a VXLAN packet, picks which of a tunnel endpoint's
+//! `SO_REUSEPORT` sockets receives the packet ([`load_reuseport`], attached with
+//! `SO_ATTACH_REUSEPORT_EBPF`): so the worker that writes a flow's frames into a TAP is the
+//! one that reads its answers from that TAP, and an answer the kernel makes at once (an echo
+//! reply, a TCP ACK) finds that worker running instead of waking another one.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -36,6 +42,7 @@ const K: u8 = 0x00;
 const X: u8 = 0x08;
 const MUL: u8 = 0x20;
 const AND: u8 = 0x50;
+const MOD: u8 = 0x90;
 const LSH: u8 = 0x60;
 const RSH: u8 = 0x70;
 const XOR: u8 = 0xa0;
@@ -72,6 +79,8 @@ struct Asm {
     /// (instruction index, label) of jumps to patch.
     fixups: Vec<(usize, &'static str)>,
     labels: Vec<(&'static str, usize)>,
+    /// Where the Ethernet frame starts in the packet: added to every load's offset.
+    base: i32,
 }
 
 impl Asm {
@@ -81,10 +90,12 @@ impl Asm {
     }
     /// r0 = packet[off] (`size` W/H/B, network order turned to host).
     fn load(&mut self, size: u8, off: i32) -> &mut Self {
+        let off = off + self.base;
         self.op(insn(LD | ABS | size, 0, 0, 0, off))
     }
     /// r0 = packet[reg + off].
     fn load_ind(&mut self, size: u8, reg: u8, off: i32) -> &mut Self {
+        let off = off + self.base;
         self.op(insn(LD | IND | size, 0, reg, 0, off))
     }
     fn alu_k(&mut self, op: u8, dst: u8, imm: i32) -> &mut Self {
@@ -123,10 +134,14 @@ impl Asm {
     }
 }
 
-/// The steering program: r8 accumulates the flow's symmetric hash, r7 holds the IPv4 header
-/// length; loads past the frame's end end the program with 0.
-fn program() -> Vec<Insn> {
-    let mut a = Asm::default();
+/// The steering program for an Ethernet frame that starts `base` bytes into the packet: r8
+/// accumulates the flow's symmetric hash, r7 holds the IPv4 header length; loads past the
+/// frame's end end the program with 0. With `modulo`, it returns the hash modulo that.
+fn program(base: i32, modulo: Option<u32>) -> Vec<Insn> {
+    let mut a = Asm {
+        base,
+        ..Asm::default()
+    };
     a.alu_x(MOV, 6, 1) // r6 = the frame (packet loads need it there)
         .alu_k(MOV, 8, 0)
         .load(H, 12) // EtherType
@@ -167,7 +182,13 @@ fn program() -> Vec<Insn> {
         .alu_x(MOV, 1, 0)
         .alu_k(RSH, 1, 16)
         .alu_x(XOR, 0, 1)
-        .op(insn(JMP | EXIT, 0, 0, 0, 0));
+        // 16 bits: kernels differ on whether the TAP keeps 16 or 32 bits of the result
+        // before it takes it modulo the queues; this way both pick the same queue.
+        .alu_k(AND, 0, 0xffff);
+    if let Some(n) = modulo {
+        a.alu_k(MOD, 0, n.max(1) as i32);
+    }
+    a.op(insn(JMP | EXIT, 0, 0, 0, 0));
     a.finish()
 }
 
@@ -188,7 +209,29 @@ struct ProgLoad {
 
 /// Loads the steering program; the descriptor can be attached to any number of TAPs.
 pub fn load() -> io::Result<OwnedFd> {
-    let code = program();
+    load_program(&program(0, None), "the queue steering program")
+}
+
+/// Loads the program that picks which of `sockets` `SO_REUSEPORT` UDP sockets receives a
+/// VXLAN packet: the steering hash of the inner frame (after the 8-byte VXLAN header; the
+/// kernel starts a reuseport program at the UDP payload) modulo `sockets`.
+pub fn load_reuseport(sockets: usize) -> io::Result<OwnedFd> {
+    let code = program(crate::wire::vxlan::HEADER_LEN as i32, Some(sockets as u32));
+    load_program(&code, "the tunnel socket steering program")
+}
+
+/// Makes the `SO_REUSEPORT` group of UDP socket `socket` pick its receiving socket with
+/// `program` (a [`load_reuseport`] program).
+pub fn attach_reuseport(socket: libc::c_int, program: &OwnedFd) -> io::Result<()> {
+    super::raw::setsockopt(
+        socket,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_EBPF,
+        &(program.as_raw_fd() as libc::c_int),
+    )
+}
+
+fn load_program(code: &[Insn], what: &str) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut log = vec![0u8; 4096];
     let attr = ProgLoad {
@@ -219,7 +262,7 @@ pub fn load() -> io::Result<OwnedFd> {
         let why = String::from_utf8_lossy(&log[..end]);
         return Err(io::Error::new(
             e.kind(),
-            format!("loading the queue steering program: {e} {}", why.trim()),
+            format!("loading {what}: {e} {}", why.trim()),
         ));
     }
     // SAFETY: a fresh descriptor that nothing else owns.
@@ -244,13 +287,102 @@ mod tests {
 
     #[test]
     fn jumps_land_inside_the_program() {
-        let code = program();
-        for (i, ins) in code.iter().enumerate() {
-            if ins.code & 0x07 == JMP && ins.code != JMP | EXIT {
-                let to = i as i64 + 1 + i64::from(ins.off);
-                assert!(to > i as i64 && (to as usize) < code.len(), "insn {i}");
+        for code in [program(0, None), program(8, Some(2))] {
+            for (i, ins) in code.iter().enumerate() {
+                if ins.code & 0x07 == JMP && ins.code != JMP | EXIT {
+                    let to = i as i64 + 1 + i64::from(ins.off);
+                    assert!(to > i as i64 && (to as usize) < code.len(), "insn {i}");
+                }
             }
+            assert_eq!(code.last().map(|i| i.code), Some(JMP | EXIT));
         }
-        assert_eq!(code.last().map(|i| i.code), Some(JMP | EXIT));
+    }
+}
+
+#[cfg(test)]
+mod run_tests {
+    use super::*;
+
+    /// The bpf_attr of BPF_PROG_TEST_RUN.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        _rest: [u64; 8],
+    }
+
+    /// Runs `prog` on `frame` as the kernel runs a socket filter on a received skb; the
+    /// test run pulls an Ethernet header first, so 14 bytes go before the frame.
+    fn run(prog: &OwnedFd, packet: &[u8]) -> u32 {
+        let mut data = vec![0u8; 14];
+        data[12..14].copy_from_slice(&[0x08, 0x00]);
+        data.extend_from_slice(packet);
+        let mut attr = TestRun {
+            prog_fd: prog.as_raw_fd() as u32,
+            data_size_in: data.len() as u32,
+            data_in: data.as_ptr() as u64,
+            repeat: 1,
+            ..TestRun::default()
+        };
+        // SAFETY: attr is a live, zero-padded bpf_attr pointing at data for the whole call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                10, // BPF_PROG_TEST_RUN
+                &mut attr as *mut TestRun,
+                std::mem::size_of::<TestRun>(),
+            )
+        };
+        assert_eq!(rc, 0, "test run: {}", io::Error::last_os_error());
+        attr.retval
+    }
+
+    fn frame(src: [u8; 4], dst: [u8; 4], proto: u8, sport: u16, dport: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[23] = proto;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        f[34..36].copy_from_slice(&sport.to_be_bytes());
+        f[36..38].copy_from_slice(&dport.to_be_bytes());
+        f
+    }
+
+    /// A tunnel socket is picked by the same hash, of the frame inside the VXLAN packet, as
+    /// the TAP queue of the frame and of its answer.
+    #[test]
+    fn the_tunnel_socket_is_the_queue_of_the_inner_frame() {
+        let (Ok(tap), Ok(two), Ok(three)) = (load(), load_reuseport(2), load_reuseport(3)) else {
+            panic!("loading the programs needs CAP_BPF (tests run as root)");
+        };
+        let mut seen = [[false; 3]; 2];
+        for i in 0..64u8 {
+            let f = frame([10, 0, 0, i], [10, 0, 1, 7], 17, 1000 + u16::from(i), 53);
+            let back = frame([10, 0, 1, 7], [10, 0, 0, i], 17, 53, 1000 + u16::from(i));
+            let hash = run(&tap, &f);
+            assert_eq!(hash, run(&tap, &back), "symmetric");
+            let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+            vxlan.extend_from_slice(&f);
+            let on2 = run(&two, &vxlan);
+            let on3 = run(&three, &vxlan);
+            assert!(hash <= 0xffff);
+            assert_eq!(on2, hash % 2, "frame {i}");
+            assert_eq!(on3, hash % 3, "frame {i}");
+            seen[0][on2 as usize] = true;
+            seen[1][on3 as usize] = true;
+        }
+        assert_eq!(
+            seen,
+            [[true, true, false], [true, true, true]],
+            "flows spread"
+        );
     }
 }

@@ -2,11 +2,15 @@
 //!
 //! Receiving: one or more UDP sockets bound to (local address, port); the kernel hands them
 //! the VXLAN header and inner frame with the outer source address. With more than one queue
-//! the sockets share the address with `SO_REUSEPORT`, and the kernel spreads received packets
-//! over them by a hash of the outer 4-tuple. A remote VTEP sets the outer UDP source port from
-//! the inner flow's hash (RFC 7348 section 5; tapswitch's own sending does the same), so the
-//! packets of one inner flow from one remote stay on one socket; worker `i` reads socket `i`
-//! (modulo the number of sockets).
+//! the sockets share the address with `SO_REUSEPORT`, and a small eBPF program
+//! ([`steering::load_reuseport`](super::steering::load_reuseport)) picks the socket by the
+//! inner frame's flow hash, the same hash that picks a TAP's queue: worker `i` reads socket
+//! `i`, so the worker that writes a flow's frames into a container's TAP is the one that reads
+//! the container's answers, already running when the kernel answers at once. Without the
+//! program (a kernel that refuses it) the kernel spreads packets by a hash of the outer
+//! 4-tuple; a remote VTEP sets the outer UDP source port from the inner flow's hash (RFC 7348
+//! section 5; tapswitch's own sending does the same), so the packets of one inner flow still
+//! stay on one socket.
 //!
 //! Sending: [`TX_SOCKETS`] UDP sockets bound to the local address, each on its own source
 //! port; a frame goes through the one its inner flow's hash picks, so a flow keeps one outer
@@ -93,6 +97,12 @@ impl TunnelSocket {
             drop(probe);
             for _ in 0..count {
                 udp.push(bind_reuseport(bound).map_err(bind_error)?);
+            }
+            // Socket i (worker i's) receives the flows whose frames TAP queue i gives out.
+            let steer = super::steering::load_reuseport(count)
+                .and_then(|p| super::steering::attach_reuseport(udp[0].as_raw_fd(), &p));
+            if let Err(e) = steer {
+                log::warn!("vxlan endpoint {addr}: receiving by inner flow hash unavailable: {e}");
             }
         }
         for socket in &udp {

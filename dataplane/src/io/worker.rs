@@ -27,6 +27,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::batch::{self, RxBatch, Sent, TxBatch};
+use super::busy_poll::{BusyPoll, Spinner};
 use super::ipip::IpipSocket;
 use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
@@ -62,6 +63,8 @@ pub struct Snapshot {
     /// Tracked connections to forget when this snapshot is adopted (those of removed
     /// backends, Services and port forwards), so none is translated to what is gone.
     pub purge: Vec<CtFilter>,
+    /// How the worker polls on after traffic before it sleeps.
+    pub busy_poll: BusyPoll,
 }
 
 impl Snapshot {
@@ -352,43 +355,70 @@ impl Worker {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; HEADROOM + MAX_FRAME];
         let mut next_aging = Instant::now() + AGING_TICK;
+        let mut spinner = Spinner::new(Instant::now());
         loop {
-            let timeout =
-                if self.ready.is_empty() && self.ready_tunnels.is_empty() && !self.ipip_ready {
-                    let aging = next_aging.saturating_duration_since(Instant::now());
-                    // Shaped frames wait for their time (the poll sleeps whole milliseconds).
-                    match self.pipeline.next_release() {
-                        Some(at) => aging.min(Duration::from_millis(
-                            at.millis().saturating_sub(self.now().millis()),
-                        )),
-                        None => aging,
-                    }
-                } else {
-                    Duration::ZERO
-                };
+            let idle = self.ready.is_empty() && self.ready_tunnels.is_empty() && !self.ipip_ready;
+            let polling_on = idle && spinner.should_poll(&self.snapshot.busy_poll, Instant::now());
+            let timeout = if idle && !polling_on {
+                let aging = next_aging.saturating_duration_since(Instant::now());
+                // Shaped frames wait for their time (the poll sleeps whole milliseconds).
+                match self.pipeline.next_release() {
+                    Some(at) => aging.min(Duration::from_millis(
+                        at.millis().saturating_sub(self.now().millis()),
+                    )),
+                    None => aging,
+                }
+            } else {
+                Duration::ZERO
+            };
+            let polled = Instant::now();
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker {}: poll failed: {e}", self.index);
                     return;
                 }
             }
+            if polling_on && events.is_empty() {
+                let spent = polled.elapsed();
+                spinner.idle_poll(spent);
+                self.pipeline
+                    .counters()
+                    .poll
+                    .busy_poll_ns
+                    .add(spent.as_nanos() as u64);
+                continue;
+            }
             let mut woken = false;
+            let mut traffic = !idle;
             for event in events.iter() {
                 match event.token() {
                     WAKER => woken = true,
-                    IPIP => self.ipip_ready = true,
+                    IPIP => {
+                        self.ipip_ready = true;
+                        traffic = true;
+                    }
                     Token(i) if i >= TUNNEL_TOKEN_BASE => {
+                        traffic = true;
                         if !self.ready_tunnels.contains(&(i - TUNNEL_TOKEN_BASE)) {
                             self.ready_tunnels.push(i - TUNNEL_TOKEN_BASE);
                         }
                     }
-                    Token(i) => self.mark_ready(PortId(i as u16)),
+                    Token(i) => {
+                        traffic = true;
+                        self.mark_ready(PortId(i as u16));
+                    }
                 }
             }
             if woken && !self.handle_commands() {
                 return;
             }
             let busy = Instant::now();
+            if traffic {
+                spinner.worked(busy);
+                if polling_on {
+                    self.pipeline.counters().poll.busy_poll_hits.add(1);
+                }
+            }
             self.service_ready(&mut buf);
             self.service_tunnels();
             if self.ipip_ready {

@@ -162,8 +162,12 @@ pub struct LoopCounters {
     pub batch_sizes: [Counter; BATCH_BUCKETS.len() + 1],
     /// Nanoseconds spent on frames (reading, the pipeline, writing), not waiting for them.
     pub busy_ns: Counter,
-    /// Wake-ups of the poll loop.
+    /// Wake-ups of the poll loop (polls that found something, or slept first).
     pub wakeups: Counter,
+    /// Nanoseconds spent polling on after traffic and finding nothing (adaptive polling).
+    pub busy_poll_ns: Counter,
+    /// Polls on after traffic that found frames: wake-ups saved.
+    pub busy_poll_hits: Counter,
 }
 
 impl LoopCounters {
