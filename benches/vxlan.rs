@@ -416,6 +416,21 @@ fn encap_group(c: &mut Criterion) {
     group.finish();
 }
 
+/// `checksum/sum/N`: the internet checksum over N bytes, as the overlay computes it for each
+/// inner TCP segment it cuts from a super-frame (1448 bytes) and a whole super-frame would
+/// need (65536).
+fn checksum_sum(c: &mut Criterion) {
+    let mut group = c.benchmark_group("checksum/sum");
+    for len in [64usize, 1448, 65536] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 131 + 7) as u8).collect();
+        group.throughput(criterion::Throughput::Bytes(len as u64));
+        group.bench_function(BenchmarkId::from_parameter(len), |b| {
+            b.iter(|| tapswitch_dataplane::wire::checksum::sum(black_box(&data)))
+        });
+    }
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .measurement_time(Duration::from_secs(3))
@@ -426,6 +441,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = decap, encap_group
+    targets = decap, encap_group, checksum_sum
 }
 criterion_main!(benches);
