@@ -1,6 +1,7 @@
 //! Multiqueue devices, against the kernel: a TAP with two queues (`IFF_MULTI_QUEUE`), an
 //! attached veth with two packet sockets in one fanout group, and a VXLAN endpoint with two
-//! `SO_REUSEPORT` sockets. Each gets 32 UDP flows of 3 datagrams from a network namespace;
+//! `SO_REUSEPORT` sockets. Each gets 32 UDP flows of 3 datagrams from a network namespace
+//! (the VXLAN endpoint: VXLAN packets from one outer socket carrying 32 inner UDP flows);
 //! every datagram must be read exactly once, all of a flow's on one queue, and both queues
 //! must get some flows (all 32 on one queue by chance: probability 2^-31).
 
@@ -379,8 +380,30 @@ fn tunnel_with_two_reuseport_sockets() {
         );
     }
 
-    let flows = send_flows(&ns, Ipv4Addr::LOCALHOST, (endpoint.local, endpoint.port));
-    let keys: Vec<u16> = flows.iter().map(|(_, p)| *p).collect();
+    // VXLAN packets from one outer socket (one outer 4-tuple) carrying many inner flows: the
+    // inner frame's flow picks the socket (the TAP steering hash, run on the VXLAN payload),
+    // as the TAP picks its queue, so the kernel's hash of the outer header would put them
+    // all on one.
+    let keys: Vec<u16> = (0..FLOWS as u16).map(|i| 20_000 + i).collect();
+    let dst = (endpoint.local, endpoint.port);
+    let flow_keys = keys.clone();
+    ns.run(move || {
+        let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+        for _ in 0..PER_FLOW {
+            for k in &flow_keys {
+                let mut packet = vec![0x08, 0, 0, 0, 0, 0, 42, 0];
+                packet.extend(udp_frame(
+                    [2, 0, 0, 0, 0, 2],
+                    [2, 0, 0, 0, 0, 1],
+                    (Ipv4Addr::new(10, 0, 0, 1), *k),
+                    (Ipv4Addr::new(10, 0, 0, 2), DST_PORT),
+                ));
+                s.send_to(&packet, dst)?;
+            }
+        }
+        Ok(())
+    })
+    .expect("send VXLAN packets");
     // Each socket is read in batches (recvmmsg), handed out one datagram at a time.
     let mut batch = RxBatch::default();
     let mut pending: Vec<VecDeque<Vec<u8>>> = vec![VecDeque::new(); 2];
@@ -398,12 +421,12 @@ fn tunnel_with_two_reuseport_sockets() {
         }
         pending[q].pop_front()
     });
-    // The payload names the flow's source port.
+    // The inner frame's UDP source port names the flow.
     let per_queue: Vec<Vec<u16>> = got
         .iter()
         .map(|ps| {
             ps.iter()
-                .map(|p| u16::from_be_bytes([p[1], p[2]]))
+                .map(|p| udp_ports(&p[8..]).expect("the inner UDP frame").0)
                 .collect()
         })
         .collect();

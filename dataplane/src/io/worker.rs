@@ -378,7 +378,8 @@ impl Worker {
                     return;
                 }
             }
-            if polling_on && events.is_empty() {
+            // (Shaped frames waiting for their time go round the whole loop.)
+            if polling_on && events.is_empty() && self.pipeline.next_release().is_none() {
                 let spent = polled.elapsed();
                 spinner.idle_poll(spent);
                 self.pipeline
