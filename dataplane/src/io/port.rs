@@ -650,9 +650,23 @@ impl PortDevice {
         self.send_with(queue, frame, &[0u8; VNET_HDR_LEN])
     }
 
+    /// Hands the guest of a vhost-user port the frames sent to it since the last flush (and
+    /// signals it where it asked to be); nothing for other devices, whose writes are done.
+    pub fn flush(&self) {
+        if let Some(v) = &self.vhost_user {
+            v.device().publish_rx();
+        }
+    }
+
+    /// Whether frames sent to this device wait for a [`flush`](Self::flush).
+    pub fn needs_flush(&self) -> bool {
+        self.vhost_user.is_some()
+    }
+
     /// Writes one frame with the virtio-net header `vnet` (checksum and segmentation left to
     /// the kernel) to queue `queue` (modulo [`queues`](Self::queues)); only for a device that
-    /// [takes offloads](Self::takes_offloads) unless the header is all zero.
+    /// [takes offloads](Self::takes_offloads) unless the header is all zero. A vhost-user
+    /// port's guest sees the frame at the next [`flush`](Self::flush).
     pub fn send_with(
         &self,
         queue: usize,

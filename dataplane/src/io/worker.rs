@@ -831,10 +831,12 @@ impl Worker {
     }
 }
 
-/// A worker's batch of outer IPIP packets, reused from round to round.
+/// A worker's batch of outer IPIP packets, and its list of vhost-user ports written to in a
+/// round, reused from round to round.
 #[derive(Default)]
 struct Tx {
     ipip: TxBatch,
+    to_flush: Vec<PortId>,
 }
 
 impl Tx {
@@ -843,17 +845,21 @@ impl Tx {
             snapshot,
             queue,
             ipip: &mut self.ipip,
+            to_flush: &mut self.to_flush,
         }
     }
 }
 
 /// Where a worker's transmits go: the devices of `snapshot`, through this worker's queue of
 /// each; the tunnels' outer packets into batches (the VXLAN endpoints keep one per worker),
-/// sent with `sendmmsg` when full and at the end of each round ([`flush`](Out::flush)).
+/// sent with `sendmmsg` when full and at the end of each round ([`flush`](Out::flush)), which
+/// also hands the frames written into vhost-user rings to their guests.
 struct Out<'a> {
     snapshot: &'a Snapshot,
     queue: usize,
     ipip: &'a mut TxBatch,
+    /// vhost-user ports written to since the last flush.
+    to_flush: &'a mut Vec<PortId>,
 }
 
 impl Output for Out<'_> {
@@ -871,6 +877,9 @@ impl Output for Out<'_> {
                     Some(h) => device.send_with(self.queue, &frame, &h),
                     None => device.send(self.queue, &frame),
                 };
+                if device.needs_flush() && !self.to_flush.contains(&port) {
+                    self.to_flush.push(port);
+                }
                 match sent {
                     Ok(()) => Sent::one(frame.len()),
                     Err(_) => Sent::error(),
@@ -899,8 +908,14 @@ impl Output for Out<'_> {
 }
 
 impl Out<'_> {
-    /// Sends what the tunnel batches hold.
+    /// Sends what the tunnel batches hold, and publishes what was written into vhost-user
+    /// rings.
     fn flush(&mut self, counters: &WorkerCounters) {
+        for port in self.to_flush.drain(..) {
+            if let Some(device) = self.snapshot.device(port) {
+                device.flush();
+            }
+        }
         for t in &self.snapshot.tunnels {
             t.flush(self.queue).count(&counters.tunnel);
         }

@@ -358,6 +358,12 @@ impl VhostUserBackendReqHandlerMut for Connection {
         let i = self.index(index)?;
         // Holding the lock: no worker is inside the ring.
         let mut vring = self.device.vring(i);
+        // Entries a worker wrote and has not published yet (a round in progress) are the
+        // guest's: published before the ring stops, so no buffer is lost.
+        if vring.unpublished() > 0 && vring.usable() {
+            let mem = self.device.mem.memory();
+            vring.publish(&mem);
+        }
         vring.started = false;
         vring.queue.set_ready(false);
         self.device.update_polling(i, &mut vring);
