@@ -1323,20 +1323,11 @@ fn tcp_over_vxlan_with_offloads_on_and_off() {
     eprintln!("(c1 offload, c2 offload, bytes per frame from c1, to c2): {measured:?}");
 }
 
-/// Each worker's frames read (ports and tunnel sockets together), from `stats -j`.
-fn worker_rx(sw: &Switch) -> Vec<u64> {
-    sw.json(&["stats"])["workers"]
-        .as_array()
-        .expect("stats -j has workers")
-        .iter()
-        .map(|w| w["rx_packets"].as_u64().unwrap_or(0))
-        .collect()
-}
-
 /// Sends `count` datagrams from `socket` to `dst` and returns the worker of `sw` whose reads
 /// grew by at least `count` meanwhile (the one that carried them).
 fn carried_by(sw: &Switch, socket: &UdpSocket, dst: &str, count: u64) -> usize {
-    let before = worker_rx(sw);
+    // Each worker's frames read (ports and tunnel sockets together).
+    let before = sw.worker_counters("rx_packets");
     for i in 0..count {
         socket
             .send_to(&i.to_be_bytes(), dst)
@@ -1346,7 +1337,8 @@ fn carried_by(sw: &Switch, socket: &UdpSocket, dst: &str, count: u64) -> usize {
     let src = socket.local_addr().expect("bound");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let grew: Vec<u64> = worker_rx(sw)
+        let grew: Vec<u64> = sw
+            .worker_counters("rx_packets")
             .iter()
             .zip(&before)
             .map(|(a, b)| a - b)

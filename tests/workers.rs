@@ -16,12 +16,7 @@ const FLOWS: u16 = 16;
 const PER_FLOW: u32 = 2000;
 
 fn worker_rx(sw: &Switch) -> Vec<u64> {
-    sw.json(&["stats"])["workers"]
-        .as_array()
-        .expect("stats -j has workers")
-        .iter()
-        .map(|w| w["rx_packets"].as_u64().unwrap_or(0))
-        .collect()
+    sw.worker_counters("rx_packets")
 }
 
 fn check_order(sw: &Switch, a: &Netns, b: &Netns, b_ip: &str, what: &str) {
@@ -147,12 +142,7 @@ fn worker_count_is_fixed_while_running() {
 
 /// The sum over the workers of `key` in `stats -j`.
 fn workers_sum(sw: &Switch, key: &str) -> u64 {
-    sw.json(&["stats"])["workers"]
-        .as_array()
-        .expect("stats -j has workers")
-        .iter()
-        .map(|w| w[key].as_u64().unwrap_or(0))
-        .sum()
+    sw.worker_counters(key).iter().sum()
 }
 
 /// The daemon's CPU time (user + system) in clock ticks.

@@ -223,6 +223,16 @@ impl Switch {
         serde_json::from_str(&self.cli(&full)).expect("JSON output")
     }
 
+    /// Each worker's counter `key` (`rx_packets`, `busy_poll_ns`, ...) from `stats -j`.
+    pub fn worker_counters(&self, key: &str) -> Vec<u64> {
+        self.json(&["stats"])["workers"]
+            .as_array()
+            .expect("stats -j has workers")
+            .iter()
+            .map(|w| w[key].as_u64().unwrap_or(0))
+            .collect()
+    }
+
     /// Adds a TAP port in `ns` and gives it `addrs`.
     pub fn add_container_port(&self, ns: &Netns, port: &str, extra: &[&str], addrs: &[&str]) {
         let mut args = vec!["port", "add", port, "--netns", ns.name()];
