@@ -534,32 +534,27 @@ pub fn scrape(socket: &std::path::Path) -> Result<String, String> {
                 .collect(),
         );
     }
-    s.counter_f64(
-        "tapswitch_worker_busy_seconds",
-        "Time a worker spent on frames (reading, the pipeline, writing), not waiting for them",
-        workers
-            .iter()
-            .map(|w| {
-                (
-                    vec![label("worker", &w["worker"])],
-                    u(&w["busy_ns"]) as f64 / 1e9,
-                )
-            })
-            .collect(),
-    );
-    s.counter_f64(
-        "tapswitch_worker_busy_poll_seconds",
-        "Time a worker spent polling on after traffic (busy_poll_us) and finding nothing",
-        workers
-            .iter()
-            .map(|w| {
-                (
-                    vec![label("worker", &w["worker"])],
-                    u(&w["busy_poll_ns"]) as f64 / 1e9,
-                )
-            })
-            .collect(),
-    );
+    for (key, name, help) in [
+        (
+            "busy_ns",
+            "tapswitch_worker_busy_seconds",
+            "Time a worker spent on frames (reading, the pipeline, writing), not waiting for them",
+        ),
+        (
+            "busy_poll_ns",
+            "tapswitch_worker_busy_poll_seconds",
+            "Time a worker spent polling on after traffic (busy_poll_us) and finding nothing",
+        ),
+    ] {
+        s.counter_f64(
+            name,
+            help,
+            workers
+                .iter()
+                .map(|w| (vec![label("worker", &w["worker"])], u(&w[key]) as f64 / 1e9))
+                .collect(),
+        );
+    }
     s.histogram(
         "tapswitch_worker_batch_size",
         "Frames read per round of one port or socket",

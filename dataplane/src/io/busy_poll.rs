@@ -26,7 +26,7 @@ pub const PERIOD: Duration = Duration::from_millis(100);
 pub const WINDOW_MAX: Duration = Duration::from_millis(10);
 
 /// How a worker polls on after traffic (`[switch] busy_poll_us`, `busy_poll_budget_percent`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BusyPoll {
     /// How long to poll on after the last frame (zero: not at all).
     pub window: Duration,
@@ -35,20 +35,19 @@ pub struct BusyPoll {
 }
 
 impl BusyPoll {
-    /// Off: the worker sleeps whenever its ports run dry.
+    /// Off (the default): the worker sleeps whenever its ports run dry.
     pub const OFF: BusyPoll = BusyPoll {
         window: Duration::ZERO,
         budget_percent: 0,
     };
 
+    /// Whether the worker polls on at all.
+    pub fn is_on(&self) -> bool {
+        !self.window.is_zero()
+    }
+
     fn budget(&self) -> Duration {
         PERIOD * u32::from(self.budget_percent.min(100)) / 100
-    }
-}
-
-impl Default for BusyPoll {
-    fn default() -> Self {
-        BusyPoll::OFF
     }
 }
 
@@ -71,7 +70,7 @@ impl Spinner {
 
     /// Whether the worker, with nothing ready, polls again instead of sleeping.
     pub fn should_poll(&mut self, settings: &BusyPoll, now: Instant) -> bool {
-        if settings.window.is_zero() {
+        if !settings.is_on() {
             return false;
         }
         let Some(last) = self.last_work else {

@@ -358,7 +358,10 @@ impl Worker {
         let mut spinner = Spinner::new(Instant::now());
         loop {
             let idle = self.ready.is_empty() && self.ready_tunnels.is_empty() && !self.ipip_ready;
-            let polling_on = idle && spinner.should_poll(&self.snapshot.busy_poll, Instant::now());
+            // The clock is read for polling on only when it is configured.
+            let busy_poll = self.snapshot.busy_poll;
+            let polling_on =
+                idle && busy_poll.is_on() && spinner.should_poll(&busy_poll, Instant::now());
             let timeout = if idle && !polling_on {
                 let aging = next_aging.saturating_duration_since(Instant::now());
                 // Shaped frames wait for their time (the poll sleeps whole milliseconds).
@@ -371,7 +374,7 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            let polled = Instant::now();
+            let polled = polling_on.then(Instant::now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker {}: poll failed: {e}", self.index);
@@ -379,7 +382,9 @@ impl Worker {
                 }
             }
             // (Shaped frames waiting for their time go round the whole loop.)
-            if polling_on && events.is_empty() && self.pipeline.next_release().is_none() {
+            if let Some(polled) =
+                polled.filter(|_| events.is_empty() && self.pipeline.next_release().is_none())
+            {
                 let spent = polled.elapsed();
                 spinner.idle_poll(spent);
                 self.pipeline

@@ -26,7 +26,8 @@ pub fn sum(data: &[u8]) -> u16 {
     // byte-swapped words is the byte-swapped sum (RFC 1071 section 2(B)), and without a swap
     // per word the loop vectorizes into plain widening adds. A 32-bit word hi * 2^16 + lo is
     // congruent to hi + lo modulo 0xffff, so summing 32-bit words and folding gives the sum
-    // of the 16-bit words. Four lanes of u64 cannot overflow before 2^33 words (32 GiB).
+    // of the 16-bit words. The lanes, and their total, cannot overflow before 2^32 words
+    // (16 GiB).
     let mut lanes = [0u64; 4];
     let mut blocks = data.chunks_exact(16);
     for b in &mut blocks {
@@ -45,12 +46,8 @@ pub fn sum(data: &[u8]) -> u16 {
     let mut tail = [0u8; 4];
     tail[..rest.len()].copy_from_slice(rest);
     acc += u64::from(u32::from_ne_bytes(tail));
-    let folded = fold(acc);
-    if cfg!(target_endian = "little") {
-        folded.swap_bytes()
-    } else {
-        folded
-    }
+    // The folded sum's bytes are those of the big-endian sum: read them as such.
+    u16::from_be(fold(acc))
 }
 
 /// The ones'-complement sum of partial sums.
