@@ -13,7 +13,7 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
 
 use super::features::{
     header_len, NET_F_GUEST_CSUM, NET_F_GUEST_TSO4, NET_F_GUEST_TSO6, NET_F_MRG_RXBUF,
@@ -91,31 +91,21 @@ impl Device {
                 if d.is_write_only() {
                     continue;
                 }
-                let mut addr = d.addr();
-                let mut left = d.len() as usize;
-                if got < hdr_len {
-                    let k = (hdr_len - got).min(left);
-                    if mem.read_slice(&mut header[got..got + k], addr).is_err() {
-                        ok = false;
-                        break;
-                    }
-                    got += k;
-                    left -= k;
-                    // A guest's descriptor may name any address: no arithmetic that can
-                    // overflow.
-                    let Some(next) = addr.0.checked_add(k as u64) else {
-                        ok = false;
-                        break;
-                    };
-                    addr = GuestAddress(next);
-                }
-                let k = left.min(room.len() - len);
-                truncated |= k < left;
-                if k > 0 && mem.read_slice(&mut room[len..len + k], addr).is_err() {
+                let left = d.len() as usize;
+                let Some(took) = read_descriptor(
+                    mem,
+                    d.addr(),
+                    left,
+                    &mut header[got..hdr_len],
+                    &mut room[len..],
+                ) else {
                     ok = false;
                     break;
-                }
-                len += k;
+                };
+                let into_header = left.min(hdr_len - got);
+                got += into_header;
+                truncated |= took < left - into_header;
+                len += took;
             }
             vring.push_used(mem, head, 0);
             if vring.unpublished() >= PUBLISH_EVERY {
@@ -255,14 +245,48 @@ impl Device {
     }
 }
 
+/// Copies descriptor `[addr, addr + len)` of guest memory into `header` first and what follows
+/// into `rest`, as much as fits; returns the bytes put into `rest`, or `None` if the
+/// descriptor is not in the guest's memory. A descriptor in one memory region (all of them,
+/// in practice) is looked up once, with no per-copy region walk; one that spans regions is
+/// read piece by piece.
+fn read_descriptor(
+    mem: &Memory,
+    addr: GuestAddress,
+    len: usize,
+    header: &mut [u8],
+    rest: &mut [u8],
+) -> Option<usize> {
+    let h = len.min(header.len());
+    let r = (len - h).min(rest.len());
+    if len == 0 {
+        return Some(0);
+    }
+    if let Ok(slice) = mem.get_slice(addr, len) {
+        slice.subslice(0, h).ok()?.copy_to(&mut header[..h]);
+        slice.subslice(h, r).ok()?.copy_to(&mut rest[..r]);
+        return Some(r);
+    }
+    // A guest's descriptor may name any address: no arithmetic that can overflow.
+    let after = GuestAddress(addr.0.checked_add(h as u64)?);
+    if h > 0 {
+        mem.read_slice(&mut header[..h], addr).ok()?;
+    }
+    if r > 0 {
+        mem.read_slice(&mut rest[..r], after).ok()?;
+    }
+    Some(r)
+}
+
 /// The bytes of a frame in pieces (header, addresses, VLAN tag, rest), copied out in order.
 struct Pieces<'a> {
     pieces: [&'a [u8]; 4],
     /// The piece being copied and the offset in it.
     piece: usize,
     offset: usize,
-    /// Bytes copied so far.
+    /// Bytes copied so far, and in all.
     position: usize,
+    total: usize,
 }
 
 impl<'a> Pieces<'a> {
@@ -272,6 +296,7 @@ impl<'a> Pieces<'a> {
             piece: 0,
             offset: 0,
             position: 0,
+            total: pieces.iter().map(|p| p.len()).sum(),
         };
         p.skip_empty();
         p
@@ -293,15 +318,27 @@ impl<'a> Pieces<'a> {
     }
 
     /// Copies up to `room` bytes into guest memory at `addr`; returns how many, or `None` if
-    /// the buffer is not in the guest's memory.
+    /// the buffer is not in the guest's memory. A buffer in one memory region (all of them, in
+    /// practice) is looked up once for all the pieces; one that spans regions piece by piece.
     fn copy_to(&mut self, mem: &Memory, addr: GuestAddress, room: usize) -> Option<usize> {
+        let want = room.min(self.total - self.position);
+        if want == 0 {
+            return Some(0);
+        }
+        let whole = mem.get_slice(addr, want).ok();
         let mut n = 0;
-        while n < room && !self.done() {
+        while n < want {
             let piece = &self.pieces[self.piece][self.offset..];
-            let k = piece.len().min(room - n);
-            // A guest's descriptor may name any address: no arithmetic that can overflow.
-            let at = GuestAddress(addr.0.checked_add(n as u64)?);
-            mem.write_slice(&piece[..k], at).ok()?;
+            let k = piece.len().min(want - n);
+            match &whole {
+                Some(slice) => slice.subslice(n, k).ok()?.copy_from(&piece[..k]),
+                None => {
+                    // A guest's descriptor may name any address: no arithmetic that can
+                    // overflow.
+                    let at = GuestAddress(addr.0.checked_add(n as u64)?);
+                    mem.write_slice(&piece[..k], at).ok()?;
+                }
+            }
             n += k;
             self.offset += k;
             self.position += k;
@@ -330,5 +367,66 @@ mod tests {
         let mut got = [0u8; 7];
         region.read_slice(&mut got, GuestAddress(200)).unwrap();
         assert_eq!(got, [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    /// Two regions back to back, 4 KiB each, the second with different contents.
+    fn two_regions() -> Memory {
+        let mem =
+            Memory::from_ranges(&[(GuestAddress(0), 4096), (GuestAddress(4096), 4096)]).unwrap();
+        assert_eq!(mem.num_regions(), 2);
+        mem
+    }
+
+    #[test]
+    fn pieces_copy_into_a_buffer_that_spans_two_regions_or_none() {
+        let mem = two_regions();
+        let header = [9u8; 12];
+        let rest: Vec<u8> = (0..40).collect();
+        let mut p = Pieces::new([&header[..], &[], &[], &rest]);
+        // 52 bytes from 4090: 6 in the first region, 46 in the second.
+        assert_eq!(p.copy_to(&mem, GuestAddress(4090), 100), Some(52));
+        assert!(p.done());
+        let mut got = [0u8; 52];
+        mem.read_slice(&mut got, GuestAddress(4090)).unwrap();
+        assert_eq!(&got[..12], &header);
+        assert_eq!(&got[12..], &rest[..]);
+        // A buffer outside guest memory is refused, one that runs past its end too.
+        let mut p = Pieces::new([&header[..], &[], &[], &rest]);
+        assert_eq!(p.copy_to(&mem, GuestAddress(1 << 20), 100), None);
+        let mut p = Pieces::new([&header[..], &[], &[], &rest]);
+        assert_eq!(p.copy_to(&mem, GuestAddress(8192 - 10), 100), None);
+        let mut p = Pieces::new([&header[..], &[], &[], &rest]);
+        assert_eq!(p.copy_to(&mem, GuestAddress(u64::MAX - 4), 100), None);
+    }
+
+    #[test]
+    fn a_descriptor_is_read_into_header_then_frame_in_one_region_or_two() {
+        let mem = two_regions();
+        let bytes: Vec<u8> = (0..=255).cycle().take(8192).collect();
+        mem.write_slice(&bytes, GuestAddress(0)).unwrap();
+        for (at, len) in [(100u64, 64usize), (4090, 64), (4096, 12), (0, 5), (4094, 2)] {
+            let mut header = [0u8; 12];
+            let mut rest = [0u8; 32];
+            let took = read_descriptor(&mem, GuestAddress(at), len, &mut header, &mut rest);
+            let h = len.min(12);
+            let r = (len - h).min(32);
+            assert_eq!(took, Some(r), "at {at} len {len}");
+            let at = at as usize;
+            assert_eq!(&header[..h], &bytes[at..at + h], "at {at} len {len}");
+            assert_eq!(&rest[..r], &bytes[at + h..at + h + r], "at {at} len {len}");
+        }
+        let (mut header, mut rest) = ([0u8; 12], [0u8; 32]);
+        assert_eq!(
+            read_descriptor(&mem, GuestAddress(8190), 64, &mut header, &mut rest),
+            None
+        );
+        assert_eq!(
+            read_descriptor(&mem, GuestAddress(u64::MAX - 4), 64, &mut header, &mut rest),
+            None
+        );
+        assert_eq!(
+            read_descriptor(&mem, GuestAddress(0), 0, &mut header, &mut rest),
+            Some(0)
+        );
     }
 }
