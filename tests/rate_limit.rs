@@ -97,6 +97,29 @@ fn tcp_through_a_200_mbit_limit_lands_within_ten_percent_both_ways() {
     assert!(free > 400.0, "{free:.1} Mbit/s");
 }
 
+/// Shaped frames wait in the worker for their time while it polls on after traffic (adaptive
+/// polling): the poll does not sleep then, so they must still be released on time, neither
+/// late (the rate falls) nor early (it overshoots).
+#[test]
+fn shaping_holds_its_rate_while_workers_poll_on() {
+    if !have_root() {
+        return;
+    }
+    let sw = Switch::with_config("[switch]\nbusy_poll_us = 500\nbusy_poll_budget_percent = 50\n");
+    let (a, b) = (container("rpa", false), container("rpb", false));
+    let (pa, pb) = (unique("rpa"), unique("rpb"));
+    sw.add_container_port(&a, &pa, &["--shape", "200mbit"], &["10.82.0.1/24"]);
+    sw.add_container_port(&b, &pb, &[], &["10.82.0.2/24"]);
+    let port = 15_000 + (std::process::id() % 5_000) as u16 + 7;
+    let _server = iperf3_server(&b, "10.82.0.2", port);
+    let hits0 = sw.workers_sum("busy_poll_hits");
+    let down = iperf3(&a, "10.82.0.2", port, 4, true);
+    let hits = sw.workers_sum("busy_poll_hits") - hits0;
+    eprintln!("shaped to 200 Mbit/s while polling on: {down:.1} Mbit/s, {hits} polling hits");
+    assert!(hits > 0, "the workers polled on during the transfer");
+    assert!((180.0..=220.0).contains(&down), "shaped: {down:.1} Mbit/s");
+}
+
 #[test]
 fn bad_rates_are_refused_naming_the_field() {
     if !have_root() {

@@ -233,6 +233,11 @@ impl Switch {
             .collect()
     }
 
+    /// The sum of one counter over every worker.
+    pub fn workers_sum(&self, key: &str) -> u64 {
+        self.worker_counters(key).iter().sum()
+    }
+
     /// Adds a TAP port in `ns` and gives it `addrs`.
     pub fn add_container_port(&self, ns: &Netns, port: &str, extra: &[&str], addrs: &[&str]) {
         let mut args = vec!["port", "add", port, "--netns", ns.name()];

@@ -358,10 +358,13 @@ impl Worker {
         let mut spinner = Spinner::new(Instant::now());
         loop {
             let idle = self.ready.is_empty() && self.ready_tunnels.is_empty() && !self.ipip_ready;
-            // The clock is read for polling on only when it is configured.
+            // The clock is read for polling on only when it is configured. A poll that finds
+            // nothing is charged from here: the loop around the poll is part of its cost.
             let busy_poll = self.snapshot.busy_poll;
-            let polling_on =
-                idle && busy_poll.is_on() && spinner.should_poll(&busy_poll, Instant::now());
+            let polled = (idle && busy_poll.is_on())
+                .then(Instant::now)
+                .filter(|&now| spinner.should_poll(&busy_poll, now));
+            let polling_on = polled.is_some();
             let timeout = if idle && !polling_on {
                 let aging = next_aging.saturating_duration_since(Instant::now());
                 // Shaped frames wait for their time (the poll sleeps whole milliseconds).
@@ -374,7 +377,6 @@ impl Worker {
             } else {
                 Duration::ZERO
             };
-            let polled = polling_on.then(Instant::now);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("worker {}: poll failed: {e}", self.index);
