@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tapswitch_dataplane::io::vhost_user::Held;
 use tapswitch_dataplane::io::{netns, raw};
 use tapswitch_dataplane::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, Ipv4Packet};
 
@@ -585,7 +586,8 @@ impl RawPort {
         let deadline = Instant::now() + wait;
         let mut frames = Vec::new();
         while Instant::now() < deadline {
-            match self.device.recv(0, &mut self.buf)? {
+            let mut held = Held::default();
+            match self.device.recv(0, &mut self.buf, &mut held)? {
                 Some(rx) => frames.push(self.buf[rx.start..rx.start + rx.len].to_vec()),
                 None => std::thread::sleep(Duration::from_millis(2)),
             }

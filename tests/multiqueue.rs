@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tapswitch_dataplane::io::batch::RxBatch;
 use tapswitch_dataplane::io::port::{HEADROOM, MAX_FRAME};
+use tapswitch_dataplane::io::vhost_user::Held;
 use tapswitch_dataplane::io::{PortDevice, TapSpec, TunnelSocket};
 use tapswitch_dataplane::pipeline::EgressFrame;
 use tapswitch_dataplane::pipeline::TunnelEndpoint;
@@ -166,7 +167,9 @@ fn mac_bytes(mac: &str) -> [u8; 6] {
 
 /// Reads one frame from `queue` of `device`, if any.
 fn read_frame(device: &PortDevice, queue: usize, buf: &mut [u8]) -> Option<Vec<u8>> {
-    let rx = device.recv(queue, buf).expect("read")?;
+    let rx = device
+        .recv(queue, buf, &mut Held::default())
+        .expect("read")?;
     Some(buf[rx.start..rx.start + rx.len].to_vec())
 }
 

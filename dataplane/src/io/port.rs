@@ -51,7 +51,7 @@ use super::netdev::{self, IfReq};
 use super::netns;
 use super::raw;
 use super::steering;
-use super::vhost_user::{VhostUserError, VhostUserPort, VhostUserSpec, VhostUserStatus};
+use super::vhost_user::{Held, VhostUserError, VhostUserPort, VhostUserSpec, VhostUserStatus};
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
 use crate::pipeline::EgressFrame;
 use crate::wire::EthernetAddress;
@@ -593,10 +593,16 @@ impl PortDevice {
     /// Reads one frame from queue `queue` (modulo [`queues`](Self::queues)) into
     /// `buf[HEADROOM..]` (a TAP) or with auxdata (a packet socket) and returns the frame's
     /// range in `buf`. `Ok(None)` means nothing more to read now on that queue.
-    /// `buf` must be at least [`HEADROOM`] + [`MAX_FRAME`] long.
-    pub fn recv(&self, queue: usize, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+    /// `buf` must be at least [`HEADROOM`] + [`MAX_FRAME`] long. A vhost-user port's ring stays
+    /// locked in `held` until the batch ends (see [`Held`]).
+    pub fn recv<'a>(
+        &'a self,
+        queue: usize,
+        buf: &mut [u8],
+        held: &mut Held<'a>,
+    ) -> io::Result<Option<RxFrame>> {
         if let Some(v) = &self.vhost_user {
-            return v.device().recv(queue, buf);
+            return v.device().recv(queue, buf, held);
         }
         let fd = self.fd(queue);
         match self.kind {
@@ -645,36 +651,25 @@ impl PortDevice {
     }
 
     /// Writes one finished frame, given in pieces, to queue `queue` (modulo
-    /// [`queues`](Self::queues)).
+    /// [`queues`](Self::queues)); a vhost-user port's guest sees it at once.
     pub fn send(&self, queue: usize, frame: &EgressFrame<'_>) -> io::Result<()> {
-        self.send_with(queue, frame, &[0u8; VNET_HDR_LEN])
-    }
-
-    /// Hands the guest of a vhost-user port the frames sent to it since the last flush (and
-    /// signals it where it asked to be); nothing for other devices, whose writes are done.
-    pub fn flush(&self) {
-        if let Some(v) = &self.vhost_user {
-            v.device().publish_rx();
-        }
-    }
-
-    /// Whether frames sent to this device wait for a [`flush`](Self::flush).
-    pub fn needs_flush(&self) -> bool {
-        self.vhost_user.is_some()
+        self.send_with(queue, frame, &[0u8; VNET_HDR_LEN], &mut Held::default())
     }
 
     /// Writes one frame with the virtio-net header `vnet` (checksum and segmentation left to
     /// the kernel) to queue `queue` (modulo [`queues`](Self::queues)); only for a device that
     /// [takes offloads](Self::takes_offloads) unless the header is all zero. A vhost-user
-    /// port's guest sees the frame at the next [`flush`](Self::flush).
-    pub fn send_with(
-        &self,
+    /// port's ring stays locked in `held`, and its guest sees the frame, when the batch lets
+    /// go of it (see [`Held`]).
+    pub fn send_with<'a>(
+        &'a self,
         queue: usize,
         frame: &EgressFrame<'_>,
         vnet: &[u8; VNET_HDR_LEN],
+        held: &mut Held<'a>,
     ) -> io::Result<()> {
         if let Some(v) = &self.vhost_user {
-            return v.device().send(queue, frame, vnet);
+            return v.device().send(queue, frame, vnet, held);
         }
         let prefix: &[u8] = if self.vnet { &vnet[..] } else { &[] };
         let iov = frame_iovecs(prefix, frame);

@@ -31,7 +31,8 @@ use super::busy_poll::{BusyPoll, Spinner};
 use super::ipip::IpipSocket;
 use super::port::{PortDevice, HEADROOM, MAX_FRAME};
 use super::tunnel::TunnelSocket;
-use crate::pipeline::offload::Offload;
+use super::vhost_user::Held;
+use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
 use crate::pipeline::{
     ForwardingState, Output, Pipeline, RxMeta, SharedTables, Transmit, TunnelEndpoint,
     WorkerCounters,
@@ -588,7 +589,7 @@ impl Worker {
         let mut drained = false;
         let mut frames = 0;
         for _ in 0..BATCH {
-            let rx = match device.recv(*index, buf) {
+            let rx = match device.recv(*index, buf, &mut out.held) {
                 Ok(Some(rx)) => rx,
                 Ok(None) => {
                     drained = true;
@@ -838,12 +839,10 @@ impl Worker {
     }
 }
 
-/// A worker's batch of outer IPIP packets, and its list of vhost-user ports written to in a
-/// round, reused from round to round.
+/// A worker's batch of outer IPIP packets, reused from round to round.
 #[derive(Default)]
 struct Tx {
     ipip: TxBatch,
-    to_flush: Vec<PortId>,
 }
 
 impl Tx {
@@ -852,24 +851,25 @@ impl Tx {
             snapshot,
             queue,
             ipip: &mut self.ipip,
-            to_flush: &mut self.to_flush,
+            held: Held::default(),
         }
     }
 }
 
 /// Where a worker's transmits go: the devices of `snapshot`, through this worker's queue of
 /// each; the tunnels' outer packets into batches (the VXLAN endpoints keep one per worker),
-/// sent with `sendmmsg` when full and at the end of each round ([`flush`](Out::flush)), which
-/// also hands the frames written into vhost-user rings to their guests.
+/// sent with `sendmmsg` when full and at the end of each batch ([`flush`](Out::flush)), which
+/// also lets go of the vhost-user rings the batch read and wrote, handing the frames written
+/// to their guests.
 struct Out<'a> {
     snapshot: &'a Snapshot,
     queue: usize,
     ipip: &'a mut TxBatch,
-    /// vhost-user ports written to since the last flush.
-    to_flush: &'a mut Vec<PortId>,
+    /// The vhost-user rings this batch holds.
+    held: Held<'a>,
 }
 
-impl Output for Out<'_> {
+impl<'a> Output for Out<'a> {
     fn takes_offloads(&self, port: PortId, offload: &Offload) -> bool {
         self.snapshot.device(port).is_some_and(|d| d.takes(offload))
     }
@@ -877,17 +877,12 @@ impl Output for Out<'_> {
     fn send(&mut self, transmit: Transmit<'_>) -> Sent {
         match transmit {
             Transmit::Device { port, frame, vnet } => {
-                let Some(device) = self.snapshot.device(port) else {
+                let snapshot: &'a Snapshot = self.snapshot;
+                let Some(device) = snapshot.device(port) else {
                     return Sent::default();
                 };
-                let sent = match vnet {
-                    Some(h) => device.send_with(self.queue, &frame, &h),
-                    None => device.send(self.queue, &frame),
-                };
-                if device.needs_flush() && !self.to_flush.contains(&port) {
-                    self.to_flush.push(port);
-                }
-                match sent {
+                let vnet = vnet.unwrap_or([0u8; VNET_HDR_LEN]);
+                match device.send_with(self.queue, &frame, &vnet, &mut self.held) {
                     Ok(()) => Sent::one(frame.len()),
                     Err(_) => Sent::error(),
                 }
@@ -918,11 +913,7 @@ impl Out<'_> {
     /// Sends what the tunnel batches hold, and publishes what was written into vhost-user
     /// rings.
     fn flush(&mut self, counters: &WorkerCounters) {
-        for port in self.to_flush.drain(..) {
-            if let Some(device) = self.snapshot.device(port) {
-                device.flush();
-            }
-        }
+        self.held.release();
         for t in &self.snapshot.tunnels {
             t.flush(self.queue).count(&counters.tunnel);
         }

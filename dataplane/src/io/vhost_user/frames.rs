@@ -13,11 +13,12 @@ use std::io;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::features::{
     header_len, NET_F_GUEST_CSUM, NET_F_GUEST_TSO4, NET_F_GUEST_TSO6, NET_F_MRG_RXBUF,
 };
+use super::hold::{Held, HeldRing};
 use super::{Device, Memory};
 use crate::io::port::{RxFrame, HEADROOM};
 use crate::pipeline::offload::{Offload, VNET_HDR_LEN};
@@ -58,13 +59,21 @@ impl Device {
     /// Reads the next frame the guest sent on the TX ring of pair `pair` (modulo the pairs)
     /// into `buf[HEADROOM..]`. `Ok(None)` when the ring is empty (the guest's kicks are on
     /// again then) or not running.
-    pub(crate) fn recv(&self, pair: usize, buf: &mut [u8]) -> io::Result<Option<RxFrame>> {
+    /// The ring stays in `held` (locked) until the batch ends.
+    pub(crate) fn recv<'a>(
+        &'a self,
+        pair: usize,
+        buf: &mut [u8],
+        held: &mut Held<'a>,
+    ) -> io::Result<Option<RxFrame>> {
         let acked = self.features.load(Ordering::Acquire);
+        if acked == 0 {
+            return Ok(None);
+        }
         let index = 2 * (pair % self.pairs()) + 1;
-        let mem = self.mem.memory();
-        let mem: &Memory = &mem;
-        let mut vring = self.vring(index);
-        if acked == 0 || !vring.usable() {
+        let HeldRing { vring, mem, .. } = held.tx(self, index);
+        let mem: &Memory = mem;
+        if !vring.usable() {
             return Ok(None);
         }
         let hdr_len = header_len(acked);
@@ -132,14 +141,16 @@ impl Device {
     /// Writes `frame` with the virtio-net header `vnet` into the guest's RX ring of pair
     /// `queue` modulo the pairs (or of the first running pair, when the guest did not enable
     /// that one), over as many buffers as it needs with mergeable RX buffers, else into one.
-    /// The guest sees it at the next [`publish_rx`](Self::publish_rx).
+    /// The ring stays in `held` (locked) until the batch ends, and the guest sees the frame
+    /// when it is let go of.
     /// Errors: `ENOTCONN` (no frontend, no running ring), `ENOBUFS` (the guest has not posted
     /// enough buffers), `EMSGSIZE` (does not fit one buffer without mergeable buffers).
-    pub(crate) fn send(
-        &self,
+    pub(crate) fn send<'a>(
+        &'a self,
         queue: usize,
         frame: &EgressFrame<'_>,
         vnet: &[u8; VNET_HDR_LEN],
+        held: &mut Held<'a>,
     ) -> io::Result<()> {
         let acked = self.features.load(Ordering::Acquire);
         if acked == 0 {
@@ -153,21 +164,21 @@ impl Device {
         let tag: &[u8] = frame.tag.as_ref().map_or(&[], |t| &t[..]);
         let mut source = Pieces::new([&header[..hdr_len], frame.addresses, tag, frame.rest]);
 
-        let mem = self.mem.memory();
-        let mem: &Memory = &mem;
         let pairs = self.pairs();
         let first = queue % pairs;
-        let mut vring = self.vring(2 * first);
-        if !vring.usable() {
-            drop(vring);
-            let Some(p) = (0..pairs).find(|&p| p != first && self.vring(2 * p).usable()) else {
+        let mut slot = held.rx(self, 2 * first);
+        if !held.rx_ring(slot).vring.usable() {
+            let other = (0..pairs).filter(|&p| p != first).find_map(|p| {
+                let s = held.rx(self, 2 * p);
+                held.rx_ring(s).vring.usable().then_some(s)
+            });
+            let Some(s) = other else {
                 return Err(io::Error::from_raw_os_error(libc::ENOTCONN));
             };
-            vring = self.vring(2 * p);
-            if !vring.usable() {
-                return Err(io::Error::from_raw_os_error(libc::ENOTCONN));
-            }
+            slot = s;
         }
+        let HeldRing { vring, mem, .. } = held.rx_ring(slot);
+        let mem: &Memory = mem;
 
         // Where bytes 10 and 11 of the header (num_buffers) landed: patched at the end.
         let mut num_buffers_at = [None; 2];
@@ -225,23 +236,8 @@ impl Device {
                 }
             }
         }
-        // Published, and the guest signalled, once per round: see `publish_rx`.
+        // Published, and the guest signalled, when the batch lets go of the ring.
         Ok(())
-    }
-
-    /// Publishes what [`send`](Self::send) wrote into the RX rings (one store of each ring's
-    /// used index) and signals the guest where it asked to be. The worker calls it at the end
-    /// of each round, so a round's frames cost one fence and at most one interrupt per ring
-    /// instead of one each.
-    pub(crate) fn publish_rx(&self) {
-        let mem = self.mem.memory();
-        let mem: &Memory = &mem;
-        for pair in 0..self.pairs() {
-            let mut vring = self.vring(2 * pair);
-            if vring.unpublished() > 0 && vring.usable() {
-                vring.publish(mem);
-            }
-        }
     }
 }
 

@@ -24,11 +24,12 @@
 //! needs to know nothing of vhost-user. Any worker may write to the port; worker `w` writes
 //! into the RX ring of pair `w mod pairs` (or the first pair the guest enabled).
 //!
-//! - Guest memory is a `GuestMemoryAtomic` (an `ArcSwap`): a worker takes the table once per
-//!   frame and keeps it while it copies; `SET_MEM_TABLE` or a disconnect swaps in a new one
-//!   and the old regions stay mapped until the last worker lets go of them.
-//! - Each vring is in a `Mutex`, taken by the protocol thread per message and by a worker per
-//!   frame (uncontended but for ring setup). See [`vring`].
+//! - Guest memory is a `GuestMemoryAtomic` (an `ArcSwap`): a worker takes the table with a
+//!   ring and keeps it while it holds the ring; `SET_MEM_TABLE` or a disconnect swaps in a new
+//!   one and the old regions stay mapped until the last worker lets go of them.
+//! - Each vring is in a `Mutex`, taken by the protocol thread per message and by a worker for
+//!   a batch of frames (uncontended but for ring setup, or two workers writing into one
+//!   guest's ring). See [`vring`], and [`hold`] for why holding cannot deadlock.
 //! - The negotiated features are an atomic: 0 while no frontend has negotiated. A port with no
 //!   frontend (or whose rings are stopped) takes no frames from the workers: they are dropped
 //!   and counted as transmit errors, as for a TAP whose carrier is off.
@@ -38,8 +39,11 @@
 
 pub mod features;
 mod frames;
+mod hold;
 mod protocol;
 mod vring;
+
+pub use hold::Held;
 
 use std::fmt;
 use std::fs::File;
@@ -235,8 +239,12 @@ impl Device {
 
     fn status(&self, socket: &Path, mode: Mode) -> VhostUserStatus {
         let features = self.features.load(Ordering::Acquire);
+        // One ring locked at a time (see `hold`: nobody waits for a ring holding another).
         let pairs_enabled = (0..self.pairs())
-            .filter(|&p| self.vring(2 * p).usable() && self.vring(2 * p + 1).usable())
+            .filter(|&p| {
+                let rx = self.vring(2 * p).usable();
+                rx && self.vring(2 * p + 1).usable()
+            })
             .count();
         VhostUserStatus {
             socket: socket.to_path_buf(),

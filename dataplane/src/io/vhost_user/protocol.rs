@@ -358,8 +358,9 @@ impl VhostUserBackendReqHandlerMut for Connection {
         let i = self.index(index)?;
         // Holding the lock: no worker is inside the ring.
         let mut vring = self.device.vring(i);
-        // Entries a worker wrote and has not published yet (a round in progress) are the
-        // guest's: published before the ring stops, so no buffer is lost.
+        // Entries written and not published yet (none in practice: workers publish when they
+        // let go of a ring) are the guest's: published before the ring stops, so no buffer is
+        // lost.
         if vring.unpublished() > 0 && vring.usable() {
             let mem = self.device.mem.memory();
             vring.publish(&mem);

@@ -3,8 +3,9 @@
 //! but not yet published.
 //!
 //! A `Vring` sits in a `Mutex`: the protocol thread locks it for each message that changes it,
-//! a worker for each frame it moves through it. Holding the lock therefore means no worker is
-//! inside the ring: `GET_VRING_BASE` reads `next_avail` after the last chain a worker took.
+//! a worker for each batch of frames it moves through it (see [`hold`](super::hold)). Holding
+//! the lock therefore means no worker is inside the ring: `GET_VRING_BASE` reads `next_avail`
+//! after the last chain a worker took.
 //!
 //! The used ring is written here, not with `Queue::add_used`, which stores the used index after
 //! every element: a frame spread over several buffers (mergeable RX buffers) would be visible
