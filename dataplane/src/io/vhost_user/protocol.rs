@@ -358,13 +358,8 @@ impl VhostUserBackendReqHandlerMut for Connection {
         let i = self.index(index)?;
         // Holding the lock: no worker is inside the ring.
         let mut vring = self.device.vring(i);
-        // Entries written and not published yet (none in practice: workers publish when they
-        // let go of a ring) are the guest's: published before the ring stops, so no buffer is
-        // lost.
-        if vring.unpublished() > 0 && vring.usable() {
-            let mem = self.device.mem.memory();
-            vring.publish(&mem);
-        }
+        // Nothing is left unpublished: a worker publishes what it wrote when it lets go of the
+        // ring (`hold`), before this lock could be taken.
         vring.started = false;
         vring.queue.set_ready(false);
         self.device.update_polling(i, &mut vring);

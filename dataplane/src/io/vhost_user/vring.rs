@@ -103,7 +103,8 @@ impl Vring {
         // Ring addresses are the frontend's: wrap rather than overflow (an address outside
         // guest memory fails the access).
         let at = GuestAddress(self.queue.used_ring().wrapping_add(4 + 8 * u64::from(slot)));
-        // One region lookup, no walk over regions (the entry is 8-byte aligned in one).
+        // One region lookup, no walk over regions (regions are page-aligned, so an entry is in
+        // one; the walk is only for a table that would split one).
         match mem.get_slice(at, 8) {
             Ok(entry) => entry.copy_from(&elem.to_le_bytes()),
             Err(_) => {
